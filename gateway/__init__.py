@@ -1,0 +1,1 @@
+"""What sits in front of the runners: protocol codecs, validation, errors, auth, limits, cache."""

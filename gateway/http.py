@@ -1,0 +1,140 @@
+"""The Open Inference Protocol (KServe V2) REST API as one raw ASGI app, mounted into the BentoML service.
+
+Raw ASGI rather than a framework because every microsecond here is paid on every request;
+routing is a split of the path and a match on its parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from gateway.asgi import OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
+from gateway.codec import decode_infer, encode_infer
+from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError
+from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "rtserve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
+
+
+def new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+class InferenceApp:
+    """ASGI callable; `bind` gives it the worker's Runtime once the service instance exists."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+
+    def bind(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = header_map(scope)
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or new_request_id()
+        extra = [(b"x-request-id", request_id.encode("latin-1"))]
+        try:
+            if self.runtime is None:
+                raise NotFound("service is starting")
+            status, body, content_type = await self._route(scope, receive, headers, extra)
+        except ServingError as exc:
+            status, body, content_type = exc.status.value, dumps(exc.body()), b"application/json"
+            extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
+            if exc.status >= 500:
+                log.warning("request %s %s: %s", request_id, scope["path"], exc.message)
+        except Exception:
+            log.exception("request %s %s failed", request_id, scope["path"])
+            status, body, content_type = 500, dumps({"error": "internal error", "code": "internal_error"}), b"application/json"
+        await send_response(send, status, body, extra, content_type)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes]:
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        parts = path.strip("/").split("/")
+        method = scope["method"]
+        if parts[0] != "v2":
+            raise NotFound(f"no route for {path}")
+        rest = parts[1:]
+        if rest and rest[0] == "models" and len(rest) >= 2:
+            name, tail = rest[1], rest[2:]
+            version = None
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            if tail == ["infer"]:
+                _expect(method, "POST")
+                return await self._infer(name, version, receive, headers, extra)
+            _expect(method, "GET")
+            if tail == []:
+                return _json(self.runtime.model_metadata(name, version))
+            if tail == ["ready"]:
+                return self._model_ready(name, version)
+            raise NotFound(f"no route for {path}")
+        _expect(method, "GET")
+        if rest == []:
+            return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+        if rest == ["health", "live"]:
+            return _json({"live": True})
+        if rest == ["health", "ready"]:
+            ready = self.runtime.ready
+            return (200 if ready else 503), dumps({"ready": ready}), b"application/json"
+        raise NotFound(f"no route for {path}")
+
+    def _model_ready(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
+        versions = self.runtime.registry.versions(name)
+        entry = versions.get(version) if version else None
+        if version and entry is None:
+            raise NotFound(f"model '{name}' has no version '{version}'")
+        ready = entry.state.value == "ready" if entry else any(v.state.value == "ready" for v in versions.values())
+        return (200 if ready else 503), dumps({"name": name, "ready": ready}), b"application/json"
+
+    async def _infer(
+        self, name: str, version: str | None, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes]:
+        runtime = self.runtime
+        body = await read_body(receive, headers, runtime.limits.max_body_bytes)
+        json_length = _int_header(headers, b"inference-header-content-length")
+        request = decode_infer(body, json_length)
+        timeout_ms = _int_header(headers, b"x-request-timeout-ms")
+        deadline = runtime.deadline_after(timeout_ms) if timeout_ms else None
+        entry, outputs = await runtime.infer(name, version, request.inputs, deadline=deadline)
+        if request.outputs is not None:
+            unknown = set(request.outputs) - set(outputs)
+            if unknown:
+                raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+            outputs = {k: outputs[k] for k in request.outputs}
+        payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
+        extra.append((b"x-model-version", entry.version.encode()))
+        if header_length is None:
+            return 200, payload, b"application/json"
+        extra.append((b"inference-header-content-length", str(header_length).encode()))
+        return 200, payload, OCTETS
+
+
+def _expect(method: str, allowed: str) -> None:
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise MethodNotAllowed(f"use {allowed}", headers={"Allow": allowed})
+
+
+def _json(doc: Any) -> tuple[int, bytes, bytes]:
+    return 200, dumps(doc), b"application/json"
+
+
+def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise BadRequest(f"header {name.decode()} must be a non-negative integer")
+    return int(raw)

@@ -1,0 +1,46 @@
+"""Check decoded tensors against a model's signature and the configured limits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.errors import InvalidInput
+from gateway.settings import LimitSettings
+from models.signature import Signature, TensorSpec
+
+
+def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:
+    """The array, if it fits `spec` and the limits; an InvalidInput naming the problem otherwise."""
+    expected = list(spec.shape)
+    if arr.ndim != len(spec.shape) or any(d not in (-1, s) for d, s in zip(spec.shape, arr.shape)):
+        raise InvalidInput(f"{where}: shape {list(arr.shape)} does not match {expected}")
+    if arr.shape[0] == 0 or 0 in arr.shape:
+        raise InvalidInput(f"{where}: empty tensor (shape {list(arr.shape)})")
+    if arr.shape[0] > limits.max_rows:
+        raise InvalidInput(f"{where}: {arr.shape[0]} rows is over the limit of {limits.max_rows}")
+    if arr.size > limits.max_elements:
+        raise InvalidInput(f"{where}: {arr.size} elements is over the limit of {limits.max_elements}")
+    for d, s in zip(spec.shape[1:], arr.shape[1:]):
+        if d == -1 and s > limits.max_sequence_length:
+            raise InvalidInput(f"{where}: length {s} is over the limit of {limits.max_sequence_length}")
+    if arr.dtype.kind == "f" and not limits.allow_non_finite and not np.isfinite(arr).all():
+        raise InvalidInput(f"{where}: NaN or infinity in the data")
+    if spec.min_value is not None and arr.min() < spec.min_value:
+        raise InvalidInput(f"{where}: values must be >= {spec.min_value:g}")
+    if spec.max_value is not None and arr.max() > spec.max_value:
+        raise InvalidInput(f"{where}: values must be <= {spec.max_value:g}")
+    return arr
+
+
+def check_inputs(signature: Signature, inputs: dict[str, tuple[str, np.ndarray]], limits: LimitSettings) -> np.ndarray:
+    """The model's one input array from an Open Inference Protocol request; datatypes must match exactly."""
+    spec = signature.inputs[0]
+    unknown = set(inputs) - {s.name for s in signature.inputs}
+    if unknown:
+        raise InvalidInput(f"unknown input(s) {sorted(unknown)}; the model takes {[s.name for s in signature.inputs]}")
+    if spec.name not in inputs:
+        raise InvalidInput(f"missing input '{spec.name}'")
+    datatype, arr = inputs[spec.name]
+    if datatype != spec.datatype:
+        raise InvalidInput(f"input '{spec.name}' has datatype {datatype}, the model takes {spec.datatype}")
+    return check_tensor(spec, arr, limits, f"input '{spec.name}'")

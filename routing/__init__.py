@@ -1,0 +1,1 @@
+"""Which version answers a request: route tables, sticky assignment, canaries, shadows."""

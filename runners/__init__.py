@@ -1,0 +1,1 @@
+"""One runner per framework behind one interface, and the adaptive batcher that feeds them."""

@@ -1,0 +1,214 @@
+"""The adaptive batcher: one per loaded model version.
+
+A request becomes a future in a queue. A batch leaves when
+- the model has a free worker and nothing is running (a lone request never waits), or
+- the queue holds `max_batch_size` rows, or
+- waiting longer would break the latency budget of the oldest request, given the learned
+  cost of a batch of that size (only matters with more than one worker per version).
+Everything is driven by callbacks on the event loop (enqueue, batch done, one timer), so
+there is no polling. The model call runs on the version's thread pool. A failed batch fails
+each of its requests; a request whose budget cannot be met is refused at once (503), and
+one whose client deadline passes is answered 504 and dropped from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
+from runners.base import Runner
+from runners.cost import BatchCost
+from runners.settings import BatchSettings
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    rows: np.ndarray
+    future: asyncio.Future[Outputs]
+    enqueued: float
+    deadline_timer: asyncio.TimerHandle | None = field(default=None)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters the metrics layer reads; plain ints so the hot path pays nothing for them."""
+
+    batches: int = 0
+    rows: int = 0
+    failed_batches: int = 0
+    refused: int = 0
+    expired: int = 0
+
+
+class AdaptiveBatcher:
+    def __init__(self, runner: Runner, settings: BatchSettings) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.max_batch_size = settings.max_batch_size
+        self.budget = settings.max_latency_ms / 1000.0
+        self.cost = BatchCost()
+        self.stats = BatchStats()
+        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"batch-{runner.tag}")
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._running_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def learn(self, timings: list[tuple[int, float]]) -> None:
+        """Seed the cost model, e.g. with the warm-up's timings."""
+        for rows, seconds in timings:
+            self.cost.observe(rows, seconds)
+
+    async def submit(self, rows: np.ndarray, deadline: float | None = None) -> Outputs:
+        """Run `rows` in some batch and return exactly their outputs.
+
+        `deadline` is an absolute `loop.time()` after which the caller no longer wants the answer.
+        """
+        loop = asyncio.get_running_loop()
+        n = len(rows)
+        if self._queued_rows + n > self.settings.max_queue_rows:
+            self.stats.refused += 1
+            raise QueueFull(f"{self.runner.tag}: queue is full", headers={"Retry-After": "1"})
+        now = loop.time()
+        if self._expected_latency(now, n) > self.budget:
+            self.stats.refused += 1
+            raise BudgetExceeded(
+                f"{self.runner.tag}: cannot answer within {self.settings.max_latency_ms:g} ms", headers={"Retry-After": "1"}
+            )
+        pending = _Pending(rows, loop.create_future(), now)
+        if deadline is not None:
+            pending.deadline_timer = loop.call_at(deadline, self._expire, pending)
+        self._queue.append(pending)
+        self._queued_rows += n
+        self._schedule(loop)
+        try:
+            return await pending.future
+        finally:
+            if pending.deadline_timer is not None:
+                pending.deadline_timer.cancel()
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running (for unloading a version without failing requests)."""
+        while self._queue or self._running:
+            self._idle = self._idle or asyncio.Event()
+            await self._idle.wait()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _expected_latency(self, now: float, n: int) -> float:
+        """Queue wait plus own run time, from the learned cost of batches."""
+        ahead = self._queued_rows
+        full_batches, rest = divmod(ahead, self.max_batch_size)
+        busy = max(0.0, self._running_until - now) if self._running >= self.settings.workers else 0.0
+        queued = full_batches * self.cost.estimate(self.max_batch_size) / self.settings.workers
+        return busy + queued + self.cost.estimate(min(rest + n, max(self.max_batch_size, n)))
+
+    def _expire(self, pending: _Pending) -> None:
+        if not pending.future.done():
+            self.stats.expired += 1
+            pending.future.set_exception(DeadlineExceeded(f"{self.runner.tag}: request deadline passed in the queue"))
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._queue and self._running < self.settings.workers:
+            now = loop.time()
+            if self._running == 0 or self._queued_rows >= self.max_batch_size:
+                self._dispatch(loop, now)
+                continue
+            oldest = self._queue[0]
+            leave_at = oldest.enqueued + self.budget - self.cost.estimate(min(self._queued_rows, self.max_batch_size))
+            if leave_at <= now:
+                self._dispatch(loop, now)
+                continue
+            self._arm_timer(loop, leave_at)
+            return
+
+    def _arm_timer(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._schedule(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            head = self._queue[0]
+            n = len(head.rows)
+            if batch and rows + n > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= n
+            if head.future.done():  # expired or the client went away
+                continue
+            batch.append(head)
+            rows += n
+        if not batch:
+            self._notify_idle()
+            return
+        self._running += 1
+        self._running_until = max(self._running_until, now + self.cost.estimate(rows))
+        work = loop.run_in_executor(self._executor, self._execute, [p.rows for p in batch])
+        work.add_done_callback(functools.partial(self._finish, loop, batch, rows))
+
+    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float]:
+        start = time.perf_counter()
+        outputs = self.runner.run(self.runner.collate(arrays))
+        return outputs, time.perf_counter() - start
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, work: asyncio.Future) -> None:
+        self._running -= 1
+        self.stats.batches += 1
+        self.stats.rows += rows
+        try:
+            outputs, seconds = work.result()
+            bad = [k for k, v in outputs.items() if len(v) != rows]
+            if bad:
+                raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
+        except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
+            self.stats.failed_batches += 1
+            message = f"{self.runner.tag}: {type(exc).__name__}: {exc}"
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(ModelFailed(message))
+        else:
+            self.cost.observe(rows, seconds)
+            start = 0
+            for p in batch:
+                end = start + len(p.rows)
+                if not p.future.done():
+                    p.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                start = end
+        self._schedule(loop)
+        self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        if self._idle is not None and not self._queue and not self._running:
+            self._idle.set()
+            self._idle = None

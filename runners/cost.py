@@ -1,0 +1,37 @@
+"""What a batch of n rows is expected to cost, learned from the batches that ran."""
+
+from __future__ import annotations
+
+
+class BatchCost:
+    """Seconds ~ fixed + per_row * n, a least-squares fit over exponentially decayed history.
+
+    O(1) per observation, so it can be updated after every batch; recent batches dominate,
+    so the estimate follows load, device contention and warm caches.
+    """
+
+    def __init__(self, decay: float = 0.97) -> None:
+        self._decay = decay
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self.fixed = 0.0
+        self.per_row = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self._decay
+        self._w = d * self._w + 1.0
+        self._x = d * self._x + rows
+        self._y = d * self._y + seconds
+        self._xx = d * self._xx + rows * rows
+        self._xy = d * self._xy + rows * seconds
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        var_x = self._xx / self._w - mean_x * mean_x
+        if var_x > 1e-9:
+            slope = (self._xy / self._w - mean_x * mean_y) / var_x
+            self.per_row = max(0.0, slope)
+            self.fixed = max(0.0, mean_y - self.per_row * mean_x)
+        else:  # every batch had the same size: no slope to learn yet
+            self.per_row = mean_y / max(mean_x, 1.0)
+            self.fixed = 0.0
+
+    def estimate(self, rows: int) -> float:
+        return self.fixed + self.per_row * rows

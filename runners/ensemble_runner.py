@@ -1,0 +1,28 @@
+"""Soft-vote ensembles whose members are themselves served models, each run by its own runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import bentoml
+import numpy as np
+
+from runners.base import Runner
+
+
+class EnsembleRunner(Runner):
+    framework = "ensemble"
+
+    def __init__(self, model: bentoml.Model, device: str, member_runner: Callable[[str], Runner]) -> None:
+        super().__init__(model, device)
+        members: dict[str, float] = self.metadata["members"]
+        total = sum(members.values())
+        self.members = [(member_runner(tag), weight / total) for tag, weight in members.items()]
+
+    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
+        probs = None
+        for runner, weight in self.members:
+            # Members may want another layout of the same pixels (e.g. [n, 1, 8, 8] against [n, 64]).
+            part = weight * runner.predict_rows(batch.reshape(len(batch), *runner.input_spec.row_shape))
+            probs = part if probs is None else probs + part
+        return probs.astype(np.float32, copy=False)

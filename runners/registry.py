@@ -1,0 +1,103 @@
+"""The model versions this process serves, their runners, batchers and load state."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.errors import ModelNotFound, ModelNotReady
+from runners.base import Runner
+from runners.batcher import AdaptiveBatcher
+from runners.loader import load_runner
+from runners.settings import ServingConfig
+
+log = logging.getLogger(__name__)
+
+
+class VersionState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    name: str
+    version: str
+    state: VersionState = VersionState.LOADING
+    runner: Runner | None = None
+    batcher: AdaptiveBatcher | None = None
+    load_seconds: float | None = None
+    error: str | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class ModelRegistry:
+    def __init__(self, config: ServingConfig) -> None:
+        self.config = config
+        self._models: dict[str, dict[str, LoadedVersion]] = {name: {} for name in config.models}
+        self._runners: dict[str, Runner] = {}
+
+    def load(self, name: str, version: str) -> LoadedVersion:
+        """Load, warm up and put a batcher in front of one version; blocking, so call it off the event loop."""
+        entry = LoadedVersion(name, version)
+        self._models.setdefault(name, {})[version] = entry
+        settings = self.config.batch_settings(name)
+        start = time.perf_counter()
+        try:
+            runner = load_runner(entry.tag, settings.device, self._runners)
+            timings = runner.warmup((1, settings.max_batch_size))
+            batcher = AdaptiveBatcher(runner, settings)
+            batcher.learn(timings)
+        except Exception as exc:  # noqa: BLE001 - a broken model must not take the process down
+            entry.state, entry.error = VersionState.FAILED, f"{type(exc).__name__}: {exc}"
+            log.error("model %s failed to load: %s", entry.tag, entry.error)
+            return entry
+        entry.runner, entry.batcher = runner, batcher
+        entry.load_seconds = time.perf_counter() - start
+        entry.state = VersionState.READY
+        log.info("model %s ready on %s in %.2f s", entry.tag, runner.device, entry.load_seconds)
+        return entry
+
+    def load_configured(self) -> None:
+        for name, cfg in self.config.models.items():
+            for version in cfg.versions:
+                self.load(name, version)
+
+    @property
+    def ready(self) -> bool:
+        """True once every configured version is loaded and warmed up."""
+        return all(
+            self._models.get(name, {}).get(v) is not None and self._models[name][v].state is VersionState.READY
+            for name, cfg in self.config.models.items()
+            for v in cfg.versions
+        )
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def versions(self, name: str) -> dict[str, LoadedVersion]:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(f"model '{name}' is not served here") from None
+
+    def get(self, name: str, version: str) -> LoadedVersion:
+        entry = self.versions(name).get(version)
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+        return entry
+
+    def serving(self, name: str, version: str) -> LoadedVersion:
+        """The version, if it can take a request now."""
+        entry = self.get(name, version)
+        if entry.state is not VersionState.READY:
+            problem = "failed to load" if entry.state is VersionState.FAILED else f"is {entry.state.value}"
+            raise ModelNotReady(f"model '{entry.tag}' {problem}", headers={"Retry-After": "1"})
+        return entry

@@ -1,0 +1,74 @@
+"""The serving configuration: which models to load and how to batch each one.
+
+One YAML file (`serving.yaml` at the project root, or the path in `RTSERVE_CONFIG`)
+with a `defaults` block and per-model overrides; the field docstrings are the reference.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serving.yaml"
+
+
+class BatchSettings(BaseModel):
+    """How requests for one model version are coalesced and run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(64, ge=1)
+    """Most rows in one model call; a single request with more rows runs alone."""
+    max_latency_ms: float = Field(50.0, gt=0)
+    """Budget from enqueue to result. A request whose budget cannot be met is refused (503) at once."""
+    max_queue_rows: int = Field(4096, ge=1)
+    """Rows waiting per model version before new requests are refused with 503 and Retry-After."""
+    workers: int = Field(1, ge=1)
+    """Threads running batches of this version; 1 keeps batches large on a small CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` picks CUDA when torch or onnxruntime can see a GPU, else the CPU."""
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    versions: list[str]
+    """Versions (tag version parts, e.g. v1) loaded at start-up."""
+    weights: dict[str, float] = {}
+    """Initial route weights; empty means the last listed version takes all traffic."""
+    batching: dict = {}
+    """Overrides of the `defaults` batching fields for this model."""
+
+    @model_validator(mode="after")
+    def _weights_name_loaded_versions(self) -> ModelConfig:
+        unknown = set(self.weights) - set(self.versions)
+        if unknown:
+            raise ValueError(f"weights name versions that are not loaded: {sorted(unknown)}")
+        return self
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: BatchSettings = BatchSettings()
+    torch_threads: int = Field(1, ge=1)
+    """Intra-op threads for torch and onnxruntime; 1 leaves the other core to the HTTP worker."""
+    models: dict[str, ModelConfig]
+
+    def batch_settings(self, name: str) -> BatchSettings:
+        cfg = self.models.get(name)
+        overrides = cfg.batching if cfg else {}
+        return BatchSettings.model_validate({**self.defaults.model_dump(), **overrides})
+
+    def initial_weights(self, name: str) -> dict[str, float]:
+        cfg = self.models[name]
+        return dict(cfg.weights) or {cfg.versions[-1]: 100.0}
+
+
+def load_config(path: str | os.PathLike | None = None) -> ServingConfig:
+    path = Path(path or os.environ.get("RTSERVE_CONFIG") or DEFAULT_CONFIG)
+    return ServingConfig.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,34 @@
+"""PyTorch modules stored as architecture name, constructor arguments and a state dict."""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+import torch
+
+from models.nets import ARCHITECTURES
+from runners.base import Runner
+
+
+def load_torch_module(model: bentoml.Model | str, device: str) -> torch.nn.Module:
+    """Rebuild the module from the store; weights_only loading never runs pickled code."""
+    if isinstance(model, str):
+        model = bentoml.models.get(model)
+    meta = model.info.metadata
+    module = ARCHITECTURES[meta["architecture"]](**meta["arch_args"])
+    state = torch.load(model.path_of("state_dict.pt"), map_location=device, weights_only=True)
+    module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+class TorchRunner(Runner):
+    framework = "pytorch"
+
+    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+        super().__init__(model, device)
+        self.module = load_torch_module(model, device)
+
+    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+            return out.to(torch.float32).cpu().numpy()

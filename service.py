@@ -1,0 +1,58 @@
+"""The BentoML service: models run in-process behind our adaptive batcher.
+
+The Open Inference Protocol API is a raw ASGI app mounted at the root (see gateway/http.py);
+`/predict` is a regular BentoML endpoint, so it shows in the Swagger UI. BentoML keeps what it
+is good at: the model store, the server and its workers, `bentoml build`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+import bentoml
+
+from gateway.errors import ServingError
+from gateway.http import InferenceApp
+from gateway.runtime import Runtime
+from gateway.simple import outputs_to_json, rows_to_inputs
+
+oip_app = InferenceApp()
+
+
+@bentoml.asgi_app(oip_app, path="/")
+@bentoml.service(
+    name="rtserve",
+    workers=int(os.environ.get("RTSERVE_WORKERS", "1")),
+    # Each pending request keeps a timer for this long; short keeps the heap (and GC pauses) small.
+    traffic={"timeout": 10},
+    # Our own Prometheus metrics replace BentoML's per-request middleware metrics.
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
+)
+class InferenceService:
+    def __init__(self) -> None:
+        # Fewer, cheaper collections: the long-lived heap is frozen once the models are loaded.
+        gc.set_threshold(50_000, 50, 100)
+        self.runtime = Runtime.from_environment()
+        oip_app.bind(self.runtime)
+        self.runtime.start()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.api(route="/predict")
+    async def predict(self, model: str, inputs: list[Any], version: str | None = None, ctx: bentoml.Context = None) -> dict:
+        """Predict with a model by name: `inputs` is a list of rows (64 pixel values 0-16, or token ids)."""
+        try:
+            entry = self.runtime.resolve(model, version)
+            tensors = rows_to_inputs(entry.runner.input_spec, inputs)
+            entry, outputs = await self.runtime.infer(model, entry.version, tensors)
+        except ServingError as exc:
+            ctx.response.status_code = exc.status.value
+            for key, value in exc.headers.items():
+                ctx.response.headers[key] = value
+            return exc.body()
+        ctx.response.headers["X-Model-Version"] = entry.version
+        return {"model": model, "version": entry.version, "outputs": outputs_to_json(outputs)}
