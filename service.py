@@ -48,7 +48,7 @@ class InferenceService:
         try:
             entry = self.runtime.resolve(model, version)
             tensors = rows_to_inputs(entry.runner.input_spec, inputs)
-            entry, outputs = await self.runtime.infer(model, entry.version, tensors)
+            outputs = await self.runtime.infer(entry, tensors)
         except ServingError as exc:
             ctx.response.status_code = exc.status.value
             for key, value in exc.headers.items():

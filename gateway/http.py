@@ -103,12 +103,13 @@ class InferenceApp:
         self, name: str, version: str | None, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
     ) -> tuple[int, bytes, bytes]:
         runtime = self.runtime
+        entry = runtime.resolve(name, version)
         body = await read_body(receive, headers, runtime.limits.max_body_bytes)
         json_length = _int_header(headers, b"inference-header-content-length")
         request = decode_infer(body, json_length)
         timeout_ms = _int_header(headers, b"x-request-timeout-ms")
         deadline = runtime.deadline_after(timeout_ms) if timeout_ms else None
-        entry, outputs = await runtime.infer(name, version, request.inputs, deadline=deadline)
+        outputs = await runtime.infer(entry, request.inputs, deadline=deadline)
         if request.outputs is not None:
             unknown = set(request.outputs) - set(outputs)
             if unknown:

@@ -59,11 +59,11 @@ class Runtime:
         return self.registry.serving(name, version)
 
     async def infer(
-        self, name: str, version: str | None, inputs: dict[str, tuple[str, np.ndarray]], *, deadline: float | None = None
-    ) -> tuple[LoadedVersion, Outputs]:
-        entry = self.resolve(name, version)
+        self, entry: LoadedVersion, inputs: dict[str, tuple[str, np.ndarray]], *, deadline: float | None = None
+    ) -> Outputs:
+        """Validate against the resolved version's signature and run through its batcher."""
         rows = check_inputs(entry.runner.signature, inputs, self.limits)
-        return entry, await entry.batcher.submit(rows, deadline)
+        return await entry.batcher.submit(rows, deadline)
 
     def deadline_after(self, milliseconds: float) -> float:
         return asyncio.get_running_loop().time() + milliseconds / 1000.0

@@ -1,0 +1,59 @@
+# Two commands do everything on a fresh machine:
+#   make serve   set up, build the demo models, serve them on :3000 with embedded defaults
+#   make test    set up, start what the tests need, run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+
+.PHONY: setup models serve test bench system-deps redis bento clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test,load]"
+	touch $@
+
+## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server.
+system-deps:
+	@missing=""; \
+	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server; do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+## Redis on 127.0.0.1:6379, started when it is not answering.
+redis: system-deps
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /tmp --logfile /tmp/rtserve-redis.log
+	@for i in $$(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && exit 0; sleep 0.1; done; \
+	  echo "redis did not start" >&2; exit 1
+
+setup: $(VENV)/.installed
+	$(BIN)/python -m models.build
+
+models: setup
+
+serve: setup
+	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   Swagger UI: http://localhost:$(PORT)/"
+	$(BIN)/bentoml serve --port $(PORT)
+
+test: setup system-deps redis
+	$(BIN)/python -m pytest
+
+bench: setup system-deps redis
+	$(BIN)/python -m loadtest.bench
+
+bento: setup
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .bentoml .pytest_cache
