@@ -1,0 +1,157 @@
+"""The throughput benchmark: this service and its peers, side by side, in one run.
+
+    python -m loadtest.bench                       # the full matrix (about 15 minutes)
+    python -m loadtest.bench --targets ours,stock --scenarios sklearn-miss --connections 64
+
+Servers (one worker each): `ours` (embedded defaults), `stock` (BentoML `batchable=True`,
+peer b), `empty` (constant JSON mounted in BentoML, peer c), `raw` (constant JSON under
+uvicorn, peer d). Load: wrk, closed loop. Writes loadtest/results/bench-<time>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loadtest.scenarios import SCENARIOS, Request, Scenario
+from loadtest.servers import ROOT, Server, bentoml_server, uvicorn_server
+
+LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
+RESULTS = ROOT / "loadtest" / "results"
+PEER_OF = {"b": "stock", "c": "empty", "d": "raw"}
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    non2xx: int
+    socket_errors: int
+
+
+def targets() -> dict[str, Server]:
+    return {
+        "ours": bentoml_server("ours", "service:InferenceService", {"REDIS_URL": ""}, ready="/v2/health/ready"),
+        "stock": bentoml_server("stock", "loadtest.peers.stock_batchable:StockBatchable"),
+        "empty": bentoml_server("empty", "loadtest.peers.empty_bentoml:EmptyService", ready="/readyz"),
+        "raw": uvicorn_server("raw", "loadtest.peers.raw_asgi:app"),
+    }
+
+
+def request_for(target: str, scenario: Scenario) -> Request | None:
+    if target == "stock":
+        return scenario.stock
+    return scenario.oip  # ours, and the constant peers, which read the same bytes
+
+
+def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp: Path) -> dict:
+    body = tmp / "body.json"
+    body.write_text(req.body)
+    env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body)}
+    threads = min(2, connections)
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(seconds)}s", "--timeout", "5s", "-s", str(LUA), server.url]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    match = re.search(r"@@RESULT (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return json.loads(match.group(1))
+
+
+def measure(server: Server, scenario: Scenario, req: Request, connections: int, seconds: float, tmp: Path) -> Result:
+    run_wrk(server, req, connections, min(3.0, seconds), tmp)  # warm-up: JIT, caches, batch cost model
+    raw = run_wrk(server, req, connections, seconds, tmp)
+    return Result(
+        target=server.name,
+        scenario=scenario.name,
+        connections=connections,
+        rps=raw["requests"] / (raw["duration_us"] / 1e6),
+        p50_ms=raw["p50_us"] / 1000,
+        p95_ms=raw["p95_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        non2xx=raw["non2xx"],
+        socket_errors=raw["socket_errors"],
+    )
+
+
+def ratios(results: list[Result]) -> dict[tuple[str, str, int], dict[str, float]]:
+    index = {(r.target, r.scenario, r.connections): r for r in results}
+    out: dict[tuple[str, str, int], dict[str, float]] = {}
+    for r in results:
+        if r.target in PEER_OF.values():
+            continue
+        out[(r.target, r.scenario, r.connections)] = {
+            f"/{peer}": r.rps / index[(name, r.scenario, r.connections)].rps
+            for peer, name in PEER_OF.items()
+            if (name, r.scenario, r.connections) in index
+        }
+    return out
+
+
+def table(results: list[Result]) -> str:
+    rat = ratios(results)
+    lines = [
+        "| server | scenario | conns | req/s | p50 ms | p95 ms | p99 ms | non-2xx | vs (b) stock | vs (c) empty | vs (d) raw |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        q = rat.get((r.target, r.scenario, r.connections), {})
+        cells = [f"{q[k]:.2f}x" if k in q else "" for k in ("/b", "/c", "/d")]
+        lines.append(
+            f"| {r.target} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.non2xx + r.socket_errors} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="ours,stock,empty,raw")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    args = parser.parse_args(argv)
+    conns = [int(c) for c in args.connections.split(",")]
+    scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
+    servers = targets()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="rtserve-bench-") as tmp:
+        for name in args.targets.split(","):
+            server = servers[name]
+            print(f"starting {name} ...", flush=True)
+            server.start(Path(tmp))
+            try:
+                for scenario in scenarios:
+                    req = request_for(name, scenario)
+                    if req is None:
+                        continue
+                    for c in conns:
+                        res = measure(server, scenario, req, c, args.duration, Path(tmp))
+                        print(f"  {scenario.name:<15} c={c:<3} {res.rps:>9,.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
+                              f"non-2xx {res.non2xx + res.socket_errors}", flush=True)
+                        results.append(res)
+            finally:
+                server.stop()
+    md = table(results)
+    print("\n" + md)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"bench-{stamp}.md").write_text(md + "\n")
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    print(f"\nwritten: loadtest/results/bench-{stamp}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

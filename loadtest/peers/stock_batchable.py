@@ -1,0 +1,20 @@
+"""Peer (b): the same scikit-learn model served the way BentoML documents it, `batchable=True`."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+
+import bentoml
+
+
+@bentoml.service(name="stock-batchable", workers=1)
+class StockBatchable:
+    model_ref = bentoml.models.BentoModel("digits-sklearn:v1")
+
+    def __init__(self) -> None:
+        self.model = joblib.load(self.model_ref.path_of("model.joblib"))
+
+    @bentoml.api(batchable=True)
+    def predict(self, input: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(input)

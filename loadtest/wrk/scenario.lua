@@ -1,0 +1,38 @@
+-- One benchmark scenario for wrk. Parameters come from the environment:
+--   RT_PATH      request path
+--   RT_BODY      file with the body template; @ROW@ becomes fresh random values per request,
+--                @LEN@ their count (for variable-length rows); without @ROW@ the body is constant
+--   RT_MIN, RT_MAX   value range of random values; RT_LEN_MIN, RT_LEN_MAX   row length range
+--   RT_AUTH      optional bearer token
+-- `done` prints one JSON line with wrk's latency percentiles (HDR histogram, microseconds).
+
+local path = os.getenv("RT_PATH")
+local template = io.open(os.getenv("RT_BODY")):read("*a")
+local lo, hi = tonumber(os.getenv("RT_MIN") or "0"), tonumber(os.getenv("RT_MAX") or "16")
+local len_lo, len_hi = tonumber(os.getenv("RT_LEN_MIN") or "64"), tonumber(os.getenv("RT_LEN_MAX") or "64")
+local headers = { ["Content-Type"] = "application/json" }
+if os.getenv("RT_AUTH") then headers["Authorization"] = "Bearer " .. os.getenv("RT_AUTH") end
+local dynamic = template:find("@ROW@", 1, true) ~= nil
+local static_request = nil
+
+function init(args)
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+  if not dynamic then static_request = wrk.format("POST", path, headers, template) end
+end
+
+function request()
+  if not dynamic then return static_request end
+  local n = math.random(len_lo, len_hi)
+  local values = {}
+  for i = 1, n do values[i] = math.random(lo, hi) end
+  local body = template:gsub("@LEN@", tostring(n)):gsub("@ROW@", table.concat(values, ","))
+  return wrk.format("POST", path, headers, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\n@@RESULT {"requests":%d,"duration_us":%d,"non2xx":%d,"socket_errors":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end
