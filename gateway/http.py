@@ -6,14 +6,17 @@ routing is a split of the path and a match on its parts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from typing import Any
 
-from gateway.asgi import OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
+from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from gateway.codec import decode_infer, encode_infer
-from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError
+from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
+from observability.context import start_request
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +41,30 @@ class InferenceApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        start = time.perf_counter()
+        labels = start_request()
         headers = header_map(scope)
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or new_request_id()
         extra = [(b"x-request-id", request_id.encode("latin-1"))]
+        code = ""
         try:
             if self.runtime is None:
-                raise NotFound("service is starting")
+                raise Unavailable("service is starting")
             status, body, content_type = await self._route(scope, receive, headers, extra)
         except ServingError as exc:
-            status, body, content_type = exc.status.value, dumps(exc.body()), b"application/json"
+            status, body, content_type, code = exc.status.value, dumps(exc.body()), JSON, exc.code
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
             if exc.status >= 500:
                 log.warning("request %s %s: %s", request_id, scope["path"], exc.message)
         except Exception:
             log.exception("request %s %s failed", request_id, scope["path"])
-            status, body, content_type = 500, dumps({"error": "internal error", "code": "internal_error"}), b"application/json"
+            status, body, content_type, code = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON, "internal_error"
         await send_response(send, status, body, extra, content_type)
+        if labels.model and self.runtime is not None and self.runtime.metrics is not None:
+            metrics = self.runtime.metrics
+            metrics.observe_request(labels.model, labels.version, labels.variant, status, labels.cache, time.perf_counter() - start)
+            if code:
+                metrics.error_child(labels.model, labels.version, code).inc()
 
     async def _route(
         self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
@@ -64,6 +75,10 @@ class InferenceApp:
             path = path[len(root) :]
         parts = path.strip("/").split("/")
         method = scope["method"]
+        if parts == ["metrics"] and self.runtime.metrics is not None:
+            _expect(method, "GET")
+            body, content_type = await asyncio.to_thread(self.runtime.metrics.exposition)
+            return 200, body, content_type.encode()
         if parts[0] != "v2":
             raise NotFound(f"no route for {path}")
         rest = parts[1:]
@@ -88,7 +103,7 @@ class InferenceApp:
             return _json({"live": True})
         if rest == ["health", "ready"]:
             ready = self.runtime.ready
-            return (200 if ready else 503), dumps({"ready": ready}), b"application/json"
+            return (200 if ready else 503), dumps({"ready": ready}), JSON
         raise NotFound(f"no route for {path}")
 
     def _model_ready(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
@@ -97,7 +112,7 @@ class InferenceApp:
         if version and entry is None:
             raise NotFound(f"model '{name}' has no version '{version}'")
         ready = entry.state.value == "ready" if entry else any(v.state.value == "ready" for v in versions.values())
-        return (200 if ready else 503), dumps({"name": name, "ready": ready}), b"application/json"
+        return (200 if ready else 503), dumps({"name": name, "ready": ready}), JSON
 
     async def _infer(
         self, name: str, version: str | None, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
@@ -118,7 +133,7 @@ class InferenceApp:
         payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
         extra.append((b"x-model-version", entry.version.encode()))
         if header_length is None:
-            return 200, payload, b"application/json"
+            return 200, payload, JSON
         extra.append((b"inference-header-content-length", str(header_length).encode()))
         return 200, payload, OCTETS
 
@@ -129,7 +144,7 @@ def _expect(method: str, allowed: str) -> None:
 
 
 def _json(doc: Any) -> tuple[int, bytes, bytes]:
-    return 200, dumps(doc), b"application/json"
+    return 200, dumps(doc), JSON
 
 
 def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:

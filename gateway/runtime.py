@@ -6,11 +6,13 @@ import asyncio
 import gc
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gateway.settings import LimitSettings
+from observability.context import current
+from observability.metrics import UNKNOWN
 from gateway.validate import check_inputs
 from routing.router import Router
 from routing.table import RouteTable
@@ -18,20 +20,26 @@ from runners.batcher import Outputs
 from runners.registry import LoadedVersion, ModelRegistry
 from runners.settings import ServingConfig, load_config
 
+if TYPE_CHECKING:
+    from observability.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, config: ServingConfig, limits: LimitSettings | None = None) -> None:
+    def __init__(self, config: ServingConfig, limits: LimitSettings | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.limits = limits or LimitSettings()
-        self.registry = ModelRegistry(config)
+        self.metrics = metrics
+        self.registry = ModelRegistry(config, metrics)
         self.router = Router({name: RouteTable(config.initial_weights(name), salt=name) for name in config.models})
         self.loaded = threading.Event()
 
     @classmethod
     def from_environment(cls) -> Runtime:
-        return cls(load_config())
+        from observability.metrics import Metrics
+
+        return cls(load_config(), metrics=Metrics())
 
     def start(self) -> threading.Thread:
         """Load every configured model in the background, so liveness answers while models load."""
@@ -54,9 +62,13 @@ class Runtime:
         return self.loaded.is_set() and self.registry.ready
 
     def resolve(self, name: str, version: str | None, user: str | None = None) -> LoadedVersion:
+        labels = current()
+        labels.model = name if name in self.config.models else UNKNOWN
         if version is None:
             version = self.router.resolve(name, user)
-        return self.registry.serving(name, version)
+        entry = self.registry.serving(name, version)
+        labels.version = entry.version
+        return entry
 
     async def infer(
         self, entry: LoadedVersion, inputs: dict[str, tuple[str, np.ndarray]], *, deadline: float | None = None

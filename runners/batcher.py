@@ -19,6 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from gateway.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueF
 from runners.base import Runner
 from runners.cost import BatchCost
 from runners.settings import BatchSettings
+
+if TYPE_CHECKING:
+    from observability.metrics import BatchMetrics
 
 Outputs = dict[str, np.ndarray]
 
@@ -50,8 +54,9 @@ class BatchStats:
 
 
 class AdaptiveBatcher:
-    def __init__(self, runner: Runner, settings: BatchSettings) -> None:
+    def __init__(self, runner: Runner, settings: BatchSettings, metrics: BatchMetrics | None = None) -> None:
         self.runner = runner
+        self.metrics = metrics
         self.settings = settings
         self.max_batch_size = settings.max_batch_size
         self.budget = settings.max_latency_ms / 1000.0
@@ -61,6 +66,7 @@ class AdaptiveBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._running = 0
+        self._inflight = 0  # requests queued or in a running batch
         self._running_until = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -100,6 +106,7 @@ class AdaptiveBatcher:
             pending.deadline_timer = loop.call_at(deadline, self._expire, pending)
         self._queue.append(pending)
         self._queued_rows += n
+        self._inflight += 1
         self._schedule(loop)
         try:
             return await pending.future
@@ -166,6 +173,7 @@ class AdaptiveBatcher:
             self._queue.popleft()
             self._queued_rows -= n
             if head.future.done():  # expired or the client went away
+                self._inflight -= 1
                 continue
             batch.append(head)
             rows += n
@@ -175,15 +183,18 @@ class AdaptiveBatcher:
         self._running += 1
         self._running_until = max(self._running_until, now + self.cost.estimate(rows))
         work = loop.run_in_executor(self._executor, self._execute, [p.rows for p in batch])
-        work.add_done_callback(functools.partial(self._finish, loop, batch, rows))
+        work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
     def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float]:
         start = time.perf_counter()
         outputs = self.runner.run(self.runner.collate(arrays))
         return outputs, time.perf_counter() - start
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, work: asyncio.Future) -> None:
+    def _finish(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
+    ) -> None:
         self._running -= 1
+        self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
         try:
@@ -199,6 +210,8 @@ class AdaptiveBatcher:
                     p.future.set_exception(ModelFailed(message))
         else:
             self.cost.observe(rows, seconds)
+            if self.metrics is not None:
+                self.metrics.batch_done(rows, seconds, [started - p.enqueued for p in batch])
             start = 0
             for p in batch:
                 end = start + len(p.rows)
@@ -206,6 +219,8 @@ class AdaptiveBatcher:
                     p.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
         self._schedule(loop)
+        if self.metrics is not None:
+            self.metrics.load(self._queued_rows, self._inflight)
         self._notify_idle()
 
     def _notify_idle(self) -> None:

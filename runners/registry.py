@@ -6,12 +6,16 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.errors import ModelNotFound, ModelNotReady
 from runners.base import Runner
 from runners.batcher import AdaptiveBatcher
 from runners.loader import load_runner
 from runners.settings import ServingConfig
+
+if TYPE_CHECKING:
+    from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,9 @@ class LoadedVersion:
 
 
 class ModelRegistry:
-    def __init__(self, config: ServingConfig) -> None:
+    def __init__(self, config: ServingConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self._models: dict[str, dict[str, LoadedVersion]] = {name: {} for name in config.models}
         self._runners: dict[str, Runner] = {}
 
@@ -48,22 +53,41 @@ class ModelRegistry:
         """Load, warm up and put a batcher in front of one version; blocking, so call it off the event loop."""
         entry = LoadedVersion(name, version)
         self._models.setdefault(name, {})[version] = entry
+        self.set_state(entry, VersionState.LOADING)
         settings = self.config.batch_settings(name)
         start = time.perf_counter()
         try:
             runner = load_runner(entry.tag, settings.device, self._runners)
             timings = runner.warmup((1, settings.max_batch_size))
-            batcher = AdaptiveBatcher(runner, settings)
+            batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows))
             batcher.learn(timings)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the process down
-            entry.state, entry.error = VersionState.FAILED, f"{type(exc).__name__}: {exc}"
+            entry.error = f"{type(exc).__name__}: {exc}"
+            self.set_state(entry, VersionState.FAILED)
+            if self.metrics is not None:
+                self.metrics.load_failures.labels(name, version).inc()
             log.error("model %s failed to load: %s", entry.tag, entry.error)
             return entry
         entry.runner, entry.batcher = runner, batcher
         entry.load_seconds = time.perf_counter() - start
-        entry.state = VersionState.READY
+        if self.metrics is not None:
+            self.metrics.load_seconds.labels(name, version).set(entry.load_seconds)
+        self.set_state(entry, VersionState.READY)
         log.info("model %s ready on %s in %.2f s", entry.tag, runner.device, entry.load_seconds)
         return entry
+
+    def set_state(self, entry: LoadedVersion, state: VersionState) -> None:
+        entry.state = state
+        if self.metrics is not None:
+            for s in VersionState:
+                self.metrics.state.labels(entry.name, entry.version, s.value).set(1 if s is state else 0)
+
+    def _batch_metrics(self, entry: LoadedVersion, capacity: int):
+        if self.metrics is None:
+            return None
+        from observability.metrics import BatchMetrics
+
+        return BatchMetrics(self.metrics, entry.name, entry.version, capacity)
 
     def load_configured(self) -> None:
         for name, cfg in self.config.models.items():

@@ -1,0 +1,1 @@
+"""Prometheus metrics, tracing spans and structured logs."""

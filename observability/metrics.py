@@ -1,0 +1,108 @@
+"""Prometheus metrics, shared by every worker through prometheus-client's multiprocess mode.
+
+BentoML gives each worker `PROMETHEUS_MULTIPROC_DIR`; values are written to files there and
+`/metrics` (served by any worker) adds them up. prometheus_client is imported only when
+`Metrics` is created in the worker, after that variable is set.
+
+The hot path holds pre-labelled children (one dict lookup per request), never `labels()`.
+Label values are bounded: model and version come from the registry, never from the client.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from typing import Any
+
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNKNOWN = "_unknown"  # model label for requests that name no served model
+
+
+def _multiproc_dir() -> str:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:  # outside `bentoml serve` (tests, scripts): a private directory
+        path = tempfile.mkdtemp(prefix="rtserve-prom-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+class Metrics:
+    """Every metric of the service; one instance per worker process."""
+
+    def __init__(self) -> None:
+        self.directory = _multiproc_dir()
+        from prometheus_client import Counter, Gauge, Histogram
+
+        mv = ["model", "version"]
+        self.requests = Counter("rtserve_requests", "Requests answered", [*mv, "variant", "status_class", "cache"])
+        self.errors = Counter("rtserve_errors", "Error responses by machine-readable code", [*mv, "code"])
+        self.duration = Histogram("rtserve_request_duration_seconds", "End-to-end request latency", [*mv, "variant"], buckets=LATENCY_BUCKETS)
+        self.queue_wait = Histogram("rtserve_queue_wait_seconds", "Time from enqueue to batch start", mv, buckets=LATENCY_BUCKETS)
+        self.execution = Histogram("rtserve_model_execution_seconds", "Model call time per batch", mv, buckets=LATENCY_BUCKETS)
+        self.batch_size = Histogram("rtserve_batch_size", "Rows per model call", mv, buckets=BATCH_BUCKETS)
+        self.batches = Counter("rtserve_batches", "Model calls", mv)
+        self.queue_depth = Gauge("rtserve_queue_depth", "Rows waiting", mv, multiprocess_mode="livesum")
+        self.queue_capacity = Gauge("rtserve_queue_capacity", "Most rows that may wait", mv, multiprocess_mode="livesum")
+        self.inflight = Gauge("rtserve_inflight_requests", "Requests being served", mv, multiprocess_mode="livesum")
+        self.load_seconds = Gauge("rtserve_model_load_seconds", "Load and warm-up time", mv, multiprocess_mode="livemax")
+        self.load_failures = Counter("rtserve_model_load_failures", "Versions that failed to load", mv)
+        self.state = Gauge("rtserve_model_version_state", "1 for the version's current state", [*mv, "state"], multiprocess_mode="livemax")
+        self.cache = Counter("rtserve_cache_requests", "Prediction cache lookups", ["tier", "outcome"])
+        self.rate_limited = Counter("rtserve_rate_limited", "Requests refused by rate limits", ["tier"])
+        self.auth_failures = Counter("rtserve_auth_failures", "Rejected credentials", ["reason"])
+        self.redis_up = Gauge("rtserve_redis_up", "1 while Redis answers", multiprocess_mode="livemin")
+        self.redis_errors = Counter("rtserve_redis_errors", "Failed Redis calls", ["component"])
+        self.canary_decisions = Counter("rtserve_canary_decisions", "Canary controller decisions", ["model", "decision"])
+        self.route_weight = Gauge("rtserve_route_weight", "Route weight in percent", mv, multiprocess_mode="mostrecent")
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - one instance per process, bounded label space
+    def request_children(self, model: str, version: str, variant: str, status_class: str, cache: str) -> tuple[Any, Any]:
+        return (
+            self.requests.labels(model, version, variant, status_class, cache),
+            self.duration.labels(model, version, variant),
+        )
+
+    def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
+        counter, histogram = self.request_children(model, version, variant, f"{status // 100}xx", cache)
+        counter.inc()
+        histogram.observe(seconds)
+
+    @lru_cache(maxsize=4096)  # noqa: B019
+    def error_child(self, model: str, version: str, code: str) -> Any:
+        return self.errors.labels(model, version, code)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """All workers' metrics, added up, in the Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class BatchMetrics:
+    """The batcher's view of the metrics for one model version, pre-labelled."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str, capacity: int) -> None:
+        self.queue_wait = metrics.queue_wait.labels(model, version)
+        self.execution = metrics.execution.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
+        self.batches = metrics.batches.labels(model, version)
+        self.queue_depth = metrics.queue_depth.labels(model, version)
+        self.inflight = metrics.inflight.labels(model, version)
+        metrics.queue_capacity.labels(model, version).set(capacity)
+
+    def batch_done(self, rows: int, seconds: float, waits: list[float]) -> None:
+        self.batches.inc()
+        self.batch_size.observe(rows)
+        self.execution.observe(seconds)
+        for w in waits:
+            self.queue_wait.observe(w)
+
+    def load(self, queued_rows: int, inflight: int) -> None:
+        """Queue depth and in-flight requests, set once per batch rather than per request."""
+        self.queue_depth.set(queued_rows)
+        self.inflight.set(inflight)

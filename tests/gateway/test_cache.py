@@ -1,0 +1,458 @@
+"""The prediction cache against a real Redis: the shared one, and our own that we stop mid-test."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway.cache import (
+    CacheSettings,
+    PredictionCache,
+    cache_key,
+    decode_outputs,
+    encode_outputs,
+    version_token,
+)
+from gateway.codec import to_array
+from tests.helpers import free_port
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def outputs_for(value: float, n: int = 4) -> dict[str, np.ndarray]:
+    return {"probabilities": np.full((1, n), value, np.float32), "label": np.array([int(value)], np.int64)}
+
+
+def key(i: int, model: str = "digits", token: str = "v1#1") -> bytes:
+    return cache_key(model, token, np.array([[float(i)]], np.float32))
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+class Computations:
+    """A compute callable that counts its calls and can be held until the test releases it."""
+
+    def __init__(self, result: dict[str, np.ndarray] | None = None, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.result = result or outputs_for(7.0)
+        self.error = error
+
+    async def __call__(self) -> dict[str, np.ndarray]:
+        self.calls += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class RedisServer:
+    """Our own redis-server on a free port, stopped and restarted by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"rtserve-test:cache:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def shared_redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(SHARED_REDIS)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- keys and serialization
+
+
+def test_keys_are_canonical_input_bytes_not_json_text():
+    as_floats = to_array([[1.0, 2.0, 3.0]], "FP32", "x")
+    as_ints = to_array([[1, 2, 3]], "FP32", "x")
+    assert cache_key("digits", "v1#3", as_floats) == cache_key("digits", "v1#3", as_ints)
+    strided = np.array([[1.0, 0.0, 2.0, 0.0, 3.0, 0.0]], np.float32)[:, ::2]
+    assert cache_key("digits", "v1#3", strided) == cache_key("digits", "v1#3", as_floats)
+    square = np.arange(9, dtype=np.float32).reshape(3, 3)
+    assert cache_key("digits", "v1#3", square.T) == cache_key("digits", "v1#3", np.ascontiguousarray(square.T))
+    assert cache_key("digits", "v1#3", square.T) != cache_key("digits", "v1#3", square)
+    big_endian = as_floats.astype(">f4")
+    assert cache_key("digits", "v1#3", big_endian) == cache_key("digits", "v1#3", as_floats)
+
+    base = cache_key("digits", "v1#3", as_floats)
+    assert len({
+        base,
+        cache_key("digits", "v1#4", as_floats),  # a new generation of the same version
+        cache_key("digits", "v2#3", as_floats),
+        cache_key("iris", "v1#3", as_floats),
+        cache_key("digits", "v1#3", as_floats.reshape(3, 1)),
+        cache_key("digits", "v1#3", as_floats.astype(np.float64)),
+        cache_key("digits", "v1#3", as_floats + 1),
+    }) == 7
+    assert version_token("v1", 3) == "v1#3"
+    with pytest.raises(ValueError):
+        cache_key("digits:v1", "3", as_floats)  # would be ambiguous with ("digits", "v1:3")
+    with pytest.raises(TypeError):
+        cache_key("digits", "v1#3", np.array(["a"], object))
+
+
+def test_redis_format_round_trips_and_refuses_anything_else():
+    outputs = {
+        "p": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "flag": np.array(True),
+        "empty": np.zeros((0, 4), np.int64),
+        "strided": np.arange(12.0).reshape(3, 4)[:, ::2],
+    }
+    decoded = decode_outputs(encode_outputs(outputs))
+    assert_same(decoded, outputs)
+    assert not any(a.flags.writeable for a in decoded.values())
+
+    blob = encode_outputs(outputs)
+    for bad in (b"", b"garbage", blob[:-1], blob + b"\0", blob.replace(b"<f2", b"|O8"), b"RTC1\xff\xff\xff\xff[]"):
+        with pytest.raises(ValueError):
+            decode_outputs(bad)
+
+
+# -- memory tier
+
+
+async def test_lru_is_bounded_by_entries_and_evicts_least_recently_used():
+    cache = PredictionCache(CacheSettings(max_entries=3))
+    for i in range(3):
+        await cache.put(key(i), outputs_for(i))
+    assert await cache.get(key(0)) is not None  # 0 is now the most recently used
+    await cache.put(key(3), outputs_for(3))
+    assert len(cache) == 3
+    assert await cache.get(key(1)) is None
+    for i in (0, 2, 3):
+        assert_same(await cache.get(key(i)), outputs_for(i))
+    assert cache.stats.evictions == 1
+
+
+async def test_lru_is_bounded_by_bytes():
+    big = {"y": np.zeros(1000, np.float64)}  # 8,000 bytes plus overhead: two fit in 20,000, three do not
+    cache = PredictionCache(CacheSettings(max_bytes=20_000))
+    await cache.put(key(0), big)
+    await cache.put(key(1), big)
+    await cache.get(key(0))
+    await cache.put(key(2), big)
+    assert len(cache) == 2 and cache.memory_bytes <= 20_000
+    assert await cache.get(key(1)) is None
+    assert await cache.get(key(0)) is not None and await cache.get(key(2)) is not None
+
+    await cache.put(key(3), {"y": np.zeros(5000, np.float64)})  # larger than the whole budget: not kept
+    assert await cache.get(key(3)) is None and len(cache) == 2
+
+
+async def test_cached_arrays_are_read_only_and_private():
+    cache = PredictionCache(CacheSettings())
+    batch = np.arange(8, dtype=np.float32).reshape(4, 2)
+    mine = {"y": batch[1:2]}  # a slice of a batch, as the batcher hands out
+    await cache.put(key(0), mine)
+    mine["y"][0, 0] = -1.0  # the caller's array stays its own
+    got = await cache.get(key(0))
+    assert got["y"].tolist() == [[2.0, 3.0]]
+    assert not got["y"].flags.writeable and got["y"].base is not batch
+    with pytest.raises(ValueError):
+        got["y"][0, 0] = 99.0
+    got["extra"] = np.zeros(1)  # the returned dict is the caller's too
+    assert set(await cache.get(key(0))) == {"y"}
+
+
+async def test_drop_model_version_removes_only_that_version():
+    cache = PredictionCache(CacheSettings())
+    entries = [("digits", "v1#1"), ("digits", "v1#2"), ("digits", "v2#1"), ("digits", "v10#1"), ("iris", "v1#1")]
+    for i, (model, token) in enumerate(entries):
+        await cache.put(key(i, model, token), outputs_for(i))
+    before = cache.memory_bytes
+    assert cache.drop_model_version("digits", "v1") == 2
+    assert len(cache) == 3 and cache.memory_bytes < before
+    assert [await cache.get(key(i, m, t)) is not None for i, (m, t) in enumerate(entries)] == [False, False, True, True, True]
+    assert cache.drop_model_version("digits", "v2#1") == 1  # one exact generation
+    assert cache.drop_model_version("digits", "v1") == 0
+
+
+async def test_disabled_cache_always_computes():
+    cache = PredictionCache(CacheSettings(enabled=False))
+    compute = Computations()
+    compute.release.set()
+    await cache.put(key(0), outputs_for(1))
+    assert await cache.get(key(0)) is None
+    assert (await cache.get_or_compute(key(0), compute))[1] is False
+    assert (await cache.get_or_compute(key(0), compute))[1] is False
+    assert compute.calls == 2 and len(cache) == 0
+
+
+# -- single flight
+
+
+async def test_concurrent_identical_misses_share_one_computation():
+    cache = PredictionCache(CacheSettings())
+    compute = Computations()
+    waiters = [asyncio.create_task(cache.get_or_compute(key(0), compute)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert compute.calls == 1 and not any(w.done() for w in waiters)
+    compute.release.set()
+    results = await asyncio.gather(*waiters)
+    assert compute.calls == 1
+    for outputs, hit in results:
+        assert hit is False
+        assert_same(outputs, compute.result)
+    assert cache.stats.coalesced == 19
+    outputs, hit = await cache.get_or_compute(key(0), compute)
+    assert hit is True and compute.calls == 1
+
+
+async def test_a_failed_computation_reaches_every_waiter_and_caches_nothing():
+    cache = PredictionCache(CacheSettings())
+    compute = Computations(error=RuntimeError("model exploded"))
+    waiters = [asyncio.create_task(cache.get_or_compute(key(0), compute)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    compute.release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert compute.calls == 1
+    assert all(isinstance(r, RuntimeError) and str(r) == "model exploded" for r in results)
+    assert len(cache) == 0 and await cache.get(key(0)) is None
+
+    compute.error = None
+    assert (await cache.get_or_compute(key(0), compute))[1] is False
+    assert compute.calls == 2
+
+
+async def test_a_cancelled_caller_does_not_fail_the_others():
+    cache = PredictionCache(CacheSettings())
+    compute = Computations()
+    first = asyncio.create_task(cache.get_or_compute(key(0), compute))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(cache.get_or_compute(key(0), compute))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0)
+    compute.release.set()
+    outputs, hit = await second
+    assert_same(outputs, compute.result) and first.cancelled()
+    assert compute.calls == 1 and len(cache) == 1
+
+
+# -- Redis tier
+
+
+async def test_workers_share_entries_through_redis(shared_redis, prefix):
+    settings = CacheSettings(key_prefix=prefix, redis_ttl_s=120)
+    first, second = PredictionCache(settings, shared_redis), PredictionCache(settings, shared_redis)
+    compute = Computations()
+    compute.release.set()
+    outputs, hit = await first.get_or_compute(key(0), compute)
+    assert hit is False and compute.calls == 1
+    await first.flush()
+    assert 0 < await shared_redis.ttl(prefix.encode() + key(0)) <= 120
+
+    outputs, hit = await second.get_or_compute(key(0), compute)
+    assert hit is True and compute.calls == 1
+    assert_same(outputs, compute.result)
+    assert not any(a.flags.writeable for a in outputs.values())
+    assert (second.stats.memory_misses, second.stats.redis_hits) == (1, 1)
+    assert await second.get(key(0)) is not None  # promoted into its LRU
+    assert second.stats.memory_hits == 1 and second.stats.redis_hits == 1
+    assert await second.get(key(1)) is None and second.stats.redis_misses == 1
+    assert second.stats.by_tier() == {"memory": (1, 2), "redis": (1, 1)}
+
+
+async def test_a_corrupt_redis_entry_is_a_miss(shared_redis, prefix):
+    cache = PredictionCache(CacheSettings(key_prefix=prefix), shared_redis)
+    await shared_redis.set(prefix.encode() + key(0), b"not a cache entry", ex=60)
+    assert await cache.get(key(0)) is None
+    assert cache.stats.redis_corrupt == 1 and cache.stats.redis_errors == 0
+
+
+async def test_pending_redis_writes_are_bounded(shared_redis, prefix):
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_writes=4), shared_redis)
+    for i in range(10):  # no await in between: none of the writes can have finished
+        await cache.put(key(i), outputs_for(i))
+    assert cache.pending_writes == 4 and cache.stats.writes_skipped == 6
+    await cache.flush()
+    assert cache.pending_writes == 0 and cache.stats.redis_writes == 4
+    assert len([k async for k in shared_redis.scan_iter(match=f"{prefix}*")]) == 4
+    assert len(cache) == 10
+
+
+async def test_redis_traffic_never_exhausts_a_small_shared_pool(prefix, shared_redis):
+    client = aioredis.Redis.from_url(SHARED_REDIS, max_connections=3)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_reads=2), client)
+    try:
+        for i in range(100):  # one writer, pipelined: a single connection however large the burst
+            await cache.put(key(i), outputs_for(i))
+        await cache.flush()
+        assert cache.stats.redis_writes == 100
+
+        cold = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_reads=2), client)
+        results = await asyncio.gather(*(cold.get(key(i)) for i in range(5)))
+        assert [r is not None for r in results] == [True, True, False, False, False]  # two reads in flight at most
+        assert (cold.stats.redis_hits, cold.stats.redis_bypassed) == (2, 3)
+        assert cache.stats.redis_errors == cold.stats.redis_errors == 0
+    finally:
+        await client.aclose()
+
+
+def _other_process(prefix: str, results: multiprocessing.Queue) -> None:
+    """A second worker process: reads what the parent wrote, then writes its own entry."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(SHARED_REDIS)
+        cache = PredictionCache(CacheSettings(key_prefix=prefix), client)
+        got = await cache.get(key(0))
+        computed = Computations(outputs_for(42.0))
+        computed.release.set()
+        _, hit = await cache.get_or_compute(key(1), computed)
+        await cache.flush()
+        await client.aclose()
+        results.put((None if got is None else {k: v.tolist() for k, v in got.items()}, cache.stats.redis_hits, hit))
+
+    asyncio.run(main())
+
+
+async def test_processes_share_entries_through_redis(shared_redis, prefix):
+    cache = PredictionCache(CacheSettings(key_prefix=prefix), shared_redis)
+    await cache.put(key(0), outputs_for(5.0))
+    await cache.flush()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    child = ctx.Process(target=_other_process, args=(prefix, results))
+    child.start()
+    try:
+        got, child_redis_hits, child_hit = await asyncio.to_thread(results.get, timeout=20)
+    finally:
+        child.join(timeout=10)
+    assert child.exitcode == 0
+    assert got == {k: v.tolist() for k, v in outputs_for(5.0).items()} and child_redis_hits == 1
+    assert child_hit is False
+    assert_same(await cache.get(key(1)), outputs_for(42.0))
+    assert cache.stats.redis_hits == 1
+
+
+async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog):
+    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    client = aioredis.Redis.from_url(own_redis.url)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_backoff_s=1.0), client)
+    try:
+        await cache.put(key(0), outputs_for(1.0))
+        await cache.flush()
+        assert cache.stats.redis_writes == 1
+
+        own_redis.stop()
+        compute = Computations()
+        compute.release.set()
+        slowest = 0.0
+        for i in range(50):
+            start = time.perf_counter()
+            assert_same(await cache.get(key(0)), outputs_for(1.0))  # memory still answers
+            assert await cache.get(key(100 + i)) is None
+            outputs, hit = await cache.get_or_compute(key(200 + i), compute)
+            await cache.put(key(300 + i), outputs_for(2.0))
+            slowest = max(slowest, time.perf_counter() - start)
+            assert hit is False
+        await cache.flush()
+        assert slowest < 0.2, f"a call took {slowest * 1000:.0f} ms during the outage"
+        assert compute.calls == 50
+        assert cache.stats.redis_errors == 1  # one failed try, then a second of bypassing
+        assert cache.stats.redis_bypassed >= 149
+        assert_same(await cache.get(key(300)), outputs_for(2.0))
+        outages = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(outages) == 1 and outages[0].levelno == logging.WARNING
+
+        await asyncio.sleep(1.05)  # back-off over, still down: one caller probes, the others keep bypassing
+        start = time.perf_counter()
+        assert await asyncio.gather(*(cache.get(key(500 + i)) for i in range(10))) == [None] * 10
+        assert time.perf_counter() - start < 0.2
+        assert cache.stats.redis_errors == 2
+        assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+        own_redis.start()  # same port, empty
+        await asyncio.sleep(1.05)
+        assert await cache.get(key(999)) is None
+        assert cache.stats.redis_misses >= 1
+        recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+        assert len(recovered) == 1 and recovered[0].startswith("prediction cache: Redis answers again")
+        await cache.put(key(1000), outputs_for(3.0))
+        await cache.flush()
+        assert await client.exists(prefix.encode() + key(1000)) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_slow_redis_times_out_quickly(own_redis, prefix, caplog):
+    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    client = aioredis.Redis.from_url(own_redis.url)
+    admin = redis.Redis(port=own_redis.port)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=20, redis_backoff_s=0.3), client)
+    try:
+        assert await cache.get(key(0)) is None  # connected, plain miss
+        admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
+        start = time.perf_counter()
+        assert await cache.get(key(0)) is None
+        assert time.perf_counter() - start < 0.1
+        assert cache.stats.redis_errors == 1
+        assert any("no answer within" in r.getMessage() for r in caplog.records)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.sleep(0.35)
+        await cache.put(key(1), outputs_for(1.0))
+        await cache.flush()
+        assert cache.stats.redis_writes == 1 and await client.exists(prefix.encode() + key(1)) == 1
+    finally:
+        admin.close()
+        await client.aclose()

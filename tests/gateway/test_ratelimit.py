@@ -1,0 +1,365 @@
+"""Rate limits against the real Redis on 127.0.0.1:6379 (keys under a per-test prefix),
+in-process, across two worker processes, and through a Redis outage on a Redis of our own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from gateway.errors import RateLimited, Unavailable
+from gateway.ratelimit import RateLimiter, RateLimitSettings, gcra
+from tests.helpers import free_port
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"rtserve:test:rl:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def redis(prefix: str) -> AsyncIterator[Redis]:
+    client = Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=1.0)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture(params=["redis", "local"])
+def limiter_for(request: pytest.FixtureRequest, prefix: str, redis: Redis):
+    """Build a limiter on either backend; the same behaviour is expected of both."""
+
+    def make(**overrides) -> RateLimiter:
+        # A long Redis timeout: these tests are about the limits, not about a slow Redis.
+        settings = RateLimitSettings(enabled=True, key_prefix=prefix, redis_timeout_ms=2000, **overrides)
+        return RateLimiter(settings, redis if request.param == "redis" else None)
+
+    return make
+
+
+async def test_burst_then_refusal_with_headers(limiter_for) -> None:
+    limiter = limiter_for(rate=0.5, burst=3)  # one request per 2 s, 3 at once
+    first = await limiter.check("t1")
+    assert first.allowed
+    assert first.headers() == {"RateLimit-Limit": "3", "RateLimit-Remaining": "2", "RateLimit-Reset": "2"}
+    assert [(await limiter.check("t1")).remaining for _ in range(2)] == [1, 0]
+
+    refused = await limiter.check("t1")
+    assert not refused.allowed
+    assert 1.9 < refused.retry_after_s <= 2.0
+    assert refused.headers() == {
+        "RateLimit-Limit": "3",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "6",
+        "Retry-After": "2",
+    }
+    with pytest.raises(RateLimited) as raised:
+        await limiter.enforce("t1")
+    assert raised.value.status == 429
+    assert raised.value.headers["Retry-After"] == "2"
+    assert (await limiter.enforce("t2")).allowed  # tenants have separate buckets
+    assert limiter.stats.allowed["default"] == 4
+    assert limiter.stats.limited["default"] == 2
+
+
+async def test_refills_at_the_configured_rate(limiter_for) -> None:
+    rate, burst = 20.0, 5
+    limiter = limiter_for(rate=rate, burst=burst)
+    start = time.monotonic()
+    assert all([(await limiter.check("t")).allowed for _ in range(burst)])
+    refused = await limiter.check("t")
+    assert not refused.allowed and 0 < refused.retry_after_s <= 1 / rate
+
+    refilled = 0
+    while time.monotonic() - start < 0.6:
+        refilled += (await limiter.check("t")).allowed
+        await asyncio.sleep(0.002)
+    expected = rate * (time.monotonic() - start)
+    assert expected - 2 <= refilled <= expected + 1
+
+
+async def test_named_tenants_get_their_tier(limiter_for) -> None:
+    limiter = limiter_for(rate=1, burst=2, tiers={"gold": {"rate": 1, "burst": 8}}, tenants={"acme": "gold"})
+    acme = [await limiter.check("acme") for _ in range(9)]
+    other = [await limiter.check("other") for _ in range(3)]
+    assert [d.allowed for d in acme] == [True] * 8 + [False]
+    assert [d.allowed for d in other] == [True, True, False]
+    assert acme[0].headers()["RateLimit-Limit"] == "8" and other[0].headers()["RateLimit-Limit"] == "2"
+    assert limiter.tier_of("acme") == "gold" and limiter.tier_of("other") == "default"
+    assert limiter.stats.limited == {"gold": 1, "default": 1}
+
+
+def test_tiers_and_tenants_come_from_env_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTSERVE_RATELIMIT_ENABLED", "true")
+    monkeypatch.setenv("RTSERVE_RATELIMIT_TIERS", '{"gold": {"rate": 5000, "burst": 10000}}')
+    monkeypatch.setenv("RTSERVE_RATELIMIT_TENANTS", '{"acme": "gold", "solo": "default"}')
+    monkeypatch.setenv("RTSERVE_RATELIMIT_FAIL_OPEN", "false")
+    settings = RateLimitSettings()
+    assert settings.enabled and not settings.fail_open
+    assert settings.tiers["gold"].rate == 5000 and settings.tiers["gold"].burst == 10000
+    assert settings.tenants == {"acme": "gold", "solo": "default"}
+
+    monkeypatch.setenv("RTSERVE_RATELIMIT_TENANTS", '{"acme": "platinum"}')
+    with pytest.raises(ValidationError, match="platinum"):
+        RateLimitSettings()
+    with pytest.raises(ValidationError, match="reserved"):
+        RateLimitSettings(tenants={}, tiers={"default": {"rate": 1, "burst": 1}})
+
+
+async def test_disabled_limiter_allows_everything_and_sends_no_headers() -> None:
+    limiter = RateLimiter(RateLimitSettings(enabled=False, rate=1, burst=1), None)
+    decisions = [await limiter.enforce("t") for _ in range(5)]
+    assert all(d.allowed and d.headers() == {} for d in decisions)
+
+
+async def test_in_process_state_forgets_idle_tenants() -> None:
+    limiter = RateLimiter(RateLimitSettings(enabled=True, rate=1000, burst=1), None)  # bucket full after 1 ms
+    for i in range(4096):
+        await limiter.check(f"tenant-{i}")
+    await asyncio.sleep(0.01)
+    await limiter.check("one-more")
+    assert len(limiter._tat) < 100
+
+
+@given(
+    interval=st.integers(1, 1000),
+    burst=st.integers(1, 20),
+    gaps=st.lists(st.integers(0, 3000), min_size=1, max_size=60),
+)
+def test_gcra_never_exceeds_burst_plus_rate_over_any_window(interval: int, burst: int, gaps: list[int]) -> None:
+    now, tat, passed = 0, 0, []
+    for gap in gaps:
+        now += gap
+        allowed, new_tat, remaining, reset, retry = gcra(tat, now, interval, burst)
+        if allowed:
+            tat = new_tat
+            passed.append(now)
+            assert 0 <= remaining < burst and reset == tat - now and retry == 0
+            # `remaining` is exact: that many more pass right now, and then one is refused.
+            probe = tat
+            for _ in range(remaining):
+                ok, probe, *_ = gcra(probe, now, interval, burst)
+                assert ok
+            assert not gcra(probe, now, interval, burst)[0]
+        else:
+            # `retry_after` is exact: one tick earlier is still refused, at it the request passes.
+            assert retry > 0 and remaining == 0
+            assert not gcra(tat, now + retry - 1, interval, burst)[0]
+            assert gcra(tat, now + retry, interval, burst)[0]
+    for i, t0 in enumerate(passed):
+        for j in range(i, len(passed)):
+            assert j - i + 1 <= burst + (passed[j] - t0) // interval
+
+
+def test_conforming_traffic_is_never_refused() -> None:
+    tat = 0
+    for now in range(0, 100_000, 100):  # exactly at the rate
+        allowed, tat, *_ = gcra(tat, now, 100, 1)
+        assert allowed
+
+
+# --- two worker processes sharing one tenant ------------------------------------------------
+
+
+def _hammer(prefix: str, rate: float, burst: int, seconds: float, barrier, results) -> None:
+    """One worker: its own event loop and Redis client, four concurrent callers."""
+
+    async def run() -> tuple[int, float, float]:
+        client = Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=1.0)
+        settings = RateLimitSettings(enabled=True, rate=rate, burst=burst, key_prefix=prefix, redis_timeout_ms=2000)
+        limiter = RateLimiter(settings, client)
+        await client.ping()
+        barrier.wait(30)
+        first = time.time()
+        stop = time.monotonic() + seconds
+
+        async def caller() -> int:
+            allowed = 0
+            while time.monotonic() < stop:
+                allowed += (await limiter.check("shared")).allowed
+            return allowed
+
+        counts = await asyncio.gather(*(caller() for _ in range(4)))
+        last = time.time()
+        await client.aclose()
+        assert limiter.stats.redis_errors == 0  # every decision was Redis's
+        return sum(counts), first, last
+
+    results.put(asyncio.run(run()))
+
+
+async def test_two_worker_processes_share_one_limit(prefix: str, redis: Redis) -> None:
+    rate, burst, seconds = 20.0, 10, 1.0
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(prefix, rate, burst, seconds, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [await asyncio.to_thread(results.get, True, 60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    allowed = sum(o[0] for o in outcomes)
+    elapsed = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
+    # Shared: burst + rate * elapsed (~30). Separate limits would allow about twice that.
+    assert burst + rate * seconds - 3 <= allowed <= burst + rate * elapsed + 1
+    assert all(p.exitcode == 0 for p in procs)
+
+
+# --- Redis outages, on a Redis server of our own ------------------------------------------
+
+
+class OwnRedis:
+    """A throwaway redis-server on a free port that a test may stop, pause and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OwnRedis:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while subprocess.run(
+            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+        ).stdout.strip() != "PONG":
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def outage_limiter(server: OwnRedis, **overrides) -> tuple[RateLimiter, Redis]:
+    # No socket timeouts and redis-py's default retries (seconds of them against a dead
+    # server) on the client: the limiter's own timeout must be what bounds each call.
+    client = Redis(host="127.0.0.1", port=server.port)
+    await client.ping()  # connected before the clock matters
+    settings = RateLimitSettings(enabled=True, rate=1, burst=2, redis_timeout_ms=150, redis_backoff_s=0.3, **overrides)
+    return RateLimiter(settings, client), client
+
+
+async def timed(call) -> tuple[float, object]:
+    start = time.monotonic()
+    try:
+        result = await call
+    except Unavailable as exc:
+        result = exc
+    return time.monotonic() - start, result
+
+
+async def recover(limiter: RateLimiter) -> None:
+    """Poll until the limiter decides with Redis again (a decision with a limit)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if (await limiter.check("t")).limit:
+                return
+        except Unavailable:
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError("limiter did not recover")
+
+
+async def test_fail_open_allows_counts_and_warns_once(own_redis: OwnRedis, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    limiter, client = await outage_limiter(own_redis)
+    try:
+        assert [(await limiter.check("t")).allowed for _ in range(3)] == [True, True, False]
+
+        own_redis.stop()
+        outcomes = []
+        for _ in range(50):
+            outcomes.append(await timed(limiter.check("t")))
+            await asyncio.sleep(0.01)
+        assert all(d.allowed and d.headers() == {} for _, d in outcomes)
+        assert max(s for s, _ in outcomes) < 0.5
+        assert 1 <= limiter.stats.redis_errors <= 5  # backing off, not one failed call per request
+        assert limiter.stats.unchecked == 50
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
+
+        own_redis.start()  # same port, empty: the script must be loaded again (NOSCRIPT -> load)
+        await recover(limiter)
+        assert "recovered" in caplog.records[-1].getMessage()
+        assert [(await limiter.check("t")).allowed for _ in range(2)] == [True, False]  # limiting again
+    finally:
+        await client.aclose()
+
+
+async def test_fail_closed_refuses_quickly_and_recovers(own_redis: OwnRedis) -> None:
+    limiter, client = await outage_limiter(own_redis, fail_open=False)
+    try:
+        assert (await limiter.check("t")).allowed
+        own_redis.stop()
+        outcomes = [await timed(limiter.check("t")) for _ in range(20)]
+        assert all(isinstance(e, Unavailable) and e.status == 503 for _, e in outcomes)
+        assert all(int(e.headers["Retry-After"]) >= 1 for _, e in outcomes)
+        assert max(s for s, _ in outcomes) < 0.5
+        assert limiter.stats.redis_errors == 1  # the rest were refused without trying Redis
+        own_redis.start()
+        await recover(limiter)
+    finally:
+        await client.aclose()
+
+
+async def test_a_hung_redis_costs_one_timeout_per_backoff(own_redis: OwnRedis) -> None:
+    limiter, client = await outage_limiter(own_redis, fail_open=False)
+    try:
+        assert (await limiter.check("t")).allowed
+        own_redis.pause()  # accepts bytes, never answers
+        outcomes = [await timed(limiter.check("t")) for _ in range(20)]
+        assert all(isinstance(e, Unavailable) for _, e in outcomes)
+        assert 0.14 < outcomes[0][0] < 0.5  # the one call that waited: about redis_timeout_ms
+        assert max(s for s, _ in outcomes[1:]) < 0.01  # the rest, backing off, do not wait
+        assert limiter.stats.redis_errors == 1
+        own_redis.resume()
+        await recover(limiter)
+    finally:
+        await client.aclose()
