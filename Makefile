@@ -42,9 +42,16 @@ setup: $(VENV)/.installed
 
 models: setup
 
+DEV_SECRET := .dev/jwt-secret
+
 serve: setup
+	@$(BIN)/python -c "from gateway.tokens import ensure_dev_secret; from pathlib import Path; ensure_dev_secret(Path('$(DEV_SECRET)'))"
 	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   Swagger UI: http://localhost:$(PORT)/"
-	$(BIN)/bentoml serve --port $(PORT)
+	@echo "Auth is on with a development key ($(DEV_SECRET)). Get a token:"
+	@echo "  TOKEN=\$$($(BIN)/rtserve token --scope 'predict admin' --tenant dev)"
+	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://localhost:$(PORT)/v2/models/digits-sklearn"
+	RTSERVE_AUTH_ENABLED=true RTSERVE_AUTH_HS256_SECRET_FILE=$(DEV_SECRET) RTSERVE_RATELIMIT_ENABLED=true \
+	  $(BIN)/bentoml serve --port $(PORT)
 
 test: setup system-deps redis
 	$(BIN)/python -m pytest

@@ -45,14 +45,26 @@ class InferenceService:
     @bentoml.api(route="/predict")
     async def predict(self, model: str, inputs: list[Any], version: str | None = None, ctx: bentoml.Context = None) -> dict:
         """Predict with a model by name: `inputs` is a list of rows (64 pixel values 0-16, or token ids)."""
+        headers = ctx.request.headers
         try:
-            entry = self.runtime.resolve(model, version)
+            admitted = await self.runtime.admission.admit(
+                _header(headers, "authorization"), _header(headers, "x-user-id"), "predict"
+            )
+            entry = self.runtime.resolve(model, version, admitted.user)
             tensors = rows_to_inputs(entry.runner.input_spec, inputs)
-            outputs = await self.runtime.infer(entry, tensors)
+            outputs, hit = await self.runtime.infer(entry, tensors, use_cache="no-cache" not in headers.get("cache-control", ""))
         except ServingError as exc:
             ctx.response.status_code = exc.status.value
             for key, value in exc.headers.items():
                 ctx.response.headers[key] = value
             return exc.body()
+        for key, value in admitted.headers:
+            ctx.response.headers[key.decode()] = value.decode()
         ctx.response.headers["X-Model-Version"] = entry.version
+        ctx.response.headers["X-Cache"] = "hit" if hit else "miss"
         return {"model": model, "version": entry.version, "outputs": outputs_to_json(outputs)}
+
+
+def _header(headers: Any, name: str) -> bytes | None:
+    value = headers.get(name)
+    return value.encode("latin-1") if value is not None else None

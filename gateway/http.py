@@ -16,7 +16,8 @@ from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, 
 from gateway.codec import decode_infer, encode_infer
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
-from observability.context import start_request
+from observability.context import current, start_request
+from observability.exporter import StatsExporter
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ class InferenceApp:
 
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
+        self.exporter: StatsExporter | None = None
 
     def bind(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.exporter = StatsExporter(runtime) if runtime.metrics is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,9 +78,15 @@ class InferenceApp:
             path = path[len(root) :]
         parts = path.strip("/").split("/")
         method = scope["method"]
-        if parts == ["metrics"] and self.runtime.metrics is not None:
+        runtime = self.runtime
+        if not runtime.open_paths.fullmatch(path) and parts[-1:] != ["infer"]:  # infer is admitted in _infer
+            runtime.admission.authorize(headers.get(b"authorization"), "predict")
+        if self.exporter is not None:
+            self.exporter.ensure_running()
+        if parts == ["metrics"] and self.exporter is not None:
             _expect(method, "GET")
-            body, content_type = await asyncio.to_thread(self.runtime.metrics.exposition)
+            self.exporter.sync()
+            body, content_type = await asyncio.to_thread(runtime.metrics.exposition)
             return 200, body, content_type.encode()
         if parts[0] != "v2":
             raise NotFound(f"no route for {path}")
@@ -118,13 +127,18 @@ class InferenceApp:
         self, name: str, version: str | None, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
     ) -> tuple[int, bytes, bytes]:
         runtime = self.runtime
-        entry = runtime.resolve(name, version)
+        admitted = await runtime.admission.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
+        extra.extend(admitted.headers)
+        entry = runtime.resolve(name, version, admitted.user)
         body = await read_body(receive, headers, runtime.limits.max_body_bytes)
         json_length = _int_header(headers, b"inference-header-content-length")
         request = decode_infer(body, json_length)
         timeout_ms = _int_header(headers, b"x-request-timeout-ms")
-        deadline = runtime.deadline_after(timeout_ms) if timeout_ms else None
-        outputs = await runtime.infer(entry, request.inputs, deadline=deadline)
+        deadline = runtime.deadline_after(timeout_ms) if timeout_ms is not None else None
+        use_cache = b"no-cache" not in headers.get(b"cache-control", b"")
+        outputs, hit = await runtime.infer(entry, request.inputs, deadline=deadline, use_cache=use_cache)
+        current().cache = "hit" if hit else ("miss" if runtime.cache is not None else "bypass")
+        extra.append((b"x-cache", b"hit" if hit else b"miss"))
         if request.outputs is not None:
             unknown = set(request.outputs) - set(outputs)
             if unknown:

@@ -1,4 +1,4 @@
-"""Everything one worker process serves with: models, routes and limits, wired once at start-up."""
+"""Everything one worker process serves with, wired once at start-up: models, routes, gateway."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.settings import LimitSettings
+from gateway.admission import Admission
+from gateway.cache import PredictionCache, cache_key, version_token
+from gateway.settings import GatewaySettings, LimitSettings
+from gateway.validate import check_inputs
 from observability.context import current
 from observability.metrics import UNKNOWN
-from gateway.validate import check_inputs
 from routing.router import Router
 from routing.table import RouteTable
 from runners.batcher import Outputs
@@ -21,15 +23,40 @@ from runners.registry import LoadedVersion, ModelRegistry
 from runners.settings import ServingConfig, load_config
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+def redis_client(url: str) -> Redis:
+    """One client per worker; callers bound each call with their own short timeouts, so no retries here."""
+    from redis.asyncio import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
+
+
 class Runtime:
-    def __init__(self, config: ServingConfig, limits: LimitSettings | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServingConfig,
+        *,
+        limits: LimitSettings | None = None,
+        admission: Admission | None = None,
+        cache: PredictionCache | None = None,
+        redis: Redis | None = None,
+        metrics: Metrics | None = None,
+        gateway: GatewaySettings | None = None,
+    ) -> None:
         self.config = config
+        self.open_paths = (gateway or GatewaySettings()).open_path_pattern()
         self.limits = limits or LimitSettings()
+        self.admission = admission or Admission(None, None)
+        self.cache = cache
+        self.redis = redis
         self.metrics = metrics
         self.registry = ModelRegistry(config, metrics)
         self.router = Router({name: RouteTable(config.initial_weights(name), salt=name) for name in config.models})
@@ -37,9 +64,21 @@ class Runtime:
 
     @classmethod
     def from_environment(cls) -> Runtime:
+        """The service's runtime: every setting from serving.yaml and the environment."""
+        from gateway.auth import Authenticator, AuthSettings
+        from gateway.cache import CacheSettings
+        from gateway.ratelimit import RateLimiter, RateLimitSettings
         from observability.metrics import Metrics
 
-        return cls(load_config(), metrics=Metrics())
+        gateway = GatewaySettings()
+        redis = redis_client(gateway.redis_url) if gateway.redis_url else None
+        auth_settings, limit_settings, cache_settings = AuthSettings(), RateLimitSettings(), CacheSettings()
+        admission = Admission(
+            Authenticator(auth_settings) if auth_settings.enabled else None,
+            RateLimiter(limit_settings, redis) if limit_settings.enabled else None,
+        )
+        cache = PredictionCache(cache_settings, redis) if cache_settings.enabled else None
+        return cls(load_config(), admission=admission, cache=cache, redis=redis, metrics=Metrics(), gateway=gateway)
 
     def start(self) -> threading.Thread:
         """Load every configured model in the background, so liveness answers while models load."""
@@ -71,11 +110,23 @@ class Runtime:
         return entry
 
     async def infer(
-        self, entry: LoadedVersion, inputs: dict[str, tuple[str, np.ndarray]], *, deadline: float | None = None
-    ) -> Outputs:
-        """Validate against the resolved version's signature and run through its batcher."""
+        self,
+        entry: LoadedVersion,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        *,
+        deadline: float | None = None,
+        use_cache: bool = True,
+    ) -> tuple[Outputs, bool]:
+        """Validate against the version's signature, then the cache, else its batcher; True when cached."""
         rows = check_inputs(entry.runner.signature, inputs, self.limits)
-        return await entry.batcher.submit(rows, deadline)
+        if self.cache is None:
+            return await entry.batcher.submit(rows, deadline), False
+        key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
+        if not use_cache:  # the client asked for a fresh answer; it still refreshes the cache
+            outputs = await entry.batcher.submit(rows, deadline)
+            await self.cache.put(key, outputs)
+            return outputs, False
+        return await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, deadline))
 
     def deadline_after(self, milliseconds: float) -> float:
         return asyncio.get_running_loop().time() + milliseconds / 1000.0

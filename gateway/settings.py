@@ -1,7 +1,11 @@
-"""Request limits; read from the environment (prefix RTSERVE_LIMIT_) when the service starts."""
+"""Gateway settings read from the environment when the service starts: request limits, Redis, open paths."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,3 +22,17 @@ class LimitSettings(BaseSettings):
     """Longest variable dimension of an input (e.g. tokens per sequence)."""
     allow_non_finite: bool = False
     """Accept NaN and infinity in float inputs (no demo model does)."""
+
+
+class GatewaySettings(BaseSettings):
+    """What sits in front of the models; read when the service starts."""
+
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_")
+
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "RTSERVE_REDIS_URL"))
+    """Shared state (rate-limit buckets, cache, routes). Unset or empty: everything in-process."""
+    open_paths: list[str] = ["/v2", "/v2/health/*", "/v2/models/*/ready", "/v2/models/*/versions/*/ready", "/metrics"]
+    """Paths (shell patterns) answered without a token when auth is on: health, readiness, metrics."""
+
+    def open_path_pattern(self) -> re.Pattern[str]:
+        return re.compile("|".join(fnmatch.translate(p) for p in self.open_paths) or "(?!)")

@@ -96,6 +96,9 @@ class AdaptiveBatcher:
             self.stats.refused += 1
             raise QueueFull(f"{self.runner.tag}: queue is full", headers={"Retry-After": "1"})
         now = loop.time()
+        if deadline is not None and deadline <= now:
+            self.stats.expired += 1
+            raise DeadlineExceeded(f"{self.runner.tag}: request deadline already passed")
         if self._expected_latency(now, n) > self.budget:
             self.stats.refused += 1
             raise BudgetExceeded(

@@ -36,6 +36,8 @@ class LoadedVersion:
     batcher: AdaptiveBatcher | None = None
     load_seconds: float | None = None
     error: str | None = None
+    generation: int = 0
+    """When the store's copy was created (µs): a rebuilt version with the same tag gets a new one."""
 
     @property
     def tag(self) -> str:
@@ -69,6 +71,7 @@ class ModelRegistry:
             log.error("model %s failed to load: %s", entry.tag, entry.error)
             return entry
         entry.runner, entry.batcher = runner, batcher
+        entry.generation = int(runner.model.info.creation_time.timestamp() * 1e6)
         entry.load_seconds = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.load_seconds.labels(name, version).set(entry.load_seconds)

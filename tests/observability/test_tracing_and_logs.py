@@ -69,11 +69,30 @@ def test_without_endpoint_tracing_is_the_shared_noop(monkeypatch: pytest.MonkeyP
         raise KeyError("x")
 
 
-def test_disabled_span_costs_well_under_a_microsecond() -> None:
+def test_disabled_span_costs_no_more_than_a_bare_with() -> None:
+    """Relative to the cheapest Python span site possible, so a slow or busy machine does not fail it."""
+
+    class Bare:
+        __slots__ = ()
+
+        def __enter__(self) -> Bare:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    bare = Bare()
+
+    def span(name: str, /, **attributes: object) -> Bare:
+        return bare
+
+    def best(stmt: str, **names: object) -> float:
+        return min(timeit.repeat(stmt, globals=names, number=20_000, repeat=7)) / 20_000
+
     tracer = setup_tracing(TracingSettings())
-    stmt = "with tracer.span('decode', model='m'):\n    pass"
-    best = min(timeit.repeat(stmt, globals={"tracer": tracer}, number=20_000, repeat=5)) / 20_000
-    assert best < 1e-6, f"{best * 1e9:.0f} ns per disabled span"
+    ours = best("with tracer.span('decode', model='m'):\n    pass", tracer=tracer)
+    floor = best("with span('decode', model='m'):\n    pass", span=span)
+    assert ours < 2 * floor, f"disabled span {ours * 1e9:.0f} ns, bare with {floor * 1e9:.0f} ns"
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,39 @@
+"""Who may call, and how often: authentication, scope, and the tenant's rate limit, in that order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.auth import Authenticator, require_scope
+from gateway.ratelimit import RateLimiter
+
+
+@dataclass(slots=True)
+class Admitted:
+    tenant: str
+    user: str | None  # for sticky routing: the token's subject, else the X-User-Id header
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # RateLimit-* for the response
+
+
+class Admission:
+    def __init__(self, auth: Authenticator | None, limiter: RateLimiter | None) -> None:
+        self.auth = auth
+        self.limiter = limiter
+
+    async def admit(self, authorization: bytes | None, user_header: bytes | None, scope: str) -> Admitted:
+        """Raises 401/403 for credentials, 429 (or 503 with Redis down and failing closed) for limits."""
+        if self.auth is not None:
+            principal = self.auth.authenticate(authorization)
+            require_scope(principal, scope)
+            admitted = Admitted(principal.tenant, principal.subject)
+        else:
+            admitted = Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
+        if self.limiter is not None:
+            decision = await self.limiter.enforce(admitted.tenant)
+            admitted.headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+        return admitted
+
+    def authorize(self, authorization: bytes | None, scope: str) -> None:
+        """Credentials only, for metadata requests that are not rate limited."""
+        if self.auth is not None:
+            require_scope(self.auth.authenticate(authorization), scope)
