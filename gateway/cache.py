@@ -18,7 +18,6 @@ import functools
 import hashlib
 import logging
 import math
-import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass

@@ -15,7 +15,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="rtserve-test-bentoml-"))
 os.environ["BENTOML_HOME"] = str(_HOME)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-from tests.helpers import ServerProcess  # noqa: E402
+from tests.helpers import OwnRedis, ServerProcess  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -38,3 +38,13 @@ def server(model_store, tmp_path_factory) -> Iterator[ServerProcess]:
         yield proc.start()
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    """A Redis server of the test's own, which it may stop, pause and restart."""
+    server = OwnRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()

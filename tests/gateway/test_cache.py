@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ from gateway.cache import (
     version_token,
 )
 from gateway.codec import to_array
-from tests.helpers import free_port
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -62,37 +59,6 @@ class Computations:
         return self.result
 
 
-class RedisServer:
-    """Our own redis-server on a free port, stopped and restarted by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["/usr/bin/redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise TimeoutError(f"redis-server on {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def prefix() -> str:
     return f"rtserve-test:cache:{uuid.uuid4().hex}:"
@@ -108,15 +74,6 @@ async def shared_redis(prefix: str) -> AsyncIterator[aioredis.Redis]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # -- keys and serialization

@@ -6,13 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
-import shutil
-import signal
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given
@@ -22,10 +18,9 @@ from redis.asyncio import Redis
 
 from gateway.errors import RateLimited, Unavailable
 from gateway.ratelimit import RateLimiter, RateLimitSettings, gcra
-from tests.helpers import free_port
+from tests.helpers import OwnRedis
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @pytest.fixture
@@ -230,50 +225,6 @@ async def test_two_worker_processes_share_one_limit(prefix: str, redis: Redis) -
 
 
 # --- Redis outages, on a Redis server of our own ------------------------------------------
-
-
-class OwnRedis:
-    """A throwaway redis-server on a free port that a test may stop, pause and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> OwnRedis:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while subprocess.run(
-            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
-        ).stdout.strip() != "PONG":
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def outage_limiter(server: OwnRedis, **overrides) -> tuple[RateLimiter, Redis]:
