@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span, set_span_in_context
@@ -43,6 +43,15 @@ class TracingSettings(BaseSettings):
     """Share of new traces kept; a client's sampled `traceparent` is always honoured."""
 
 
+class Span(Protocol):
+    """What `request()` and `span()` hand out, enabled or not."""
+
+    def __enter__(self) -> Span: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+    def set(self, key: str, value: Any) -> None: ...
+    def error(self, description: str) -> None: ...
+
+
 class NoopSpan:
     """What a disabled tracer hands out: one shared instance, every method does nothing."""
 
@@ -69,11 +78,11 @@ class Tracer:
 
     enabled = False
 
-    def request(self, name: str, headers: Headers, /, **attributes: Any) -> NoopSpan:
+    def request(self, name: str, headers: Headers, /, **attributes: Any) -> Span:
         """The request's server span, joined to the client's trace when `headers` carry `traceparent`."""
         return NOOP_SPAN
 
-    def span(self, name: str, /, **attributes: Any) -> NoopSpan:
+    def span(self, name: str, /, **attributes: Any) -> Span:
         """A child of the current span, as a context manager."""
         return NOOP_SPAN
 
@@ -118,8 +127,11 @@ class LiveSpan:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         detach(self._token)
         if exc is not None:
-            self._span.record_exception(exc)
-            self.error(f"{exc_type.__name__}: {exc}")
+            self._span.set_attribute("error.type", exc_type.__name__)
+            status = getattr(exc, "status", None)
+            if not (isinstance(status, int) and status < 500):  # a client's mistake is not our failure
+                self._span.record_exception(exc)
+                self.error(f"{exc_type.__name__}: {exc}")
         self._span.end()
         return None
 

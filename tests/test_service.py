@@ -165,3 +165,24 @@ def test_simple_predict_endpoint(http):
 def test_simple_predict_errors(http, payload, status):
     r = http.post("/predict", json=payload)
     assert r.status_code == status and "error" in r.json()
+
+
+def test_a_version_that_fails_to_load_is_reported_and_the_rest_serve(model_store, tmp_path):
+    config = tmp_path / "serving.yaml"
+    config.write_text(json.dumps({"models": {"digits-sklearn": {"versions": ["v1", "v7"], "weights": {"v1": 100}}}}))
+    from tests.helpers import ServerProcess
+
+    server = ServerProcess(env={"RTSERVE_CONFIG": str(config), "REDIS_URL": ""}, log_path=tmp_path / "serve.log")
+    server.start(wait_ready=False)
+    try:
+        server.wait_until(lambda r: r.status_code == 503 and r.json()["ready"] is False, "/v2/models/digits-sklearn/versions/v7/ready", 120)
+        server.wait_until(lambda r: r.status_code == 200, "/v2/models/digits-sklearn/versions/v1/ready", 120)
+        with httpx.Client(base_url=server.url) as c:
+            assert c.get("/v2/health/ready").status_code == 503  # not every configured version is up
+            x = data.digits().x_test[:1]
+            assert c.post("/v2/models/digits-sklearn/infer", json=infer_body(x)).status_code == 200
+            r = c.post("/v2/models/digits-sklearn/versions/v7/infer", json=infer_body(x))
+            assert r.status_code == 503 and r.json()["code"] == "model_not_ready" and "failed to load" in r.json()["error"]
+            assert 'rtserve_model_version_state{model="digits-sklearn",state="failed",version="v7"} 1.0' in c.get("/metrics").text
+    finally:
+        server.stop()

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 from pydantic import ValidationError
 
+from gateway.errors import BadRequest, ModelFailed
 from observability.logs import PACKAGES, LogSettings, event, setup_logging
 from observability.tracing import DISABLED, NOOP_SPAN, OtelTracer, TracingSettings, setup_tracing
 
@@ -169,9 +170,22 @@ def test_spans_leave_the_context_as_they_found_it(tracer: OtelTracer, exporter: 
     assert decode.status.status_code is StatusCode.ERROR
     assert "ValueError: bad tensor" in decode.status.description
     assert [e.name for e in decode.events] == ["exception"]
+    assert decode.attributes["error.type"] == "ValueError"
     with tracer.request(REQUEST, {}) as request:
         request.error("503 model unavailable")
     assert finished(tracer, exporter)[REQUEST].status.status_code is StatusCode.ERROR
+
+
+def test_a_client_error_is_noted_but_not_a_failed_span(tracer: OtelTracer, exporter: InMemorySpanExporter) -> None:
+    with pytest.raises(BadRequest), tracer.span("decode"):
+        raise BadRequest("input 'x' has the wrong shape")
+    with pytest.raises(ModelFailed), tracer.span("batch_execution"):
+        raise ModelFailed("digits:v1: RuntimeError")
+    spans = finished(tracer, exporter)
+    client, server = spans["decode"], spans["batch_execution"]
+    assert client.attributes["error.type"] == "BadRequest"
+    assert client.status.status_code is StatusCode.UNSET and client.events == ()
+    assert server.attributes["error.type"] == "ModelFailed" and server.status.status_code is StatusCode.ERROR
 
 
 async def test_concurrent_requests_keep_their_own_trees(tracer: OtelTracer, exporter: InMemorySpanExporter) -> None:
