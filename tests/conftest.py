@@ -1,21 +1,26 @@
-"""Session fixtures: a temporary BentoML store with the real demo models, and a real server."""
+"""Session fixtures: a temporary BentoML store with the real demo models, and real servers:
+one with embedded defaults, one production-shaped (two workers, auth, limits, cache on Redis)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 
 # Before anything imports bentoml: every test works on its own store, built once below.
 _HOME = Path(tempfile.mkdtemp(prefix="rtserve-test-bentoml-"))
 os.environ["BENTOML_HOME"] = str(_HOME)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-from tests.helpers import OwnRedis, ServerProcess  # noqa: E402
+from gateway.auth import AuthSettings  # noqa: E402
+from tests.helpers import REDIS_URL, Gateway, OwnRedis, ServerProcess, gateway_env  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -48,3 +53,20 @@ def own_redis() -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    secret_file = tmp / "jwt-secret"
+    secret_file.write_text(secrets.token_hex(32))
+    prefix = f"rtserve-test:{uuid.uuid4().hex}:"
+    server = ServerProcess(env=gateway_env(secret_file, prefix), log_path=tmp / "serve.log")
+    try:
+        yield Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
+    finally:
+        server.stop()
+        client = redis_lib.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)

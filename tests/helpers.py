@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from gateway.auth import AuthSettings
+from gateway.tokens import mint
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -102,3 +107,40 @@ class OwnRedis:
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass
+class Gateway:
+    server: ServerProcess
+    auth: AuthSettings
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def token(self, scopes: str = "predict", tenant: str = "acme", sub: str = "alice", ttl: int = 600) -> str:
+        return mint(self.auth, subject=sub, scopes=scopes, tenant=tenant, ttl_s=ttl)
+
+    def headers(self, **kwargs) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**kwargs)}"}
+
+
+def gateway_env(secret_file, prefix: str, redis_url: str = REDIS_URL, workers: int = 2) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "RTSERVE_WORKERS": str(workers),
+        "RTSERVE_AUTH_ENABLED": "true",
+        "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret_file),
+        "RTSERVE_RATELIMIT_ENABLED": "true",
+        "RTSERVE_RATELIMIT_RATE": "100000",
+        "RTSERVE_RATELIMIT_BURST": "100000",
+        "RTSERVE_RATELIMIT_TIERS": json.dumps({"tiny": {"rate": 0.5, "burst": 5}}),
+        "RTSERVE_RATELIMIT_TENANTS": json.dumps({"tiny-tenant": "tiny"}),
+        "RTSERVE_RATELIMIT_KEY_PREFIX": f"{prefix}rl:",
+        "RTSERVE_RATELIMIT_REDIS_TIMEOUT_MS": "500",
+        "RTSERVE_CACHE_KEY_PREFIX": f"{prefix}cache:",
+    }

@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import data
-from tests.gateway.conftest import REDIS_URL, gateway_env
-from tests.helpers import ServerProcess
+from tests.helpers import REDIS_URL, ServerProcess, gateway_env
 
 INFER = "/v2/models/digits-sklearn/infer"
 
