@@ -7,6 +7,7 @@ is good at: the model store, the server and its workers, `bentoml build`.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 from typing import Any
@@ -17,6 +18,8 @@ from gateway.errors import ServingError
 from gateway.http import InferenceApp
 from gateway.runtime import Runtime
 from gateway.simple import outputs_to_json, rows_to_inputs
+from observability.context import start_request
+from observability.logs import LogSettings, setup_logging
 
 oip_app = InferenceApp()
 
@@ -33,11 +36,21 @@ oip_app = InferenceApp()
 )
 class InferenceService:
     def __init__(self) -> None:
+        setup_logging(LogSettings())
         # Fewer, cheaper collections: the long-lived heap is frozen once the models are loaded.
         gc.set_threshold(50_000, 50, 100)
         self.runtime = Runtime.from_environment()
         oip_app.bind(self.runtime)
         self.runtime.start()
+
+    @bentoml.on_startup
+    async def start_routing(self) -> None:
+        """Shared routes and the canary controller start once the models are loaded, in the worker's loop."""
+        self._routing = asyncio.get_running_loop().create_task(self.runtime.start_routing())
+
+    @bentoml.on_shutdown
+    async def stop_routing(self) -> None:
+        await self.runtime.stop_routing()
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
@@ -46,6 +59,7 @@ class InferenceService:
     async def predict(self, model: str, inputs: list[Any], version: str | None = None, ctx: bentoml.Context = None) -> dict:
         """Predict with a model by name: `inputs` is a list of rows (64 pixel values 0-16, or token ids)."""
         headers = ctx.request.headers
+        labels = start_request()
         try:
             admitted = await self.runtime.admission.admit(
                 _header(headers, "authorization"), _header(headers, "x-user-id"), "predict"
@@ -58,6 +72,8 @@ class InferenceService:
             for key, value in exc.headers.items():
                 ctx.response.headers[key] = value
             return exc.body()
+        finally:
+            labels.release()
         for key, value in admitted.headers:
             ctx.response.headers[key.decode()] = value.decode()
         ctx.response.headers["X-Model-Version"] = entry.version

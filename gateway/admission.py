@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator, require_scope
 from gateway.ratelimit import RateLimiter
+from observability.tracing import DISABLED, Tracer
 
 
 @dataclass(slots=True)
@@ -16,20 +17,23 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, auth: Authenticator | None, limiter: RateLimiter | None) -> None:
+    def __init__(self, auth: Authenticator | None, limiter: RateLimiter | None, tracer: Tracer = DISABLED) -> None:
         self.auth = auth
         self.limiter = limiter
+        self.tracer = tracer
 
     async def admit(self, authorization: bytes | None, user_header: bytes | None, scope: str) -> Admitted:
         """Raises 401/403 for credentials, 429 (or 503 with Redis down and failing closed) for limits."""
         if self.auth is not None:
-            principal = self.auth.authenticate(authorization)
-            require_scope(principal, scope)
+            with self.tracer.span("auth"):
+                principal = self.auth.authenticate(authorization)
+                require_scope(principal, scope)
             admitted = Admitted(principal.tenant, principal.subject)
         else:
             admitted = Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
         if self.limiter is not None:
-            decision = await self.limiter.enforce(admitted.tenant)
+            with self.tracer.span("rate_limit", tenant=admitted.tenant):
+                decision = await self.limiter.enforce(admitted.tenant)
             admitted.headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
         return admitted
 

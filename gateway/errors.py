@@ -103,3 +103,10 @@ class ModelFailed(ServingError):
     """The model raised while running a batch; every request of the batch gets this."""
 
     code = "model_error"
+
+
+class Conflict(ServingError):
+    """The change does not fit the current state (e.g. unloading the version that takes all traffic)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "conflict"

@@ -12,15 +12,18 @@ import os
 import time
 from typing import Any
 
+from gateway import admin_api
 from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from gateway.codec import decode_infer, encode_infer
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
 from observability.context import current, start_request
 from observability.exporter import StatsExporter
+from observability.tracing import Span
 
 log = logging.getLogger(__name__)
 
+INFER_SPAN = "POST /v2/models/{name}/infer"  # the route, not the path: one span name for every model
 SERVER_NAME = "rtserve"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
@@ -53,7 +56,7 @@ class InferenceApp:
         try:
             if self.runtime is None:
                 raise Unavailable("service is starting")
-            status, body, content_type = await self._route(scope, receive, headers, extra)
+            status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
         except ServingError as exc:
             status, body, content_type, code = exc.status.value, dumps(exc.body()), JSON, exc.code
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
@@ -63,6 +66,7 @@ class InferenceApp:
             log.exception("request %s %s failed", request_id, scope["path"])
             status, body, content_type, code = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON, "internal_error"
         await send_response(send, status, body, extra, content_type)
+        labels.release()
         if labels.model and self.runtime is not None and self.runtime.metrics is not None:
             metrics = self.runtime.metrics
             metrics.observe_request(labels.model, labels.version, labels.variant, status, labels.cache, time.perf_counter() - start)
@@ -70,7 +74,7 @@ class InferenceApp:
                 metrics.error_child(labels.model, labels.version, code).inc()
 
     async def _route(
-        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
     ) -> tuple[int, bytes, bytes]:
         path = scope["path"]
         root = scope.get("root_path", "")
@@ -79,6 +83,11 @@ class InferenceApp:
         parts = path.strip("/").split("/")
         method = scope["method"]
         runtime = self.runtime
+        if parts[0] == "admin":
+            runtime.admission.authorize(headers.get(b"authorization"), "admin")
+            body = await read_body(receive, headers, runtime.limits.max_body_bytes)
+            status, doc = await admin_api.handle(runtime, method, parts[1:], body)
+            return status, dumps(doc), JSON
         if not runtime.open_paths.fullmatch(path) and parts[-1:] != ["infer"]:  # infer is admitted in _infer
             runtime.admission.authorize(headers.get(b"authorization"), "predict")
         if self.exporter is not None:
@@ -98,7 +107,8 @@ class InferenceApp:
                 version, tail = tail[1], tail[2:]
             if tail == ["infer"]:
                 _expect(method, "POST")
-                return await self._infer(name, version, receive, headers, extra)
+                with runtime.tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
+                    return await self._infer(name, version, receive, headers, extra, span)
             _expect(method, "GET")
             if tail == []:
                 return _json(self.runtime.model_metadata(name, version))
@@ -124,15 +134,24 @@ class InferenceApp:
         return (200 if ready else 503), dumps({"name": name, "ready": ready}), JSON
 
     async def _infer(
-        self, name: str, version: str | None, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
+        self,
+        name: str,
+        version: str | None,
+        receive: Receive,
+        headers: dict[bytes, bytes],
+        extra: list[tuple[bytes, bytes]],
+        span: Span,
     ) -> tuple[int, bytes, bytes]:
         runtime = self.runtime
         admitted = await runtime.admission.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
         extra.extend(admitted.headers)
         entry = runtime.resolve(name, version, admitted.user)
-        body = await read_body(receive, headers, runtime.limits.max_body_bytes)
-        json_length = _int_header(headers, b"inference-header-content-length")
-        request = decode_infer(body, json_length)
+        span.set("version", entry.version)
+        tracer = runtime.tracer
+        with tracer.span("decode"):
+            body = await read_body(receive, headers, runtime.limits.max_body_bytes)
+            json_length = _int_header(headers, b"inference-header-content-length")
+            request = decode_infer(body, json_length)
         timeout_ms = _int_header(headers, b"x-request-timeout-ms")
         deadline = runtime.deadline_after(timeout_ms) if timeout_ms is not None else None
         use_cache = b"no-cache" not in headers.get(b"cache-control", b"")
@@ -144,7 +163,8 @@ class InferenceApp:
             if unknown:
                 raise BadRequest(f"unknown output(s) {sorted(unknown)}")
             outputs = {k: outputs[k] for k in request.outputs}
-        payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
+        with tracer.span("encode"):
+            payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
         extra.append((b"x-model-version", entry.version.encode()))
         if header_length is None:
             return 200, payload, JSON

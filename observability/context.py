@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -16,6 +17,13 @@ class RequestLabels:
     version: str = ""
     variant: str = "stable"
     cache: str = "bypass"
+    entry: Any = None  # the LoadedVersion serving the request, held until the response is sent
+
+    def release(self) -> None:
+        """The response is out: the version no longer waits for this request before unloading."""
+        if self.entry is not None:
+            self.entry.active -= 1
+            self.entry = None
 
 
 _current: ContextVar[RequestLabels | None] = ContextVar("rtserve_request_labels", default=None)

@@ -55,6 +55,9 @@ class Metrics:
         self.redis_up = Gauge("rtserve_redis_up", "1 while Redis answers", multiprocess_mode="livemin")
         self.redis_errors = Counter("rtserve_redis_errors", "Failed Redis calls", ["component"])
         self.canary_decisions = Counter("rtserve_canary_decisions", "Canary controller decisions", ["model", "decision"])
+        self.shadow_comparisons = Counter(
+            "rtserve_shadow_comparisons", "Mirrored rows by whether the candidate agreed with the primary", [*mv, "outcome"]
+        )
         self.route_weight = Gauge("rtserve_route_weight", "Route weight in percent", mv, multiprocess_mode="mostrecent")
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one instance per process, bounded label space

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gateway.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
+from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.cost import BatchCost
 from runners.settings import BatchSettings
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
     from observability.metrics import BatchMetrics
 
 Outputs = dict[str, np.ndarray]
@@ -40,6 +43,8 @@ class _Pending:
     future: asyncio.Future[Outputs]
     enqueued: float
     deadline_timer: asyncio.TimerHandle | None = field(default=None)
+    trace: Context | None = field(default=None)  # the request's span context, only when it is recorded
+    enqueued_ns: int = 0  # wall clock for the queue_wait span, taken only when traced
 
 
 @dataclass(slots=True)
@@ -54,9 +59,12 @@ class BatchStats:
 
 
 class AdaptiveBatcher:
-    def __init__(self, runner: Runner, settings: BatchSettings, metrics: BatchMetrics | None = None) -> None:
+    def __init__(
+        self, runner: Runner, settings: BatchSettings, metrics: BatchMetrics | None = None, tracer: Tracer = DISABLED
+    ) -> None:
         self.runner = runner
         self.metrics = metrics
+        self.tracer = tracer
         self.settings = settings
         self.max_batch_size = settings.max_batch_size
         self.budget = settings.max_latency_ms / 1000.0
@@ -105,6 +113,9 @@ class AdaptiveBatcher:
                 f"{self.runner.tag}: cannot answer within {self.settings.max_latency_ms:g} ms", headers={"Retry-After": "1"}
             )
         pending = _Pending(rows, loop.create_future(), now)
+        trace = self.tracer.current()
+        if trace is not None:
+            pending.trace, pending.enqueued_ns = trace, time.time_ns()
         if deadline is not None:
             pending.deadline_timer = loop.call_at(deadline, self._expire, pending)
         self._queue.append(pending)
@@ -188,10 +199,11 @@ class AdaptiveBatcher:
         work = loop.run_in_executor(self._executor, self._execute, [p.rows for p in batch])
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
-    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float]:
+    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float, int]:
+        start_ns = time.time_ns()  # wall clock, for spans; perf_counter below for the cost model
         start = time.perf_counter()
         outputs = self.runner.run(self.runner.collate(arrays))
-        return outputs, time.perf_counter() - start
+        return outputs, time.perf_counter() - start, start_ns
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
@@ -201,7 +213,7 @@ class AdaptiveBatcher:
         self.stats.batches += 1
         self.stats.rows += rows
         try:
-            outputs, seconds = work.result()
+            outputs, seconds, start_ns = work.result()
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
@@ -213,6 +225,8 @@ class AdaptiveBatcher:
                     p.future.set_exception(ModelFailed(message))
         else:
             self.cost.observe(rows, seconds)
+            if self.tracer.enabled:
+                self._trace(batch, rows, start_ns, seconds)
             if self.metrics is not None:
                 self.metrics.batch_done(rows, seconds, [started - p.enqueued for p in batch])
             start = 0
@@ -225,6 +239,15 @@ class AdaptiveBatcher:
         if self.metrics is not None:
             self.metrics.load(self._queued_rows, self._inflight)
         self._notify_idle()
+
+    def _trace(self, batch: list[_Pending], rows: int, start_ns: int, seconds: float) -> None:
+        """Each traced request gets its own queue_wait and batch_execution spans, under its request span."""
+        end_ns = start_ns + int(seconds * 1e9)
+        attributes = {"model": self.runner.tag, "batch_rows": rows, "batch_requests": len(batch)}
+        for p in batch:
+            if p.trace is not None:
+                self.tracer.record("queue_wait", p.enqueued_ns, start_ns, attributes, parent=p.trace)
+                self.tracer.record("batch_execution", start_ns, end_ns, attributes, parent=p.trace)
 
     def _notify_idle(self) -> None:
         if self._idle is not None and not self._queue and not self._running:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import ModelNotFound, ModelNotReady
+from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.batcher import AdaptiveBatcher
 from runners.loader import load_runner
@@ -38,6 +40,8 @@ class LoadedVersion:
     error: str | None = None
     generation: int = 0
     """When the store's copy was created (µs): a rebuilt version with the same tag gets a new one."""
+    active: int = 0
+    """Requests that resolved to this version and have not been answered yet; unloading waits for 0."""
 
     @property
     def tag(self) -> str:
@@ -45,11 +49,15 @@ class LoadedVersion:
 
 
 class ModelRegistry:
-    def __init__(self, config: ServingConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: ServingConfig, metrics: Metrics | None = None, tracer: Tracer = DISABLED) -> None:
         self.config = config
         self.metrics = metrics
+        self.tracer = tracer
         self._models: dict[str, dict[str, LoadedVersion]] = {name: {} for name in config.models}
         self._runners: dict[str, Runner] = {}
+        # Readiness covers the versions configured at start that are still meant to be loaded;
+        # versions loaded later through the admin API never make the process unready.
+        self.expected: dict[str, set[str]] = {name: set(cfg.versions) for name, cfg in config.models.items()}
 
     def load(self, name: str, version: str) -> LoadedVersion:
         """Load, warm up and put a batcher in front of one version; blocking, so call it off the event loop."""
@@ -61,7 +69,7 @@ class ModelRegistry:
         try:
             runner = load_runner(entry.tag, settings.device, self._runners)
             timings = runner.warmup((1, settings.max_batch_size))
-            batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows))
+            batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows), self.tracer)
             batcher.learn(timings)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the process down
             entry.error = f"{type(exc).__name__}: {exc}"
@@ -99,11 +107,39 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """True once every configured version is loaded and warmed up."""
+        """True once every expected version is loaded and warmed up."""
         return all(
             self._models.get(name, {}).get(v) is not None and self._models[name][v].state is VersionState.READY
-            for name, cfg in self.config.models.items()
-            for v in cfg.versions
+            for name, versions in self.expected.items()
+            for v in versions
+        )
+
+    async def unload(self, name: str, version: str, poll_s: float = 0.02) -> None:
+        """Stop routing to the version, let its in-flight requests finish, then free it."""
+        entry = self.get(name, version)
+        self.expected.get(name, set()).discard(version)
+        if entry.state is VersionState.READY:
+            self.set_state(entry, VersionState.DRAINING)
+        while entry.active or (entry.batcher is not None and (entry.batcher.queued_rows or entry.batcher.running)):
+            await asyncio.sleep(poll_s)
+        if entry.batcher is not None:
+            entry.batcher.close()
+        if self._models.get(name, {}).get(version) is entry:
+            del self._models[name][version]
+        if entry.runner is not None and not self._is_member(entry.runner):
+            self._runners.pop(entry.tag, None)  # a later load reads the store again
+        if self.metrics is not None:
+            for s in VersionState:
+                self.metrics.state.labels(name, version, s.value).set(0)
+        log.info("model %s unloaded", entry.tag)
+
+    def _is_member(self, runner: Runner) -> bool:
+        """Whether a loaded ensemble still runs this runner as one of its members."""
+        return any(
+            runner is member
+            for versions in self._models.values()
+            for e in versions.values()
+            for member, _ in getattr(e.runner, "members", ())
         )
 
     def names(self) -> list[str]:

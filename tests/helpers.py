@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,11 @@ class ServerProcess:
     def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        # Each server gets a home of its own around the shared model store: `bentoml serve` empties
+        # $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe another server's metrics.
+        home = Path(tempfile.mkdtemp(prefix="rtserve-test-server-"))
+        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        self.env = {**os.environ, "BENTOML_HOME": str(home), "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"), **(env or {})}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -143,4 +148,5 @@ def gateway_env(secret_file, prefix: str, redis_url: str = REDIS_URL, workers: i
         "RTSERVE_RATELIMIT_KEY_PREFIX": f"{prefix}rl:",
         "RTSERVE_RATELIMIT_REDIS_TIMEOUT_MS": "500",
         "RTSERVE_CACHE_KEY_PREFIX": f"{prefix}cache:",
+        "RTSERVE_ROUTING_REDIS_PREFIX": f"{prefix}routes:",
     }

@@ -1,0 +1,66 @@
+"""Shadow traffic: a fraction of requests also runs on a candidate version, off the client's path.
+
+The client gets the primary's answer and never waits for the shadow. Each mirrored row is
+compared with the primary's label; agreement feeds the experiment and canary numbers
+(`rtserve_shadow_comparisons_total`), and the shadow's own latency and errors are recorded
+under variant "shadow", which the canary analysis leaves out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gateway.errors import ServingError
+from runners.registry import VersionState
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ShadowMirror:
+    def __init__(self, runtime: Runtime, max_pending: int = 64) -> None:
+        self.runtime = runtime
+        self.max_pending = max_pending  # a slow candidate sheds mirrored work, never queues it without bound
+        self._pending: set[asyncio.Task] = set()
+
+    def maybe_mirror(self, name: str, served: str, rows: np.ndarray, primary: dict[str, np.ndarray]) -> None:
+        target = self.runtime.router.shadow(name)
+        if target is None or target[0] == served or random.random() >= target[1]:
+            return
+        if len(self._pending) >= self.max_pending:
+            return
+        entry = self.runtime.registry.versions(name).get(target[0])
+        if entry is None or entry.state is not VersionState.READY:
+            return
+        task = asyncio.get_running_loop().create_task(self._compare(entry, rows, primary["label"]))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _compare(self, entry, rows: np.ndarray, primary_labels: np.ndarray) -> None:
+        metrics = self.runtime.metrics
+        start = time.perf_counter()
+        entry.active += 1
+        try:
+            outputs = await entry.batcher.submit(rows)
+        except ServingError as exc:
+            if metrics is not None:
+                metrics.observe_request(entry.name, entry.version, "shadow", exc.status.value, "bypass", time.perf_counter() - start)
+            return
+        finally:
+            entry.active -= 1
+        if metrics is None:
+            return
+        metrics.observe_request(entry.name, entry.version, "shadow", 200, "bypass", time.perf_counter() - start)
+        agree = int(np.count_nonzero(outputs["label"] == primary_labels))
+        if agree:
+            metrics.shadow_comparisons.labels(entry.name, entry.version, "agree").inc(agree)
+        if agree < len(primary_labels):
+            metrics.shadow_comparisons.labels(entry.name, entry.version, "disagree").inc(len(primary_labels) - agree)

@@ -1,0 +1,201 @@
+"""Live numbers per model version, read from the Prometheus multiprocess files, for the canary controller.
+
+The controller compares versions on what happened since the current step started, so it keeps
+one snapshot from the step's start and subtracts it from each new one (`VersionWindow.minus`).
+Reading sums every worker process on this machine, the same way `/metrics` does; it costs a few
+milliseconds and runs about once a second in the controller, never on the request path.
+Mirrored (shadow) requests are left out of requests, errors and latency: they say nothing about
+what clients of the version saw, only how often it agreed with the primary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REQUESTS = "rtserve_requests"
+DURATION = "rtserve_request_duration_seconds"
+COMPARISONS = "rtserve_shadow_comparisons"
+SHADOW = "shadow"
+
+
+@dataclass(frozen=True)
+class VersionWindow:
+    """Counts for one version over some span: cumulative since start, or the difference of two snapshots.
+
+    `bucket_bounds` are the histogram's `le` upper bounds in seconds, ascending, ending with +Inf;
+    `bucket_counts` are cumulative, as Prometheus exposes them. Both are empty before any latency
+    was observed.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    bucket_bounds: tuple[float, ...] = ()
+    bucket_counts: tuple[int, ...] = ()
+    agree: int = 0
+    disagree: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.bucket_bounds) != len(self.bucket_counts):
+            raise ValueError("bucket_bounds and bucket_counts differ in length")
+        if self.bucket_bounds and (self.bucket_bounds[-1] != math.inf or list(self.bucket_bounds) != sorted(self.bucket_bounds)):
+            raise ValueError("bucket_bounds must ascend and end with +Inf")
+
+    @property
+    def comparisons(self) -> int:
+        return self.agree + self.disagree
+
+    @property
+    def observations(self) -> int:
+        """Latency observations (the +Inf bucket); may trail `requests` by a request read in between."""
+        return self.bucket_counts[-1] if self.bucket_counts else 0
+
+    def error_rate(self) -> float:
+        """5xx share of the responses; 0 without requests, so an idle version is never 'failing'."""
+        return self.errors / self.requests if self.requests else 0.0
+
+    def disagreement(self) -> float | None:
+        """Share of mirrored rows whose label differed from the primary's; None without comparisons."""
+        return self.disagree / self.comparisons if self.comparisons else None
+
+    def quantile_ms(self, q: float) -> float | None:
+        """The q-quantile in ms, computed like PromQL's histogram_quantile; None without observations.
+
+        Linear inside the bucket that holds the rank (the first bucket starts at 0); a rank in the
+        +Inf bucket answers the largest finite bound, as PromQL does.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError("q must lie in [0, 1]")
+        total = self.observations
+        if total <= 0 or len(self.bucket_bounds) < 2:
+            return None
+        counts = _monotonic(self.bucket_counts)
+        rank = q * total
+        b = next(i for i, c in enumerate(counts) if c >= rank)
+        if b == len(counts) - 1:
+            return self.bucket_bounds[-2] * 1000.0
+        upper = self.bucket_bounds[b]
+        if b == 0 and upper <= 0:
+            return upper * 1000.0
+        lower, below = (self.bucket_bounds[b - 1], counts[b - 1]) if b > 0 else (0.0, 0)
+        inside = counts[b] - below
+        return (lower + (upper - lower) * ((rank - below) / inside)) * 1000.0
+
+    def p95_ms(self) -> float | None:
+        return self.quantile_ms(0.95)
+
+    def count_above_ms(self, limit_ms: float) -> float:
+        """Observations slower than `limit_ms`, interpolated inside buckets the same way as `quantile_ms`.
+
+        So `count_above_ms(x) > 5 % of observations` exactly when `p95_ms() > x` (up to bucket
+        edges). Observations in the +Inf bucket count as at most the largest finite bound.
+        """
+        if self.observations <= 0 or len(self.bucket_bounds) < 2:
+            return 0.0
+        counts = _monotonic(self.bucket_counts)
+        limit = limit_ms / 1000.0
+        lower, below = 0.0, 0
+        for upper, cum in zip(self.bucket_bounds[:-1], counts[:-1], strict=True):
+            if limit < upper:
+                at_limit = below + (cum - below) * max(0.0, limit - lower) / (upper - lower) if upper > lower else below
+                return counts[-1] - at_limit
+            lower, below = upper, cum
+        return 0.0
+
+    def minus(self, earlier: VersionWindow) -> VersionWindow:
+        """What happened since `earlier`; if any count went down the counters were reset, so all of self is new."""
+        if earlier.bucket_bounds and earlier.bucket_bounds != self.bucket_bounds:
+            return self
+        earlier_counts = earlier.bucket_counts or (0,) * len(self.bucket_counts)
+        pairs = [
+            (self.requests, earlier.requests),
+            (self.errors, earlier.errors),
+            (self.agree, earlier.agree),
+            (self.disagree, earlier.disagree),
+            *zip(self.bucket_counts, earlier_counts, strict=True),
+        ]
+        if any(now < then for now, then in pairs):
+            return self
+        return VersionWindow(
+            requests=self.requests - earlier.requests,
+            errors=self.errors - earlier.errors,
+            bucket_bounds=self.bucket_bounds,
+            bucket_counts=tuple(now - then for now, then in zip(self.bucket_counts, earlier_counts, strict=True)),
+            agree=self.agree - earlier.agree,
+            disagree=self.disagree - earlier.disagree,
+        )
+
+
+def _monotonic(counts: tuple[int, ...]) -> list[int]:
+    """Cumulative counts never fall; a non-atomic read could make them, so take the running maximum."""
+    out: list[int] = []
+    top = 0
+    for c in counts:
+        top = max(top, c)
+        out.append(top)
+    return out
+
+
+@dataclass
+class _Tally:
+    requests: int = 0
+    errors: int = 0
+    buckets: dict[float, int] = field(default_factory=dict)
+    agree: int = 0
+    disagree: int = 0
+
+    def window(self) -> VersionWindow:
+        bounds = tuple(sorted(self.buckets))
+        return VersionWindow(
+            requests=self.requests,
+            errors=self.errors,
+            bucket_bounds=bounds,
+            bucket_counts=tuple(self.buckets[b] for b in bounds),
+            agree=self.agree,
+            disagree=self.disagree,
+        )
+
+
+class MetricsSnapshotSource:
+    """Cumulative per-version numbers of one model, summed over every worker writing to `directory`."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.directory = Path(directory)
+        self._registry = CollectorRegistry()
+        MultiProcessCollector(self._registry, path=str(self.directory))  # re-reads the files on every collect
+
+    def snapshot(self, model: str) -> dict[str, VersionWindow]:
+        """version -> counts since the files were created; versions without any sample are absent."""
+        tallies: dict[str, _Tally] = {}
+
+        def tally(version: str) -> _Tally:
+            return tallies.setdefault(version, _Tally())
+
+        for family in self._registry.collect():
+            if family.name not in (REQUESTS, DURATION, COMPARISONS):
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") != model:
+                    continue
+                value = round(sample.value)
+                if sample.name == REQUESTS + "_total" and labels.get("variant") != SHADOW:
+                    t = tally(labels["version"])
+                    t.requests += value
+                    if labels.get("status_class") == "5xx":
+                        t.errors += value
+                elif sample.name == DURATION + "_bucket" and labels.get("variant") != SHADOW:
+                    buckets = tally(labels["version"]).buckets
+                    le = float(labels["le"])
+                    buckets[le] = buckets.get(le, 0) + value
+                elif sample.name == COMPARISONS + "_total":
+                    t = tally(labels["version"])
+                    if labels.get("outcome") == "agree":
+                        t.agree += value
+                    elif labels.get("outcome") == "disagree":
+                        t.disagree += value
+        return {version: t.window() for version, t in tallies.items()}

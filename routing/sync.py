@@ -1,0 +1,78 @@
+"""Keeps one worker in line with the shared routing state: its router, and which versions it holds.
+
+On every change (pub/sub or the revision poll), the router is rebuilt and the worker loads
+versions that were added (in the background: they take traffic only once warmed up) and
+drains then frees versions that were removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from routing.state import ModelRoutes, StateStore, StateWatcher
+from runners.registry import VersionState
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class RouteSync:
+    def __init__(self, runtime: Runtime, store: StateStore, interval_s: float) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.interval_s = interval_s
+        self._busy: set[tuple[str, str]] = set()  # versions being loaded or unloaded by this worker
+        self._tasks: set[asyncio.Task] = set()
+        self.watcher: StateWatcher | None = None
+
+    async def start(self, defaults: dict[str, ModelRoutes]) -> None:
+        """Seed the shared state with serving.yaml's routes where none exist, apply it, then watch it."""
+        await self.store.initialize(defaults)
+        await self.apply(await self.store.get_all())
+        self.watcher = StateWatcher(self.store, self.apply, interval_s=self.interval_s)
+        await self.watcher.start()
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+
+    async def apply(self, routes: dict[str, ModelRoutes]) -> None:
+        runtime = self.runtime
+        known = {name: r for name, r in routes.items() if name in runtime.registry.names()}
+        runtime.router.apply(known)
+        for name, r in known.items():
+            held = runtime.registry.versions(name)
+            for version in r.loaded:
+                if version not in held and (name, version) not in self._busy:
+                    self._spawn(name, version, self._load(name, version))
+            for version, entry in list(held.items()):
+                if version not in r.loaded and entry.state is not VersionState.LOADING and (name, version) not in self._busy:
+                    self._spawn(name, version, self._unload(name, version))
+            if runtime.metrics is not None:
+                for version in set(r.loaded) | set(held):
+                    runtime.metrics.route_weight.labels(name, version).set(r.weights.get(version, 0.0))
+
+    def _spawn(self, name: str, version: str, work) -> None:
+        self._busy.add((name, version))
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            self._busy.discard((name, version))
+            if not t.cancelled() and t.exception() is not None:
+                log.error("route sync of %s:%s failed: %s", name, version, t.exception())
+
+        task.add_done_callback(done)
+
+    async def _load(self, name: str, version: str) -> None:
+        await asyncio.to_thread(self.runtime.registry.load, name, version)
+
+    async def _unload(self, name: str, version: str) -> None:
+        await self.runtime.registry.unload(name, version)
+        if self.runtime.cache is not None:
+            self.runtime.cache.drop_model_version(name, version)

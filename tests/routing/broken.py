@@ -1,0 +1,49 @@
+"""Versions built by the tests to be rolled back: one that raises, one that is slow.
+
+Both pass the service's warm-up (a constant input of 1.0, see runners/base.py) so that they
+load and take traffic; real inputs then show the fault.
+"""
+
+from __future__ import annotations
+
+import time
+
+import joblib
+import numpy as np
+
+from models import store
+from models.build import DIGITS_ROW
+from models.signature import Signature, classifier_outputs
+
+
+class RaisingEstimator:
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if np.all(x == 1.0):
+            return np.full((len(x), 10), 0.1)
+        raise RuntimeError("this version is broken")
+
+
+class SlowEstimator:
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if not np.all(x == 1.0):
+            time.sleep(self.delay_s)
+        return self.inner.predict_proba(x)
+
+
+def save_estimator(tag: str, estimator) -> None:
+    """Save like models/build.py does, so the real sklearn runner serves it."""
+    if store.exists(tag):
+        return
+    store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
+               accuracy=0.0, write=lambda d: joblib.dump(estimator, d / "model.joblib"))
+
+
+def build_broken_versions() -> None:
+    import bentoml
+
+    save_estimator("digits-sklearn:broken", RaisingEstimator())
+    good = joblib.load(bentoml.models.get("digits-sklearn:v1").path_of("model.joblib"))
+    save_estimator("digits-sklearn:slow", SlowEstimator(good, delay_s=0.05))
