@@ -33,6 +33,9 @@ oip_app = InferenceApp()
     # Our own Prometheus metrics replace BentoML's per-request middleware metrics.
     metrics={"enabled": False},
     logging={"access": {"enabled": False}},
+    # Our own spans (observability/tracing.py) cover these paths; BentoML's middleware would open a span
+    # per request and per send, which costs more than the model.
+    tracing={"excluded_urls": ["/v2", "/admin", "/metrics", "/predict"], "sample_rate": 0.0},
 )
 class InferenceService:
     def __init__(self) -> None:

@@ -14,18 +14,23 @@ import argparse
 import json
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 from loadtest.scenarios import SCENARIOS, Request, Scenario
 from loadtest.servers import ROOT, Server, bentoml_server, uvicorn_server
 
 LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
+SERVICE = "service:InferenceService"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 RESULTS = ROOT / "loadtest" / "results"
-PEER_OF = {"b": "stock", "c": "empty", "d": "raw"}
+PEER_OF = {"b": "stock", "c": "empty", "d": "raw", "bare": "ours-bare", "nobatch": "ours-nobatch"}
 
 
 @dataclass
@@ -41,13 +46,46 @@ class Result:
     socket_errors: int
 
 
-def targets() -> dict[str, Server]:
+def targets(workdir: Path, workers: int) -> dict[str, Server]:
+    """Every server the benchmark knows; each is started only when asked for."""
+    secret = workdir / "jwt-secret"
+    secret.write_text(secrets.token_hex(32))
+    nobatch = workdir / "serving-nobatch.yaml"
+    config = yaml.safe_load((ROOT / "serving.yaml").read_text())
+    config["defaults"]["max_batch_size"] = 1
+    for model in config["models"].values():
+        model.pop("batching", None)
+    nobatch.write_text(yaml.safe_dump(config))
+    w = {"RTSERVE_WORKERS": str(workers), "RTSERVE_ROUTING_STATE_FILE": str(workdir / "routes.json")}
+    gateway = {
+        **w,
+        "RTSERVE_AUTH_ENABLED": "true",
+        "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
+        "RTSERVE_RATELIMIT_ENABLED": "true",
+        "RTSERVE_RATELIMIT_RATE": "1000000",
+        "RTSERVE_RATELIMIT_BURST": "1000000",
+    }
+    prefix = f"rtserve-bench:{secrets.token_hex(4)}:"
+    production = {**gateway, "REDIS_URL": REDIS_URL, "RTSERVE_RATELIMIT_KEY_PREFIX": prefix + "rl:",
+                  "RTSERVE_CACHE_KEY_PREFIX": prefix + "cache:", "RTSERVE_ROUTING_REDIS_PREFIX": prefix + "routes:"}
+    bare = {**w, "REDIS_URL": "", "RTSERVE_CACHE_ENABLED": "false"}
+    ready = "/v2/health/ready"
     return {
-        "ours": bentoml_server("ours", "service:InferenceService", {"REDIS_URL": ""}, ready="/v2/health/ready"),
+        "ours-prod": bentoml_server("ours-prod", SERVICE, production, ready),
+        "ours-embedded": bentoml_server("ours-embedded", SERVICE, {**gateway, "REDIS_URL": ""}, ready),
+        "ours-bare": bentoml_server("ours-bare", SERVICE, bare, ready),
+        "ours-nobatch": bentoml_server("ours-nobatch", SERVICE, {**bare, "RTSERVE_CONFIG": str(nobatch)}, ready),
         "stock": bentoml_server("stock", "loadtest.peers.stock_batchable:StockBatchable"),
         "empty": bentoml_server("empty", "loadtest.peers.empty_bentoml:EmptyService", ready="/readyz"),
         "raw": uvicorn_server("raw", "loadtest.peers.raw_asgi:app"),
     }
+
+
+def token_for(workdir: Path) -> str:
+    from gateway.auth import AuthSettings
+    from gateway.tokens import mint
+
+    return mint(AuthSettings(hs256_secret_file=workdir / "jwt-secret"), subject="bench", scopes="predict", tenant="bench", ttl_s=86400)
 
 
 def request_for(target: str, scenario: Scenario) -> Request | None:
@@ -59,7 +97,7 @@ def request_for(target: str, scenario: Scenario) -> Request | None:
 def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp: Path) -> dict:
     body = tmp / "body.json"
     body.write_text(req.body)
-    env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body)}
+    env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body), "RT_AUTH": token_for(tmp)}
     threads = min(2, connections)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(seconds)}s", "--timeout", "5s", "-s", str(LUA), server.url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -99,15 +137,18 @@ def ratios(results: list[Result]) -> dict[tuple[str, str, int], dict[str, float]
     return out
 
 
+RATIO_COLUMNS = {"/b": "vs (b) stock", "/c": "vs (c) empty", "/d": "vs (d) raw", "/bare": "vs gateway off", "/nobatch": "vs batch size 1"}
+
+
 def table(results: list[Result]) -> str:
     rat = ratios(results)
     lines = [
-        "| server | scenario | conns | req/s | p50 ms | p95 ms | p99 ms | non-2xx | vs (b) stock | vs (c) empty | vs (d) raw |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server | scenario | conns | req/s | p50 ms | p95 ms | p99 ms | non-2xx | " + " | ".join(RATIO_COLUMNS.values()) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(RATIO_COLUMNS),
     ]
     for r in results:
         q = rat.get((r.target, r.scenario, r.connections), {})
-        cells = [f"{q[k]:.2f}x" if k in q else "" for k in ("/b", "/c", "/d")]
+        cells = [f"{q[k]:.2f}x" if k in q else "" for k in RATIO_COLUMNS]
         lines.append(
             f"| {r.target} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
             f"{r.non2xx + r.socket_errors} | {' | '.join(cells)} |"
@@ -117,17 +158,18 @@ def table(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default="ours,stock,empty,raw")
+    parser.add_argument("--targets", default="ours-prod,ours-embedded,ours-bare,stock,empty,raw")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of our service")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     args = parser.parse_args(argv)
     conns = [int(c) for c in args.connections.split(",")]
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
-    servers = targets()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="rtserve-bench-") as tmp:
+        servers = targets(Path(tmp), args.workers)
         for name in args.targets.split(","):
             server = servers[name]
             print(f"starting {name} ...", flush=True)
