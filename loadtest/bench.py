@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import yaml
 
 from loadtest.scenarios import SCENARIOS, Request, Scenario
@@ -94,10 +95,12 @@ def request_for(target: str, scenario: Scenario) -> Request | None:
     return scenario.oip  # ours, and the constant peers, which read the same bytes
 
 
-def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp: Path) -> dict:
+def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp: Path, rate: float = 0) -> dict:
+    """One wrk run; `rate` > 0 holds that many requests/s in total (open loop) instead of as many as possible."""
     body = tmp / "body.json"
     body.write_text(req.body)
-    env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body), "RT_AUTH": token_for(tmp)}
+    env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body), "RT_AUTH": token_for(tmp),
+           "RT_RATE": str(rate), "RT_CONNS": str(connections)}
     threads = min(2, connections)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(seconds)}s", "--timeout", "5s", "-s", str(LUA), server.url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -121,6 +124,34 @@ def measure(server: Server, scenario: Scenario, req: Request, connections: int, 
         non2xx=raw["non2xx"],
         socket_errors=raw["socket_errors"],
     )
+
+
+def open_loop(server: Server, scenario: Scenario, req: Request, closed_rps: float, seconds: float, tmp: Path) -> list[dict]:
+    """p99 at fixed rates (fractions of the closed-loop throughput), up to the first rate that breaks 10 ms.
+
+    256 connections keep each connection's gap (256 / rate) far above the latency, so the
+    schedule, not the server, sets the pace."""
+    points = []
+    for fraction in (0.25, 0.5, 0.6, 0.75, 0.9):
+        rate = closed_rps * fraction
+        raw = run_wrk(server, req, 256, seconds, tmp, rate=rate)
+        got = raw["requests"] / (raw["duration_us"] / 1e6)
+        points.append({"scenario": scenario.name, "target_rps": round(rate), "achieved_rps": round(got),
+                       "fraction": fraction, "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
+                       "non2xx": raw["non2xx"] + raw["socket_errors"]})
+        print(f"  open loop {scenario.name:<13} {rate:>7,.0f} req/s ({fraction:.0%}): achieved {got:,.0f}, "
+              f"p99 {raw['p99_us'] / 1000:.2f} ms", flush=True)
+        if raw["p99_us"] > 10_000:
+            break
+    return points
+
+
+def footprint(server: Server) -> dict:
+    """Resident memory of the worker holding the models, and each model's load time from /metrics."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    loads = {f"{m}:{v}": float(x) for m, v, x in
+             re.findall(r'rtserve_model_load_seconds\{model="([^"]+)",version="([^"]+)"\} ([0-9.e+-]+)', text)}
+    return {"worker_rss_mib": server.worker_rss_bytes() / 2**20, "load_seconds": loads}
 
 
 def ratios(results: list[Result]) -> dict[tuple[str, str, int], dict[str, float]]:
@@ -158,41 +189,83 @@ def table(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default="ours-prod,ours-embedded,ours-bare,stock,empty,raw")
+    parser.add_argument("--targets", default="ours-prod,ours-embedded,ours-bare,ours-nobatch,stock,empty,raw")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of our service")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--open-loop", action="store_true", help="also find the highest rate with p99 <= 10 ms (ours-prod)")
+    parser.add_argument("--scaling", action="store_true", help="also run ours-prod with 2 workers (sklearn-miss, 64 conns)")
     args = parser.parse_args(argv)
     conns = [int(c) for c in args.connections.split(",")]
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
+    extra: dict = {}
     with tempfile.TemporaryDirectory(prefix="rtserve-bench-") as tmp:
-        servers = targets(Path(tmp), args.workers)
+        work = Path(tmp)
+        servers = targets(work, args.workers)
         for name in args.targets.split(","):
             server = servers[name]
             print(f"starting {name} ...", flush=True)
-            server.start(Path(tmp))
+            server.start(work)
             try:
+                if name == "ours-prod":
+                    extra["footprint"] = footprint(server)
                 for scenario in scenarios:
                     req = request_for(name, scenario)
                     if req is None:
                         continue
                     for c in conns:
-                        res = measure(server, scenario, req, c, args.duration, Path(tmp))
+                        res = measure(server, scenario, req, c, args.duration, work)
                         print(f"  {scenario.name:<15} c={c:<3} {res.rps:>9,.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
                               f"non-2xx {res.non2xx + res.socket_errors}", flush=True)
                         results.append(res)
+                    if args.open_loop and name == "ours-prod" and scenario.name == "sklearn-miss":
+                        best = max((r.rps for r in results if r.target == name and r.scenario == scenario.name), default=0)
+                        extra["open_loop"] = open_loop(server, scenario, req, best, args.duration, work)
             finally:
                 server.stop()
-    md = table(results)
+        if args.scaling:
+            scenario = SCENARIOS["sklearn-miss"]
+            for workers in (1, 2):
+                server = targets(work, workers)["ours-prod"]
+                server.name = f"ours-prod-{workers}w"
+                server.start(work)
+                try:
+                    res = measure(server, scenario, scenario.oip, 64, args.duration, work)
+                finally:
+                    server.stop()
+                print(f"  {server.name:<15} {res.rps:>9,.0f} req/s  p99 {res.p99_ms:7.2f} ms", flush=True)
+                results.append(res)
+    md = table(results) + "\n" + report_extra(extra, results)
     print("\n" + md)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"bench-{stamp}.md").write_text(md + "\n")
-    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2))
     print(f"\nwritten: loadtest/results/bench-{stamp}.md and .json")
     return 0
+
+
+def report_extra(extra: dict, results: list[Result]) -> str:
+    lines = []
+    if "open_loop" in extra:
+        lines += ["", "Open loop, ours-prod, sklearn-miss (256 connections, Poisson arrivals):", "",
+                  "| target req/s | fraction of closed loop | achieved | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['target_rps']:,} | {p['fraction']:.0%} | {p['achieved_rps']:,} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['non2xx']} |"
+                  for p in extra["open_loop"]]
+        ok = [p for p in extra["open_loop"] if p["p99_ms"] <= 10]
+        if ok:
+            lines.append(f"\nHighest rate with p99 <= 10 ms: {ok[-1]['achieved_rps']:,} req/s ({ok[-1]['fraction']:.0%} of closed loop).")
+    scale = {r.target: r.rps for r in results if r.target.startswith("ours-prod-")}
+    if {"ours-prod-1w", "ours-prod-2w"} <= set(scale):
+        lines.append(f"\nScaling, sklearn-miss at 64 connections: 1 worker {scale['ours-prod-1w']:,.0f} req/s, "
+                     f"2 workers {scale['ours-prod-2w']:,.0f} req/s ({scale['ours-prod-2w'] / scale['ours-prod-1w']:.2f}x).")
+    if "footprint" in extra:
+        f = extra["footprint"]
+        lines.append(f"\nWorker resident memory with all demo models loaded: {f['worker_rss_mib']:.0f} MiB.")
+        lines.append("Load and warm-up time per version (s): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(f["load_seconds"].items())))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

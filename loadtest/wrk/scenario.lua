@@ -4,6 +4,9 @@
 --                @LEN@ their count (for variable-length rows); without @ROW@ the body is constant
 --   RT_MIN, RT_MAX   value range of random values; RT_LEN_MIN, RT_LEN_MAX   row length range
 --   RT_AUTH      optional bearer token
+--   RT_RATE, RT_CONNS   open loop: hold RT_RATE requests/s in total over RT_CONNS connections, with
+--                exponential gaps (Poisson arrivals); keep the per-connection gap well above the
+--                latency so a slow answer rarely delays the next send
 -- `done` prints one JSON line with wrk's latency percentiles (HDR histogram, microseconds).
 
 local path = os.getenv("RT_PATH")
@@ -14,6 +17,14 @@ local headers = { ["Content-Type"] = "application/json" }
 if os.getenv("RT_AUTH") then headers["Authorization"] = "Bearer " .. os.getenv("RT_AUTH") end
 local dynamic = template:find("@ROW@", 1, true) ~= nil
 local static_request = nil
+local rate, conns = tonumber(os.getenv("RT_RATE") or "0"), tonumber(os.getenv("RT_CONNS") or "1")
+local mean_gap_ms = rate > 0 and conns / rate * 1000 or 0
+
+if rate > 0 then
+  function delay()
+    return math.floor(-math.log(1 - math.random()) * mean_gap_ms)
+  end
+end
 
 function init(args)
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
