@@ -60,8 +60,9 @@ class InferenceApp:
         except ServingError as exc:
             status, body, content_type, code = exc.status.value, dumps(exc.body()), JSON, exc.code
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
-            if exc.status >= 500:
-                log.warning("request %s %s: %s", request_id, scope["path"], exc.message)
+            # One line per error, with the request id; client mistakes at INFO so they do not page anyone.
+            level = logging.WARNING if exc.status >= 500 else logging.INFO
+            log.log(level, "request %s %s %s: %d %s: %s", request_id, scope["method"], scope["path"], exc.status.value, exc.code, exc.message)
         except Exception:
             log.exception("request %s %s failed", request_id, scope["path"])
             status, body, content_type, code = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON, "internal_error"

@@ -103,7 +103,7 @@ class Runtime:
             tracer,
         )
         cache = PredictionCache(cache_settings, redis) if cache_settings.enabled else None
-        return cls(load_config(), admission=admission, cache=cache, redis=redis, metrics=Metrics(), gateway=gateway, tracer=tracer)
+        return cls(load_config(), admission=admission, cache=cache, redis=redis, metrics=Metrics() if gateway.metrics_enabled else None, gateway=gateway, tracer=tracer)
 
     def start(self) -> threading.Thread:
         """Load every configured model in the background, so liveness answers while models load."""

@@ -31,6 +31,8 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "RTSERVE_REDIS_URL"))
     """Shared state (rate-limit buckets, cache, routes). Unset or empty: everything in-process."""
+    metrics_enabled: bool = True
+    """Prometheus metrics on /metrics; off only to measure what they cost (the canary controller needs them)."""
     open_paths: list[str] = ["/v2", "/v2/health/*", "/v2/models/*/ready", "/v2/models/*/versions/*/ready", "/metrics"]
     """Paths (shell patterns) answered without a token when auth is on: health, readiness, metrics."""
 

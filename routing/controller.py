@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from observability.logs import event
 from routing.admin import canary_weights
 from routing.canary import CanaryPolicy, judge
 from routing.state import Canary, CanaryDecision, ModelRoutes, StateStore
@@ -122,7 +123,7 @@ class CanaryController:
         except _Stale:
             return
         level = logging.WARNING if verdict.action == "rollback" else logging.INFO
-        log.log(level, "canary %s %s: %s %s", name, verdict.action, verdict.reason, verdict.numbers)
+        event(log, "canary_decision", level=level, model=name, action=verdict.action, reason=verdict.reason, **verdict.numbers)
         if self.runtime.metrics is not None:
             self.runtime.metrics.canary_decisions.labels(name, verdict.action).inc()
         # Apply here at once rather than on the next sync tick: a rollback should not wait.

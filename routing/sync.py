@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from observability.logs import event
 from routing.state import ModelRoutes, StateStore, StateWatcher
 from runners.registry import VersionState
 
@@ -43,7 +44,11 @@ class RouteSync:
     async def apply(self, routes: dict[str, ModelRoutes]) -> None:
         runtime = self.runtime
         known = {name: r for name, r in routes.items() if name in runtime.registry.names()}
+        before = runtime.router.all_routes()
         runtime.router.apply(known)
+        for name, r in known.items():
+            if name not in before or before[name].weights != r.weights:
+                event(log, "weights", model=name, weights=r.weights, revision=r.revision)
         for name, r in known.items():
             held = runtime.registry.versions(name)
             for version in r.loaded:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.errors import ModelNotFound, ModelNotReady
+from observability.logs import event
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.batcher import AdaptiveBatcher
@@ -76,7 +77,7 @@ class ModelRegistry:
             self.set_state(entry, VersionState.FAILED)
             if self.metrics is not None:
                 self.metrics.load_failures.labels(name, version).inc()
-            log.error("model %s failed to load: %s", entry.tag, entry.error)
+            event(log, "load_failed", level=logging.ERROR, model=name, version=version, error=entry.error)
             return entry
         entry.runner, entry.batcher = runner, batcher
         entry.generation = int(runner.model.info.creation_time.timestamp() * 1e6)
@@ -84,7 +85,7 @@ class ModelRegistry:
         if self.metrics is not None:
             self.metrics.load_seconds.labels(name, version).set(entry.load_seconds)
         self.set_state(entry, VersionState.READY)
-        log.info("model %s ready on %s in %.2f s", entry.tag, runner.device, entry.load_seconds)
+        event(log, "load", model=name, version=version, device=runner.device, seconds=round(entry.load_seconds, 3))
         return entry
 
     def set_state(self, entry: LoadedVersion, state: VersionState) -> None:
@@ -131,7 +132,7 @@ class ModelRegistry:
         if self.metrics is not None:
             for s in VersionState:
                 self.metrics.state.labels(name, version, s.value).set(0)
-        log.info("model %s unloaded", entry.tag)
+        event(log, "unload", model=name, version=version)
 
     def _is_member(self, runner: Runner) -> bool:
         """Whether a loaded ensemble still runs this runner as one of its members."""

@@ -1,5 +1,6 @@
 """Rate limits against the real Redis on 127.0.0.1:6379 (keys under a per-test prefix),
-in-process, across two worker processes, and through a Redis outage on a Redis of our own."""
+in-process, across two worker processes, and through a Redis outage on a Redis of our own;
+leased blocks on a Redis of our own too, where `INFO commandstats` counts only our calls."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from gateway.errors import RateLimited, Unavailable
-from gateway.ratelimit import RateLimiter, RateLimitSettings, gcra
+from gateway.ratelimit import GCRA_LUA, RateLimiter, RateLimitSettings, gcra
 from tests.helpers import OwnRedis
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -173,6 +174,128 @@ def test_conforming_traffic_is_never_refused() -> None:
         assert allowed
 
 
+@given(
+    interval=st.integers(1, 1000),
+    burst=st.integers(1, 40),
+    ahead=st.integers(-2000, 45_000),
+    n=st.integers(1, 50),
+)
+def test_a_grant_of_n_is_n_single_steps_at_once(interval: int, burst: int, ahead: int, n: int) -> None:
+    now = 1_000_000
+    tat = now + ahead  # beyond interval * burst only after a tier's burst was lowered
+    granted, new_tat, remaining, reset, retry = gcra(tat, now, interval, burst, n)
+    probe, steps = tat, 0
+    while steps < n:
+        ok, after, *_ = gcra(probe, now, interval, burst)
+        if not ok:
+            break
+        probe, steps = after, steps + 1
+    assert granted == steps  # as many as fit, up to n
+    if granted:
+        assert (new_tat, reset, retry) == (probe, probe - now, 0)
+        assert remaining == gcra(tat, now, interval, burst, 10**9)[0] - granted  # what an unbounded ask would add
+    else:
+        assert (new_tat, remaining, reset, retry) == gcra(tat, now, interval, burst)[1:]  # the single refusal
+
+
+async def test_script_grants_what_fits_then_refuses(redis: Redis, prefix: str) -> None:
+    script = redis.register_script(GCRA_LUA)
+    key, second = prefix + "t", 1_000_000  # interval 1 s in microseconds, burst 10
+    assert await script(keys=[key], args=[second, 10, 7]) == [7, 3, 7 * second, 0]
+    granted, remaining, reset, retry = await script(keys=[key], args=[second, 10, 10])
+    assert (granted, remaining, retry) == (3, 0, 0)  # asked 10 with 3 left: 3
+    assert 9.9 * second < reset <= 10 * second
+    granted, remaining, reset, retry = await script(keys=[key], args=[second, 10, 5])
+    assert (granted, remaining) == (0, 0) and 0.9 * second < retry <= second
+    assert 9.9 * second < reset <= 10 * second  # a refusal debits nothing
+
+
+# --- leased blocks, counted on a Redis of our own ----------------------------------------
+
+
+async def script_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0) for cmd in ("evalsha", "eval"))
+
+
+async def leasing_limiter(server: OwnRedis, **overrides) -> tuple[RateLimiter, Redis]:
+    client = Redis(host="127.0.0.1", port=server.port)
+    limiter = RateLimiter(RateLimitSettings(enabled=True, redis_timeout_ms=2000, **overrides), client)
+    assert (await limiter.check("warm-up")).allowed  # loads the script (NOSCRIPT, then EVAL)
+    return limiter, client
+
+
+async def test_one_worker_leases_blocks_for_a_burst(own_redis: OwnRedis) -> None:
+    rate, burst = 1000.0, 1024  # block = min(64, 1024 // 16) = 64
+    limiter, client = await leasing_limiter(own_redis, rate=rate, burst=burst)
+    try:
+        before, counted = await script_calls(client), limiter.stats.redis_calls
+        start = time.monotonic()
+        decisions = await asyncio.gather(*(limiter.check("burst") for _ in range(1000)))
+        elapsed = time.monotonic() - start
+        calls = await script_calls(client) - before
+        assert all(d.allowed for d in decisions)
+        assert calls == limiter.stats.redis_calls - counted
+        assert calls <= 1000 / 64 + 2  # waiting requests share one refill, which asks for all of them
+        # One worker: the header adds its unused block to Redis's count, so it is the bucket's.
+        remaining = sorted(d.remaining for d in decisions)
+        assert burst - 1000 <= remaining[0] <= burst - 1000 + rate * elapsed + 1 and remaining[-1] < burst
+
+        before = await script_calls(client)
+        sequential = [await limiter.check("steady") for _ in range(1000)]
+        assert all(d.allowed for d in sequential)
+        assert await script_calls(client) - before <= 1000 / 64 + 7  # asks ramp 1, 2, 4 ... 64 first
+    finally:
+        await client.aclose()
+
+
+async def test_small_bursts_stay_exact_per_request(own_redis: OwnRedis) -> None:
+    tiers = {"b32": {"rate": 0.01, "burst": 32}}
+    limiter, client = await leasing_limiter(own_redis, rate=0.01, burst=31, tiers=tiers, tenants={"big": "b32"})
+    try:
+        before = await script_calls(client)
+        small = [await limiter.check("small") for _ in range(32)]
+        assert await script_calls(client) - before == 32  # burst 31: block 1, one Redis decision each
+        assert [d.remaining for d in small[:31]] == list(range(30, -1, -1)) and not small[31].allowed
+
+        before = await script_calls(client)
+        big = [await limiter.check("big") for _ in range(33)]
+        assert await script_calls(client) - before < 25  # burst 32: blocks of 2
+        assert [d.remaining for d in big[:32]] == list(range(31, -1, -1)) and not big[32].allowed  # headers still exact
+    finally:
+        await client.aclose()
+
+
+async def test_leased_tokens_expire_unused(own_redis: OwnRedis) -> None:
+    burst = 1024
+    limiter, client = await leasing_limiter(own_redis, rate=1, burst=burst, lease_block=8, lease_s=0.05)
+    try:
+        used = [await limiter.check("t") for _ in range(8)]
+        assert [d.remaining for d in used] == list(range(burst - 1, burst - 9, -1))
+        left = limiter._leases["t"].tokens
+        assert left > 0  # debited in Redis, not used yet
+        await asyncio.sleep(0.08)
+        calls = limiter.stats.redis_calls
+        ninth = await limiter.check("t")
+        assert limiter.stats.redis_calls == calls + 1  # the block expired: a new one
+        assert ninth.remaining == burst - 9 - left  # the expired tokens are lost, not handed out again
+    finally:
+        await client.aclose()
+
+
+async def test_waiting_requests_get_the_tokens_granted_for_them(own_redis: OwnRedis) -> None:
+    burst = 1024
+    limiter, client = await leasing_limiter(own_redis, rate=1, burst=burst, lease_s=1e-6)  # leases expire at once
+    try:
+        calls = limiter.stats.redis_calls
+        decisions = await asyncio.gather(*(limiter.check("t") for _ in range(100)))
+        assert all(d.allowed for d in decisions)
+        assert limiter.stats.redis_calls - calls <= 3  # 64, then the 36 still waiting
+        assert min(d.remaining for d in decisions) == burst - 100  # no token was leased to expire unused
+    finally:
+        await client.aclose()
+
+
 # --- two worker processes sharing one tenant ------------------------------------------------
 
 
@@ -203,8 +326,11 @@ def _hammer(prefix: str, rate: float, burst: int, seconds: float, barrier, resul
     results.put(asyncio.run(run()))
 
 
-async def test_two_worker_processes_share_one_limit(prefix: str, redis: Redis) -> None:
-    rate, burst, seconds = 20.0, 10, 1.0
+@pytest.mark.parametrize(("rate", "burst"), [(20.0, 10), (2000.0, 1600)], ids=["block-1", "block-64"])
+async def test_two_worker_processes_share_one_limit(prefix: str, redis: Redis, rate: float, burst: int) -> None:
+    seconds = 1.0
+    block = max(1, min(RateLimitSettings().lease_block, burst // 16))
+    lease_s = RateLimitSettings().lease_s if block > 1 else 0.0  # tokens spent up to lease_s after their debit
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_hammer, args=(prefix, rate, burst, seconds, barrier, results)) for _ in range(2)]
@@ -219,8 +345,9 @@ async def test_two_worker_processes_share_one_limit(prefix: str, redis: Redis) -
                 p.kill()
     allowed = sum(o[0] for o in outcomes)
     elapsed = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
-    # Shared: burst + rate * elapsed (~30). Separate limits would allow about twice that.
-    assert burst + rate * seconds - 3 <= allowed <= burst + rate * elapsed + 1
+    # Shared: burst + rate * elapsed (~30 or ~3600). Separate limits would allow about twice that.
+    # Below it: each worker's last block, unused when it stopped.
+    assert burst + rate * seconds - 3 - 2 * (block - 1) <= allowed <= burst + rate * (elapsed + lease_s) + 1
     assert all(p.exitcode == 0 for p in procs)
 
 
@@ -232,7 +359,8 @@ async def outage_limiter(server: OwnRedis, **overrides) -> tuple[RateLimiter, Re
     # server) on the client: the limiter's own timeout must be what bounds each call.
     client = Redis(host="127.0.0.1", port=server.port)
     await client.ping()  # connected before the clock matters
-    settings = RateLimitSettings(enabled=True, rate=1, burst=2, redis_timeout_ms=150, redis_backoff_s=0.3, **overrides)
+    defaults = {"enabled": True, "rate": 1, "burst": 2, "redis_timeout_ms": 150, "redis_backoff_s": 0.3}
+    settings = RateLimitSettings(**(defaults | overrides))
     return RateLimiter(settings, client), client
 
 
@@ -310,6 +438,24 @@ async def test_a_hung_redis_costs_one_timeout_per_backoff(own_redis: OwnRedis) -
         assert 0.14 < outcomes[0][0] < 0.5  # the one call that waited: about redis_timeout_ms
         assert max(s for s, _ in outcomes[1:]) < 0.01  # the rest, backing off, do not wait
         assert limiter.stats.redis_errors == 1
+        own_redis.resume()
+        await recover(limiter)
+    finally:
+        await client.aclose()
+
+
+async def test_a_hung_redis_is_one_wait_for_all_of_a_tenants_requests(own_redis: OwnRedis) -> None:
+    limiter, client = await outage_limiter(own_redis, fail_open=False, burst=1024)  # block 64
+    try:
+        assert all([(await limiter.check("t")).allowed for _ in range(8)])
+        left = limiter._leases["t"].tokens
+        own_redis.pause()
+        held = [await timed(limiter.check("t")) for _ in range(left)]
+        assert all(d.allowed and d.limit == 1024 and s < 0.01 for s, d in held)  # debited before: still spent
+        outcomes = await asyncio.gather(*(timed(limiter.check("t")) for _ in range(20)))
+        assert all(isinstance(e, Unavailable) for _, e in outcomes)
+        assert max(s for s, _ in outcomes) < 0.5
+        assert limiter.stats.redis_errors == 1  # one refill timed out; the 20 waited on it together
         own_redis.resume()
         await recover(limiter)
     finally:
