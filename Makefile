@@ -57,7 +57,7 @@ test: setup system-deps redis
 	$(BIN)/python -m pytest
 
 bench: setup system-deps redis
-	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
 
 bento: setup
 	$(BIN)/bentoml build

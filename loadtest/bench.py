@@ -1,11 +1,15 @@
 """The throughput benchmark: this service and its peers, side by side, in one run.
 
-    python -m loadtest.bench                       # the full matrix (about 15 minutes)
-    python -m loadtest.bench --targets ours,stock --scenarios sklearn-miss --connections 64
+    python -m loadtest.bench --open-loop --scaling    # the full matrix (about 25 minutes)
+    python -m loadtest.bench --targets ours-prod,stock --scenarios sklearn-miss --connections 64
 
 Servers (one worker each): `ours` (embedded defaults), `stock` (BentoML `batchable=True`,
 peer b), `empty` (constant JSON mounted in BentoML, peer c), `raw` (constant JSON under
-uvicorn, peer d). Load: wrk, closed loop. Writes loadtest/results/bench-<time>.{md,json}.
+uvicorn, peer d). Ours comes in several configurations: `ours-prod` (auth, rate limits, cache,
+metrics, Redis), `ours-embedded` (the same without Redis), `ours-bare` (auth, limits and cache off),
+`ours-nobatch` (bare with max_batch_size 1), `ours-nometrics` (bare without metrics).
+Load: wrk, closed loop, and open loop at fixed rates with --open-loop.
+Writes loadtest/results/bench-<time>.{md,json}.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def targets(workdir: Path, workers: int) -> dict[str, Server]:
         "ours-embedded": bentoml_server("ours-embedded", SERVICE, {**gateway, "REDIS_URL": ""}, ready),
         "ours-bare": bentoml_server("ours-bare", SERVICE, bare, ready),
         "ours-nobatch": bentoml_server("ours-nobatch", SERVICE, {**bare, "RTSERVE_CONFIG": str(nobatch)}, ready),
+        "ours-nometrics": bentoml_server("ours-nometrics", SERVICE, {**bare, "RTSERVE_METRICS_ENABLED": "false"}, ready),
         "stock": bentoml_server("stock", "loadtest.peers.stock_batchable:StockBatchable"),
         "empty": bentoml_server("empty", "loadtest.peers.empty_bentoml:EmptyService", ready="/readyz"),
         "raw": uvicorn_server("raw", "loadtest.peers.raw_asgi:app"),
