@@ -5,6 +5,11 @@ Redis shares answers between workers and replicas; it is an optimisation, never 
 dependency: when it is down or slow the cache answers from memory, treats the rest as
 misses, and leaves Redis alone for a second before trying it again.
 
+Redis round trips are shared, so they cost a request little: a miss's key is read at once
+when no read is in flight, and the keys that miss meanwhile leave together as one MGET when
+it returns; one writer task sends each burst of new entries as one script call. Under load
+one round trip serves many requests; when idle, none waits for another's.
+
 Keys are `model:version_token:hash(input)`. The version token is the resolved version plus
 its load generation (`version_token("v1", 3) == "v1#3"`), so a reloaded or replaced version
 never reads entries of the one before it, in memory or in Redis; `drop_model_version` frees
@@ -16,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +38,7 @@ from gateway.redis_breaker import RedisBreaker
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+_Read = tuple[bytes, asyncio.Future[Outputs | None], float]  # key, its waiter, when it queued
 
 _SEP = ":"
 _DIGEST_HEX = 32  # blake2b, 16 bytes, as hex
@@ -39,6 +46,15 @@ _ENTRY_OVERHEAD = 256  # dict slot, tuple, array headers: rough, so tiny entries
 _MAGIC = b"RTC1"
 # Plain numbers only (never object arrays from a shared store), looked up rather than parsed.
 _SAFE_DTYPES = {d.str: d for d in map(np.dtype, "?bBhHiIlLqQefd")}
+# One command for a burst of writes: a pipeline costs the client a packed command and a parsed
+# reply per entry, several times the cost of the same SETs as one script call.
+_WRITE_LUA = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+    redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
 
 
 class CacheSettings(BaseSettings):
@@ -53,13 +69,15 @@ class CacheSettings(BaseSettings):
     redis_ttl_s: int = 300
     """Lifetime of an entry in Redis; it also bounds how long entries of an unloaded version linger."""
     redis_timeout_ms: float = 20
-    """Longest wait for one Redis read or write; past it the cache answers without Redis."""
+    """Longest wait for one Redis read (queued or sent) or write; past it the cache answers without Redis."""
     redis_backoff_s: float = 1.0
     """After a Redis error, how long to leave Redis alone, so an outage costs no per-request timeouts."""
-    max_pending_reads: int = 32
-    """Redis reads in flight per worker; past it a miss skips Redis, so the cache never drains the shared pool."""
+    max_pending_reads: int = 256
+    """Redis reads in flight or queued per worker (queued ones leave as one MGET); past it a miss skips Redis."""
     max_pending_writes: int = 256
-    """Redis writes waiting per worker (one writer pipelines them); more are skipped, so a slow Redis costs no memory."""
+    """Redis writes waiting per worker (one writer batches them); more are skipped, so a slow Redis costs no memory."""
+    redis_batch: int = 128
+    """Most keys in one Redis read (MGET) or write (script call); the rest leave with the next."""
     key_prefix: str = "rtserve:cache:"
     """Prefix of every Redis key of the cache."""
 
@@ -158,7 +176,7 @@ class PredictionCache:
     """One per worker and event loop (no locks: the loop serialises it).
 
     `redis` must return bytes (decode_responses=False); None means memory only. The cache uses
-    at most `max_pending_reads` + 1 of its pool's connections.
+    at most two of its pool's connections: one for the read in flight, one for the writer.
     """
 
     def __init__(self, settings: CacheSettings, redis: aioredis.Redis | None = None) -> None:
@@ -174,9 +192,13 @@ class PredictionCache:
         self._bytes = 0
         self._inflight: dict[bytes, asyncio.Task[tuple[Outputs, bool]]] = {}
         self._write_queue: deque[tuple[bytes, Outputs]] = deque()
-        self._writing = 0  # entries in the pipeline being sent
+        self._writing = 0  # entries in the write being sent
         self._writer: asyncio.Task[None] | None = None
-        self._reads = 0
+        self._write_script = redis.register_script(_WRITE_LUA) if redis is not None else None
+        self._read_queue: deque[_Read] = deque()
+        self._reads = 0  # keys being read or queued for the next read
+        self._reading = False  # a read in flight: a miss queues for the next one
+        self._reader: asyncio.Task[None] | None = None
         self._breaker = RedisBreaker("prediction cache", settings.redis_backoff_s, "serving from memory only")
 
     def __len__(self) -> int:
@@ -296,22 +318,72 @@ class PredictionCache:
     # -- Redis tier
 
     async def _redis_get(self, key: bytes) -> Outputs | None:
+        """Read now if no read is in flight; else wait for the next read, which takes every key queued meanwhile."""
         if self._reads >= self.settings.max_pending_reads:
             self.stats.redis_bypassed += 1
             return None
-        sent_while_down = self._breaker.down
         if not self._redis_usable():
             return None
+        loop = asyncio.get_running_loop()
         self._reads += 1
+        if self._reading:
+            waiter = loop.create_future()
+            self._read_queue.append((key, waiter, loop.time()))
+            return await waiter
+        self._reading = True
         try:
-            async with asyncio.timeout(self._timeout):
-                raw = await self.redis.get(self._prefix + key)
-        except Exception as exc:  # noqa: BLE001 - any Redis trouble is a miss, never a failed request
-            self._redis_failed(exc)
-            return None
+            return (await self._read([key], loop.time()))[0]
         finally:
             self._reads -= 1
+            self._read_next()
+
+    def _read_next(self) -> None:
+        """After a read: the keys queued meanwhile leave together, from a task of their own."""
+        if self._read_queue:
+            self._reader = asyncio.get_running_loop().create_task(self._read_queued())
+        else:
+            self._reading = False
+
+    async def _read_queued(self) -> None:
+        queue = self._read_queue
+        batch: list[_Read] = []
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), self.settings.redis_batch))]
+                self._answer(batch, await self._read([key for key, _, _ in batch], batch[0][2]))
+                batch = []
+        finally:  # also when cancelled (the loop is closing): no caller waits forever
+            self._answer([*batch, *queue], itertools.repeat(None))
+            queue.clear()
+            self._reading = False
+
+    async def _read(self, keys: list[bytes], since: float) -> list[Outputs | None]:
+        """One GET or MGET, each entry decoded, counted and promoted; a failure is a miss for each."""
+        sent_while_down = self._breaker.down
+        try:
+            # From the oldest key's arrival, so no request waits on Redis past the timeout.
+            async with asyncio.timeout_at(since + self._timeout):
+                if len(keys) == 1:
+                    values = [await self.redis.get(self._prefix + keys[0])]
+                else:
+                    values = await self.redis.mget([self._prefix + key for key in keys])
+        except Exception as exc:  # noqa: BLE001 - any Redis trouble is a miss, never a failed request
+            self._redis_failed(exc, len(keys))  # every waiter computes; the breaker sees one failure
+            # The keys queued meanwhile were let in before the failure: they skip Redis like later ones.
+            self.stats.redis_bypassed += len(self._read_queue)
+            self._answer(list(self._read_queue), itertools.repeat(None))
+            self._read_queue.clear()
+            return [None] * len(keys)
         self._breaker.succeeded(sent_while_down)
+        return [self._redis_entry(key, raw) for key, raw in zip(keys, values)]
+
+    def _answer(self, batch: list[_Read], answers: Iterable[Outputs | None]) -> None:
+        self._reads -= len(batch)
+        for (_, waiter, _), outputs in zip(batch, answers):
+            if not waiter.done():  # a caller of `get` may have gone away
+                waiter.set_result(outputs)
+
+    def _redis_entry(self, key: bytes, raw: bytes | None) -> Outputs | None:
         if raw is None:
             self.stats.redis_misses += 1
             return None
@@ -326,7 +398,7 @@ class PredictionCache:
         return outputs
 
     def _schedule_write(self, key: bytes, outputs: Outputs) -> None:
-        """Queue for the one writer task: one connection, and a burst leaves as one pipeline."""
+        """Queue for the one writer task: one connection, and a burst leaves as one script call."""
         if self.pending_writes >= self.settings.max_pending_writes:
             self.stats.writes_skipped += 1
             return
@@ -338,16 +410,15 @@ class PredictionCache:
 
     async def _write_all(self) -> None:
         sent_while_down = self._breaker.down
-        while self._write_queue:
-            batch = list(self._write_queue)
-            self._write_queue.clear()
+        queue = self._write_queue
+        while queue:
+            batch = [queue.popleft() for _ in range(min(len(queue), self.settings.redis_batch))]
             self._writing = len(batch)
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for key, outputs in batch:
-                    pipe.set(self._prefix + key, encode_outputs(outputs), ex=self.settings.redis_ttl_s)
+                keys = [self._prefix + key for key, _ in batch]
+                values = [encode_outputs(outputs) for _, outputs in batch]
                 async with asyncio.timeout(self._timeout):
-                    await pipe.execute()
+                    await self._write_script(keys=keys, args=[self.settings.redis_ttl_s, *values])
             except Exception as exc:  # noqa: BLE001 - a lost write only costs a future miss
                 self._redis_failed(exc)
                 self.stats.writes_skipped += len(batch) + len(self._write_queue)
@@ -366,6 +437,6 @@ class PredictionCache:
             return False
         return True
 
-    def _redis_failed(self, exc: Exception) -> None:
-        self.stats.redis_errors += 1
+    def _redis_failed(self, exc: Exception, calls: int = 1) -> None:
+        self.stats.redis_errors += calls
         self._breaker.failed(exc, self.settings.redis_timeout_ms)

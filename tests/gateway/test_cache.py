@@ -35,6 +35,16 @@ def key(i: int, model: str = "digits", token: str = "v1#1") -> bytes:
     return cache_key(model, token, np.array([[float(i)]], np.float32))
 
 
+def read_calls(admin: redis.Redis) -> dict[str, tuple[int, int]]:
+    """GET and MGET as Redis counted them: command -> (calls, calls refused), from INFO commandstats."""
+    stats = admin.info("commandstats")
+    return {
+        command: (entry.get("calls", 0), entry.get("rejected_calls", 0))
+        for command in ("get", "mget")
+        for entry in [stats.get(f"cmdstat_{command}", {})]
+    }
+
+
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
     for name in a:
@@ -299,10 +309,94 @@ async def test_redis_traffic_never_exhausts_a_small_shared_pool(prefix, shared_r
 
         cold = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_reads=2), client)
         results = await asyncio.gather(*(cold.get(key(i)) for i in range(5)))
-        assert [r is not None for r in results] == [True, True, False, False, False]  # two reads in flight at most
+        assert [r is not None for r in results] == [True, True, False, False, False]  # two reads pending at most
         assert (cold.stats.redis_hits, cold.stats.redis_bypassed) == (2, 3)
         assert cache.stats.redis_errors == cold.stats.redis_errors == 0
     finally:
+        await client.aclose()
+
+
+async def test_concurrent_misses_share_a_few_round_trips(own_redis, prefix):
+    """200 misses at once cost three reads (one at once, then two MGETs of at most 128); each gets its own value."""
+    client = aioredis.Redis.from_url(own_redis.url)
+    admin = redis.Redis(port=own_redis.port)
+    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=1000)  # not about time: a loaded machine may not fail it
+    try:
+        writer = PredictionCache(settings, client)
+        for i in range(0, 200, 2):  # even keys are in Redis, odd ones nowhere
+            await writer.put(key(i), outputs_for(i))
+        await writer.flush()
+        assert writer.stats.redis_writes == 100
+
+        cache = PredictionCache(settings, client)
+        computed = {}
+
+        def compute(i: int) -> Computations:
+            computed[i] = Computations(outputs_for(1000 + i))
+            computed[i].release.set()
+            return computed[i]
+
+        before = read_calls(admin)
+        results = await asyncio.gather(*(cache.get_or_compute(key(i), compute(i)) for i in range(200)))
+        after = read_calls(admin)
+        assert (after["get"][0] - before["get"][0], after["mget"][0] - before["mget"][0]) == (1, 2)
+        for i, (outputs, hit) in enumerate(results):
+            assert hit is (i % 2 == 0), i
+            assert_same(outputs, outputs_for(i if hit else 1000 + i))
+            assert computed[i].calls == (0 if hit else 1)
+        assert (cache.stats.redis_hits, cache.stats.redis_misses, cache.stats.computes) == (100, 100, 100)
+        assert cache.stats.redis_errors == cache.stats.redis_bypassed == 0
+
+        results = await asyncio.gather(*(cache.get(key(i)) for i in range(200, 210)))  # plain gets share them too
+        assert results == [None] * 10 and read_calls(admin)["mget"][0] - after["mget"][0] == 1
+        assert_same(await cache.get(key(0)), outputs_for(0))  # promoted: no read at all
+        assert read_calls(admin)["get"][0] - after["get"][0] == 1
+    finally:
+        admin.close()
+        await client.aclose()
+
+
+async def test_a_failed_batched_read_is_one_failure_and_a_miss_for_each_key(own_redis, prefix, caplog):
+    """An MGET that Redis refuses: its keys all compute, the breaker counts one failure and logs it once,
+    and the keys queued behind it skip Redis like the misses that follow."""
+    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    admin = redis.Redis(port=own_redis.port)
+    admin.execute_command("ACL", "SETUSER", "cache", "on", ">secret", "~*", "+@all", "-mget")  # GET works, MGET fails
+    client = aioredis.Redis.from_url(f"redis://cache:secret@127.0.0.1:{own_redis.port}/0")
+    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=1000, redis_batch=4, redis_backoff_s=5.0)
+    cache = PredictionCache(settings, client)
+    try:
+        before = read_calls(admin)
+        assert await asyncio.gather(*(cache.get(key(i)) for i in range(11))) == [None] * 11
+        after = read_calls(admin)
+        assert after["get"][0] - before["get"][0] == 1  # the first key, alone and at once
+        assert after["mget"][1] - before["mget"][1] == 1  # the next four, refused in one call
+        assert cache.stats.redis_misses == 1
+        assert cache.stats.redis_errors == 4 and cache.stats.redis_bypassed == 6  # the last six never left
+        outages = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(outages) == 1 and "NoPermissionError" in outages[0]
+
+        assert await cache.get(key(99)) is None  # backing off: not tried
+        assert cache.stats.redis_bypassed == 7 and read_calls(admin) == after
+    finally:
+        admin.close()
+        await client.aclose()
+
+
+async def test_reads_queued_behind_a_slow_redis_wait_no_longer_than_the_timeout(own_redis, prefix):
+    client = aioredis.Redis.from_url(own_redis.url)
+    admin = redis.Redis(port=own_redis.port)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=50, redis_backoff_s=5.0), client)
+    try:
+        assert await cache.get(key(0)) is None  # connected
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        start = time.perf_counter()
+        assert await asyncio.gather(*(cache.get(key(i)) for i in range(1, 21))) == [None] * 20
+        assert time.perf_counter() - start < 0.25
+        assert (cache.stats.redis_errors, cache.stats.redis_bypassed) == (1, 19)  # the read in flight timed out
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
         await client.aclose()
 
 
