@@ -17,6 +17,7 @@ from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, 
 from gateway.codec import decode_infer, encode_infer
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
+from runners.registry import VersionState
 from observability.context import current, start_request
 from observability.exporter import StatsExporter
 from observability.tracing import Span
@@ -131,7 +132,7 @@ class InferenceApp:
         entry = versions.get(version) if version else None
         if version and entry is None:
             raise NotFound(f"model '{name}' has no version '{version}'")
-        ready = entry.state.value == "ready" if entry else any(v.state.value == "ready" for v in versions.values())
+        ready = entry.state is VersionState.READY if entry else any(v.state is VersionState.READY for v in versions.values())
         return (200 if ready else 503), dumps({"name": name, "ready": ready}), JSON
 
     async def _infer(

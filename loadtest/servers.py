@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,7 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    import socket
-
+    """A port nothing listens on now; shared by the benchmark and the tests."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,11 @@ from pathlib import Path
 import httpx
 
 from gateway.auth import AuthSettings
+from loadtest.servers import free_port
 from gateway.tokens import mint
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
