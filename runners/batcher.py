@@ -6,9 +6,17 @@ A request becomes a future in a queue. A batch leaves when
 - waiting longer would break the latency budget of the oldest request, given the learned
   cost of a batch of that size (only matters with more than one worker per version).
 Everything is driven by callbacks on the event loop (enqueue, batch done, one timer), so
-there is no polling. The model call runs on the version's thread pool. A failed batch fails
-each of its requests; a request whose budget cannot be met is refused at once (503), and
-one whose client deadline passes is answered 504 and dropped from the queue.
+there is no polling. Scheduling runs once per loop turn, after the requests parsed in that
+turn have been queued, so requests that arrive together share a batch.
+
+The model call runs on the version's thread pool, except for batches expected to take less
+than `inline_max_ms`: those run on the event loop itself, because handing a batch to a
+thread and back (and the thread waiting for the GIL while the loop is busy) costs far more
+than a model that fast.
+
+A failed batch fails each of its requests; a request whose budget cannot be met is refused
+at once (503), and one whose client deadline passes is answered 504 and dropped from the
+queue.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class AdaptiveBatcher:
         self.settings = settings
         self.max_batch_size = settings.max_batch_size
         self.budget = settings.max_latency_ms / 1000.0
+        self.inline_budget = settings.inline_max_ms / 1000.0
         self.cost = BatchCost()
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"batch-{runner.tag}")
@@ -78,6 +87,7 @@ class AdaptiveBatcher:
         self._running_until = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._kicked = False  # a scheduling pass is due this loop turn
         self._idle: asyncio.Event | None = None
 
     @property
@@ -121,7 +131,9 @@ class AdaptiveBatcher:
         self._queue.append(pending)
         self._queued_rows += n
         self._inflight += 1
-        self._schedule(loop)
+        if not self._kicked:
+            self._kicked = True
+            loop.call_soon(self._on_kick, loop)
         try:
             return await pending.future
         finally:
@@ -164,6 +176,10 @@ class AdaptiveBatcher:
             self._arm_timer(loop, leave_at)
             return
 
+    def _on_kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._kicked = False
+        self._schedule(loop)
+
     def _arm_timer(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._timer is not None:
             if self._timer_at <= at:
@@ -194,9 +210,18 @@ class AdaptiveBatcher:
         if not batch:
             self._notify_idle()
             return
+        arrays = [p.rows for p in batch]
+        if self.cost.learned and self.cost.estimate(rows) < self.inline_budget:
+            try:
+                result = self._execute(arrays)
+            except Exception as exc:  # noqa: BLE001 - becomes each request's error
+                self._complete(batch, rows, now, None, exc)
+            else:
+                self._complete(batch, rows, now, result, None)
+            return
         self._running += 1
         self._running_until = max(self._running_until, now + self.cost.estimate(rows))
-        work = loop.run_in_executor(self._executor, self._execute, [p.rows for p in batch])
+        work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
     def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float, int]:
@@ -209,17 +234,34 @@ class AdaptiveBatcher:
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
     ) -> None:
         self._running -= 1
+        try:
+            result = work.result()
+        except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
+            self._complete(batch, rows, started, None, exc)
+        else:
+            self._complete(batch, rows, started, result, None)
+        self._schedule(loop)
+
+    def _complete(
+        self,
+        batch: list[_Pending],
+        rows: int,
+        started: float,
+        result: tuple[Outputs, float, int] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Hand each request its rows of the outputs, or the batch's error."""
         self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
-        try:
-            outputs, seconds, start_ns = work.result()
+        if result is not None:
+            outputs, seconds, start_ns = result
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
-                raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
-        except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
+                error = RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
+        if error is not None:
             self.stats.failed_batches += 1
-            message = f"{self.runner.tag}: {type(exc).__name__}: {exc}"
+            message = f"{self.runner.tag}: {type(error).__name__}: {error}"
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(ModelFailed(message))
@@ -235,7 +277,6 @@ class AdaptiveBatcher:
                 if not p.future.done():
                     p.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
-        self._schedule(loop)
         if self.metrics is not None:
             self.metrics.load(self._queued_rows, self._inflight)
         self._notify_idle()

@@ -27,6 +27,8 @@ class BatchSettings(BaseModel):
     """Budget from enqueue to result. A request whose budget cannot be met is refused (503) at once."""
     max_queue_rows: int = Field(4096, ge=1)
     """Rows waiting per model version before new requests are refused with 503 and Retry-After."""
+    inline_max_ms: float = Field(0.25, ge=0)
+    """Batches expected to take at most this long run on the event loop instead of a thread; 0 never."""
     workers: int = Field(1, ge=1)
     """Threads running batches of this version; 1 keeps batches large on a small CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

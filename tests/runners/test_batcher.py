@@ -22,6 +22,7 @@ class Gated:
     def __init__(self, runner, fail: bool = False, delay: float = 0.0) -> None:
         self.runner = runner
         self.calls: list[int] = []
+        self.threads: list[threading.Thread] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -36,6 +37,7 @@ class Gated:
 
     def run(self, batch):
         self.calls.append(len(batch))
+        self.threads.append(threading.current_thread())
         self.entered.set()
         assert self.gate.wait(30)
         time.sleep(self.delay)
@@ -49,7 +51,8 @@ def rows(n: int, start: int = 0) -> np.ndarray:
 
 
 def make(runner, **settings) -> AdaptiveBatcher:
-    return AdaptiveBatcher(runner, BatchSettings(**{"max_latency_ms": 30_000, **settings}))
+    """A batcher whose batches run on its thread (so a gate can hold them), unless settings say otherwise."""
+    return AdaptiveBatcher(runner, BatchSettings(**{"max_latency_ms": 30_000, "inline_max_ms": 0, **settings}))
 
 
 async def until(predicate, timeout: float = 10.0) -> None:
@@ -124,8 +127,9 @@ async def test_a_failed_batch_fails_every_caller(sk):
     model = Gated(sk, fail=True)
     batcher = make(model)
     model.gate.clear()
-    tasks = [asyncio.create_task(batcher.submit(rows(1, i))) for i in range(6)]
+    tasks = [asyncio.create_task(batcher.submit(rows(1)))]
     await until(model.entered.is_set)
+    tasks += [asyncio.create_task(batcher.submit(rows(1, i))) for i in range(1, 6)]
     await until(lambda: batcher.queued_rows == 5)
     model.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -240,6 +244,38 @@ async def test_variable_length_requests_are_padded_into_one_batch(runners):
         np.testing.assert_allclose(out["probabilities"], seq.run(r)["probabilities"], rtol=1e-5, atol=1e-6)
 
 
+async def test_fast_batches_run_on_the_loop_and_share_one_call(sk):
+    model = Gated(sk)
+    batcher = make(model, inline_max_ms=5)
+    batcher.learn([(1, 0.0001), (64, 0.0002)])
+    results = await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(12)))
+    assert model.calls == [12]  # submitted in one loop turn, so one batch
+    assert model.threads == [threading.current_thread()]
+    expected = sk.run(rows(12))["label"]
+    assert [int(r["label"][0]) for r in results] == list(expected)
+
+
+async def test_a_failed_inline_batch_fails_its_callers_and_the_loop_goes_on(sk):
+    model = Gated(sk, fail=True)
+    batcher = make(model, inline_max_ms=5)
+    results = await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ModelFailed) and "injected failure" in str(r) for r in results)
+    model.fail = False
+    assert (await batcher.submit(rows(2)))["probabilities"].shape == (2, 10)
+    assert batcher.stats.failed_batches == 1
+
+
+async def test_batches_expected_to_be_slow_run_on_a_thread(sk):
+    model = Gated(sk)
+    batcher = make(model, inline_max_ms=5)
+    batcher.learn([(1, 0.001), (64, 0.05)])  # 64 rows: over the inline budget, 1 row: under
+    await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(64)))
+    await batcher.submit(rows(1))
+    assert model.calls == [64, 1]
+    assert model.threads[0] is not threading.current_thread()
+    assert model.threads[1] is threading.current_thread()
+
+
 def test_cost_model_learns_fixed_and_per_row_cost():
     cost = BatchCost()
     for n in [1, 8, 32, 64] * 10:
@@ -247,3 +283,23 @@ def test_cost_model_learns_fixed_and_per_row_cost():
     assert cost.fixed == pytest.approx(0.002, rel=1e-3)
     assert cost.per_row == pytest.approx(0.0001, rel=1e-3)
     assert cost.estimate(16) == pytest.approx(0.0036, rel=1e-3)
+
+
+def test_one_stalled_batch_does_not_make_unseen_sizes_look_expensive():
+    cost = BatchCost()
+    for _ in range(200):
+        cost.observe(1, 10e-6)
+    cost.observe(2, 0.030)  # descheduled for 30 ms
+    for _ in range(50):
+        cost.observe(1, 10e-6)
+    assert cost.estimate(1) < 0.0002
+    assert cost.estimate(64) < 0.002  # a 64-row batch is never expected to cost more than 64 single rows
+
+
+def test_cost_model_follows_a_real_slowdown():
+    cost = BatchCost()
+    for _ in range(50):
+        cost.observe(4, 0.001)
+    for _ in range(100):
+        cost.observe(4, 0.020)
+    assert cost.estimate(4) == pytest.approx(0.020, rel=0.1)
