@@ -8,7 +8,9 @@ misses, and leaves Redis alone for a second before trying it again.
 Redis round trips are shared, so they cost a request little: a miss's key is read at once
 when no read is in flight, and the keys that miss meanwhile leave together as one MGET when
 it returns; one writer task sends each burst of new entries as one script call. Under load
-one round trip serves many requests; when idle, none waits for another's.
+one round trip serves many requests; when idle, none waits for another's. Versions cheaper
+to run than a round trip (`redis_min_cost_ms`, judged from the batcher's learned cost) skip
+Redis altogether and keep to the LRU.
 
 Keys are `model:version_token:hash(input)`. The version token is the resolved version plus
 its load generation (`version_token("v1", 3) == "v1#3"`), so a reloaded or replaced version
@@ -78,6 +80,9 @@ class CacheSettings(BaseSettings):
     """Redis writes waiting per worker (one writer batches them); more are skipped, so a slow Redis costs no memory."""
     redis_batch: int = 128
     """Most keys in one Redis read (MGET) or write (script call); the rest leave with the next."""
+    redis_min_cost_ms: float = 0.5
+    """Versions whose requests are expected to cost less than this keep to the in-process tier: running
+    them again is cheaper than a Redis round trip and its client's CPU on the event loop. 0 shares all."""
     key_prefix: str = "rtserve:cache:"
     """Prefix of every Redis key of the cache."""
 
@@ -92,6 +97,7 @@ class CacheStats:
     redis_misses: int = 0
     redis_errors: int = 0
     redis_bypassed: int = 0  # reads and writes not attempted: no Redis, or backing off after an error
+    redis_not_worth: int = 0  # misses of versions cheaper to run than a Redis round trip
     redis_corrupt: int = 0
     redis_writes: int = 0
     writes_skipped: int = 0
@@ -225,17 +231,24 @@ class PredictionCache:
         outputs = await self._redis_get(key)
         return dict(outputs) if outputs is not None else None
 
-    async def put(self, key: bytes, outputs: Outputs) -> None:
-        """Into the LRU now, into Redis in the background (the client never waits for Redis)."""
+    async def put(self, key: bytes, outputs: Outputs, shared: bool = True) -> None:
+        """Into the LRU now, into Redis in the background when `shared` (the client never waits for Redis)."""
         if self.settings.enabled:
-            self._store(key, outputs)
+            self._store(key, outputs, shared)
 
-    async def get_or_compute(self, key: bytes, compute: Callable[[], Awaitable[Outputs]]) -> tuple[Outputs, bool]:
+    def worth_sharing(self, expected_seconds: float | None) -> bool:
+        """Whether a request expected to cost this much (None: not known yet) should go through Redis."""
+        return expected_seconds is None or expected_seconds * 1000.0 >= self.settings.redis_min_cost_ms
+
+    async def get_or_compute(
+        self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool = True
+    ) -> tuple[Outputs, bool]:
         """Cached outputs, or `compute()`'s; concurrent identical misses share one computation.
 
         The bool is True when no computation was needed (memory or Redis). The computation runs
         as its own task, so a caller that goes away does not fail the others waiting on it; if
-        it raises, every waiter gets the error and nothing is cached.
+        it raises, every waiter gets the error and nothing is cached. `shared` False keeps the
+        key out of Redis (see `worth_sharing`).
         """
         if not self.settings.enabled:
             self.stats.computes += 1
@@ -248,7 +261,7 @@ class PredictionCache:
         self.stats.memory_misses += 1
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._fill(key, compute))
+            task = asyncio.get_running_loop().create_task(self._fill(key, compute, shared))
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._filled, key))
         else:
@@ -275,12 +288,13 @@ class PredictionCache:
 
     # -- memory tier
 
-    def _store(self, key: bytes, outputs: Outputs) -> Outputs:
+    def _store(self, key: bytes, outputs: Outputs, shared: bool) -> Outputs:
         frozen = _frozen_copy(outputs)
         if frozen is None:
             return outputs
         self._remember(key, *frozen)
-        self._schedule_write(key, frozen[0])
+        if shared:
+            self._schedule_write(key, frozen[0])
         return frozen[0]
 
     def _remember(self, key: bytes, outputs: Outputs, nbytes: int) -> None:
@@ -304,12 +318,15 @@ class PredictionCache:
                 del self._groups[group]
             self.stats.evictions += 1
 
-    async def _fill(self, key: bytes, compute: Callable[[], Awaitable[Outputs]]) -> tuple[Outputs, bool]:
-        outputs = await self._redis_get(key)
-        if outputs is not None:
-            return outputs, True
+    async def _fill(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> tuple[Outputs, bool]:
+        if shared:
+            outputs = await self._redis_get(key)
+            if outputs is not None:
+                return outputs, True
+        elif self.redis is not None:
+            self.stats.redis_not_worth += 1
         self.stats.computes += 1
-        return self._store(key, await compute()), False
+        return self._store(key, await compute(), shared), False
 
     def _filled(self, key: bytes, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:

@@ -214,13 +214,15 @@ class Runtime:
             outputs, hit = await entry.batcher.submit(rows, deadline), False
         else:
             key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
+            cost = entry.batcher.cost
+            shared = self.cache.worth_sharing(cost.estimate(len(rows)) if cost.learned else None)
             if use_cache:
                 with self.tracer.span("cache") as span:
-                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, deadline))
+                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, deadline), shared)
                     span.set("cache.hit", hit)
             else:  # the client asked for a fresh answer; it still refreshes the cache
                 outputs, hit = await entry.batcher.submit(rows, deadline), False
-                await self.cache.put(key, outputs)
+                await self.cache.put(key, outputs, shared)
         self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
         return outputs, hit
 

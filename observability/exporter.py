@@ -51,7 +51,8 @@ class StatsExporter:
         if cache is not None:
             s = cache.stats
             rows = [("memory", "hit", s.memory_hits), ("memory", "miss", s.memory_misses), ("redis", "hit", s.redis_hits),
-                    ("redis", "miss", s.redis_misses), ("redis", "error", s.redis_errors)]
+                    ("redis", "miss", s.redis_misses), ("redis", "error", s.redis_errors),
+                    ("redis", "not_worth", s.redis_not_worth)]
             self._add(m.cache, ((("cache", t, o), (t, o), n) for t, o, n in rows))
             self._add(m.redis_errors, [(("redis", "cache"), ("cache",), s.redis_errors)])
 

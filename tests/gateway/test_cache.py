@@ -280,6 +280,20 @@ async def test_workers_share_entries_through_redis(shared_redis, prefix):
     assert second.stats.by_tier() == {"memory": (1, 2), "redis": (1, 1)}
 
 
+async def test_versions_not_worth_sharing_stay_in_memory(shared_redis, prefix):
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_min_cost_ms=0.5), shared_redis)
+    assert cache.worth_sharing(None) and cache.worth_sharing(0.0005) and not cache.worth_sharing(0.0001)
+    compute = Computations()
+    compute.release.set()
+    await cache.get_or_compute(key(0), compute, shared=False)
+    await cache.put(key(1), outputs_for(1), shared=False)
+    await cache.flush()
+    assert not [k async for k in shared_redis.scan_iter(match=f"{prefix}*")]
+    assert cache.stats.redis_not_worth == 1 and cache.stats.redis_misses == 0
+    assert (await cache.get_or_compute(key(0), compute, shared=False))[1] is True  # still cached in memory
+    assert compute.calls == 1
+
+
 async def test_a_corrupt_redis_entry_is_a_miss(shared_redis, prefix):
     cache = PredictionCache(CacheSettings(key_prefix=prefix), shared_redis)
     await shared_redis.set(prefix.encode() + key(0), b"not a cache entry", ex=60)

@@ -142,6 +142,33 @@ def test_cache_is_shared_by_workers_through_redis(gateway):
         assert httpx.post(gateway.url + INFER, json=body(row), headers=headers).headers["x-cache"] == "hit"
 
 
+def test_versions_cheaper_than_a_round_trip_keep_out_of_redis(model_store, tmp_path):
+    import secrets as s
+    import uuid
+
+    from gateway.auth import AuthSettings
+    from gateway.tokens import mint
+
+    secret = tmp_path / "secret"
+    secret.write_text(s.token_hex(32))
+    prefix = f"rtserve-test:{uuid.uuid4().hex}:"
+    env = gateway_env(secret, prefix, workers=1)
+    del env["RTSERVE_CACHE_REDIS_MIN_COST_MS"]  # the default: digits-sklearn costs far less than it
+    server = ServerProcess(env=env, log_path=tmp_path / "serve.log").start()
+    try:
+        token = mint(AuthSettings(hs256_secret_file=secret), subject="a", scopes="predict", tenant="acme", ttl_s=600)
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            row = fresh_row(11)
+            assert c.post(INFER, json=body(row), headers=headers).headers["x-cache"] == "miss"
+            assert c.post(INFER, json=body(row), headers=headers).headers["x-cache"] == "hit"  # from the LRU
+            metrics = c.get("/metrics").text
+        assert 'rtserve_cache_requests_total{outcome="not_worth",tier="redis"} 1.0' in metrics
+        assert not list(redis_lib.Redis.from_url(REDIS_URL).scan_iter(match=f"{prefix}cache:*"))
+    finally:
+        server.stop()
+
+
 # -- errors: every status reached by a real request
 
 
