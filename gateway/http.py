@@ -7,6 +7,7 @@ routing is a split of the path and a match on its parts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -17,10 +18,10 @@ from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, 
 from gateway.codec import decode_infer, encode_infer
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
-from runners.registry import VersionState
 from observability.context import current, start_request
 from observability.exporter import StatsExporter
 from observability.tracing import Span
+from runners.registry import VersionState
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,21 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
 
 
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count()
+
+
 def new_request_id() -> str:
-    return os.urandom(8).hex()
+    """Unique across processes and replicas: a random per-process prefix and a counter (no syscall per request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def _new_id_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = os.urandom(4).hex()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # forked workers must not share a prefix
 
 
 class InferenceApp:

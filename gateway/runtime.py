@@ -13,15 +13,15 @@ import numpy as np
 
 from gateway.admission import Admission
 from gateway.cache import PredictionCache, cache_key, version_token
+from gateway.errors import NotFound
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.validate import check_inputs
 from observability.context import current
 from observability.metrics import UNKNOWN
 from observability.tracing import DISABLED, Tracer, TracingSettings, setup_tracing
-from routing.router import Router
-from gateway.errors import NotFound
 from routing.admin import RoutingAdmin
 from routing.controller import CanaryController
+from routing.router import Router
 from routing.settings import RoutingSettings
 from routing.shadow import ShadowMirror
 from routing.state import FileLease, FileStateStore, ModelRoutes, RedisLease, RedisStateStore

@@ -10,6 +10,7 @@ Label values are bounded: model and version come from the registry, never from t
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from functools import lru_cache
@@ -18,6 +19,35 @@ from typing import Any
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN = "_unknown"  # model label for requests that name no served model
+
+
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _cached_pid() -> int:
+    return _pid
+
+
+def _use_cached_pid(directory: str) -> None:
+    """Make multiprocess values check for a fork against a cached pid.
+
+    prometheus-client calls `os.getpid()` on every increment to notice a fork, a system call
+    that cost about 5 % of the event loop under load; the cached pid is refreshed after a fork,
+    so the check means the same. Swapped only while this process has written no values: two
+    value classes would each map the same files.
+    """
+    from prometheus_client import values
+
+    if not glob.glob(os.path.join(directory, f"*_{os.getpid()}.db")):
+        values.ValueClass = values.MultiProcessValue(_cached_pid)
 
 
 def _multiproc_dir() -> str:
@@ -33,6 +63,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.directory = _multiproc_dir()
+        _use_cached_pid(self.directory)
         from prometheus_client import Counter, Gauge, Histogram
 
         mv = ["model", "version"]

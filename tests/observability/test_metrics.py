@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 
 INFER = "/v2/models/digits-sklearn/versions/v2/infer"
 
@@ -136,3 +138,33 @@ def test_real_prometheus_sees_rate_and_p95_per_version(gateway, prometheus):
             time.sleep(0.5)
     up = query(prometheus, 'up{job="rtserve"}')
     assert up and up[0]["value"][1] == "1"
+
+
+FORK_SCRIPT = """
+import os
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from observability.metrics import Metrics, _cached_pid
+
+child = Metrics().requests.labels("m", "v1", "stable", "2xx", "miss")
+assert _cached_pid() == os.getpid()
+child.inc(3)
+pid = os.fork()
+if pid == 0:
+    child.inc(5)  # after the fork: a file of its own, counted from zero
+    os._exit(0 if _cached_pid() == os.getpid() else 1)
+_, status = os.waitpid(pid, 0)
+assert status == 0
+child.inc(1)
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+print(generate_latest(registry).decode())
+print(sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
+"""
+
+
+def test_values_written_after_a_fork_go_to_the_childs_own_file(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert counter(out, "rtserve_requests_total", model="m") == 9.0
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("counter_")]) == 2  # parent's and child's
