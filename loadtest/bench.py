@@ -138,7 +138,7 @@ def open_loop(server: Server, scenario: Scenario, req: Request, closed_rps: floa
     256 connections keep each connection's gap (256 / rate) far above the latency, so the
     schedule, not the server, sets the pace."""
     points = []
-    for fraction in (0.25, 0.5, 0.6, 0.75, 0.9):
+    for fraction in (0.25, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9):
         rate = closed_rps * fraction
         raw = run_wrk(server, req, 256, seconds, tmp, rate=rate)
         got = raw["requests"] / (raw["duration_us"] / 1e6)
