@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-loop", action="store_true", help="also find the highest rate with p99 <= 10 ms (ours-prod)")
     parser.add_argument("--scaling", action="store_true", help="also run ours-prod with 2 workers (sklearn-miss, 64 conns)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))  # the store `make setup` builds, as in the Makefile
     conns = [int(c) for c in args.connections.split(",")]
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
