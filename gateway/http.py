@@ -31,7 +31,7 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
 
 
-_ID_PREFIX = os.urandom(4).hex()
+_ID_PREFIX = ""
 _ID_COUNTER = itertools.count()
 
 
@@ -45,6 +45,7 @@ def _new_id_prefix() -> None:
     _ID_PREFIX = os.urandom(4).hex()
 
 
+_new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)  # forked workers must not share a prefix
 
 

@@ -214,8 +214,7 @@ class Runtime:
             outputs, hit = await entry.batcher.submit(rows, deadline), False
         else:
             key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
-            cost = entry.batcher.cost
-            shared = self.cache.worth_sharing(cost.estimate(len(rows)) if cost.learned else None)
+            shared = self.cache.worth_sharing(entry.batcher.cost.expected(len(rows)))
             if use_cache:
                 with self.tracer.span("cache") as span:
                     outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, deadline), shared)

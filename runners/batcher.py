@@ -25,6 +25,7 @@ import asyncio
 import functools
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -211,16 +212,12 @@ class AdaptiveBatcher:
             self._notify_idle()
             return
         arrays = [p.rows for p in batch]
-        if self.cost.learned and self.cost.estimate(rows) < self.inline_budget:
-            try:
-                result = self._execute(arrays)
-            except Exception as exc:  # noqa: BLE001 - becomes each request's error
-                self._complete(batch, rows, now, None, exc)
-            else:
-                self._complete(batch, rows, now, result, None)
+        expected = self.cost.expected(rows)
+        if expected is not None and expected < self.inline_budget:
+            self._complete(batch, rows, now, functools.partial(self._execute, arrays))
             return
         self._running += 1
-        self._running_until = max(self._running_until, now + self.cost.estimate(rows))
+        self._running_until = max(self._running_until, now + (expected or 0.0))
         work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
@@ -234,34 +231,24 @@ class AdaptiveBatcher:
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
     ) -> None:
         self._running -= 1
-        try:
-            result = work.result()
-        except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
-            self._complete(batch, rows, started, None, exc)
-        else:
-            self._complete(batch, rows, started, result, None)
+        self._complete(batch, rows, started, work.result)
         self._schedule(loop)
 
     def _complete(
-        self,
-        batch: list[_Pending],
-        rows: int,
-        started: float,
-        result: tuple[Outputs, float, int] | None,
-        error: BaseException | None,
+        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, float, int]]
     ) -> None:
-        """Hand each request its rows of the outputs, or the batch's error."""
+        """Hand each request its rows of `outcome()` (the batch run now, or a finished thread's result), or its error."""
         self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
-        if result is not None:
-            outputs, seconds, start_ns = result
+        try:
+            outputs, seconds, start_ns = outcome()
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
-                error = RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
-        if error is not None:
+                raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
+        except BaseException as exc:  # noqa: BLE001 - every caller must hear about it
             self.stats.failed_batches += 1
-            message = f"{self.runner.tag}: {type(error).__name__}: {error}"
+            message = f"{self.runner.tag}: {type(exc).__name__}: {exc}"
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(ModelFailed(message))

@@ -50,5 +50,9 @@ class BatchCost:
             self.per_row = per_row_mean
             self.fixed = 0.0
 
+    def expected(self, rows: int) -> float | None:
+        """The estimate for `rows`, or None while nothing has been observed."""
+        return self.estimate(rows) if self.learned else None
+
     def estimate(self, rows: int) -> float:
         return self.fixed + self.per_row * rows

@@ -62,6 +62,14 @@ async def until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
+async def hold_busy(model: Gated, batcher: AdaptiveBatcher, first: np.ndarray | None = None) -> asyncio.Task:
+    """Close the model's gate and start one request, so the model is busy and later requests queue."""
+    model.gate.clear()
+    task = asyncio.create_task(batcher.submit(rows(1) if first is None else first))
+    await until(model.entered.is_set)
+    return task
+
+
 @pytest.fixture
 def sk(runners):
     return runners["digits-sklearn"]
@@ -70,9 +78,7 @@ def sk(runners):
 async def test_concurrent_requests_share_one_model_call(sk):
     model = Gated(sk)
     batcher = make(model, max_batch_size=64)
-    model.gate.clear()
-    first = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)  # the model is busy with the first request
+    first = await hold_busy(model, batcher)
     others = [asyncio.create_task(batcher.submit(rows(1, i))) for i in range(1, 17)]
     await until(lambda: batcher.queued_rows == 16)
     assert model.calls == [1]
@@ -95,9 +101,7 @@ async def test_lone_request_does_not_wait(sk):
 async def test_each_request_gets_exactly_its_own_rows(sk):
     model = Gated(sk)
     batcher = make(model, max_batch_size=64)
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     sizes = [3, 1, 5, 2, 7]
     starts = np.cumsum([0, *sizes])[:-1]
     tasks = [asyncio.create_task(batcher.submit(rows(n, int(s)))) for n, s in zip(sizes, starts)]
@@ -113,9 +117,7 @@ async def test_each_request_gets_exactly_its_own_rows(sk):
 async def test_max_batch_size_splits_batches(sk):
     model = Gated(sk)
     batcher = make(model, max_batch_size=4)
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     tasks = [asyncio.create_task(batcher.submit(rows(1, i))) for i in range(10)]
     await until(lambda: batcher.queued_rows == 10)
     model.gate.set()
@@ -126,9 +128,7 @@ async def test_max_batch_size_splits_batches(sk):
 async def test_a_failed_batch_fails_every_caller(sk):
     model = Gated(sk, fail=True)
     batcher = make(model)
-    model.gate.clear()
-    tasks = [asyncio.create_task(batcher.submit(rows(1)))]
-    await until(model.entered.is_set)
+    tasks = [await hold_busy(model, batcher)]
     tasks += [asyncio.create_task(batcher.submit(rows(1, i))) for i in range(1, 6)]
     await until(lambda: batcher.queued_rows == 5)
     model.gate.set()
@@ -165,9 +165,7 @@ async def test_partial_batch_leaves_by_its_latency_budget(sk):
     model = Gated(sk)
     batcher = make(model, workers=2, max_batch_size=64, max_latency_ms=300)
     batcher.learn([(1, 0.001), (64, 0.002)])
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     start = time.perf_counter()
     waiting = asyncio.create_task(batcher.submit(rows(1, 1)))
     await asyncio.sleep(0.1)
@@ -182,9 +180,7 @@ async def test_partial_batch_leaves_by_its_latency_budget(sk):
 async def test_full_queue_is_refused(sk):
     model = Gated(sk)
     batcher = make(model, max_queue_rows=4)
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     queued = asyncio.create_task(batcher.submit(rows(4)))
     await until(lambda: batcher.queued_rows == 4)
     with pytest.raises(QueueFull) as info:
@@ -197,9 +193,7 @@ async def test_full_queue_is_refused(sk):
 async def test_deadline_answers_504_and_drops_the_work(sk):
     model = Gated(sk)
     batcher = make(model)
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     with pytest.raises(DeadlineExceeded):
@@ -214,9 +208,7 @@ async def test_deadline_answers_504_and_drops_the_work(sk):
 async def test_cancelled_request_is_not_run(sk):
     model = Gated(sk)
     batcher = make(model)
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(rows(1)))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher)
     gone = asyncio.create_task(batcher.submit(rows(3)))
     kept = asyncio.create_task(batcher.submit(rows(2)))
     await until(lambda: batcher.queued_rows == 5)
@@ -232,9 +224,7 @@ async def test_variable_length_requests_are_padded_into_one_batch(runners):
     batcher = make(model)
     x, _ = data.sequences(8, seed=7)
     reqs = [r[: max(1, int((r > 0).sum()))][None, :] for r in x]
-    model.gate.clear()
-    blocker = asyncio.create_task(batcher.submit(reqs[0]))
-    await until(model.entered.is_set)
+    blocker = await hold_busy(model, batcher, reqs[0])
     tasks = [asyncio.create_task(batcher.submit(r)) for r in reqs[1:]]
     await until(lambda: batcher.queued_rows == 7)
     model.gate.set()
