@@ -5,9 +5,11 @@
 
 Servers (one worker each): `ours` (embedded defaults), `stock` (BentoML `batchable=True`,
 peer b), `empty` (constant JSON mounted in BentoML, peer c), `raw` (constant JSON under
-uvicorn, peer d). Ours comes in several configurations: `ours-prod` (auth, rate limits, cache,
-metrics, Redis), `ours-embedded` (the same without Redis), `ours-bare` (auth, limits and cache off),
-`ours-nobatch` (bare with max_batch_size 1), `ours-nometrics` (bare without metrics).
+uvicorn, peer d), `triton` (NVIDIA Triton through PyTriton, dynamic batcher, scikit-learn scenarios
+only; its virtual environment `.venv-triton` is created on first use). Ours comes in several
+configurations: `ours-prod` (auth, rate limits, cache, metrics, Redis), `ours-embedded` (the
+same without Redis), `ours-bare` (auth, limits and cache off), `ours-nobatch` (bare with
+max_batch_size 1), `ours-nometrics` (bare without metrics).
 Load: wrk, closed loop, and open loop at fixed rates with --open-loop.
 Writes loadtest/results/bench-<time>.{md,json}.
 """
@@ -28,14 +30,16 @@ from pathlib import Path
 import httpx
 import yaml
 
+from loadtest.peers import triton_peer
 from loadtest.scenarios import SCENARIOS, Request, Scenario
 from loadtest.servers import ROOT, Server, bentoml_server, uvicorn_server
+from models import data
 
 LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
 SERVICE = "service:InferenceService"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RESULTS = ROOT / "loadtest" / "results"
-PEER_OF = {"b": "stock", "c": "empty", "d": "raw", "bare": "ours-bare", "nobatch": "ours-nobatch"}
+PEER_OF = {"b": "stock", "c": "empty", "d": "raw", "triton": "triton", "bare": "ours-bare", "nobatch": "ours-nobatch"}
 
 
 @dataclass
@@ -98,6 +102,8 @@ def token_for(workdir: Path) -> str:
 def request_for(target: str, scenario: Scenario) -> Request | None:
     if target == "stock":
         return scenario.stock
+    if target == "triton":
+        return scenario.oip if scenario.model == triton_peer.MODEL_NAME else None
     return scenario.oip  # ours, and the constant peers, which read the same bytes
 
 
@@ -174,7 +180,7 @@ def ratios(results: list[Result]) -> dict[tuple[str, str, int], dict[str, float]
     return out
 
 
-RATIO_COLUMNS = {"/b": "vs (b) stock", "/c": "vs (c) empty", "/d": "vs (d) raw", "/bare": "vs gateway off", "/nobatch": "vs batch size 1"}
+RATIO_COLUMNS = {"/b": "vs (b) stock", "/c": "vs (c) empty", "/d": "vs (d) raw", "/triton": "vs Triton", "/bare": "vs gateway off", "/nobatch": "vs batch size 1"}
 
 
 def table(results: list[Result]) -> str:
@@ -213,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         servers = targets(work, args.workers)
         for name in args.targets.split(","):
-            server = servers[name]
+            server = triton_peer.triton_server(triton_peer.ensure_venv()) if name == "triton" else servers[name]
             print(f"starting {name} ...", flush=True)
             server.start(work)
             try:
+                if name == "triton":
+                    rows = triton_peer.check_answers(server, data.digits().x_test[:64])
+                    print(f"  triton: labels and probabilities equal ours on {rows} held-out rows", flush=True)
                 if name == "ours-prod":
                     extra["footprint"] = footprint(server)
                 for scenario in scenarios:
