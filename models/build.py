@@ -4,7 +4,8 @@
     python -m models.build --force    # rebuild everything
 
 Nothing is downloaded: digits ship inside scikit-learn and sequences come from the rule
-in `models.data`.
+in `models.data`. Optimized variants (`v2-int8`, `v2-opt`) derive from a saved float version
+and record which one, and their held-out accuracy delta against it, in their metadata.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import bentoml
 import joblib
 import numpy as np
+import onnxruntime as ort
 import torch
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -30,6 +33,7 @@ from torch import nn
 
 from models import data, store
 from models.nets import ARCHITECTURES
+from models.quantize import optimize_onnx, quantize_onnx, quantize_torch, torch_quantized_layers
 from models.signature import Signature, TensorSpec, classifier_outputs
 
 DIGITS_ROW = TensorSpec("pixels", "FP32", (-1, 64), min_value=0.0, max_value=16.0)
@@ -159,6 +163,63 @@ def build_onnx(version: str) -> float:
     return acc
 
 
+def _derived_from(tag: str, accuracy: float) -> dict:
+    """Metadata of an optimized variant: its float original and the held-out accuracy it gained or lost."""
+    original = bentoml.models.get(tag).info.metadata["accuracy"]
+    return {"derived_from": tag, "accuracy_delta": round(accuracy - original, 4) + 0.0}  # + 0.0: no "-0.0"
+
+
+def build_torch_int8(version: str) -> float:
+    """`digits-torch:<base>-int8`: Linear layers in dynamic int8, saved as the quantized module's state dict."""
+    from runners.torch_runner import load_torch_module
+
+    split = data.digits()
+    base = f"digits-torch:{version.split('-')[0]}"
+    original = bentoml.models.get(base).info.metadata
+    model = quantize_torch(load_torch_module(base, "cpu"))
+    acc = torch_accuracy(model, _digit_images(split.x_test), split.y_test)
+    store.save(
+        f"digits-torch:{version}",
+        framework="pytorch",
+        task="classification",
+        signature=Signature.from_metadata(original),
+        accuracy=acc,
+        write=lambda d: torch.save(model.state_dict(), d / "state_dict.pt"),
+        extra={"architecture": original["architecture"], "arch_args": original["arch_args"], "quantization": "dynamic-int8",
+               "quantized_layers": torch_quantized_layers(model), **_derived_from(base, acc)},
+    )
+    return acc
+
+
+def build_onnx_variant(version: str) -> float:
+    """`digits-onnx:<base>-int8`: dynamic int8 weights from onnxruntime's quantizer. `<base>-opt`: the graph after
+    onnxruntime's portable (extended) rewrites, saved, with the session options the runner measured best."""
+    from runners.onnx_runner import SessionSettings
+
+    split = data.digits()
+    base, kind = version.split("-")
+    base_tag = f"digits-onnx:{base}"
+    with tempfile.TemporaryDirectory(prefix="rtserve-onnx-") as tmp:
+        src, path = Path(bentoml.models.get(base_tag).path_of("model.onnx")), Path(tmp) / "model.onnx"
+        if kind == "int8":
+            extra = {"quantization": "dynamic-int8", "quantized_layers": quantize_onnx(src, path)}
+        else:
+            extra = {"graph_optimization": "extended, offline", "graph_ops": optimize_onnx(src, path, "extended"),
+                     "session_options": asdict(SessionSettings())}
+        session = ort.InferenceSession(str(path), SessionSettings.for_model(extra).to_ort(), providers=["CPUExecutionProvider"])
+        acc = float((session.run(None, {"pixels": _digit_images(split.x_test)})[0].argmax(-1) == split.y_test).mean())
+        store.save(
+            f"digits-onnx:{version}",
+            framework="onnx",
+            task="classification",
+            signature=Signature.from_metadata(bentoml.models.get(base_tag).info.metadata),
+            accuracy=acc,
+            write=lambda d: shutil.copyfile(path, d / "model.onnx"),
+            extra={**extra, **_derived_from(base_tag, acc)},
+        )
+    return acc
+
+
 def build_ensemble(version: str) -> float:
     """Soft vote of the three digits models of the same version; members are served models."""
     from runners.loader import load_runner
@@ -193,11 +254,13 @@ def build_seq(version: str) -> float:
     return acc
 
 
-# Order matters: ONNX exports a saved torch model, the ensemble loads saved members.
+# Order matters: ONNX exports a saved torch model, variants derive from saved versions, the ensemble loads saved members.
 BUILDERS: list[tuple[str, Callable[[str], float]]] = [
     *[(f"digits-sklearn:{v}", build_sklearn) for v in ("v1", "v2")],
     *[(f"digits-torch:{v}", build_torch) for v in ("v1", "v2")],
     *[(f"digits-onnx:{v}", build_onnx) for v in ("v1", "v2")],
+    ("digits-torch:v2-int8", build_torch_int8),
+    *[(f"digits-onnx:{v}", build_onnx_variant) for v in ("v2-int8", "v2-opt")],
     *[(f"digits-ensemble:{v}", build_ensemble) for v in ("v1", "v2")],
     ("seq-torch:v1", build_seq),
 ]

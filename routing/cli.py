@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cs.add_argument("--hold", type=float, help="seconds per step")
     cs.add_argument("--min-requests", type=int)
     cs.add_argument("--mirror", type=float, default=0.0, help="fraction of stable requests mirrored to the canary")
+    cs.add_argument("--stable", help="version to judge against (default: the one taking the most traffic)")
     cs.add_argument("--max-disagreement", type=float)
     for action in ("status", "abort"):
         can.add_parser(action).add_argument("model")
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"experiment on {a.model} stopped")
     elif a.command == "canary":
         if a.action == "start":
-            body: dict[str, Any] = {"version": a.version, "mirror_fraction": a.mirror}
+            body: dict[str, Any] = {"version": a.version, "mirror_fraction": a.mirror, "stable": a.stable}
             if a.steps:
                 body["steps"] = [float(s) for s in a.steps.split(",")]
             if a.hold is not None:

@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import bentoml
 import numpy as np
 import onnxruntime as ort
 
 from runners.base import Runner
 
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+EXECUTION_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime session options. The defaults won a one-option-at-a-time measurement on the
+    digits networks at batch 1 and 64 (`python -m loadtest.runner_timing --onnx-options`); a model's
+    metadata may override them under `session_options`."""
+
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_num_threads: int = 1
+    inter_op_num_threads: int = 1
+    enable_cpu_mem_arena: bool = True
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+
+    @classmethod
+    def for_model(cls, metadata: dict[str, Any]) -> SessionSettings:
+        return cls(**(metadata.get("session_options") or {}))
+
+    def to_ort(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[self.graph_optimization_level]
+        options.intra_op_num_threads = self.intra_op_num_threads
+        options.inter_op_num_threads = self.inter_op_num_threads
+        options.enable_cpu_mem_arena = self.enable_cpu_mem_arena
+        options.execution_mode = EXECUTION_MODES[self.execution_mode]
+        return options
+
 
 class OnnxRunner(Runner):
     framework = "onnx"
-    intra_op_threads = 1
 
-    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+    def __init__(self, model: bentoml.Model, device: str = "cpu", settings: SessionSettings | None = None) -> None:
         providers = ["CPUExecutionProvider"]
         if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         else:
             device = "cpu"
         super().__init__(model, device)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model.path_of("model.onnx"), options, providers=providers)
+        self.settings = settings or SessionSettings.for_model(self.metadata)
+        self.session = ort.InferenceSession(model.path_of("model.onnx"), self.settings.to_ort(), providers=providers)
         self._input_name = self.session.get_inputs()[0].name
 
     def predict_rows(self, batch: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""PyTorch modules stored as architecture name, constructor arguments and a state dict."""
+"""PyTorch modules stored as architecture name, constructor arguments and a state dict (float, or dynamic int8)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from models.nets import ARCHITECTURES
+from models.quantize import quantize_torch
 from runners.base import Runner
 
 
@@ -16,6 +17,8 @@ def load_torch_module(model: bentoml.Model | str, device: str) -> torch.nn.Modul
         model = bentoml.models.get(model)
     meta = model.info.metadata
     module = ARCHITECTURES[meta["architecture"]](**meta["arch_args"])
+    if meta.get("quantization") == "dynamic-int8":  # same layers swapped for int8 ones, then their packed weights load
+        module = quantize_torch(module.eval())
     state = torch.load(model.path_of("state_dict.pt"), map_location=device, weights_only=True)
     module.load_state_dict(state)
     return module.to(device).eval()
@@ -25,6 +28,8 @@ class TorchRunner(Runner):
     framework = "pytorch"
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+        if model.info.metadata.get("quantization"):
+            device = "cpu"  # torch's quantized kernels run on the CPU only
         super().__init__(model, device)
         self.module = load_torch_module(model, device)
 

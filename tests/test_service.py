@@ -13,6 +13,7 @@ from models import data
 from runners.loader import load_runner
 
 DIGITS = ["digits-sklearn", "digits-torch", "digits-onnx", "digits-ensemble"]
+OPTIMIZED = {"digits-torch": ["v2-int8"], "digits-onnx": ["v2-int8", "v2-opt"]}  # variants serving.yaml loads too
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_server_metadata_and_health(http):
 def test_model_metadata_lists_typeable_versions(http, name):
     meta = http.get(f"/v2/models/{name}").json()
     assert meta["name"] == name
-    assert meta["versions"] == (["v1"] if name == "seq-torch" else ["v1", "v2"])
+    assert meta["versions"] == (["v1"] if name == "seq-torch" else ["v1", "v2", *OPTIMIZED.get(name, [])])
     assert meta["outputs"][0] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10 if name != "seq-torch" else 4]}
     one = http.get(f"/v2/models/{name}/versions/v1").json()
     assert one["versions"] == ["v1"] and one["inputs"] == meta["inputs"]
