@@ -3,15 +3,17 @@
     python -m loadtest.runner_timing                   # the digits networks and their optimized variants
     python -m loadtest.runner_timing --onnx-options    # onnxruntime session options, one at a time
 
-Candidates are timed in turns (each repetition times every candidate once), so a busy
-machine slows all of them alike; each figure is the median over the repetitions of the mean
-per-row time of a block of calls, on held-out digits.
+Candidates are timed in turns (each repetition times every candidate once, in a shuffled
+order, since a session with thread pools leaves threads spinning into the next one's block),
+so a busy machine slows all of them alike; each figure is the median over the repetitions of
+the mean per-row time of a block of calls, on held-out digits.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -35,8 +37,12 @@ def per_row_us(candidates: dict[str, Callable[[np.ndarray], object]], x: np.ndar
     for fn in candidates.values():
         fn(rows)  # first call: lazy initialisation
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    rng = random.Random(0)
     for _ in range(reps):
-        for name, fn in candidates.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = candidates[name]
             start = time.perf_counter()
             for _ in range(calls):
                 fn(rows)
