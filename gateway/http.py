@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from gateway import admin_api
+from gateway import admin_api, openapi
 from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from gateway.codec import decode_infer, encode_infer
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
@@ -109,6 +109,9 @@ class InferenceApp:
             runtime.admission.authorize(headers.get(b"authorization"), "predict")
         if self.exporter is not None:
             self.exporter.ensure_running()
+        if parts == ["openapi.json"]:
+            _expect(method, "GET")
+            return 200, openapi.document_json(), JSON
         if parts == ["metrics"] and self.exporter is not None:
             _expect(method, "GET")
             self.exporter.sync()

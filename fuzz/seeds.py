@@ -1,0 +1,101 @@
+"""Real requests of every kind the server decodes, built from the demo models in the BentoML store.
+
+They seed the atheris corpora and are mixed into schemathesis' generated requests, so fuzzing
+starts from inputs that pass the decoders and reach validation, the batcher and the models,
+instead of spending its budget on bodies that fail at the first check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from models import data
+from models.signature import Signature, TensorSpec
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    versions: tuple[str, ...]
+    signature: Signature
+
+    @property
+    def spec(self) -> TensorSpec:
+        return self.signature.inputs[0]
+
+
+def served_models() -> list[ServedModel]:
+    """Every model in the store (BENTOML_HOME) with its versions and the signature of its first version."""
+    import bentoml
+
+    versions: dict[str, list[str]] = {}
+    signatures: dict[str, Signature] = {}
+    for model in sorted(bentoml.models.list(), key=lambda m: str(m.tag)):
+        name, version = model.tag.name, model.tag.version or ""
+        versions.setdefault(name, []).append(version)
+        signatures.setdefault(name, Signature.from_metadata(model.info.metadata))
+    return [ServedModel(name, tuple(versions[name]), signatures[name]) for name in sorted(versions)]
+
+
+def rows(spec: TensorSpec, n: int, seed: int = 0) -> np.ndarray:
+    """`n` real rows for the input: held-out digits, or token sequences (right-padded with 0)."""
+    if spec.dtype.kind == "f":
+        x = data.digits().x_test
+        start = seed % (len(x) - n)
+        return x[start : start + n].reshape(n, *spec.row_shape).astype(spec.dtype)
+    tokens, _ = data.sequences(n, seed=seed)
+    return tokens.astype(spec.dtype)
+
+
+def infer_json(spec: TensorSpec, batch: np.ndarray, binary_outputs: bool = False) -> bytes:
+    """An Open Inference Protocol request with the tensor as JSON numbers."""
+    doc: dict = {"id": "seed", "inputs": [{"name": spec.name, "shape": list(batch.shape), "datatype": spec.datatype,
+                                           "data": batch.ravel().tolist()}]}
+    if binary_outputs:
+        doc["parameters"] = {"binary_data_output": True}
+    return orjson.dumps(doc)
+
+
+def infer_binary(spec: TensorSpec, batch: np.ndarray) -> tuple[bytes, int]:
+    """The binary tensor extension: a JSON header, then the raw bytes; (body, header length)."""
+    raw = np.ascontiguousarray(batch, dtype=spec.dtype).tobytes()
+    header = orjson.dumps({"inputs": [{"name": spec.name, "shape": list(batch.shape), "datatype": spec.datatype,
+                                       "parameters": {"binary_data_size": len(raw)}}],
+                           "outputs": [{"name": "label", "parameters": {"binary_data": True}}]})
+    return header + raw, len(header)
+
+
+def predict_rows(spec: TensorSpec, batch: np.ndarray) -> list:
+    """Rows as /predict takes them: flat pixel lists, or token lists of their own lengths (no padding)."""
+    if spec.dtype.kind == "f":
+        return [row.ravel().tolist() for row in batch]
+    return [[int(t) for t in row if t > 0] or [1] for row in batch]
+
+
+def predict_body(model: ServedModel, batch: np.ndarray, version: str | None = None) -> bytes:
+    doc: dict = {"model": model.name, "inputs": predict_rows(model.spec, batch)}
+    if version is not None:
+        doc["version"] = version
+    return orjson.dumps(doc)
+
+
+def corpus(kind: str) -> list[bytes]:
+    """Seed inputs for one atheris target: every model, one and several rows, both encodings."""
+    out: list[bytes] = []
+    for model in served_models():
+        spec = model.spec
+        for n, seed in ((1, 0), (3, 7), (8, 11)):
+            batch = rows(spec, n, seed)
+            if kind == "json":
+                out.append(infer_json(spec, batch, binary_outputs=seed == 7))
+            elif kind == "binary":
+                body, length = infer_binary(spec, batch)
+                out.append(length.to_bytes(4, "little") + body)
+            elif kind == "rows":
+                out.append(model.name.encode() + b"\0" + orjson.dumps(predict_rows(spec, batch)))
+            else:
+                raise ValueError(f"unknown corpus kind {kind!r}")
+    return out

@@ -1,0 +1,154 @@
+"""Fixtures for fuzzing the HTTP API with schemathesis against real servers with auth on.
+
+The Open Inference Protocol, /predict and the open endpoints are fuzzed against the session's
+`gateway` server (two workers, Redis, auth, rate limits, cache). The admin API changes routes,
+so it gets a server of its own with its own Redis prefix, whose routing state is put back to
+serving.yaml's whenever a fuzzed request changed it.
+
+RTSERVE_FUZZ_EXAMPLES sets the generated inputs per operation (each is sent with a full token,
+without one and with one lacking the scope); RTSERVE_FUZZ_REPORT names a file for the tally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_lib
+import requests
+import schemathesis
+
+from gateway.auth import AuthSettings
+from tests.fuzz.contract import error_contract, refusal_problem
+from tests.fuzz.tally import TALLY
+from tests.helpers import REDIS_URL, Gateway, ServerProcess, gateway_env
+
+# Schema-valid inputs the server may still refuse: the document cannot say that `data` must fill
+# `shape`, or which names a model's signature takes.
+EXCLUDED_CHECKS = [schemathesis.checks.positive_data_acceptance]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not TALLY.inputs:
+        return
+    terminalreporter.write_sep("-", "fuzzing: inputs tried, requests sent, statuses")
+    terminalreporter.write_line(TALLY.table())
+    report = os.environ.get("RTSERVE_FUZZ_REPORT")
+    if report:
+        TALLY.write(Path(report))
+
+
+class Fuzzer:
+    """Sends each generated case three times (full token, no token, token without the scope) and
+    checks every response: schemathesis' conformance checks, the error contract, and refusals."""
+
+    def __init__(self, gateway: Gateway, wrong_scope: str) -> None:
+        self.url = gateway.url
+        self.session = requests.Session()
+        self.session.hooks["response"].append(lambda r, *args, **kwargs: TALLY.response(r.status_code))
+        self.credentials = {
+            "full": gateway.headers(scopes="predict admin", sub="fuzzer", tenant="fuzz", ttl=7200),
+            "none": {},
+            "scope": gateway.headers(scopes=wrong_scope, sub="fuzzer", tenant="fuzz", ttl=7200),
+        }
+
+    def run(self, case: schemathesis.Case) -> None:
+        TALLY.input(case.operation.label)
+        try:
+            for name, headers in self.credentials.items():
+                response = case.call_and_validate(
+                    base_url=self.url,
+                    session=self.session, headers=headers, additional_checks=[error_contract], excluded_checks=EXCLUDED_CHECKS
+                )
+                sent = response.request.headers.get("Authorization")
+                # Negative cases may drop or replace the token on purpose; judge refusals only on what we sent.
+                if name != "full" and sent == headers.get("Authorization"):
+                    problem = refusal_problem(case, response.status_code, response.content, name)
+                    assert problem is None, f"{problem}\n{case.as_curl_command()}"
+        except BaseException:
+            TALLY.failure(case.operation.label)
+            raise
+
+
+@pytest.fixture(scope="session")
+def oip_fuzzer(gateway) -> Fuzzer:
+    return Fuzzer(gateway, wrong_scope="admin")
+
+
+class RoutingReset:
+    """Puts the admin server's routes back to what they were at start, straight into its Redis state,
+    and waits until the worker has applied them (versions loaded and ready again)."""
+
+    def __init__(self, gateway: Gateway, routes_prefix: str) -> None:
+        self.client = httpx.Client(base_url=gateway.url, headers=gateway.headers(scopes="admin", ttl=7200), timeout=30)
+        self.routes_prefix = routes_prefix
+        self.initial = self._state()
+        self.resets = 0
+
+    def _state(self) -> dict[str, dict]:
+        r = self.client.get("/admin/models")
+        r.raise_for_status()
+        return {
+            name: {"loaded": sorted(m["loaded"]), "weights": m["weights"], "experiment": m["experiment"], "shadow": m["shadow"],
+                   "canary": m["canary"], "ready": sorted(v for v, s in m["versions"].items() if s["state"] == "ready")}
+            for name, m in r.json().items()
+        }
+
+    def ensure_initial(self) -> None:
+        if self._state() == self.initial:
+            return
+        asyncio.run(self._write_initial())
+        self.resets += 1
+        deadline = time.monotonic() + 60
+        while (state := self._state()) != self.initial:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"routing state not back to the initial one: {state}")
+            time.sleep(0.05)
+
+    async def _write_initial(self) -> None:
+        from redis.asyncio import Redis
+
+        from routing.state import ModelRoutes, RedisStateStore
+
+        client = Redis.from_url(REDIS_URL)
+        try:
+            store = RedisStateStore(client, self.routes_prefix)
+            for name, s in self.initial.items():
+                await store.put(name, ModelRoutes(loaded=s["loaded"], weights=s["weights"]))
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def admin_gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
+    """A one-worker server of the admin fuzzer's own: its routes change under fuzzing, nobody else's."""
+    tmp = tmp_path_factory.mktemp("fuzz-admin")
+    secret_file = tmp / "jwt-secret"
+    secret_file.write_text(secrets.token_hex(32))
+    prefix = f"rtserve-fuzz:{uuid.uuid4().hex}:"
+    server = ServerProcess(env=gateway_env(secret_file, prefix, workers=1), log_path=tmp / "serve.log")
+    try:
+        yield Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
+    finally:
+        server.stop()
+        client = redis_lib.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def admin_fuzzer(admin_gateway) -> Fuzzer:
+    return Fuzzer(admin_gateway, wrong_scope="predict")
+
+
+@pytest.fixture(scope="session")
+def routing_reset(admin_gateway) -> RoutingReset:
+    return RoutingReset(admin_gateway, f"{admin_gateway.prefix}routes:")
