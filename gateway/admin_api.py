@@ -10,17 +10,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
 from gateway.codec import parse_json
-from gateway.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
+from gateway.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable
+from routing.admin import CanaryRequest, ExperimentRequest
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
+M = TypeVar("M", bound=BaseModel)
+
 
 async def handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
     """(status, JSON document) for /admin/... ; `parts` is the path split on '/' without 'admin'."""
+    try:
+        return await _handle(runtime, method, parts, body)
+    except (RedisError, OSError, TimeoutError) as exc:  # Redis down, a read-only or full state folder
+        source = runtime.admin.store.source if runtime.admin is not None else "routing state"
+        raise Unavailable(f"routing state unavailable ({source}: {type(exc).__name__}: {exc}); the change was not confirmed",
+                          headers={"Retry-After": "5"}) from None
+
+
+async def _handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
     admin = runtime.admin
     if admin is None:
         raise Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
@@ -36,15 +51,12 @@ async def handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -
         return 202, routes.model_dump(mode="json")
     if rest == ["weights"]:
         _allow(method, "PUT")
-        weights = _object(body).get("weights")
-        if not isinstance(weights, dict) or not all(isinstance(w, (int, float)) for w in weights.values()):
-            raise BadRequest("'weights' must map versions to numbers")
-        return 200, (await admin.set_weights(name, weights)).model_dump(mode="json")
+        return 200, (await admin.set_weights(name, _parse(WeightsRequest, body).weights)).model_dump(mode="json")
     if rest == ["experiment"]:
         if method == "GET":
             return 200, await runtime.experiment_summary(name)
         if method == "POST":
-            return 201, (await admin.start_experiment(name, _object(body))).model_dump(mode="json")
+            return 201, (await admin.start_experiment(name, _parse(ExperimentRequest, body))).model_dump(mode="json")
         _allow(method, "DELETE")
         return 200, (await admin.stop_experiment(name)).model_dump(mode="json")
     if rest == ["canary"]:
@@ -52,19 +64,18 @@ async def handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -
             routes = await admin.store.get(name)
             if routes is None or routes.canary is None:
                 raise NotFound(f"no canary of '{name}'")
-            return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json")}
+            outcomes = await runtime.outcomes(name)
+            return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
         if method == "POST":
-            return 201, (await admin.start_canary(name, _object(body))).model_dump(mode="json")
+            return 201, (await admin.start_canary(name, _parse(CanaryRequest, body))).model_dump(mode="json")
         _allow(method, "DELETE")
         return 200, (await admin.abort_canary(name)).model_dump(mode="json")
     if rest == ["shadow"]:
         if method == "DELETE":
             return 200, (await admin.set_shadow(name, None, 0.0)).model_dump(mode="json")
         _allow(method, "PUT")
-        doc = _object(body)
-        if not isinstance(doc.get("version"), str) or not isinstance(doc.get("fraction"), (int, float)):
-            raise BadRequest("'version' (string) and 'fraction' (number) are required")
-        return 200, (await admin.set_shadow(name, doc["version"], float(doc["fraction"]))).model_dump(mode="json")
+        shadow = _parse(ShadowRequest, body)
+        return 200, (await admin.set_shadow(name, shadow.version, shadow.fraction)).model_dump(mode="json")
     raise NotFound("no such admin route")
 
 
@@ -73,8 +84,27 @@ def _allow(method: str, allowed: str) -> None:
         raise MethodNotAllowed(f"use {allowed}", headers={"Allow": allowed})
 
 
-def _object(body: bytes) -> dict[str, Any]:
+class WeightsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    weights: dict[str, float]
+
+
+class ShadowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    version: str
+    fraction: float = Field(gt=0.0, le=1.0)
+
+
+def _parse(model: type[M], body: bytes) -> M:
+    """The body as `model`; a body that is not JSON is 400, one that does not fit is 422 naming the field."""
     doc = parse_json(body) if body else {}
     if not isinstance(doc, dict):
         raise BadRequest("body must be a JSON object")
-    return doc
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidInput(f"{where}: {err['msg']}" if where else err["msg"]) from None

@@ -47,8 +47,8 @@ _FAR_FUTURE = 2**53
 class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RTSERVE_AUTH_")
 
-    enabled: bool = False
-    """Require a bearer token. Off so a bare import needs no key; the service and `make serve` turn it on."""
+    enabled: bool = True
+    """Require a bearer token. On unless switched off on purpose; on without a key, the service refuses to start."""
     algorithms: Annotated[list[str], NoDecode] = ["HS256"]
     """Accepted JWS algorithms, pinned here and never taken from a token (`none` is refused).
     From the environment: comma-separated or a JSON list."""
@@ -89,6 +89,16 @@ class AuthSettings(BaseSettings):
         if not value:
             raise ValueError("at least one algorithm is required")
         return list(dict.fromkeys(value))
+
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+"""What a named tenant (a token's `tenant` claim, a rate-limit tier assignment) may be called."""
+
+
+def subject_tenant(subject: str) -> str:
+    """The tenant of a token without a `tenant` claim: its subject alone, in a namespace (`~`) that no
+    named tenant can reach, so `sub: acme` never shares tenant acme's bucket or tier."""
+    return "~" + subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,9 +362,13 @@ class Authenticator:
     @staticmethod
     def _principal(claims: dict[str, Any], expires_at: float) -> Principal:
         subject = claims["sub"]
-        tenant = claims.get("tenant") or subject
-        if not isinstance(subject, str) or not isinstance(tenant, str):
-            raise _Rejected("claims", "sub and tenant must be strings")
+        if not isinstance(subject, str) or not subject:
+            raise _Rejected("claims", "sub must be a non-empty string")
+        tenant = claims.get("tenant")
+        if tenant is None:
+            tenant = subject_tenant(subject)
+        elif not isinstance(tenant, str) or not TENANT_NAME.fullmatch(tenant):
+            raise _Rejected("claims", "tenant must be a name of letters, digits and . _ @ - (at most 128)")
         return Principal(subject, tenant, _scopes(claims), expires_at)
 
 

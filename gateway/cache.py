@@ -29,14 +29,17 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.errors import DeadlineExceeded
 from gateway.redis_breaker import RedisBreaker
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
@@ -241,18 +244,18 @@ class PredictionCache:
         return expected_seconds is None or expected_seconds * 1000.0 >= self.settings.redis_min_cost_ms
 
     async def get_or_compute(
-        self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool = True
+        self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool = True, deadline: float | None = None
     ) -> tuple[Outputs, bool]:
         """Cached outputs, or `compute()`'s; concurrent identical misses share one computation.
 
         The bool is True when no computation was needed (memory or Redis). The computation runs
-        as its own task, so a caller that goes away does not fail the others waiting on it; if
-        it raises, every waiter gets the error and nothing is cached. `shared` False keeps the
-        key out of Redis (see `worth_sharing`).
+        as its own task, and each caller waits for it until its own `deadline` (loop time), so
+        one caller's deadline or departure never fails the others. If it raises, every waiter gets
+        the error and nothing is cached. `shared` False keeps the key out of Redis (see `worth_sharing`).
         """
         if not self.settings.enabled:
             self.stats.computes += 1
-            return await compute(), False
+            return await _until(deadline, compute()), False
         entry = self._lru.get(key)
         if entry is not None:
             self._lru.move_to_end(key)
@@ -266,7 +269,7 @@ class PredictionCache:
             task.add_done_callback(functools.partial(self._filled, key))
         else:
             self.stats.coalesced += 1
-        outputs, hit = await asyncio.shield(task)
+        outputs, hit = await _until(deadline, asyncio.shield(task))
         return dict(outputs), hit
 
     def drop_model_version(self, model: str, version: str) -> int:
@@ -457,3 +460,14 @@ class PredictionCache:
     def _redis_failed(self, exc: Exception, calls: int = 1) -> None:
         self.stats.redis_errors += calls
         self._breaker.failed(exc, self.settings.redis_timeout_ms)
+
+
+async def _until(deadline: float | None, work: Awaitable[T]) -> T:
+    """`work`'s result, or 504 once the loop time passes `deadline`."""
+    if deadline is None:
+        return await work
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await work
+    except TimeoutError:
+        raise DeadlineExceeded("request deadline passed while its result was computed") from None

@@ -15,6 +15,8 @@ import numpy as np
 import orjson
 
 from gateway.errors import BadRequest, InvalidInput
+from gateway.settings import LimitSettings
+from gateway.validate import check_shape
 from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
 
 _NUMERIC_KINDS = {"b", "i", "u", "f"}
@@ -61,8 +63,11 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def decode_infer(body: bytes, json_length: int | None = None) -> InferRequest:
-    """Parse an infer request; `json_length` splits a binary-extension body into header and tensors."""
+def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = None) -> InferRequest:
+    """Parse an infer request; `json_length` splits a binary-extension body into header and tensors.
+
+    Each declared shape is checked against the limits before its data is converted, so no input
+    allocates more than the limits allow."""
     if json_length is not None:
         if json_length < 0 or json_length > len(body):
             raise BadRequest("Inference-Header-Content-Length is larger than the body")
@@ -85,6 +90,7 @@ def decode_infer(body: bytes, json_length: int | None = None) -> InferRequest:
         if name in inputs:
             raise BadRequest(f"{where} appears twice")
         shape = _shape(item.get("shape"), where)
+        check_shape(shape, limits, where)
         datatype = item.get("datatype")
         params = item.get("parameters") or {}
         if not isinstance(params, dict):

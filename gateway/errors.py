@@ -8,12 +8,17 @@ with its traceback, answered 500 without one.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+Blame = Literal["server", "client", "shed"]
 
 
 class ServingError(Exception):
     status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
     code: ClassVar[str] = "internal_error"
+    blame: ClassVar[Blame] = "server"
+    """Whose doing the outcome is: only "server" faults count against a version in canary numbers;
+    "client" mistakes and "shed" load (refused to protect latency) are counted apart."""
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -26,6 +31,7 @@ class ServingError(Exception):
 
 class BadRequest(ServingError):
     status = HTTPStatus.BAD_REQUEST
+    blame = "client"
     code = "bad_request"
 
 
@@ -38,16 +44,19 @@ class InvalidInput(BadRequest):
 
 class Unauthorized(ServingError):
     status = HTTPStatus.UNAUTHORIZED
+    blame = "client"
     code = "unauthorized"
 
 
 class Forbidden(ServingError):
     status = HTTPStatus.FORBIDDEN
+    blame = "client"
     code = "forbidden"
 
 
 class NotFound(ServingError):
     status = HTTPStatus.NOT_FOUND
+    blame = "client"
     code = "not_found"
 
 
@@ -57,26 +66,39 @@ class ModelNotFound(NotFound):
 
 class MethodNotAllowed(ServingError):
     status = HTTPStatus.METHOD_NOT_ALLOWED
+    blame = "client"
     code = "method_not_allowed"
 
 
 class PayloadTooLarge(ServingError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    blame = "client"
     code = "payload_too_large"
+
+
+class RequestTimeout(ServingError):
+    """The client took longer than the body read timeout to send its body."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    blame = "client"
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(ServingError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    blame = "client"
     code = "unsupported_media_type"
 
 
 class RateLimited(ServingError):
     status = HTTPStatus.TOO_MANY_REQUESTS
+    blame = "client"
     code = "rate_limited"
 
 
 class Unavailable(ServingError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    blame = "shed"
     code = "unavailable"
 
 
@@ -96,6 +118,7 @@ class BudgetExceeded(Unavailable):
 
 class DeadlineExceeded(ServingError):
     status = HTTPStatus.GATEWAY_TIMEOUT
+    blame = "client"
     code = "deadline_exceeded"
 
 
@@ -109,4 +132,24 @@ class Conflict(ServingError):
     """The change does not fit the current state (e.g. unloading the version that takes all traffic)."""
 
     status = HTTPStatus.CONFLICT
+    blame = "client"
     code = "conflict"
+
+
+def blame_of(code: str) -> Blame:
+    """The blame of an error code, as recorded in metrics; unknown codes count as server faults."""
+    return _BLAME.get(code, "server")
+
+
+def _subclasses(cls: type[ServingError]) -> list[type[ServingError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _subclasses(sub))]
+
+
+CANCELLED = "cancelled"
+"""The code recorded for a request whose task was cancelled (the client left, or the server's traffic timeout)."""
+
+_BLAME: dict[str, Blame] = {**{cls.code: cls.blame for cls in _subclasses(ServingError)}, CANCELLED: "client"}
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read; there is no one to answer."""

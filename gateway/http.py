@@ -1,7 +1,11 @@
-"""The Open Inference Protocol (KServe V2) REST API as one raw ASGI app, mounted into the BentoML service.
+"""The HTTP front end: the Open Inference Protocol (KServe V2) REST API and `/predict`, as one raw ASGI app
+mounted into the BentoML service.
 
 Raw ASGI rather than a framework because every microsecond here is paid on every request;
-routing is a split of the path and a match on its parts.
+routing is a split of the path and a match on its parts. Inference goes through the one
+request pipeline (pipeline/pipeline.py); this module only reads HTTP and writes HTTP.
+Authentication is decided by the route: inference and admin routes always need a token
+(when auth is on), other routes unless they match the configured open paths.
 """
 
 from __future__ import annotations
@@ -10,25 +14,27 @@ import asyncio
 import itertools
 import logging
 import os
-import time
+import re
 from typing import Any
 
 from gateway import admin_api, openapi
 from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
-from gateway.codec import decode_infer, encode_infer
-from gateway.errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable
+from gateway.codec import decode_infer, encode_infer, parse_json
+from gateway.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
-from observability.context import current, start_request
+from gateway.simple import outputs_to_json, rows_to_inputs
 from observability.exporter import StatsExporter
-from observability.tracing import Span
+from pipeline.pipeline import deadline_after
 from runners.registry import VersionState
 
 log = logging.getLogger(__name__)
 
 INFER_SPAN = "POST /v2/models/{name}/infer"  # the route, not the path: one span name for every model
+PREDICT_SPAN = "POST /predict"
 SERVER_NAME = "rtserve"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 _ID_PREFIX = ""
@@ -49,6 +55,12 @@ _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)  # forked workers must not share a prefix
 
 
+def request_id_of(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-ID when it is a plain token (it is echoed and logged), else a new one."""
+    given = headers.get(b"x-request-id")
+    return given.decode("ascii") if given and _CLIENT_REQUEST_ID.fullmatch(given) else new_request_id()
+
+
 class InferenceApp:
     """ASGI callable; `bind` gives it the worker's Runtime once the service instance exists."""
 
@@ -63,32 +75,27 @@ class InferenceApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        start = time.perf_counter()
-        labels = start_request()
         headers = header_map(scope)
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or new_request_id()
-        extra = [(b"x-request-id", request_id.encode("latin-1"))]
-        code = ""
+        request_id = request_id_of(headers)
+        extra = [(b"x-request-id", request_id.encode("ascii"))]
         try:
             if self.runtime is None:
-                raise Unavailable("service is starting")
+                raise Unavailable("service is starting", headers={"Retry-After": "1"})
             status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
         except ServingError as exc:
-            status, body, content_type, code = exc.status.value, dumps(exc.body()), JSON, exc.code
+            status, body, content_type = exc.status.value, dumps(exc.body()), JSON
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
             # One line per error, with the request id; client mistakes at INFO so they do not page anyone.
             level = logging.WARNING if exc.status >= 500 else logging.INFO
-            log.log(level, "request %s %s %s: %d %s: %s", request_id, scope["method"], scope["path"], exc.status.value, exc.code, exc.message)
+            log.log(level, "request %s %s %s: %d %s: %s", request_id, scope["method"], scope["path"],
+                    exc.status.value, exc.code, exc.message)
+        except ClientDisconnected:
+            log.info("request %s %s %s: client disconnected", request_id, scope["method"], scope["path"])
+            return
         except Exception:
             log.exception("request %s %s failed", request_id, scope["path"])
-            status, body, content_type, code = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON, "internal_error"
+            status, body, content_type = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON
         await send_response(send, status, body, extra, content_type)
-        labels.release()
-        if labels.model and self.runtime is not None and self.runtime.metrics is not None:
-            metrics = self.runtime.metrics
-            metrics.observe_request(labels.model, labels.version, labels.variant, status, labels.cache, time.perf_counter() - start)
-            if code:
-                metrics.error_child(labels.model, labels.version, code).inc()
 
     async def _route(
         self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
@@ -100,20 +107,28 @@ class InferenceApp:
         parts = path.strip("/").split("/")
         method = scope["method"]
         runtime = self.runtime
-        if parts[0] == "admin":
-            runtime.admission.authorize(headers.get(b"authorization"), "admin")
-            body = await read_body(receive, headers, runtime.limits.max_body_bytes)
-            status, doc = await admin_api.handle(runtime, method, parts[1:], body)
-            return status, dumps(doc), JSON
-        if not runtime.open_paths.fullmatch(path) and parts[-1:] != ["infer"]:  # infer is admitted in _infer
-            runtime.admission.authorize(headers.get(b"authorization"), "predict")
         if self.exporter is not None:
             self.exporter.ensure_running()
+        if parts[0] == "admin":
+            if runtime.admission.auth is None:  # without authentication nobody may change routes
+                raise NotFound(f"no route for {path}")
+            runtime.admission.authorize(headers.get(b"authorization"), "admin")
+            body = await read_body(receive, headers, runtime.limits.max_body_bytes, runtime.limits.body_read_timeout_s)
+            status, doc = await admin_api.handle(runtime, method, parts[1:], body)
+            return status, dumps(doc), JSON
+        if parts == ["predict"]:
+            _expect(method, "POST")
+            return await self._predict(receive, headers, extra, request_id)
+        infer = _infer_route(parts)
+        if infer is not None:
+            _expect(method, "POST")
+            return await self._infer(*infer, receive, headers, extra, request_id)
+        if not runtime.open_paths.fullmatch(path):
+            runtime.admission.authorize(headers.get(b"authorization"), "predict")
+        _expect(method, "GET")
         if parts == ["openapi.json"]:
-            _expect(method, "GET")
             return 200, openapi.document_json(), JSON
         if parts == ["metrics"] and self.exporter is not None:
-            _expect(method, "GET")
             self.exporter.sync()
             body, content_type = await asyncio.to_thread(runtime.metrics.exposition)
             return 200, body, content_type.encode()
@@ -125,24 +140,18 @@ class InferenceApp:
             version = None
             if len(tail) >= 2 and tail[0] == "versions":
                 version, tail = tail[1], tail[2:]
-            if tail == ["infer"]:
-                _expect(method, "POST")
-                with runtime.tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
-                    return await self._infer(name, version, receive, headers, extra, span)
-            _expect(method, "GET")
             if tail == []:
-                return _json(self.runtime.model_metadata(name, version))
+                return _json(runtime.model_metadata(name, version))
             if tail == ["ready"]:
                 return self._model_ready(name, version)
             raise NotFound(f"no route for {path}")
-        _expect(method, "GET")
         if rest == []:
             return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
         if rest == ["health", "live"]:
             return _json({"live": True})
         if rest == ["health", "ready"]:
-            ready = self.runtime.ready
-            return (200 if ready else 503), dumps({"ready": ready}), JSON
+            ready = runtime.ready
+            return (200 if ready else 503), dumps({"ready": ready, "background": runtime.health.report()}), JSON
         raise NotFound(f"no route for {path}")
 
     def _model_ready(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
@@ -160,36 +169,77 @@ class InferenceApp:
         receive: Receive,
         headers: dict[bytes, bytes],
         extra: list[tuple[bytes, bytes]],
-        span: Span,
+        request_id: str,
     ) -> tuple[int, bytes, bytes]:
         runtime = self.runtime
-        admitted = await runtime.admission.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
-        extra.extend(admitted.headers)
-        entry = runtime.resolve(name, version, admitted.user)
-        span.set("version", entry.version)
         tracer = runtime.tracer
-        with tracer.span("decode"):
-            body = await read_body(receive, headers, runtime.limits.max_body_bytes)
-            json_length = _int_header(headers, b"inference-header-content-length")
-            request = decode_infer(body, json_length)
-        timeout_ms = _int_header(headers, b"x-request-timeout-ms")
-        deadline = runtime.deadline_after(timeout_ms) if timeout_ms is not None else None
-        use_cache = b"no-cache" not in headers.get(b"cache-control", b"")
-        outputs, hit = await runtime.infer(entry, request.inputs, deadline=deadline, use_cache=use_cache)
-        current().cache = "hit" if hit else ("miss" if runtime.cache is not None else "bypass")
-        extra.append((b"x-cache", b"hit" if hit else b"miss"))
-        if request.outputs is not None:
-            unknown = set(request.outputs) - set(outputs)
-            if unknown:
-                raise BadRequest(f"unknown output(s) {sorted(unknown)}")
-            outputs = {k: outputs[k] for k in request.outputs}
-        with tracer.span("encode"):
-            payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
-        extra.append((b"x-model-version", entry.version.encode()))
+        limits = runtime.limits
+        async with runtime.pipeline.request(extra) as req:
+            with tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
+                admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
+                entry = req.route(name, version, admitted.user)
+                span.set("version", entry.version)
+                with tracer.span("decode"):
+                    body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
+                    request = decode_infer(body, limits, _int_header(headers, b"inference-header-content-length"))
+                outputs = await req.infer(entry, request.inputs, deadline=_deadline(headers), use_cache=_use_cache(headers))
+                if request.outputs is not None:
+                    unknown = set(request.outputs) - set(outputs)
+                    if unknown:
+                        raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+                    outputs = {k: outputs[k] for k in request.outputs}
+                with tracer.span("encode"):
+                    payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
         if header_length is None:
             return 200, payload, JSON
         extra.append((b"inference-header-content-length", str(header_length).encode()))
         return 200, payload, OCTETS
+
+    async def _predict(
+        self, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
+    ) -> tuple[int, bytes, bytes]:
+        """`{"model": ..., "inputs": [[...], ...], "version": optional}`: rows in, named outputs as lists out."""
+        runtime = self.runtime
+        tracer = runtime.tracer
+        limits = runtime.limits
+        async with runtime.pipeline.request(extra) as req:
+            with tracer.request(PREDICT_SPAN, headers, request_id=request_id) as span:
+                admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
+                with tracer.span("decode"):
+                    body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
+                    model, version, rows = _predict_request(parse_json(body))
+                span.set("model", model)
+                entry = req.route(model, version, admitted.user)
+                span.set("version", entry.version)
+                tensors = rows_to_inputs(entry.runner.input_spec, rows, limits)
+                outputs = await req.infer(entry, tensors, deadline=_deadline(headers), use_cache=_use_cache(headers))
+                with tracer.span("encode"):
+                    return 200, dumps({"model": model, "version": entry.version, "outputs": outputs_to_json(outputs)}), JSON
+
+
+def _infer_route(parts: list[str]) -> tuple[str, str | None] | None:
+    """(model, version) for `/v2/models/{name}[/versions/{version}]/infer`, else None."""
+    if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "infer":
+        return parts[2], None
+    if len(parts) == 6 and parts[:2] == ["v2", "models"] and parts[3] == "versions" and parts[5] == "infer":
+        return parts[2], parts[4]
+    return None
+
+
+def _predict_request(doc: Any) -> tuple[str, str | None, Any]:
+    if not isinstance(doc, dict):
+        raise BadRequest("request must be a JSON object")
+    unknown = set(doc) - {"model", "inputs", "version"}
+    if unknown:
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}; expected model, inputs and optionally version")
+    model, version = doc.get("model"), doc.get("version")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a model name")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise BadRequest("'version' must be a version name")
+    if "inputs" not in doc:
+        raise BadRequest("'inputs' (a list of rows) is required")
+    return model, version, doc["inputs"]
 
 
 def _expect(method: str, allowed: str) -> None:
@@ -202,9 +252,20 @@ def _json(doc: Any) -> tuple[int, bytes, bytes]:
 
 
 def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:
+    """A non-negative integer header; at most 12 ASCII digits, so no value can overflow what uses it."""
     raw = headers.get(name)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
-        raise BadRequest(f"header {name.decode()} must be a non-negative integer")
+    raw = raw.strip()
+    if not (raw.isdigit() and raw.isascii() and len(raw) <= 12):
+        raise BadRequest(f"header {name.decode()} must be a non-negative integer of at most 12 digits")
     return int(raw)
+
+
+def _deadline(headers: dict[bytes, bytes]) -> float | None:
+    timeout_ms = _int_header(headers, b"x-request-timeout-ms")
+    return deadline_after(timeout_ms) if timeout_ms is not None else None
+
+
+def _use_cache(headers: dict[bytes, bytes]) -> bool:
+    return b"no-cache" not in headers.get(b"cache-control", b"")

@@ -55,6 +55,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.auth import TENANT_NAME
 from gateway.errors import RateLimited, Unavailable
 from gateway.redis_breaker import RedisBreaker
 
@@ -103,6 +104,9 @@ class RateLimitSettings(BaseSettings):
     def _tiers_exist(self) -> RateLimitSettings:
         if DEFAULT_TIER in self.tiers:
             raise ValueError(f"tier {DEFAULT_TIER!r} is reserved: set rate and burst instead")
+        misnamed = sorted(t for t in self.tenants if not TENANT_NAME.fullmatch(t))
+        if misnamed:
+            raise ValueError(f"tenant names must be letters, digits and . _ @ - : {', '.join(misnamed)}")
         unknown = sorted({t for t in self.tenants.values() if t != DEFAULT_TIER and t not in self.tiers})
         if unknown:
             raise ValueError(f"tenants refer to undefined tiers: {', '.join(unknown)}")

@@ -9,31 +9,27 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from gateway.admission import Admission
-from gateway.cache import PredictionCache, cache_key, version_token
+from gateway.cache import PredictionCache
 from gateway.errors import NotFound
 from gateway.settings import GatewaySettings, LimitSettings
-from gateway.validate import check_inputs
-from observability.context import current
-from observability.metrics import UNKNOWN
-from observability.tracing import DISABLED, Tracer, TracingSettings, setup_tracing
+from observability.health import BackgroundHealth
+from observability.tracing import DISABLED, Tracer, setup_tracing
+from pipeline.pipeline import Pipeline
 from routing.admin import RoutingAdmin
 from routing.controller import CanaryController
 from routing.router import Router
 from routing.settings import RoutingSettings
-from routing.shadow import ShadowMirror
 from routing.state import FileLease, FileStateStore, ModelRoutes, RedisLease, RedisStateStore
 from routing.stats import MetricsSnapshotSource
 from routing.sync import RouteSync
-from runners.batcher import Outputs
-from runners.registry import LoadedVersion, ModelRegistry, VersionState
-from runners.settings import ServingConfig, load_config
+from runners.registry import ModelRegistry
+from runners.settings import ServingConfig
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from app.config import Config
     from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -80,30 +76,45 @@ class Runtime:
         self.registry = ModelRegistry(config, metrics, tracer)
         self.router = Router(default_routes(config))
         self.loaded = threading.Event()
-        self.shadow = ShadowMirror(self)
+        self.health = BackgroundHealth(metrics)
+        self.pipeline = Pipeline(
+            registry=self.registry,
+            router=self.router,
+            admission=self.admission,
+            limits=self.limits,
+            served=frozenset(config.models),
+            cache=cache,
+            metrics=metrics,
+            tracer=tracer,
+        )
         self.admin: RoutingAdmin | None = None  # set by start_routing, once the shared state is reachable
         self.sync: RouteSync | None = None
         self.controller: CanaryController | None = None
+        self.routing_settings = RoutingSettings()
 
     @classmethod
-    def from_environment(cls) -> Runtime:
-        """The service's runtime: every setting from serving.yaml and the environment."""
-        from gateway.auth import Authenticator, AuthSettings
-        from gateway.cache import CacheSettings
-        from gateway.ratelimit import RateLimiter, RateLimitSettings
+    def from_config(cls, config: Config) -> Runtime:
+        """The service's runtime, from the configuration validated at start-up."""
+        from gateway.auth import Authenticator
+        from gateway.ratelimit import RateLimiter
         from observability.metrics import Metrics
 
-        gateway = GatewaySettings()
+        gateway = config.gateway
         redis = redis_client(gateway.redis_url) if gateway.redis_url else None
-        auth_settings, limit_settings, cache_settings = AuthSettings(), RateLimitSettings(), CacheSettings()
-        tracer = setup_tracing(TracingSettings())
+        if redis is None:
+            log.info("no REDIS_URL: single-replica mode (rate limits, cache and routes are this machine's only)")
+        tracer = setup_tracing(config.tracing)
         admission = Admission(
-            Authenticator(auth_settings) if auth_settings.enabled else None,
-            RateLimiter(limit_settings, redis) if limit_settings.enabled else None,
+            Authenticator(config.auth) if config.auth.enabled else None,
+            RateLimiter(config.ratelimit, redis) if config.ratelimit.enabled else None,
             tracer,
         )
-        cache = PredictionCache(cache_settings, redis) if cache_settings.enabled else None
-        return cls(load_config(), admission=admission, cache=cache, redis=redis, metrics=Metrics() if gateway.metrics_enabled else None, gateway=gateway, tracer=tracer)
+        cache = PredictionCache(config.cache, redis) if config.cache.enabled else None
+        metrics = Metrics() if gateway.metrics_enabled else None
+        runtime = cls(config.serving, limits=config.limits, admission=admission, cache=cache, redis=redis, metrics=metrics,
+                      gateway=gateway, tracer=tracer)
+        runtime.routing_settings = config.routing
+        return runtime
 
     def start(self) -> threading.Thread:
         """Load every configured model in the background, so liveness answers while models load."""
@@ -121,11 +132,11 @@ class Runtime:
         gc.freeze()
         self.loaded.set()
 
-    async def start_routing(self, settings: RoutingSettings | None = None) -> None:
+    async def start_routing(self) -> None:
         """Shared routes, admin operations and the canary controller, once the start-up models are loaded.
 
         Retries until the shared state answers (Redis may come up after the service)."""
-        settings = settings or RoutingSettings()
+        settings = self.routing_settings
         await asyncio.to_thread(self.loaded.wait)
         if self.redis is not None:
             store = RedisStateStore(self.redis, prefix=settings.redis_prefix)
@@ -134,7 +145,7 @@ class Runtime:
             settings.state_file.parent.mkdir(parents=True, exist_ok=True)
             store = FileStateStore(settings.state_file)
             lease = FileLease(settings.state_file.with_name(settings.state_file.name + ".controller.lock"))
-        sync = RouteSync(self, store, settings.sync_interval_s)
+        sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, cache=self.cache, health=self.health)
         while True:
             try:
                 await sync.start(default_routes(self.config))
@@ -146,7 +157,7 @@ class Runtime:
         self.admin = RoutingAdmin(store, self.registry, settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"}))
         if self.metrics is not None:
             source = MetricsSnapshotSource(self.metrics.directory)
-            self.controller = CanaryController(self, store, lease, source, settings.controller_interval_s)
+            self.controller = CanaryController(store, lease, source, self.router, settings.controller_interval_s, metrics=self.metrics, health=self.health)
             self.controller.start()
 
     async def stop_routing(self) -> None:
@@ -154,6 +165,17 @@ class Runtime:
             await self.controller.stop()
         if self.sync is not None:
             await self.sync.stop()
+
+    async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
+        """Per version, this machine's routed requests since start by outcome: what canary status shows
+        beside the decisions (server faults are judged; client errors and shed requests are not)."""
+        if self.metrics is None:
+            return {}
+        snapshot = await asyncio.to_thread(MetricsSnapshotSource(self.metrics.directory).snapshot, name)
+        return {
+            version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed}
+            for version, w in sorted(snapshot.items())
+        }
 
     async def experiment_summary(self, name: str) -> dict[str, Any]:
         """Per variant of the running experiment: requests, errors, p50/p95, agreement with the control."""
@@ -179,54 +201,6 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self.loaded.is_set() and self.registry.ready
-
-    def resolve(self, name: str, version: str | None, user: str | None = None) -> LoadedVersion:
-        """The version that answers: the one asked for, else the route's choice (or, while the chosen one
-        is not ready in this worker yet, the heaviest-weighted one that is). Counts the request as active
-        on it until `RequestLabels.release`."""
-        labels = current()
-        labels.model = name if name in self.config.models else UNKNOWN
-        if version is None:
-            version, labels.variant = self.router.route(name, user)
-            versions = self.registry.versions(name)
-            chosen = versions.get(version)
-            if chosen is None or chosen.state is not VersionState.READY:
-                ready = {v for v, e in versions.items() if e.state is VersionState.READY}
-                version, labels.variant = self.router.fallback(name, ready) or version, "stable"
-        entry = self.registry.serving(name, version)
-        entry.active += 1
-        labels.entry = entry
-        labels.version = entry.version
-        return entry
-
-    async def infer(
-        self,
-        entry: LoadedVersion,
-        inputs: dict[str, tuple[str, np.ndarray]],
-        *,
-        deadline: float | None = None,
-        use_cache: bool = True,
-    ) -> tuple[Outputs, bool]:
-        """Validate against the version's signature, then the cache, else its batcher; True when cached.
-        A configured fraction is mirrored to a shadow version afterwards, off the client's path."""
-        rows = check_inputs(entry.runner.signature, inputs, self.limits)
-        if self.cache is None:
-            outputs, hit = await entry.batcher.submit(rows, deadline), False
-        else:
-            key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
-            shared = self.cache.worth_sharing(entry.batcher.cost.expected(len(rows)))
-            if use_cache:
-                with self.tracer.span("cache") as span:
-                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, deadline), shared)
-                    span.set("cache.hit", hit)
-            else:  # the client asked for a fresh answer; it still refreshes the cache
-                outputs, hit = await entry.batcher.submit(rows, deadline), False
-                await self.cache.put(key, outputs, shared)
-        self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
-        return outputs, hit
-
-    def deadline_after(self, milliseconds: float) -> float:
-        return asyncio.get_running_loop().time() + milliseconds / 1000.0
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata for a model, or one version of it."""

@@ -9,12 +9,17 @@ import numpy as np
 
 from gateway.codec import to_array
 from gateway.errors import InvalidInput
-from models.signature import TensorSpec
+from gateway.settings import LimitSettings
+from gateway.validate import check_shape
+from models.signature import OIP_TO_NUMPY, TensorSpec
 
 
-def rows_to_inputs(spec: TensorSpec, rows: Any) -> dict[str, tuple[str, np.ndarray]]:
+def rows_to_inputs(spec: TensorSpec, rows: Any, limits: LimitSettings) -> dict[str, tuple[str, np.ndarray]]:
     """Rows to the model's input tensor: fixed rows may come flat (64 numbers for [1, 8, 8]);
-    variable-length rows (token lists) are right-padded with 0."""
+    variable-length rows (token lists) are right-padded with 0.
+
+    Row count, longest row and element count are checked before anything is padded or converted,
+    so a small body cannot make a large allocation."""
     if not isinstance(rows, list) or not rows:
         raise InvalidInput("'inputs' must be a non-empty list of rows")
     where = f"input '{spec.name}'"
@@ -22,8 +27,17 @@ def rows_to_inputs(spec: TensorSpec, rows: Any) -> dict[str, tuple[str, np.ndarr
         if not all(isinstance(r, list) and r for r in rows):
             raise InvalidInput(f"{where}: each row must be a non-empty list")
         width = max(len(r) for r in rows)
-        padded = [r + [0] * (width - len(r)) for r in rows]
-        return {spec.name: (spec.datatype, to_array(padded, spec.datatype, where))}
+        check_shape((len(rows), width), limits, where)
+        if width > limits.max_sequence_length:
+            raise InvalidInput(f"{where}: length {width} is over the limit of {limits.max_sequence_length}")
+        arr = np.zeros((len(rows), width), dtype=OIP_TO_NUMPY[spec.datatype])
+        for i, row in enumerate(rows):
+            values = to_array(row, spec.datatype, f"{where} row {i}")
+            if values.ndim != 1:
+                raise InvalidInput(f"{where} row {i}: must be a flat list of numbers")
+            arr[i, : len(values)] = values
+        return {spec.name: (spec.datatype, arr)}
+    check_shape((len(rows),), limits, where)
     arr = to_array(rows, spec.datatype, where)
     per_row = math.prod(spec.row_shape)
     if arr.ndim == 0 or arr.size != len(arr) * per_row:

@@ -9,6 +9,21 @@ from gateway.settings import LimitSettings
 from models.signature import Signature, TensorSpec
 
 
+def check_shape(shape: tuple[int, ...], limits: LimitSettings, where: str) -> None:
+    """Refuse a declared shape over the limits before anything of that size is allocated."""
+    if len(shape) > limits.max_dims:
+        raise InvalidInput(f"{where}: {len(shape)} dimensions is over the limit of {limits.max_dims}")
+    if shape and shape[0] > limits.max_rows:
+        raise InvalidInput(f"{where}: {shape[0]} rows is over the limit of {limits.max_rows}")
+    elements = 1
+    for d in shape:
+        elements *= d
+        if elements > limits.max_elements:
+            break
+    if elements > limits.max_elements:
+        raise InvalidInput(f"{where}: shape {list(shape)} is over the limit of {limits.max_elements} elements")
+
+
 def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:
     """The array, if it fits `spec` and the limits; an InvalidInput naming the problem otherwise."""
     expected = list(spec.shape)

@@ -78,7 +78,7 @@ def targets(workdir: Path, workers: int) -> dict[str, Server]:
     prefix = f"rtserve-bench:{secrets.token_hex(4)}:"
     production = {**gateway, "REDIS_URL": REDIS_URL, "RTSERVE_RATELIMIT_KEY_PREFIX": prefix + "rl:",
                   "RTSERVE_CACHE_KEY_PREFIX": prefix + "cache:", "RTSERVE_ROUTING_REDIS_PREFIX": prefix + "routes:"}
-    bare = {**w, "REDIS_URL": "", "RTSERVE_CACHE_ENABLED": "false"}
+    bare = {**w, "REDIS_URL": "", "RTSERVE_CACHE_ENABLED": "false", "RTSERVE_AUTH_ENABLED": "false"}
     ready = "/v2/health/ready"
     return {
         "ours-prod": bentoml_server("ours-prod", SERVICE, production, ready),

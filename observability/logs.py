@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, Literal, TextIO
@@ -69,8 +70,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    """Control characters as escapes (a newline becomes `\\n`): what a client sent cannot start a forged line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """The usual one-line format, with `extra=` fields appended as key=value so text logs lose nothing."""
+    """The usual one-line format, with `extra=` fields appended as key=value so text logs lose nothing.
+
+    The message and fields are one line whatever they hold (paths, ids and headers come from
+    clients); only a traceback, added after, spans lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,9 +90,9 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         line = super().formatMessage(record)
         fields = extra_fields(record)
-        if not fields:
-            return line
-        return line + " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return escape_control(line)
 
 
 _HANDLER_MARK = "_rtserve_handler"

@@ -68,7 +68,7 @@ class Metrics:
 
         mv = ["model", "version"]
         self.requests = Counter("rtserve_requests", "Requests answered", [*mv, "variant", "status_class", "cache"])
-        self.errors = Counter("rtserve_errors", "Error responses by machine-readable code", [*mv, "code"])
+        self.errors = Counter("rtserve_errors", "Error responses by machine-readable code", [*mv, "variant", "code"])
         self.duration = Histogram("rtserve_request_duration_seconds", "End-to-end request latency", [*mv, "variant"], buckets=LATENCY_BUCKETS)
         self.queue_wait = Histogram("rtserve_queue_wait_seconds", "Time from enqueue to batch start", mv, buckets=LATENCY_BUCKETS)
         self.execution = Histogram("rtserve_model_execution_seconds", "Model call time per batch", mv, buckets=LATENCY_BUCKETS)
@@ -89,6 +89,10 @@ class Metrics:
         self.shadow_comparisons = Counter(
             "rtserve_shadow_comparisons", "Mirrored rows by whether the candidate agreed with the primary", [*mv, "outcome"]
         )
+        self.background_healthy = Gauge(
+            "rtserve_background_task_healthy", "1 while a background task works, 0 while it keeps a stale state", ["task"],
+            multiprocess_mode="livemin",
+        )
         self.route_weight = Gauge("rtserve_route_weight", "Route weight in percent", mv, multiprocess_mode="mostrecent")
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one instance per process, bounded label space
@@ -104,8 +108,8 @@ class Metrics:
         histogram.observe(seconds)
 
     @lru_cache(maxsize=4096)  # noqa: B019
-    def error_child(self, model: str, version: str, code: str) -> Any:
-        return self.errors.labels(model, version, code)
+    def error_child(self, model: str, version: str, variant: str, code: str) -> Any:
+        return self.errors.labels(model, version, variant, code)
 
     def exposition(self) -> tuple[bytes, str]:
         """All workers' metrics, added up, in the Prometheus text format."""

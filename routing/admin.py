@@ -7,14 +7,44 @@ reaches every worker and replica; each worker then loads, drains or re-weights o
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import Conflict, InvalidInput, ModelNotFound
 from routing.state import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow, StateStore
 from runners.registry import ModelRegistry, VersionState
+
+VERSION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+"""A BentoML tag version: what `load` accepts before asking the store."""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ExperimentRequest(_Request):
+    variants: dict[str, float] = Field(min_length=1)
+    """version -> weight; users are split by these."""
+    control: str | None = None
+    """The variant the others are compared with; the first one when unset."""
+    name: str | None = None
+    salt: str | None = None
+    mirror_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class CanaryRequest(_Request):
+    version: str
+    """The candidate."""
+    stable: str | None = None
+    """The version it is compared with; the heaviest-weighted one when unset."""
+    steps: list[float] | None = Field(None, min_length=1)
+    hold_s: float | None = Field(None, ge=0.0)
+    min_requests: int | None = Field(None, ge=0)
+    thresholds: CanaryThresholds | None = None
+    mirror_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class RoutingAdmin:
@@ -54,11 +84,13 @@ class RoutingAdmin:
 
     async def load(self, name: str, version: str) -> ModelRoutes:
         import bentoml
-        from bentoml.exceptions import NotFound as StoreNotFound
+        from bentoml.exceptions import BentoMLException
 
+        if not VERSION_NAME.fullmatch(version):
+            raise InvalidInput(f"'{version}' is not a version name (letters, digits, _ . -)")
         try:
             bentoml.models.get(f"{name}:{version}")
-        except StoreNotFound:
+        except (BentoMLException, ValueError):
             raise ModelNotFound(f"'{name}:{version}' is not in the model store") from None
 
         def change(r: ModelRoutes) -> ModelRoutes:
@@ -93,18 +125,18 @@ class RoutingAdmin:
 
         return await self._update(name, change)
 
-    async def start_experiment(self, name: str, body: dict[str, Any]) -> ModelRoutes:
-        variants = body.get("variants") or {}
+    async def start_experiment(self, name: str, request: ExperimentRequest) -> ModelRoutes:
+        variants = request.variants
         self._require_ready(name, list(variants))
-        experiment_name = str(body.get("name") or f"{name}-{int(time.time())}")
+        experiment_name = request.name or f"{name}-{int(time.time())}"
 
         def change(r: ModelRoutes) -> ModelRoutes:
             r.experiment = Experiment(
                 name=experiment_name,
                 variants=variants,
-                control=body.get("control") or next(iter(variants), ""),
-                salt=str(body.get("salt") or experiment_name),
-                mirror_fraction=float(body.get("mirror_fraction", 0.0)),
+                control=request.control or next(iter(variants)),
+                salt=request.salt or experiment_name,
+                mirror_fraction=request.mirror_fraction,
                 started_at=time.time(),
             )
             return r
@@ -118,20 +150,20 @@ class RoutingAdmin:
 
         return await self._update(name, change)
 
-    async def start_canary(self, name: str, body: dict[str, Any]) -> ModelRoutes:
-        version = body.get("version")
-        if not isinstance(version, str):
-            raise InvalidInput("'version' (the candidate) is required")
+    async def start_canary(self, name: str, request: CanaryRequest) -> ModelRoutes:
+        version = request.version
         self._require_ready(name, [version])
         now = time.time()
+        steps = request.steps or self.defaults["canary_steps"]
+        hold_s = request.hold_s if request.hold_s is not None else self.defaults["canary_hold_s"]
+        min_requests = request.min_requests if request.min_requests is not None else self.defaults["canary_min_requests"]
 
         def change(r: ModelRoutes) -> ModelRoutes:
             if r.canary is not None and r.canary.status == "running":
                 raise Conflict(f"a canary of '{name}' to {r.canary.version} is already running")
-            stable = body.get("stable") or max(r.weights, key=lambda v: r.weights[v])
+            stable = request.stable or max(r.weights, key=lambda v: r.weights[v])
             if stable == version:
                 raise Conflict(f"'{version}' already takes the most traffic; a canary needs another stable version")
-            steps = [float(s) for s in body.get("steps", self.defaults["canary_steps"])]
             r.canary = Canary(
                 version=version,
                 stable=stable,
@@ -139,17 +171,16 @@ class RoutingAdmin:
                 step=0,
                 step_started_at=now,
                 status="running",
-                decisions=[CanaryDecision(at=now, action="start", step=0, weight=steps[0] if steps else 0,
+                decisions=[CanaryDecision(at=now, action="start", step=0, weight=steps[0],
                                           reason=f"canary {version} against stable {stable}", numbers={})],
                 started_at=now,
-                hold_s=float(body.get("hold_s", self.defaults["canary_hold_s"])),
-                min_requests=int(body.get("min_requests", self.defaults["canary_min_requests"])),
-                thresholds=CanaryThresholds(**(body.get("thresholds") or {})),
+                hold_s=hold_s,
+                min_requests=min_requests,
+                thresholds=request.thresholds or CanaryThresholds(),
             )
-            r.weights = canary_weights(stable, version, steps[0] if steps else 0)
-            mirror = float(body.get("mirror_fraction", 0.0))
-            if mirror > 0:
-                r.shadow = Shadow(version=version, fraction=mirror)
+            r.weights = canary_weights(stable, version, steps[0])
+            if request.mirror_fraction > 0:
+                r.shadow = Shadow(version=version, fraction=request.mirror_fraction)
             return r
 
         return await self._update(name, change)

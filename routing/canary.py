@@ -151,6 +151,11 @@ def judge(
         "step": float(step),
         "weight": float(policy.steps[step]),
         "baseline_used": 1.0 if reference is baseline and reference is not None else 0.0,
+        # shown, never judged: a client can cause these at will
+        "canary_client_errors": float(canary.client_errors),
+        "canary_shed": float(canary.shed),
+        "stable_client_errors": float(stable.client_errors),
+        "stable_shed": float(stable.shed),
     }
     for key, value in (("canary_p95_ms", canary_p95), ("stable_p95_ms", stable_p95), ("disagreement", disagreement)):
         if value is not None:

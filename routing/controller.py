@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from observability.health import BackgroundHealth
 from observability.logs import event
 from routing.admin import canary_weights
 from routing.canary import CanaryPolicy, judge
@@ -21,10 +22,12 @@ from routing.state import Canary, CanaryDecision, ModelRoutes, StateStore
 from routing.stats import MetricsSnapshotSource, VersionWindow
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from observability.metrics import Metrics
+    from routing.router import Router
     from routing.state import Lease
 
 log = logging.getLogger(__name__)
+CONTROLLER_TASK = "canary_controller"
 
 
 def policy_of(canary: Canary) -> CanaryPolicy:
@@ -41,9 +44,21 @@ def policy_of(canary: Canary) -> CanaryPolicy:
 
 
 class CanaryController:
-    def __init__(self, runtime: Runtime, store: StateStore, lease: Lease, source: MetricsSnapshotSource, interval_s: float) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        store: StateStore,
+        lease: Lease,
+        source: MetricsSnapshotSource,
+        router: Router,
+        interval_s: float,
+        *,
+        metrics: Metrics | None = None,
+        health: BackgroundHealth | None = None,
+    ) -> None:
         self.store = store
+        self.router = router
+        self.metrics = metrics
+        self.health = health or BackgroundHealth()
         self.lease = lease
         self.source = source
         self.interval_s = interval_s
@@ -67,11 +82,14 @@ class CanaryController:
             try:
                 if not (await self.lease.renew() if self.lease.held else await self.lease.acquire()):
                     continue
-                for name, routes in self.runtime.router.all_routes().items():
+                for name, routes in self.router.all_routes().items():
                     if routes.canary is not None and routes.canary.status == "running":
                         await self.check(name)
-            except Exception:  # noqa: BLE001 - the controller must outlive any one bad check
-                log.exception("canary controller check failed")
+            except Exception as exc:  # noqa: BLE001 - the controller must outlive any one bad check
+                log.debug("canary controller check failed", exc_info=True)
+                self.health.failed(CONTROLLER_TASK, f"{type(exc).__name__}: {exc}")
+            else:
+                self.health.ok(CONTROLLER_TASK)
 
     async def check(self, name: str) -> None:
         routes = await self.store.get(name)
@@ -124,10 +142,10 @@ class CanaryController:
             return
         level = logging.WARNING if verdict.action == "rollback" else logging.INFO
         event(log, "canary_decision", level=level, model=name, action=verdict.action, reason=verdict.reason, **verdict.numbers)
-        if self.runtime.metrics is not None:
-            self.runtime.metrics.canary_decisions.labels(name, verdict.action).inc()
+        if self.metrics is not None:
+            self.metrics.canary_decisions.labels(name, verdict.action).inc()
         # Apply here at once rather than on the next sync tick: a rollback should not wait.
-        self.runtime.router.apply({name: routes})
+        self.router.apply({name: routes})
 
 
 class _Stale(Exception):

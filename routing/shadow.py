@@ -20,24 +20,28 @@ from gateway.errors import ServingError
 from runners.registry import VersionState
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from observability.metrics import Metrics
+    from routing.router import Router
+    from runners.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 
 class ShadowMirror:
-    def __init__(self, runtime: Runtime, max_pending: int = 64) -> None:
-        self.runtime = runtime
+    def __init__(self, router: Router, registry: ModelRegistry, metrics: Metrics | None, max_pending: int = 64) -> None:
+        self.router = router
+        self.registry = registry
+        self.metrics = metrics
         self.max_pending = max_pending  # a slow candidate sheds mirrored work, never queues it without bound
         self._pending: set[asyncio.Task] = set()
 
     def maybe_mirror(self, name: str, served: str, rows: np.ndarray, primary: dict[str, np.ndarray]) -> None:
-        target = self.runtime.router.shadow(name)
+        target = self.router.shadow(name)
         if target is None or target[0] == served or random.random() >= target[1]:
             return
         if len(self._pending) >= self.max_pending:
             return
-        entry = self.runtime.registry.versions(name).get(target[0])
+        entry = self.registry.versions(name).get(target[0])
         if entry is None or entry.state is not VersionState.READY:
             return
         task = asyncio.get_running_loop().create_task(self._compare(entry, rows, primary["label"]))
@@ -45,7 +49,7 @@ class ShadowMirror:
         task.add_done_callback(self._pending.discard)
 
     async def _compare(self, entry, rows: np.ndarray, primary_labels: np.ndarray) -> None:
-        metrics = self.runtime.metrics
+        metrics = self.metrics
         start = time.perf_counter()
         entry.active += 1
         try:

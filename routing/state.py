@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.redis_breaker import RedisBreaker
+from observability.health import BackgroundHealth
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,14 @@ class FileStateStore:
             return 0, {}
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"{self.path} is not valid JSON: {exc}") from None
-        return int(data.get("revision", 0)), dict(data.get("models", {}))
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path} must hold a JSON object with 'revision' and 'models'")
+        revision, models = data.get("revision", 0), data.get("models", {})
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+            raise ValueError(f"{self.path}: 'revision' must be a non-negative integer")
+        if not isinstance(models, dict) or not all(isinstance(d, dict) for d in models.values()):
+            raise ValueError(f"{self.path}: 'models' must map model names to route documents")
+        return revision, dict(models)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -361,6 +369,8 @@ class FileStateStore:
 
 # -- the watcher
 
+WATCHER_TASK = "route_watcher"
+
 
 OnChange = Callable[[dict[str, ModelRoutes]], Awaitable[None] | None]
 
@@ -375,16 +385,22 @@ class StateWatcher:
     state file deleted), the worker writes its last known ones back; the first to do so wins.
     """
 
-    def __init__(self, store: StateStore, on_change: OnChange, interval_s: float = 0.5, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        on_change: OnChange,
+        interval_s: float = 0.5,
+        timeout_s: float = 2.0,
+        health: BackgroundHealth | None = None,
+    ) -> None:
         self.store = store
+        self.health = health or BackgroundHealth()
         self.on_change = on_change
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.routes: dict[str, ModelRoutes] = {}
         self.revision: int | None = None
         self._breaker = RedisBreaker("routing state watcher", interval_s, "keeping the last known routes")
-        self._file_error: str | None = None
-        self._bad_revision: int | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -440,38 +456,31 @@ class StateWatcher:
                 self._failed(exc, redis_store)
                 return False
             except ValueError as exc:  # a document that does not validate: keep the last good state
-                if rev != self._bad_revision:
-                    self._bad_revision = rev
-                    log.error(
-                        "routing state: %s holds an invalid document at revision %s; keeping the last good state: %s",
-                        self.store.source,
-                        rev,
-                        exc,
-                    )
-                self._recovered(sent_while_down)
+                self._breaker.succeeded(sent_while_down)
+                self.health.failed(WATCHER_TASK, f"{self.store.source} holds an invalid document at revision {rev}: {exc}")
                 return False
-            self._recovered(sent_while_down)
-            self.revision, self.routes = rev, docs
+            self._breaker.succeeded(sent_while_down)
+            self.routes = docs
             try:
                 result = self.on_change(dict(docs))
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # a consumer's bug must not stop the watching
-                log.exception("routing state: applying revision %s failed", rev)
+            except Exception as exc:  # noqa: BLE001 - a consumer's bug must not stop the watching; retried next poll
+                log.debug("routing state: applying revision %s failed", rev, exc_info=True)
+                self.health.failed(WATCHER_TASK, f"applying revision {rev} failed: {type(exc).__name__}: {exc}")
+                return True
+            self.revision = rev
+            self.health.ok(WATCHER_TASK)
             return True
 
     def _failed(self, exc: BaseException, redis_store: bool) -> None:
         if redis_store:
             self._breaker.failed(exc, self.timeout_s * 1000)
-        elif self._file_error is None:
-            self._file_error = f"{type(exc).__name__}: {exc}"
-            log.warning("routing state: %s unreadable (%s); keeping the last known routes", self.store.source, self._file_error)
+        self.health.failed(WATCHER_TASK, f"{self.store.source} unreadable ({type(exc).__name__}: {exc}); keeping the last known routes")
 
     def _recovered(self, sent_while_down: bool) -> None:
         self._breaker.succeeded(sent_while_down)
-        if self._file_error is not None:
-            self._file_error = None
-            log.warning("routing state: %s readable again", self.store.source)
+        self.health.ok(WATCHER_TASK)
 
     async def _poll(self) -> None:
         while True:
@@ -479,7 +488,10 @@ class StateWatcher:
                 async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
             self._wake.clear()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - whatever the store holds, watching goes on
+                self.health.failed(WATCHER_TASK, f"{type(exc).__name__}: {exc}")
 
     async def _listen(self, stream: AsyncIterator[None]) -> None:
         """Wakes the poller on every announcement; resubscribes after errors (the poller logs outages)."""

@@ -14,10 +14,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.errors import blame_of
+
 REQUESTS = "rtserve_requests"
+ERRORS = "rtserve_errors"
 DURATION = "rtserve_request_duration_seconds"
 COMPARISONS = "rtserve_shadow_comparisons"
-SHADOW = "shadow"
+ROUTED = frozenset({"stable", "canary", "experiment"})
+"""Variants the router chose. Pinned requests (the client named the version) and mirrored ones say
+nothing about how the route's choice fared, and a client must not be able to move canary numbers."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,15 @@ class VersionWindow:
 
     requests: int = 0
     errors: int = 0
+    """Server faults only (the model raised, an internal error): what the canary is judged on."""
     bucket_bounds: tuple[float, ...] = ()
     bucket_counts: tuple[int, ...] = ()
     agree: int = 0
     disagree: int = 0
+    client_errors: int = 0
+    """Outcomes a client caused (bad input, its own deadline, leaving early): shown, never judged."""
+    shed: int = 0
+    """Requests refused to protect latency (queue full, budget, not ready): shown, never judged."""
 
     def __post_init__(self) -> None:
         if len(self.bucket_bounds) != len(self.bucket_counts):
@@ -52,7 +62,7 @@ class VersionWindow:
         return self.bucket_counts[-1] if self.bucket_counts else 0
 
     def error_rate(self) -> float:
-        """5xx share of the responses; 0 without requests, so an idle version is never 'failing'."""
+        """Server-fault share of the responses; 0 without requests, so an idle version is never 'failing'."""
         return self.errors / self.requests if self.requests else 0.0
 
     def disagreement(self) -> float | None:
@@ -113,6 +123,8 @@ class VersionWindow:
             (self.errors, earlier.errors),
             (self.agree, earlier.agree),
             (self.disagree, earlier.disagree),
+            (self.client_errors, earlier.client_errors),
+            (self.shed, earlier.shed),
             *zip(self.bucket_counts, earlier_counts, strict=True),
         ]
         if any(now < then for now, then in pairs):
@@ -124,6 +136,8 @@ class VersionWindow:
             bucket_counts=tuple(now - then for now, then in zip(self.bucket_counts, earlier_counts, strict=True)),
             agree=self.agree - earlier.agree,
             disagree=self.disagree - earlier.disagree,
+            client_errors=self.client_errors - earlier.client_errors,
+            shed=self.shed - earlier.shed,
         )
 
 
@@ -144,6 +158,8 @@ class _Tally:
     buckets: dict[float, int] = field(default_factory=dict)
     agree: int = 0
     disagree: int = 0
+    client_errors: int = 0
+    shed: int = 0
 
     def window(self) -> VersionWindow:
         bounds = tuple(sorted(self.buckets))
@@ -154,6 +170,8 @@ class _Tally:
             bucket_counts=tuple(self.buckets[b] for b in bounds),
             agree=self.agree,
             disagree=self.disagree,
+            client_errors=self.client_errors,
+            shed=self.shed,
         )
 
 
@@ -176,19 +194,26 @@ class MetricsSnapshotSource:
             return tallies.setdefault(version, _Tally())
 
         for family in self._registry.collect():
-            if family.name not in (REQUESTS, DURATION, COMPARISONS):
+            if family.name not in (REQUESTS, ERRORS, DURATION, COMPARISONS):
                 continue
             for sample in family.samples:
                 labels = sample.labels
                 if labels.get("model") != model:
                     continue
                 value = round(sample.value)
-                if sample.name == REQUESTS + "_total" and labels.get("variant") != SHADOW:
+                routed = labels.get("variant") in ROUTED
+                if sample.name == REQUESTS + "_total" and routed:
+                    tally(labels["version"]).requests += value
+                elif sample.name == ERRORS + "_total" and routed:
                     t = tally(labels["version"])
-                    t.requests += value
-                    if labels.get("status_class") == "5xx":
+                    blame = blame_of(labels.get("code", ""))
+                    if blame == "server":
                         t.errors += value
-                elif sample.name == DURATION + "_bucket" and labels.get("variant") != SHADOW:
+                    elif blame == "shed":
+                        t.shed += value
+                    else:
+                        t.client_errors += value
+                elif sample.name == DURATION + "_bucket" and routed:
                     buckets = tally(labels["version"]).buckets
                     le = float(labels["le"])
                     buckets[le] = buckets.get(le, 0) + value

@@ -11,20 +11,38 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from observability.health import BackgroundHealth
 from observability.logs import event
 from routing.state import ModelRoutes, StateStore, StateWatcher
 from runners.registry import VersionState
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from gateway.cache import PredictionCache
+    from observability.metrics import Metrics
+    from routing.router import Router
+    from runners.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 
 class RouteSync:
-    def __init__(self, runtime: Runtime, store: StateStore, interval_s: float) -> None:
-        self.runtime = runtime
+    def __init__(
+        self,
+        store: StateStore,
+        router: Router,
+        registry: ModelRegistry,
+        interval_s: float,
+        *,
+        metrics: Metrics | None = None,
+        cache: PredictionCache | None = None,
+        health: BackgroundHealth | None = None,
+    ) -> None:
         self.store = store
+        self.router = router
+        self.registry = registry
+        self.metrics = metrics
+        self.cache = cache
+        self.health = health
         self.interval_s = interval_s
         self._busy: set[tuple[str, str]] = set()  # versions being loaded or unloaded by this worker
         self._tasks: set[asyncio.Task] = set()
@@ -34,7 +52,7 @@ class RouteSync:
         """Seed the shared state with serving.yaml's routes where none exist, apply it, then watch it."""
         await self.store.initialize(defaults)
         await self.apply(await self.store.get_all())
-        self.watcher = StateWatcher(self.store, self.apply, interval_s=self.interval_s)
+        self.watcher = StateWatcher(self.store, self.apply, interval_s=self.interval_s, health=self.health)
         await self.watcher.start()
 
     async def stop(self) -> None:
@@ -42,24 +60,23 @@ class RouteSync:
             await self.watcher.stop()
 
     async def apply(self, routes: dict[str, ModelRoutes]) -> None:
-        runtime = self.runtime
-        known = {name: r for name, r in routes.items() if name in runtime.registry.names()}
-        before = runtime.router.all_routes()
-        runtime.router.apply(known)
+        known = {name: r for name, r in routes.items() if name in self.registry.names()}
+        before = self.router.all_routes()
+        self.router.apply(known)
         for name, r in known.items():
             if name not in before or before[name].weights != r.weights:
                 event(log, "weights", model=name, weights=r.weights, revision=r.revision)
         for name, r in known.items():
-            held = runtime.registry.versions(name)
+            held = self.registry.versions(name)
             for version in r.loaded:
                 if version not in held and (name, version) not in self._busy:
                     self._spawn(name, version, self._load(name, version))
             for version, entry in list(held.items()):
                 if version not in r.loaded and entry.state is not VersionState.LOADING and (name, version) not in self._busy:
                     self._spawn(name, version, self._unload(name, version))
-            if runtime.metrics is not None:
+            if self.metrics is not None:
                 for version in set(r.loaded) | set(held):
-                    runtime.metrics.route_weight.labels(name, version).set(r.weights.get(version, 0.0))
+                    self.metrics.route_weight.labels(name, version).set(r.weights.get(version, 0.0))
 
     def _spawn(self, name: str, version: str, work) -> None:
         self._busy.add((name, version))
@@ -75,9 +92,9 @@ class RouteSync:
         task.add_done_callback(done)
 
     async def _load(self, name: str, version: str) -> None:
-        await asyncio.to_thread(self.runtime.registry.load, name, version)
+        await asyncio.to_thread(self.registry.load, name, version)
 
     async def _unload(self, name: str, version: str) -> None:
-        await self.runtime.registry.unload(name, version)
-        if self.runtime.cache is not None:
-            self.runtime.cache.drop_model_version(name, version)
+        await self.registry.unload(name, version)
+        if self.cache is not None:
+            self.cache.drop_model_version(name, version)

@@ -6,11 +6,9 @@ with a `defaults` block and per-model overrides; the field docstrings are the re
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serving.yaml"
@@ -35,15 +33,28 @@ class BatchSettings(BaseModel):
     """`auto` picks CUDA when torch or onnxruntime can see a GPU, else the CPU."""
 
 
+class BatchOverrides(BaseModel):
+    """Per-model changes to the `defaults` batching fields; a field not named here keeps the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_queue_rows: int | None = Field(None, ge=1)
+    inline_max_ms: float | None = Field(None, ge=0)
+    workers: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] | None = None
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    versions: list[str]
+    versions: list[str] = Field(min_length=1)
     """Versions (tag version parts, e.g. v1) loaded at start-up."""
     weights: dict[str, float] = {}
     """Initial route weights; empty means the last listed version takes all traffic."""
-    batching: dict = {}
-    """Overrides of the `defaults` batching fields for this model."""
+    batching: BatchOverrides = BatchOverrides()
+    """Overrides of the `defaults` batching fields for this model (same names, see BatchSettings)."""
 
     @model_validator(mode="after")
     def _weights_name_loaded_versions(self) -> ModelConfig:
@@ -63,14 +74,9 @@ class ServingConfig(BaseModel):
 
     def batch_settings(self, name: str) -> BatchSettings:
         cfg = self.models.get(name)
-        overrides = cfg.batching if cfg else {}
-        return BatchSettings.model_validate({**self.defaults.model_dump(), **overrides})
+        overrides = cfg.batching.model_dump(exclude_none=True) if cfg else {}
+        return self.defaults.model_copy(update=overrides)
 
     def initial_weights(self, name: str) -> dict[str, float]:
         cfg = self.models[name]
         return dict(cfg.weights) or {cfg.versions[-1]: 100.0}
-
-
-def load_config(path: str | os.PathLike | None = None) -> ServingConfig:
-    path = Path(path or os.environ.get("RTSERVE_CONFIG") or DEFAULT_CONFIG)
-    return ServingConfig.model_validate(yaml.safe_load(path.read_text()))

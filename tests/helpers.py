@@ -32,7 +32,13 @@ class ServerProcess:
         # $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe another server's metrics.
         home = Path(tempfile.mkdtemp(prefix="rtserve-test-server-"))
         (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
-        self.env = {**os.environ, "BENTOML_HOME": str(home), "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"), **(env or {})}
+        self.env = {
+            **os.environ,
+            "BENTOML_HOME": str(home),
+            "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"),
+            "RTSERVE_AUTH_ENABLED": "false",  # tests of the gateway turn it on with a key (gateway_env)
+            **(env or {}),
+        }
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 

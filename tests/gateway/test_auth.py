@@ -147,7 +147,7 @@ def test_rs256_and_es256_tokens_are_accepted_by_kid(keys_dir, rsa_key, ec_keys, 
     token = mint(settings, subject="svc", scopes="predict", tenant=None, ttl_s=60, kid=kid,
                  private_key_pem=private_pem(key), algorithm=algorithm)
     principal = Authenticator(settings).authenticate(f"Bearer {token}")
-    assert (principal.subject, principal.tenant, principal.scopes) == ("svc", "svc", frozenset({"predict"}))
+    assert (principal.subject, principal.tenant, principal.scopes) == ("svc", "~svc", frozenset({"predict"}))
 
 
 def test_the_only_key_of_an_algorithm_serves_tokens_without_kid(tmp_path, rsa_key):
@@ -179,10 +179,15 @@ def test_public_key_rotation_and_unknown_kid(keys_dir, ec_keys):
     reject(authn, f"Bearer {jwt.encode(claims(), stranger, algorithm='ES256', headers={'kid': 'ec-new'})}", "bad_signature")
 
 
-def test_tenant_falls_back_to_sub_and_scp_lists_count():
+def test_without_a_tenant_claim_the_subject_is_its_own_tenant_apart_from_named_ones():
     authn = authenticator()
     principal = authn.authenticate(f"Bearer {hs256(claims(sub='bob', scope=None, scp=['predict', 'admin']))}")
-    assert principal.tenant == "bob" and principal.scopes == frozenset({"predict", "admin"})
+    assert principal.tenant == "~bob" and principal.scopes == frozenset({"predict", "admin"})
+    named = authn.authenticate(f"Bearer {hs256(claims(sub='x', tenant='bob'))}")
+    assert named.tenant == "bob" != principal.tenant  # sub "bob" never lands in tenant bob's bucket or tier
+    for forged in ("~bob", "bob\nadmin", "", 7):
+        with pytest.raises(Unauthorized):
+            authn.authenticate(f"Bearer {hs256(claims(sub='x', tenant=forged))}")
     assert authn.authenticate(f"Bearer {hs256(claims(sub='carol', scope=None))}").scopes == frozenset()
 
 

@@ -27,8 +27,8 @@ def body(**inp) -> bytes:
 
 
 def test_flat_and_nested_data_decode_alike():
-    flat = decode_infer(body(shape=[2, 64], data=[3] * 128)).inputs["pixels"][1]
-    nested = decode_infer(body(shape=[2, 64], data=[[3.0] * 64] * 2)).inputs["pixels"][1]
+    flat = decode_infer(body(shape=[2, 64], data=[3] * 128), LIMITS).inputs["pixels"][1]
+    nested = decode_infer(body(shape=[2, 64], data=[[3.0] * 64] * 2), LIMITS).inputs["pixels"][1]
     assert flat.dtype == np.float32 and flat.shape == (2, 64)
     np.testing.assert_array_equal(flat, nested)
 
@@ -38,7 +38,7 @@ def test_binary_extension_round_trip():
     header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32",
                                        "parameters": {"binary_data_size": x.nbytes}}],
                            "parameters": {"binary_data_output": True}})
-    req = decode_infer(header + x.tobytes(), len(header))
+    req = decode_infer(header + x.tobytes(), LIMITS, len(header))
     np.testing.assert_array_equal(req.inputs["pixels"][1], x)
     out, json_len = encode_infer("m", "v1", None, {"probabilities": x}, req.binary_outputs)
     doc = orjson.loads(out[:json_len])
@@ -62,7 +62,7 @@ def test_binary_extension_round_trip():
 )
 def test_malformed_requests_are_client_errors(raw, error, words):
     with pytest.raises(error, match=words):
-        decode_infer(raw)
+        decode_infer(raw, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_malformed_requests_are_client_errors(raw, error, words):
     ],
 )
 def test_inputs_that_do_not_fit_the_signature_are_named(tensor, words):
-    req = decode_infer(body(**tensor))
+    req = decode_infer(body(**tensor), LIMITS)
     with pytest.raises(InvalidInput, match=words):
         check_inputs(DIGITS, req.inputs, LIMITS)
 
@@ -86,7 +86,7 @@ def test_non_finite_binary_values_are_rejected():
     x = np.full((1, 64), np.nan, dtype=np.float32)
     header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
                                        "parameters": {"binary_data_size": x.nbytes}}]})
-    req = decode_infer(header + x.tobytes(), len(header))
+    req = decode_infer(header + x.tobytes(), LIMITS, len(header))
     with pytest.raises(InvalidInput, match="NaN"):
         check_inputs(DIGITS, req.inputs, LIMITS)
 
@@ -94,18 +94,18 @@ def test_non_finite_binary_values_are_rejected():
 def test_integer_inputs_refuse_fractions_and_out_of_vocabulary_tokens():
     tok = {"name": "tokens", "shape": [1, 3], "datatype": "INT64"}
     with pytest.raises(InvalidInput, match="integers"):
-        decode_infer(orjson.dumps({"inputs": [{**tok, "data": [1.5, 2, 3]}]}))
-    req = decode_infer(orjson.dumps({"inputs": [{**tok, "data": [1, 2, 99]}]}))
+        decode_infer(orjson.dumps({"inputs": [{**tok, "data": [1.5, 2, 3]}]}), LIMITS)
+    req = decode_infer(orjson.dumps({"inputs": [{**tok, "data": [1, 2, 99]}]}), LIMITS)
     with pytest.raises(InvalidInput, match="<= 20"):
         check_inputs(SEQ, req.inputs, LIMITS)
 
 
 def test_limits_apply():
     tight = LimitSettings(max_rows=2, max_sequence_length=4)
-    req = decode_infer(body(shape=[3, 64], data=[1.0] * 192))
+    req = decode_infer(body(shape=[3, 64], data=[1.0] * 192), LIMITS)
     with pytest.raises(InvalidInput, match="rows"):
         check_inputs(DIGITS, req.inputs, tight)
-    req = decode_infer(orjson.dumps({"inputs": [{"name": "tokens", "shape": [1, 5], "datatype": "INT64", "data": [1] * 5}]}))
+    req = decode_infer(orjson.dumps({"inputs": [{"name": "tokens", "shape": [1, 5], "datatype": "INT64", "data": [1] * 5}]}), LIMITS)
     with pytest.raises(InvalidInput, match="length 5"):
         check_inputs(SEQ, req.inputs, tight)
 
@@ -133,7 +133,7 @@ bodies = st.fixed_dictionaries({}, optional={"inputs": st.lists(tensors, max_siz
 @given(doc=bodies, sig=st.sampled_from([DIGITS, SEQ]))
 def test_any_json_body_is_accepted_or_a_client_error(doc, sig):
     try:
-        req = decode_infer(json.dumps(doc).encode())
+        req = decode_infer(json.dumps(doc).encode(), LIMITS)
         arr = check_inputs(sig, req.inputs, LIMITS)
     except ServingError as exc:
         assert 400 <= exc.status < 500

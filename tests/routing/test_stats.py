@@ -39,9 +39,12 @@ WORKER_B: tuple[list[Request], list[Comparison]] = (
         ("iris", "v2", "canary", 200, "hit", 0.0015, 7),
         ("iris", "v2", "canary", 502, "miss", 0.012, 2),
         ("iris", "v2", "shadow", 200, "bypass", 0.3, 20),
+        ("iris", "v2", "pinned", 500, "miss", 0.3, 9),  # the client named the version: not the route's doing
+        ("iris", "v2", "canary", 504, "miss", 0.0001, 6),  # the client's own deadline
     ],
     [("iris", "v2", "agree", 5), ("iris", "v2", "disagree", 5)],
 )
+CODES = {404: "model_not_found", 500: "model_error", 502: "internal_error", 503: "queue_full", 504: "deadline_exceeded"}
 LATER: tuple[list[Request], list[Comparison]] = (
     [("iris", "v2", "canary", 200, "miss", 0.0015, 4), ("iris", "v2", "canary", 500, "miss", 0.012, 1)],
     [("iris", "v2", "disagree", 2)],
@@ -62,6 +65,8 @@ def _worker(directory: str, plan: tuple[list[Request], list[Comparison]]) -> Non
     for model, version, variant, status, cache, seconds, times in requests:
         for _ in range(times):
             metrics.observe_request(model, version, variant, status, cache, seconds)
+            if status >= 400:
+                metrics.error_child(model, version, variant, CODES[status]).inc()
     for model, version, outcome, rows in comparisons:
         metrics.shadow_comparisons.labels(model, version, outcome).inc(rows)
 
@@ -85,14 +90,16 @@ def two_workers(tmp_path_factory) -> Path:
     return directory
 
 
-def test_sums_both_workers_and_leaves_shadow_out(two_workers):
+def test_sums_both_workers_and_counts_only_routed_server_faults(two_workers):
     snap = MetricsSnapshotSource(two_workers).snapshot("iris")
     assert set(snap) == {"v1", "v2"}
     v1, v2 = snap["v1"], snap["v2"]
-    assert (v1.requests, v1.errors) == (60 + 30 + 2 + 40 + 1 + 3, 3)  # a 404 is a request, not an error
-    assert (v2.requests, v2.errors) == (10 + 3 + 7 + 2, 5)
-    assert v1.observations == v1.requests and v2.observations == v2.requests  # no shadow latency either
-    assert v2.error_rate() == pytest.approx(5 / 22)
+    # a 404 is a client error and a 503 shed load: counted apart, never as the version's faults
+    assert (v1.requests, v1.errors, v1.client_errors, v1.shed) == (60 + 30 + 2 + 40 + 1 + 3, 1, 3, 2)
+    # shadow and pinned requests are left out; a client's 504 is a routed request but not a fault
+    assert (v2.requests, v2.errors, v2.client_errors, v2.shed) == (10 + 3 + 7 + 2 + 6, 5, 6, 0)
+    assert v1.observations == v1.requests and v2.observations == v2.requests  # no shadow or pinned latency either
+    assert v2.error_rate() == pytest.approx(5 / 28)
     assert (v2.agree, v2.disagree) == (45, 15) and v2.disagreement() == pytest.approx(0.25)
     assert (v1.agree, v1.disagree) == (0, 0) and v1.disagreement() is None
     assert v1.bucket_bounds == (*LATENCY_BUCKETS, math.inf)
@@ -104,9 +111,10 @@ def test_p95_is_interpolated_like_histogram_quantile(two_workers):
     snap = MetricsSnapshotSource(two_workers).snapshot("iris")
     # v1: 30 observations <= 0.25 ms, 103 in (0.5, 1] ms, 3 in (3, 5] ms; rank 0.95 * 136 lies in (0.5, 1].
     assert snap["v1"].p95_ms() == pytest.approx(0.5 + 0.5 * (0.95 * 136 - 30) / 103)
-    # v2: 17 in (1, 2] ms, 5 in (10, 15] ms; rank 0.95 * 22 = 20.9 lies in (10, 15]. Shadow's 300 ms is absent.
-    assert snap["v2"].p95_ms() == pytest.approx(10 + 5 * (20.9 - 17) / 5)
-    assert snap["v2"].quantile_ms(0.5) == pytest.approx(1 + 1 * 11 / 17)
+    # v2: 6 <= 0.25 ms, 17 in (1, 2] ms, 5 in (10, 15] ms; rank 0.95 * 28 = 26.6 lies in (10, 15].
+    # Shadow's and the pinned requests' 300 ms are absent.
+    assert snap["v2"].p95_ms() == pytest.approx(10 + 5 * (26.6 - 23) / 5)
+    assert snap["v2"].quantile_ms(0.5) == pytest.approx(1 + 1 * (14 - 6) / 17)
     assert VersionWindow().p95_ms() is None
 
 

@@ -1,0 +1,105 @@
+"""The service's whole configuration, read and validated once when the service starts.
+
+`serving.yaml` (models, batching) and every concern's environment settings are checked
+together before any worker starts: BentoML respawns a worker that fails in its constructor,
+so a mistake found there would loop instead of stopping. A problem becomes one `ConfigError`
+line naming where it is (the file or the environment variable), the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from gateway.auth import Authenticator, AuthSettings
+from gateway.cache import CacheSettings
+from gateway.ratelimit import RateLimitSettings
+from gateway.settings import GatewaySettings, LimitSettings
+from observability.logs import LogSettings
+from observability.tracing import TracingSettings
+from routing.settings import RoutingSettings
+from runners.settings import DEFAULT_CONFIG, ServingConfig
+
+
+class ConfigError(Exception):
+    """The configuration cannot be served; the message is the one line to show."""
+
+
+@dataclass(frozen=True)
+class Config:
+    serving: ServingConfig
+    gateway: GatewaySettings
+    limits: LimitSettings
+    auth: AuthSettings
+    ratelimit: RateLimitSettings
+    cache: CacheSettings
+    routing: RoutingSettings
+    tracing: TracingSettings
+    logs: LogSettings
+
+
+def load_config() -> Config:
+    """Every setting, validated; raises ConfigError on the first problem."""
+    config = Config(
+        serving=load_serving(Path(os.environ.get("RTSERVE_CONFIG") or DEFAULT_CONFIG)),
+        gateway=_settings(GatewaySettings),
+        limits=_settings(LimitSettings),
+        auth=_settings(AuthSettings),
+        ratelimit=_settings(RateLimitSettings),
+        cache=_settings(CacheSettings),
+        routing=_settings(RoutingSettings),
+        tracing=_settings(TracingSettings),
+        logs=_settings(LogSettings),
+    )
+    _check_auth(config.auth)
+    return config
+
+
+def load_serving(path: Path) -> ServingConfig:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    try:
+        return ServingConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_problem(exc)}") from None
+
+
+def _settings(cls: type[BaseSettings]) -> BaseSettings:
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        raise ConfigError(f"environment {(prefix + field).upper()}: {err['msg']}") from None
+
+
+def _check_auth(auth: AuthSettings) -> None:
+    """Auth is on unless switched off on purpose, and on means a key to verify tokens with."""
+    if not auth.enabled:
+        return
+    if not any((auth.hs256_secret, auth.hs256_secret_file, auth.hs256_keys_file, auth.public_keys_dir)):
+        raise ConfigError(
+            "authentication is on but no key is configured: set RTSERVE_AUTH_HS256_SECRET_FILE "
+            "(or RTSERVE_AUTH_HS256_SECRET, RTSERVE_AUTH_HS256_KEYS_FILE, RTSERVE_AUTH_PUBLIC_KEYS_DIR), "
+            "or RTSERVE_AUTH_ENABLED=false to serve without authentication"
+        )
+    try:
+        Authenticator(auth)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"authentication keys: {exc}") from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {err['msg']}" if where else err["msg"]

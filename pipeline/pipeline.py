@@ -1,0 +1,178 @@
+"""admit -> route -> decode -> validate -> cache -> batch -> encode -> observe, the same for every front end.
+
+A front end owns only its protocol: where the credentials, model name and tensors are in its
+request, and how an answer or a `ServingError` is written back. It opens one `Pipeline.request()`
+per request and calls the steps in order (auth stays before the body is read); the request scope
+records the metrics and releases the version's in-flight count however the request ends, a
+cancelled one included, so every entry point counts the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gateway.admission import Admission, Admitted
+from gateway.cache import PredictionCache, cache_key, version_token
+from gateway.errors import CANCELLED, ServingError
+from gateway.settings import LimitSettings
+from gateway.validate import check_inputs
+from observability.context import RequestLabels, current, start_request
+from observability.metrics import UNKNOWN
+from observability.tracing import DISABLED, Tracer
+from routing.router import Router
+from routing.shadow import ShadowMirror
+from runners.batcher import Outputs
+from runners.registry import LoadedVersion, ModelRegistry, VersionState
+
+if TYPE_CHECKING:
+    from observability.metrics import Metrics
+
+
+@dataclass(slots=True)
+class RequestScope:
+    """One request's passage through the pipeline: what it resolved to and how it ended."""
+
+    pipeline: Pipeline
+    labels: RequestLabels
+    started: float
+    status: int = 200
+    code: str = ""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """Response headers the pipeline adds (rate-limit state, version, cache outcome)."""
+
+    async def admit(self, credentials: bytes | None, user: bytes | None, scope: str) -> Admitted:
+        admitted = await self.pipeline.admission.admit(credentials, user, scope)
+        self.headers.extend(admitted.headers)
+        return admitted
+
+    def route(self, name: str, version: str | None, user: str | None) -> LoadedVersion:
+        return self.pipeline.resolve(name, version, user)
+
+    async def infer(
+        self,
+        entry: LoadedVersion,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        *,
+        deadline: float | None = None,
+        use_cache: bool = True,
+    ) -> Outputs:
+        outputs, hit = await self.pipeline.infer(entry, inputs, deadline=deadline, use_cache=use_cache)
+        self.headers.append((b"x-cache", b"hit" if hit else b"miss"))
+        self.headers.append((b"x-model-version", entry.version.encode()))
+        return outputs
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        router: Router,
+        admission: Admission,
+        limits: LimitSettings,
+        served: frozenset[str],
+        cache: PredictionCache | None = None,
+        metrics: Metrics | None = None,
+        tracer: Tracer = DISABLED,
+    ) -> None:
+        self.registry = registry
+        self.router = router
+        self.admission = admission
+        self.limits = limits
+        self.served = served  # model names that get their own metric label; others are UNKNOWN
+        self.cache = cache
+        self.metrics = metrics
+        self.tracer = tracer
+        self.shadow = ShadowMirror(router, registry, metrics)
+
+    @contextlib.asynccontextmanager
+    async def request(self, headers: list[tuple[bytes, bytes]] | None = None) -> AsyncIterator[RequestScope]:
+        """The scope of one request: on the way out, however it ends, metrics and the in-flight count.
+
+        `headers` is the front end's list of response headers, which the steps extend."""
+        scope = RequestScope(self, start_request(), time.perf_counter(), headers=headers if headers is not None else [])
+        try:
+            yield scope
+        except ServingError as exc:
+            scope.status, scope.code = exc.status.value, exc.code
+            raise
+        except asyncio.CancelledError:
+            scope.status, scope.code = 499, CANCELLED
+            raise
+        except Exception:
+            scope.status, scope.code = 500, "internal_error"
+            raise
+        finally:
+            self._finish(scope)
+
+    def _finish(self, scope: RequestScope) -> None:
+        labels = scope.labels
+        labels.release()
+        if labels.model and self.metrics is not None:
+            self.metrics.observe_request(
+                labels.model, labels.version, labels.variant, scope.status, labels.cache, time.perf_counter() - scope.started
+            )
+            if scope.code:
+                self.metrics.error_child(labels.model, labels.version, labels.variant, scope.code).inc()
+
+    def resolve(self, name: str, version: str | None, user: str | None = None) -> LoadedVersion:
+        """The version that answers: the one asked for ("pinned"), else the route's choice (or, while the
+        chosen one is not ready in this worker yet, the heaviest-weighted one that is). Counts the request
+        as active on it until the request scope ends."""
+        labels = current()
+        labels.model = name if name in self.served else UNKNOWN
+        if version is None:
+            version, labels.variant = self.router.route(name, user)
+            versions = self.registry.versions(name)
+            chosen = versions.get(version)
+            if chosen is None or chosen.state is not VersionState.READY:
+                ready = {v for v, e in versions.items() if e.state is VersionState.READY}
+                version, labels.variant = self.router.fallback(name, ready) or version, "stable"
+        else:
+            labels.variant = "pinned"
+        entry = self.registry.serving(name, version)
+        entry.active += 1
+        labels.entry = entry
+        labels.version = entry.version
+        return entry
+
+    async def infer(
+        self,
+        entry: LoadedVersion,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        *,
+        deadline: float | None = None,
+        use_cache: bool = True,
+    ) -> tuple[Outputs, bool]:
+        """Validate against the version's signature, then the cache, else its batcher; True when cached.
+        A configured fraction is mirrored to a shadow version afterwards, off the client's path."""
+        rows = check_inputs(entry.runner.signature, inputs, self.limits)
+        labels = current()
+        if self.cache is None:
+            outputs, hit = await entry.batcher.submit(rows, deadline), False
+            labels.cache = "bypass"
+        else:
+            key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
+            shared = self.cache.worth_sharing(entry.batcher.cost.expected(len(rows)))
+            if use_cache:
+                with self.tracer.span("cache") as span:
+                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows), shared, deadline)
+                    span.set("cache.hit", hit)
+            else:  # the client asked for a fresh answer; it still refreshes the cache
+                outputs, hit = await entry.batcher.submit(rows, deadline), False
+                await self.cache.put(key, outputs, shared)
+            labels.cache = "hit" if hit else "miss"
+        self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
+        return outputs, hit
+
+
+def deadline_after(milliseconds: int) -> float:
+    """The event-loop time `milliseconds` from now; a client's timeout header or field becomes this."""
+    return asyncio.get_running_loop().time() + milliseconds / 1000.0
