@@ -47,7 +47,9 @@ def footprint(pid: int) -> list[dict[str, float | str]]:
     rows = []
     for proc in [root, *root.children(recursive=True)]:
         info = proc.memory_full_info()
-        rows.append({"pid": proc.pid, "cmd": " ".join(proc.cmdline()[1:4])[:80], "rss_mib": info.rss / MiB, "pss_mib": info.pss / MiB})
+        rows.append(
+            {"pid": proc.pid, "cmd": " ".join(proc.cmdline()[1:4])[:80], "rss_mib": info.rss / MiB, "pss_mib": info.pss / MiB}
+        )
     return sorted(rows, key=lambda r: -r["rss_mib"])
 
 

@@ -49,7 +49,9 @@ def kubectl() -> str:
 @cache
 def render(kustomization: str) -> tuple[dict[str, Any], ...]:
     """`kubectl kustomize` of one folder under deploy/k8s/, as parsed documents."""
-    proc = subprocess.run([kubectl(), "kustomize", str(HERE / kustomization)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [kubectl(), "kustomize", str(HERE / kustomization)], check=False, capture_output=True, text=True, timeout=120
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {kustomization} failed:\n{proc.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)

@@ -92,12 +92,16 @@ def replicas(model_store, tmp_path_factory) -> Iterator[dict[str, ServerProcess]
 def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("prometheus")
     targets = [
-        {"targets": [server.url.removeprefix("http://")],
-         "labels": {"rollouts_pod_template_hash": pod_hash, "role": "stable" if pod_hash == STABLE else "canary"}}
+        {
+            "targets": [server.url.removeprefix("http://")],
+            "labels": {"rollouts_pod_template_hash": pod_hash, "role": "stable" if pod_hash == STABLE else "canary"},
+        }
         for pod_hash, server in replicas.items()
     ]
-    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-              "scrape_configs": [{"job_name": "rtserve", "static_configs": targets}]}
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
+        "scrape_configs": [{"job_name": "rtserve", "static_configs": targets}],
+    }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     proc = subprocess.Popen(
@@ -159,9 +163,9 @@ def scraped(replicas, prometheus) -> dict[str, dict[int, int]]:
     """Load driven, and Prometheus holding every request of it."""
     statuses = drive(replicas, REQUESTS_PER_REPLICA)
     total = 'sum(rtserve_requests_total{rollouts_pod_template_hash="%s"})'
+    expected = [float(WARM_UP + REQUESTS_PER_REPLICA)]
     for pod_hash in replicas:
-        expected = [float(WARM_UP + REQUESTS_PER_REPLICA)]
-        poll(lambda: query(prometheus, total % pod_hash) == expected, f"Prometheus never saw all requests of {pod_hash}", 30)
+        poll(lambda h=pod_hash: query(prometheus, total % h) == expected, f"Prometheus never saw all requests of {pod_hash}", 30)
     return statuses
 
 
@@ -204,7 +208,10 @@ def test_broken_canary_fails_on_server_faults(prometheus, scraped) -> None:
 def test_no_canary_traffic_is_an_error_not_a_pass(prometheus, scraped) -> None:
     """A canary hash with no series gives an empty result: Argo counts an error, never a success."""
     template = analysis_template()
-    args = {a["name"]: a.get("value", "") for a in template["spec"]["args"]} | {"stable-hash": STABLE, "canary-hash": "0000000000"}
+    args = {a["name"]: a.get("value", "") for a in template["spec"]["args"]} | {
+        "stable-hash": STABLE,
+        "canary-hash": "0000000000",
+    }
     for metric in template["spec"]["metrics"]:
         assert query(prometheus, fill_args(metric["provider"]["prometheus"]["query"], args)) == [], metric["name"]
 
