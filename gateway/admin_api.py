@@ -31,7 +31,7 @@ async def handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -
         return await _handle(runtime, method, parts, body)
     except (RedisError, OSError, TimeoutError) as exc:  # Redis down, a read-only or full state folder
         source = runtime.admin.store.source if runtime.admin is not None else "routing state"
-        raise Unavailable(f"routing state unavailable ({source}: {type(exc).__name__}: {exc}); the change was not confirmed",
+        raise Unavailable(f"routing state unavailable ({source}: {type(exc).__name__}: {exc}); retry later",
                           headers={"Retry-After": "5"}) from None
 
 

@@ -54,7 +54,11 @@ class ModelRegistry:
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
-        self._models: dict[str, dict[str, LoadedVersion]] = {name: {} for name in config.models}
+        # Configured versions are known (loading) from the start: a worker that accepts requests before
+        # its loader reaches a version answers 503 model_not_ready for it, not 404.
+        self._models: dict[str, dict[str, LoadedVersion]] = {
+            name: {v: LoadedVersion(name, v) for v in cfg.versions} for name, cfg in config.models.items()
+        }
         self._runners: dict[str, Runner] = {}
         # Readiness covers the versions configured at start that are still meant to be loaded;
         # versions loaded later through the admin API never make the process unready.

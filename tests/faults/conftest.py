@@ -21,10 +21,10 @@ import yaml
 
 from gateway.auth import AuthSettings
 from tests.faults.faultmodels import build_fault_versions
-from tests.faults.load import digits_rows, expected_labels
+from tests.faults.load import digits_rows, expected_labels, wait_for_workers_ready
 from tests.helpers import Gateway, OwnRedis, ServerProcess, gateway_env
 
-SLOW_DELAY_S = 0.1
+SLOW_DELAY_S = 0.25
 """Each call of faults-slow sleeps this long."""
 SLOW_BATCHING = {"max_batch_size": 2, "max_queue_rows": 4, "max_latency_ms": 10_000, "inline_max_ms": 0}
 """faults-slow queues at most 4 rows per worker; the budget is generous so the queue bound is what refuses."""
@@ -67,15 +67,18 @@ def fault_redis() -> Iterator[OwnRedis]:
 @pytest.fixture(scope="session")
 def fault_gateway(fault_versions, fault_secret, fault_redis, tmp_path_factory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("fault-gateway")
+    # faults-slow first: its warm-up sleeps, so a restarted worker takes requests for the others while it loads.
     config = _config(tmp / "serving.yaml", {
+        "faults-slow": {"versions": ["v1"], "batching": SLOW_BATCHING},
         "digits-sklearn": {"versions": ["v1", "v2"], "weights": {"v1": 100}},
         "faults-picky": {"versions": ["v1"]},
-        "faults-slow": {"versions": ["v1"], "batching": SLOW_BATCHING},
     })
     env = {**gateway_env(fault_secret, "faults:", redis_url=fault_redis.url, workers=2), "RTSERVE_CONFIG": str(config)}
     server = ServerProcess(env=env, log_path=tmp / "serve.log")
     try:
-        yield Gateway(server.start(), AuthSettings(hs256_secret_file=fault_secret), "faults:")
+        server.start()
+        wait_for_workers_ready(server.url, 2)  # the first ready answer may come from either one
+        yield Gateway(server, AuthSettings(hs256_secret_file=fault_secret), "faults:")
     finally:
         server.stop()
 

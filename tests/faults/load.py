@@ -40,6 +40,7 @@ class Answer:
     code: str  # the error body's code, or the exception's class name
     retry_after: str | None
     correct: bool | None  # for 200: whether the label matches the answering version's
+    worker: str = ""  # the generated request id's per-process prefix: which worker process answered
 
 
 @dataclass
@@ -120,11 +121,11 @@ class SteadyLoad:
                 code = r.json().get("code", "")
             except ValueError:
                 code = "not-json"
-            return Answer(started, seconds, r.status_code, code, r.headers.get("retry-after"), None)
+            return Answer(started, seconds, r.status_code, code, r.headers.get("retry-after"), None, _worker(r))
         doc = r.json()
         label = next(o["data"][0] for o in doc["outputs"] if o["name"] == "label")
         expected = self.expected.get(doc["model_version"])
-        return Answer(started, seconds, 200, "", None, expected is not None and label == int(expected[k]))
+        return Answer(started, seconds, 200, "", None, expected is not None and label == int(expected[k]), _worker(r))
 
     def summary(self, since: float = 0.0) -> Summary:
         got = [a for a in self.answers if a.started >= since]
@@ -139,6 +140,11 @@ class SteadyLoad:
         )
 
 
+def _worker(r: httpx.Response) -> str:
+    """Generated request ids are a random per-process prefix and a counter (gateway/http.py)."""
+    return r.headers.get("x-request-id", "")[:8]
+
+
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of /metrics: (name, labels) -> value."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -151,6 +157,24 @@ def metric(url: str, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
     want = set(labels.items())
     return sum(v for (n, ls), v in scrape(url).items() if n == name and want <= ls)
+
+
+def wait_for_workers_ready(url: str, workers: int, timeout: float = 180.0) -> set[str]:
+    """Readiness is per worker process: poll it over fresh connections until `workers` distinct
+    processes (request-id prefixes) have said ready."""
+    ready: set[str] = set()
+
+    def more() -> bool:
+        try:
+            r = httpx.get(url + "/v2/health/ready", timeout=5)
+        except httpx.HTTPError:
+            return False
+        if r.status_code == 200:
+            ready.add(_worker(r))
+        return len(ready) >= workers
+
+    wait_for(more, timeout, f"{workers} ready worker processes", every=0.05)
+    return ready
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.1):

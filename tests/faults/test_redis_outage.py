@@ -37,6 +37,9 @@ def test_redis_stopped_and_restarted_under_load(fault_gateway, fault_redis, digi
         load.wait_for_answers(80)  # about two seconds of traffic with Redis down
         assert limited(fault_gateway, rows) == 0, "rate limits should fail open while Redis is down"
         assert metric(url, "rtserve_cache_requests_total", tier="redis", outcome="error") > 0
+        change = httpx.put(f"{url}/admin/models/{MODEL}/weights", json={"weights": {"v1": 100}},
+                           headers=fault_gateway.headers(scopes="admin"), timeout=30)
+        assert change.status_code == 503 and change.json()["code"] == "unavailable", change.text
         outage = load.summary(since=stopped)
 
         fault_redis.start()
