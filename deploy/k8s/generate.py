@@ -96,7 +96,7 @@ def main() -> int:
         else:
             path.write_text(text)
     for path in stale:
-        print(f"{path.relative_to(HERE.parent.parent)} is out of date: run python -m deploy.k8s.generate", file=sys.stderr)
+        print(f"{path} is out of date: run python -m deploy.k8s.generate", file=sys.stderr)
     return 1 if stale else 0
 
 

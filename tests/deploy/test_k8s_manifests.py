@@ -1,0 +1,330 @@
+"""The Kubernetes manifests in deploy/k8s/: rendered by kubectl kustomize, validated, and checked
+against what the service needs (probes, writable paths, Secrets) and the numbers they are sized from.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.k8s import generate
+from deploy.k8s.validate import KUSTOMIZATIONS, render, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Measured by deploy/k8s/measure.py (RSS, MiB), the numbers the memory limits are derived from.
+SUPERVISOR_MIB, WORKER_MIB, HEADROOM = 484, 565, 1.25
+# Per worker at p99 under 10 ms (README, open loop) and the mean latency there (between p50 1.3 ms and p99 8.2 ms).
+WORKER_RPS_AT_SLO, MEAN_LATENCY_S, SCALE_AT = 1600, 0.002, 0.8
+
+
+def docs(kustomization: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in render(kustomization) if kind is None or d["kind"] == kind]
+
+
+def one(kustomization: str, kind: str, name: str = "rtserve") -> dict[str, Any]:
+    (doc,) = [d for d in docs(kustomization, kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+def container(deployment: dict[str, Any], name: str = "rtserve") -> dict[str, Any]:
+    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return found
+
+
+def env(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def mount_for(deployment: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volume mount holding `path` (the longest mount path above it) and its volume."""
+    mounts = [
+        m
+        for m in container(deployment)["volumeMounts"]
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert mounts, f"{path} is on no volume (the root file system is read-only)"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    return mount, volume
+
+
+def pod_specs(kustomization: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs(kustomization, "Deployment")]
+
+
+# --- rendering and validation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_manifest_is_valid(kustomization: str) -> None:
+    outcomes = [validate(d) for d in render(kustomization)]
+    print("\n".join(o.line() for o in outcomes))
+    assert outcomes and [o.line() for o in outcomes if o.errors] == []
+
+
+def test_validators_reject_a_misspelt_field() -> None:
+    deployment = copy.deepcopy(one("base", "Deployment"))
+    deployment["spec"]["replica"] = 3
+    assert validate(deployment).errors
+    rollout = copy.deepcopy(one("overlays/prod", "Rollout"))
+    rollout["spec"]["strategy"]["canary"]["stepz"] = []
+    assert validate(rollout).errors
+    scaled = copy.deepcopy(one("overlays/prod", "ScaledObject"))
+    scaled["spec"]["minReplicaCount"] = "six"
+    assert validate(scaled).errors
+
+
+# --- the pod ---------------------------------------------------------------------------------
+
+
+def test_probes_ports_and_entrypoint() -> None:
+    deployment = one("base", "Deployment")
+    c = container(deployment)
+    assert "command" not in c and "args" not in c, "the image's own entrypoint serves the Bento"
+    assert env(c)["PORT"] == "3000"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 3000, "grpc": 3001}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+    assert 90 <= budget <= 300, "the slowest measured start (83 s on busy shared cores) must fit, a hung one must not wait long"
+    service = one("base", "Service")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (3000, "http"),
+        "grpc": (3001, "grpc"),
+    }
+
+
+def test_termination_lets_requests_drain() -> None:
+    spec = one("base", "Deployment")["spec"]["template"]["spec"]
+    pre_stop = container(one("base", "Deployment"))["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # The longest a request may run: the service's traffic timeout (service.py's default, or the pod's setting).
+    default = re.search(r'traffic=\{"timeout":[^}]*?([0-9.]+)"?\)*\}', (ROOT / "service.py").read_text())
+    assert default, "service.py no longer states its traffic timeout where this test looks"
+    traffic_timeout = float(env(container(one("base", "Deployment"))).get("RTSERVE_TRAFFIC_TIMEOUT_S", default.group(1)))
+    assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + traffic_timeout + 5
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_restricted_security_context(kustomization: str) -> None:
+    for name, spec in pod_specs(kustomization):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+
+
+def test_writable_only_where_the_service_writes() -> None:
+    deployment = one("base", "Deployment")
+    variables = env(container(deployment))
+    writable = {
+        variables["BENTOML_HOME"] + "/tmp",
+        variables["BENTOML_HOME"] + "/prometheus_multiproc_dir",
+        "/tmp",
+        variables["RTSERVE_ROUTING_STATE_FILE"],
+    }
+    used = set()
+    for path in writable:
+        mount, volume = mount_for(deployment, path)
+        assert "emptyDir" in volume and not mount.get("readOnly"), path
+        used.add(mount["name"])
+    empty_dirs = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v}
+    assert empty_dirs == used, f"writable volumes nothing writes to: {empty_dirs - used}"
+
+
+def test_secrets_are_mounted_and_referenced() -> None:
+    deployment = one("base", "Deployment")
+    variables = env(container(deployment))
+    key_file = variables["RTSERVE_AUTH_HS256_SECRET_FILE"]
+    mount, volume = mount_for(deployment, key_file)
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == "rtserve-auth"
+    assert [i["path"] for i in volume["secret"]["items"]] == [key_file.removeprefix(mount["mountPath"] + "/")]
+    assert variables["REDIS_URL"] == {"secretKeyRef": {"name": "rtserve-redis", "key": "url"}}
+    assert variables["RTSERVE_AUTH_ENABLED"] == "true"
+
+
+@pytest.mark.parametrize(("kustomization", "workers"), [("base", 1), ("overlays/prod", 2)])
+def test_resources_follow_the_measured_footprint(kustomization: str, workers: int) -> None:
+    c = container(one(kustomization, "Deployment"))
+    assert env(c)["RTSERVE_WORKERS"] == str(workers)
+    memory_mib = math.ceil((SUPERVISOR_MIB + WORKER_MIB * workers) * HEADROOM / 64) * 64
+    expected = {"cpu": str(workers), "memory": f"{memory_mib}Mi"}
+    for part in ("requests", "limits"):
+        assert {k: c["resources"][part][k] for k in expected} == expected, part
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/prod"])
+def test_spread_over_nodes_and_zones(kustomization: str) -> None:
+    deployment = one(kustomization, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    constraints = {c["topologyKey"]: c for c in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]}
+    assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    revision_label = "rollouts-pod-template-hash" if kustomization == "overlays/prod" else "pod-template-hash"
+    for c in constraints.values():
+        assert c["labelSelector"]["matchLabels"].items() <= labels.items()
+        assert c["matchLabelKeys"] == [revision_label]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_disruption_budgets_select_their_pods(kustomization: str) -> None:
+    for pdb in docs(kustomization, "PodDisruptionBudget"):
+        deployment = one(kustomization, "Deployment", pdb["metadata"]["name"])
+        assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+# --- overlays ----------------------------------------------------------------------------------
+
+
+def test_dev_runs_one_replica_with_its_own_redis() -> None:
+    assert one("overlays/dev", "Deployment")["spec"]["replicas"] == 1
+    redis = one("overlays/dev", "Service", "rtserve-redis")
+    secrets = {s["metadata"]["name"]: s for s in docs("overlays/dev", "Secret")}
+    deployment = one("overlays/dev", "Deployment")
+    ref = env(container(deployment))["REDIS_URL"]["secretKeyRef"]
+    url = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+    assert url == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"
+    (auth,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert auth["secret"]["secretName"] in secrets
+
+
+def test_prod_rollout_canary_steps_and_analysis() -> None:
+    rollout = one("overlays/prod", "Rollout")
+    deployment = one("overlays/prod", "Deployment")
+    assert deployment["spec"]["replicas"] == 0, "the Rollout runs the pods"
+    assert rollout["spec"]["workloadRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "rtserve",
+        "scaleDown": "never",
+    }
+    assert rollout["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    steps = rollout["spec"]["strategy"]["canary"]["steps"]
+    assert [s["setWeight"] for s in steps if "setWeight" in s] == [5, 25, 50, 100]
+    assert all("pause" in after for before, after in itertools.pairwise(steps) if "setWeight" in before)
+    analysis = rollout["spec"]["strategy"]["canary"]["analysis"]
+    template = one("overlays/prod", "AnalysisTemplate", analysis["templates"][0]["templateName"])
+    given = {a["name"]: a["valueFrom"]["podTemplateHashValue"] for a in analysis["args"]}
+    assert given == {"stable-hash": "Stable", "canary-hash": "Latest"}
+    required = {a["name"] for a in template["spec"]["args"] if "value" not in a}
+    assert required == set(given)
+
+
+def test_analysis_reads_the_label_the_service_monitor_scrapes() -> None:
+    monitor = one("overlays/prod", "ServiceMonitor")
+    (label,) = monitor["spec"]["podTargetLabels"]
+    scraped_as = re.sub(r"[^a-zA-Z0-9_]", "_", label)  # how Prometheus names a copied pod label
+    for metric in one("overlays/prod", "AnalysisTemplate", "rtserve-canary")["spec"]["metrics"]:
+        query = metric["provider"]["prometheus"]["query"]
+        assert f'{scraped_as}="{{{{args.canary-hash}}}}"' in query and f'{scraped_as}="{{{{args.stable-hash}}}}"' in query
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "kind"), [("overlays/prod", "ScaledObject"), ("overlays/prod-hpa", "HorizontalPodAutoscaler")]
+)
+def test_one_autoscaler_targets_the_rollout(kustomization: str, kind: str) -> None:
+    scalers = docs(kustomization, "ScaledObject") + docs(kustomization, "HorizontalPodAutoscaler")
+    assert [s["kind"] for s in scalers] == [kind]
+    (scaler,) = scalers
+    assert scaler["spec"]["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "rtserve"}
+    behavior = (
+        scaler["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        if kind == "ScaledObject"
+        else scaler["spec"]["behavior"]
+    )
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+
+
+def test_keda_threshold_is_littles_law_at_the_latency_target() -> None:
+    workers = int(env(container(one("overlays/prod", "Deployment")))["RTSERVE_WORKERS"])
+    (trigger,) = one("overlays/prod", "ScaledObject")["spec"]["triggers"]
+    in_flight_at_slo = workers * WORKER_RPS_AT_SLO * MEAN_LATENCY_S
+    assert float(trigger["metadata"]["threshold"]) == math.floor(in_flight_at_slo * SCALE_AT)
+    assert trigger["metricType"] == "AverageValue"
+    assert 'namespace="' + one("overlays/prod", "Deployment")["metadata"]["namespace"] + '"' in trigger["metadata"]["query"]
+
+
+def test_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not on PATH; `make system-deps` installs it (Debian package prometheus)"
+    template = one("overlays/prod", "AnalysisTemplate", "rtserve-canary")
+    queries = [
+        re.sub(r"\{\{args\.[a-z-]+\}\}", "abc123", m["provider"]["prometheus"]["query"]) for m in template["spec"]["metrics"]
+    ]
+    queries.append(one("overlays/prod", "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"])
+    rules = [{"record": f"k8s:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "k8s", "rules": rules}]}))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "queries.yml")], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and f"SUCCESS: {len(rules)} rules found" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_gateway_canary_route_splits_between_two_tracks() -> None:
+    (route,) = docs("overlays/gateway-canary", "HTTPRoute")
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert sum(b["weight"] for b in backends) == 100
+    services = {s["metadata"]["name"]: s for s in docs("overlays/gateway-canary", "Service")}
+    tracks = set()
+    for backend in backends:
+        service = services[backend["name"]]
+        assert backend["port"] in {p["port"] for p in service["spec"]["ports"]}
+        tracks.add(service["spec"]["selector"]["rtserve.io/track"])
+        pods = one("overlays/gateway-canary", "Deployment", backend["name"])["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pods.items()
+    assert tracks == {"stable", "canary"}
+
+
+# --- Prometheus Operator resources, generated ------------------------------------------------
+
+
+def test_operator_resources_are_generated_from_deploy_prometheus() -> None:
+    for path, text in generate.rendered().items():
+        assert path.read_text() == text, f"{path.name} is stale: run python -m deploy.k8s.generate"
+    rule = one("overlays/prod", "PrometheusRule")
+    source = [
+        g
+        for name in ("recording.yml", "alerts.yml")
+        for g in yaml.safe_load((ROOT / "deploy/prometheus" / name).read_text())["groups"]
+    ]
+    assert rule["spec"]["groups"] == source
+
+
+def test_generator_check_fails_on_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path, text in generate.rendered().items():
+        (tmp_path / path.name).write_text(text)
+    monkeypatch.setattr(generate, "OUT_DIR", tmp_path)
+    monkeypatch.setattr("sys.argv", ["generate", "--check"])
+    assert generate.main() == 0
+    (tmp_path / "prometheusrule.yaml").write_text((tmp_path / "prometheusrule.yaml").read_text().replace("for: 5m", "for: 6m", 1))
+    assert generate.main() == 1
+
+
+def test_service_monitor_scrapes_the_service_like_prometheus_yml() -> None:
+    monitor = one("overlays/prod", "ServiceMonitor")
+    service = one("overlays/prod", "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    job = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
+    assert (endpoint["path"], endpoint["interval"]) == (job["metrics_path"], job["scrape_interval"])
+    assert service["metadata"]["name"] == job["job_name"], (
+        "the Operator names the job after the Service; alerts select job=rtserve"
+    )
