@@ -64,3 +64,11 @@ bento: setup
 
 clean:
 	rm -rf $(VENV) .bentoml .pytest_cache
+
+## Kubernetes: render every kustomization in deploy/k8s/ and validate each manifest (core kinds against
+## Kubernetes 1.30 in strict mode, custom kinds against deploy/schemas/); the Prometheus Operator's
+## resources must match deploy/prometheus/ (python -m deploy.k8s.generate rewrites them).
+.PHONY: k8s-validate
+k8s-validate: $(VENV)/.installed
+	$(BIN)/python -m deploy.k8s.generate --check
+	$(BIN)/python -m deploy.k8s.validate
