@@ -31,6 +31,10 @@ class StatsExporter:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -61,10 +64,17 @@ def _multiproc_dir() -> str:
 class Metrics:
     """Every metric of the service; one instance per worker process."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """`registry`: where the metrics are registered; the default one in a worker, a fresh one per
+        in-process test (the values still go to the multiprocess files either way)."""
         self.directory = _multiproc_dir()
         _use_cached_pid(self.directory)
-        from prometheus_client import Counter, Gauge, Histogram
+        import prometheus_client
+
+        registry = registry if registry is not None else prometheus_client.REGISTRY
+        Counter = partial(prometheus_client.Counter, registry=registry)  # noqa: N806 - read as the class
+        Gauge = partial(prometheus_client.Gauge, registry=registry)  # noqa: N806
+        Histogram = partial(prometheus_client.Histogram, registry=registry)  # noqa: N806
 
         mv = ["model", "version"]
         self.requests = Counter("rtserve_requests", "Requests answered", [*mv, "variant", "status_class", "cache"])
