@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis as redis_lib
 from pydantic import ValidationError
@@ -360,9 +361,27 @@ async def test_a_failing_consumer_does_not_stop_the_watcher(tmp_path: Path) -> N
             raise RuntimeError("consumer bug")
 
     async with StateWatcher(store, consumer, interval_s=0.05) as watcher:
+        await eventually(lambda: seen == [100.0, 100.0], 1.0, "the failed revision applied again")
+        assert watcher.health.report() == {"route_watcher": "ok"}
         await store.put("m", routes({"v1": 2.0}))
-        await eventually(lambda: seen == [100.0, 2.0], 1.0, "second change")
+        await eventually(lambda: seen == [100.0, 100.0, 2.0], 1.0, "second change")
         assert watcher.running
+
+
+@pytest.mark.parametrize("content", [b"[]", b'{"models": [1]}', b'{"models": {"m": 1}}', b'{"revision": "x", "models": {}}', b"null"])
+async def test_a_state_file_of_the_wrong_shape_neither_kills_nor_misleads_the_watcher(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "routes.json"
+    store = FileStateStore(path)
+    await store.put("m", routes())
+    applied = Applied()
+    async with StateWatcher(FileStateStore(path), applied, interval_s=0.05) as watcher:
+        path.write_bytes(content)  # someone edits the file by hand
+        await eventually(lambda: watcher.health.report().get("route_watcher", "ok") != "ok", 1.0, "the problem reported")
+        assert watcher.running and applied.weight("m") == 100.0  # the last good routes stay in force
+        fixed = {"revision": 7, "models": {"m": routes({"v1": 3.0}).model_dump(mode="json")}}
+        path.write_bytes(orjson.dumps(fixed))
+        await eventually(lambda: applied.weight("m") == 3.0, 1.0, "routes followed again after the fix")
+        assert watcher.health.report() == {"route_watcher": "ok"}
 
 
 # -- leases
