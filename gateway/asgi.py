@@ -47,7 +47,8 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, t
                 if not message.get("more_body", False):
                     break
     except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout_s:g} s") from None
+        # Closing the connection frees it: else uvicorn keeps reading the rest of the slow body.
+        raise RequestTimeout(f"request body not received within {timeout_s:g} s", headers={"Connection": "close"}) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
