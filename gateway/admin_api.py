@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from gateway.codec import parse_json
-from gateway.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable
+from core.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable
 from routing.admin import CanaryRequest, ExperimentRequest
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ClientDisconnected, PayloadTooLarge, RequestTimeout
+from core.errors import ClientDisconnected, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

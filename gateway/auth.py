@@ -26,7 +26,7 @@ from jwt.algorithms import get_default_algorithms
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 

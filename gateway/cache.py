@@ -36,8 +36,8 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.errors import DeadlineExceeded
-from gateway.redis_breaker import RedisBreaker
+from core.errors import DeadlineExceeded
+from core.redis_breaker import RedisBreaker
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.errors import BadRequest, InvalidInput
+from core.errors import BadRequest, InvalidInput
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape
 from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY

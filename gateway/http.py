@@ -20,7 +20,7 @@ from typing import Any
 from gateway import admin_api, openapi
 from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from gateway.codec import decode_infer, encode_infer, parse_json
-from gateway.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
+from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
 from gateway.runtime import Runtime
 from gateway.simple import outputs_to_json, rows_to_inputs
 from observability.exporter import StatsExporter

@@ -56,8 +56,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.auth import TENANT_NAME
-from gateway.errors import RateLimited, Unavailable
-from gateway.redis_breaker import RedisBreaker
+from core.errors import RateLimited, Unavailable
+from core.redis_breaker import RedisBreaker
 
 log = logging.getLogger(__name__)
 

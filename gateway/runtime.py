@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.admission import Admission
 from gateway.cache import PredictionCache
-from gateway.errors import NotFound
+from core.errors import NotFound
 from gateway.settings import GatewaySettings, LimitSettings
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing

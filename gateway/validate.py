@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.errors import InvalidInput
+from core.errors import InvalidInput
 from gateway.settings import LimitSettings
 from models.signature import Signature, TensorSpec
 

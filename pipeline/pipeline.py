@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway.admission import Admission, Admitted
 from gateway.cache import PredictionCache, cache_key, version_token
-from gateway.errors import CANCELLED, ServingError
+from core.errors import CANCELLED, ServingError
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs
 from observability.context import RequestLabels, current, start_request

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import Conflict, InvalidInput, ModelNotFound
+from core.errors import Conflict, InvalidInput, ModelNotFound
 from routing.state import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow, StateStore
 from runners.registry import ModelRegistry, VersionState
 

@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.errors import ModelNotFound
+from core.errors import ModelNotFound
 from routing.state import ModelRoutes
 from routing.table import RouteTable
 

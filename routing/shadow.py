@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gateway.errors import ServingError
+from core.errors import ServingError
 from runners.registry import VersionState
 
 if TYPE_CHECKING:

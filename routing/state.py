@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
-from gateway.redis_breaker import RedisBreaker
+from core.redis_breaker import RedisBreaker
 from observability.health import BackgroundHealth
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.errors import blame_of
+from core.errors import blame_of
 
 REQUESTS = "rtserve_requests"
 ERRORS = "rtserve_errors"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gateway.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
+from core.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.cost import BatchCost

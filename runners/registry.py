@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.errors import ModelNotFound, ModelNotReady
+from core.errors import ModelNotFound, ModelNotReady
 from observability.logs import event
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.auth import FAILURE_REASONS, AuthSettings, Authenticator, Principal, require_scope
-from gateway.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, Unauthorized
 from gateway.tokens import ensure_dev_secret, main, mint
 
 SECRET = secrets.token_hex(32)

@@ -373,7 +373,7 @@ async def test_concurrent_misses_share_a_few_round_trips(own_redis, prefix):
 async def test_a_failed_batched_read_is_one_failure_and_a_miss_for_each_key(own_redis, prefix, caplog):
     """An MGET that Redis refuses: its keys all compute, the breaker counts one failure and logs it once,
     and the keys queued behind it skip Redis like the misses that follow."""
-    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     admin = redis.Redis(port=own_redis.port)
     admin.execute_command("ACL", "SETUSER", "cache", "on", ">secret", "~*", "+@all", "-mget")  # GET works, MGET fails
     client = aioredis.Redis.from_url(f"redis://cache:secret@127.0.0.1:{own_redis.port}/0")
@@ -451,7 +451,7 @@ async def test_processes_share_entries_through_redis(shared_redis, prefix):
 
 
 async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog):
-    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     client = aioredis.Redis.from_url(own_redis.url)
     cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_backoff_s=1.0), client)
     try:
@@ -501,7 +501,7 @@ async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog
 
 
 async def test_a_slow_redis_times_out_quickly(own_redis, prefix, caplog):
-    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     client = aioredis.Redis.from_url(own_redis.url)
     admin = redis.Redis(port=own_redis.port)
     cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=20, redis_backoff_s=0.3), client)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codec import decode_infer, encode_infer
-from gateway.errors import BadRequest, InvalidInput, ServingError
+from core.errors import BadRequest, InvalidInput, ServingError
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs
 from models.build import DIGITS_ROW, SEQ_TOKENS

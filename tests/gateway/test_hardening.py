@@ -12,7 +12,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from gateway.errors import DeadlineExceeded
+from core.errors import DeadlineExceeded
 from gateway.ratelimit import RateLimitSettings, TierLimit
 from gateway.settings import LimitSettings
 from observability.logs import LogSettings, setup_logging

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from gateway.errors import RateLimited, Unavailable
+from core.errors import RateLimited, Unavailable
 from gateway.ratelimit import GCRA_LUA, RateLimiter, RateLimitSettings, gcra
 from tests.helpers import OwnRedis
 
@@ -387,7 +387,7 @@ async def recover(limiter: RateLimiter) -> None:
 
 
 async def test_fail_open_allows_counts_and_warns_once(own_redis: OwnRedis, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.redis_breaker")
+    caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     limiter, client = await outage_limiter(own_redis)
     try:
         assert [(await limiter.check("t")).allowed for _ in range(3)] == [True, True, False]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ModelNotFound, ModelNotReady
+from core.errors import ModelNotFound, ModelNotReady
 from gateway.runtime import Runtime
 from runners.registry import VersionState
 from runners.settings import ServingConfig

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest, ModelFailed
+from core.errors import BadRequest, ModelFailed
 from observability.logs import PACKAGES, LogSettings, event, setup_logging
 from observability.tracing import DISABLED, NOOP_SPAN, OtelTracer, TracingSettings, setup_tracing
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gateway.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
+from core.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
 from models import data
 from runners.batcher import AdaptiveBatcher
 from runners.cost import BatchCost
