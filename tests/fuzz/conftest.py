@@ -25,6 +25,7 @@ import redis as redis_lib
 import requests
 import schemathesis
 
+from fuzz import seeds
 from gateway.auth import AuthSettings
 from tests.fuzz.contract import error_contract, refusal_problem
 from tests.fuzz.tally import TALLY
@@ -75,6 +76,12 @@ class Fuzzer:
         except BaseException:
             TALLY.failure(case.operation.label)
             raise
+
+
+@pytest.fixture(scope="session")
+def served(model_store) -> list[seeds.ServedModel]:
+    """The demo models in the session's store, with their versions and input signatures."""
+    return seeds.served_models()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Schemathesis fuzzing of every operation in gateway/openapi.yaml against real servers with auth on.
+"""Schemathesis fuzzing of every operation in frontends/openapi.yaml against real servers with auth on.
 
 Each generated case goes out with a full token, without a token and with a token lacking the
 scope. Checks: schemathesis' own (no server error, documented status, content type, headers and
@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from gateway.openapi import DOCUMENT_PATH
+from frontends.openapi import DOCUMENT_PATH
 from tests.fuzz.generation import mix_in_real_requests
 
 # Generated inputs per operation: about 1,000 requests in all in `make test`; `make fuzz` sets more.
