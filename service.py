@@ -17,8 +17,9 @@ import sys
 import bentoml
 
 from app.config import ConfigError, load_config
-from gateway.http import InferenceApp
-from gateway.runtime import Runtime
+from frontends.rest import InferenceApp
+from app.wiring import Runtime
+from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
 
 try:
@@ -49,6 +50,7 @@ class InferenceService:
         # Fewer, cheaper collections: the long-lived heap is frozen once the models are loaded.
         gc.set_threshold(50_000, 50, 100)
         self.runtime = Runtime.from_config(CONFIG)
+        record_gc_pauses()  # opt-in: RTSERVE_GC_PAUSES_ENABLED
         oip_app.bind(self.runtime)
         self.runtime.start()
 
