@@ -59,6 +59,12 @@ test: setup system-deps redis
 bench: setup system-deps redis
 	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
 
+## Ten minutes at half of the measured saturation on the production path, not part of `make test`:
+## no errors, p99 and worker memory steady, GC pauses not growing. SOAK_ARGS="--minutes 2": a quick check.
+.PHONY: soak
+soak: setup system-deps redis
+	$(BIN)/python -m loadtest.soak $(SOAK_ARGS)
+
 bento: setup
 	$(BIN)/bentoml build
 
