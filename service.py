@@ -17,8 +17,8 @@ import sys
 import bentoml
 
 from app.config import ConfigError, load_config
-from frontends.rest import InferenceApp
-from app.wiring import Runtime
+from gateway.http import InferenceApp
+from gateway.runtime import Runtime
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
 
