@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import multiprocessing
+import os
 import secrets
 import statistics
 import tempfile
@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -55,7 +56,7 @@ class SlowClients:
         self.args = (url, per_kind, gap_s, kinds, token)
         self.stats: dict[str, SlowStats] = {}
 
-    def __enter__(self) -> SlowClients:
+    def __enter__(self) -> Self:
         ctx = multiprocessing.get_context("spawn")
         self._ready, self._done, self._results = ctx.Event(), ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=_hold, args=(*self.args, self._ready, self._done, self._results), daemon=True)
@@ -187,10 +188,13 @@ class Comparison:
         return p99(self.loaded) / p99(self.baseline)
 
     def report(self) -> str:
+        summary = (
+            f"normal requests, p50 / p99 ms: without slow clients {statistics.median(self.baseline) * 1e3:.2f} / "
+            f"{p99(self.baseline) * 1e3:.2f} ({len(self.baseline)} requests); with {self.connections} slow connections "
+            f"{statistics.median(self.loaded) * 1e3:.2f} / {p99(self.loaded) * 1e3:.2f} ({len(self.loaded)}); p99 ratio {self.ratio:.2f}"
+        )
         lines = [
-            f"normal requests, p50 / p99 ms: without slow clients {statistics.median(self.baseline) * 1e3:.2f} / {p99(self.baseline) * 1e3:.2f} "
-            f"({len(self.baseline)} requests); with {self.connections} slow connections "
-            f"{statistics.median(self.loaded) * 1e3:.2f} / {p99(self.loaded) * 1e3:.2f} ({len(self.loaded)}); p99 ratio {self.ratio:.2f}",
+            summary,
             "| kind | connections opened | refused | closed by the server | answers | held (s, median) |",
             "|---|---|---|---|---|---|",
         ]
@@ -229,8 +233,13 @@ def _own_server(workdir: Path):
 
     secret = workdir / "jwt-secret"
     secret.write_text(secrets.token_hex(32))
-    env = {"REDIS_URL": "", "RTSERVE_WORKERS": "1", "RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
-           "RTSERVE_ROUTING_STATE_FILE": str(workdir / "routes.json")}
+    env = {
+        "REDIS_URL": "",
+        "RTSERVE_WORKERS": "1",
+        "RTSERVE_AUTH_ENABLED": "true",
+        "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
+        "RTSERVE_ROUTING_STATE_FILE": str(workdir / "routes.json"),
+    }
     server = bentoml_server("slowclients", SERVICE, env, "/v2/health/ready")
     token = mint(AuthSettings(hs256_secret_file=secret), subject="slow", scopes="predict", tenant="slow", ttl_s=3600)
     return server, token

@@ -138,11 +138,23 @@ def main(argv: list[str] | None = None) -> int:
                 after = gc_histogram(server.url)
                 full, longest, paused = gc_minute(before, after)
                 before = after
-                m = Minute(i, raw["requests"] / (raw["duration_us"] / 1e6), raw["p50_us"] / 1000, raw["p99_us"] / 1000,
-                           raw["non2xx"] + raw["socket_errors"], server.worker_rss_bytes() / 2**20, full, longest, paused)
+                m = Minute(
+                    i,
+                    raw["requests"] / (raw["duration_us"] / 1e6),
+                    raw["p50_us"] / 1000,
+                    raw["p99_us"] / 1000,
+                    raw["non2xx"] + raw["socket_errors"],
+                    server.worker_rss_bytes() / 2**20,
+                    full,
+                    longest,
+                    paused,
+                )
                 minutes.append(m)
-                print(f"  minute {i}: {m.rps:,.0f} req/s, p99 {m.p99_ms:.2f} ms, errors {m.errors}, "
-                      f"RSS {m.worker_rss_mib:.1f} MiB, full GCs {full} (longest <= {longest:g} ms)", flush=True)
+                print(
+                    f"  minute {i}: {m.rps:,.0f} req/s, p99 {m.p99_ms:.2f} ms, errors {m.errors}, "
+                    f"RSS {m.worker_rss_mib:.1f} MiB, full GCs {full} (longest <= {longest:g} ms)",
+                    flush=True,
+                )
         finally:
             server.stop()
     problems = verdict(minutes)
@@ -150,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + md)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"soak-{stamp}.md").write_text(md + "\n")
-    (RESULTS / f"soak-{stamp}.json").write_text(json.dumps(
-        {"saturation_rps": saturation, "rate_rps": rate, "minutes": [asdict(m) for m in minutes], "problems": problems}, indent=2))
+    (RESULTS / f"soak-{stamp}.json").write_text(
+        json.dumps(
+            {"saturation_rps": saturation, "rate_rps": rate, "minutes": [asdict(m) for m in minutes], "problems": problems},
+            indent=2,
+        )
+    )
     print(f"\nwritten: loadtest/results/soak-{stamp}.md and .json")
     return 1 if problems else 0
 

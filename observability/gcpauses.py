@@ -38,10 +38,12 @@ class GcPauses:
         import prometheus_client
 
         registry = registry if registry is not None else prometheus_client.REGISTRY
-        self.pauses = prometheus_client.Histogram("rtserve_gc_pause_seconds", "Garbage-collection pause", ["generation"],
-                                                  buckets=PAUSE_BUCKETS, registry=registry)
-        self.collected = prometheus_client.Counter("rtserve_gc_collected_objects", "Objects freed by garbage collection",
-                                                   ["generation"], registry=registry)
+        self.pauses = prometheus_client.Histogram(
+            "rtserve_gc_pause_seconds", "Garbage-collection pause", ["generation"], buckets=PAUSE_BUCKETS, registry=registry
+        )
+        self.collected = prometheus_client.Counter(
+            "rtserve_gc_collected_objects", "Objects freed by garbage collection", ["generation"], registry=registry
+        )
         self.flush_interval_s = flush_interval_s
         self._recorded: deque[tuple[int, float, int]] = deque(maxlen=100_000)
         self._started = 0.0

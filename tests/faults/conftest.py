@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import secrets
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import yaml
 
 from gateway.auth import AuthSettings
 from tests.faults.faultmodels import build_fault_versions
-from tests.faults.load import digits_rows, expected_labels, wait_for_workers_ready
+from tests.faults.load import digits_rows, expected_labels, wait_for, wait_for_workers_ready
 from tests.helpers import Gateway, OwnRedis, ServerProcess, gateway_env
 
 SLOW_DELAY_S = 0.25
@@ -68,11 +66,14 @@ def fault_redis() -> Iterator[OwnRedis]:
 def fault_gateway(fault_versions, fault_secret, fault_redis, tmp_path_factory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("fault-gateway")
     # faults-slow first: its warm-up sleeps, so a restarted worker takes requests for the others while it loads.
-    config = _config(tmp / "serving.yaml", {
-        "faults-slow": {"versions": ["v1"], "batching": SLOW_BATCHING},
-        "digits-sklearn": {"versions": ["v1", "v2"], "weights": {"v1": 100}},
-        "faults-picky": {"versions": ["v1"]},
-    })
+    config = _config(
+        tmp / "serving.yaml",
+        {
+            "faults-slow": {"versions": ["v1"], "batching": SLOW_BATCHING},
+            "digits-sklearn": {"versions": ["v1", "v2"], "weights": {"v1": 100}},
+            "faults-picky": {"versions": ["v1"]},
+        },
+    )
     env = {**gateway_env(fault_secret, "faults:", redis_url=fault_redis.url, workers=2), "RTSERVE_CONFIG": str(config)}
     server = ServerProcess(env=env, log_path=tmp / "serve.log")
     try:
@@ -99,17 +100,11 @@ def file_gateway(fault_versions, fault_secret, tmp_path_factory) -> Iterator[Gat
         server.start(wait_ready=False)
         server.wait_until(lambda r: r.status_code == 200, "/v2/models/digits-sklearn/versions/v1/ready", 180)
         gateway = Gateway(server, AuthSettings(hs256_secret_file=fault_secret), "")
-        _wait_for_admin(gateway)
+        # Admin answers once the worker has read the routing state (after its models are loaded).
+        admin = gateway.headers(scopes="admin")
+        wait_for(
+            lambda: httpx.get(gateway.url + "/admin/models", headers=admin, timeout=5).status_code == 200, 30, "the admin API"
+        )
         yield gateway
     finally:
         server.stop()
-        shutil.rmtree(tmp / "state", ignore_errors=True)
-
-
-def _wait_for_admin(gateway: Gateway, timeout: float = 30.0) -> None:
-    """Admin answers once the worker has read the routing state (after its models are loaded)."""
-    headers = gateway.headers(scopes="admin")
-    deadline = time.monotonic() + timeout
-    while httpx.get(gateway.url + "/admin/models", headers=headers, timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "admin API never became available"
-        time.sleep(0.1)

@@ -46,8 +46,14 @@ class SleepyEstimator:
 
 def _save(tag: str, write) -> None:
     if not store.exists(tag):
-        store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
-                   accuracy=0.0, write=write)
+        store.save(
+            tag,
+            framework="sklearn",
+            task="classification",
+            signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
+            accuracy=0.0,
+            write=write,
+        )
 
 
 def build_fault_versions(slow_delay_s: float) -> None:

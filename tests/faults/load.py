@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Self
 
 import httpx
 import numpy as np
@@ -76,7 +77,7 @@ class SteadyLoad:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __enter__(self) -> SteadyLoad:
+    def __enter__(self) -> Self:
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.clients)]
         for t in self.threads:
             t.start()

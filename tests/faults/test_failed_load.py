@@ -13,8 +13,9 @@ def admin(gateway, method: str, path: str, json=None) -> httpx.Response:
 
 
 def assert_refused_not_ready(gateway, rows) -> None:
-    r = httpx.post(f"{gateway.url}/v2/models/{MODEL}/versions/corrupt/infer", json=infer_body(rows[0]),
-                   headers=gateway.headers(), timeout=10)
+    r = httpx.post(
+        f"{gateway.url}/v2/models/{MODEL}/versions/corrupt/infer", json=infer_body(rows[0]), headers=gateway.headers(), timeout=10
+    )
     assert r.status_code == 503 and r.json()["code"] == "model_not_ready" and r.headers["retry-after"], r.text
     assert "failed to load" in r.json()["error"]
 
@@ -26,7 +27,9 @@ def test_a_version_loaded_through_the_admin_api_fails_and_the_others_keep_servin
         load.wait_for_answers(40)
         assert admin(fault_gateway, "POST", f"/admin/models/{MODEL}/versions/corrupt/load").status_code == 202
         # Each of the two workers tries and fails once.
-        wait_for(lambda: metric(url, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") == 2, 60, "two load failures")
+        wait_for(
+            lambda: metric(url, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") == 2, 60, "two load failures"
+        )
         assert metric(url, "rtserve_model_version_state", model=MODEL, version="corrupt", state="failed") == 1
         described = admin(fault_gateway, "GET", "/admin/models").json()[MODEL]["versions"]["corrupt"]
         assert described["state"] == "failed" and described["error"], described

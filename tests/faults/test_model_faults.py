@@ -46,7 +46,7 @@ def test_a_model_that_raises_fails_only_its_batch(fault_gateway, digits):
         # row's batch fail with it (a failed batch fails all its requests); every other one succeeds.
         good_ok = good_failed = 0
         for round_ in range(10):
-            batch = np.vstack([rows[1 + 8 * round_: 9 + 8 * round_], poisoned[None, :]])
+            batch = np.vstack([rows[1 + 8 * round_ : 9 + 8 * round_], poisoned[None, :]])
             answers = asyncio.run(burst(url, headers, "faults-picky", batch))
             *good, bad = answers
             assert bad[0] == 500 and bad[1]["code"] == "model_error", bad
@@ -60,8 +60,10 @@ def test_a_model_that_raises_fails_only_its_batch(fault_gateway, digits):
         after = httpx.post(f"{url}/v2/models/faults-picky/infer", json=infer_body(rows[1]), headers=headers, timeout=10)
         assert after.status_code == 200 and label_of(after.json()) == expected["v1"][1]
     s = load.summary()
-    print(f"\nraising model: good requests sent with a poisoned one: {good_ok} ok, {good_failed} failed with it "
-          f"(shared its batch); steady load on digits-sklearn: {s}")
+    print(
+        f"\nraising model: good requests sent with a poisoned one: {good_ok} ok, {good_failed} failed with it "
+        f"(shared its batch); steady load on digits-sklearn: {s}"
+    )
     print(s.row("a model raises for some inputs (other model's traffic)"))
     assert (s.failed, s.lost, s.wrong) == (0, 0, 0), s.by_status
 
@@ -74,8 +76,12 @@ def test_a_slow_model_gets_deadlines_and_a_bounded_queue(fault_gateway, digits):
         load.wait_for_answers(20)
         # A deadline shorter than one model call: 504 at the deadline, not when the call ends.
         start = time.monotonic()
-        late = httpx.post(f"{url}/v2/models/faults-slow/infer", json=infer_body(rows[0]),
-                          headers={**fresh, "X-Request-Timeout-Ms": "30"}, timeout=10)
+        late = httpx.post(
+            f"{url}/v2/models/faults-slow/infer",
+            json=infer_body(rows[0]),
+            headers={**fresh, "X-Request-Timeout-Ms": "30"},
+            timeout=10,
+        )
         late_s = time.monotonic() - start
         assert late.status_code == 504 and late.json()["code"] == "deadline_exceeded", late.text
         # 24 at once on two workers, each running 2 rows and queueing 4: the rest is refused at once.
@@ -86,17 +92,21 @@ def test_a_slow_model_gets_deadlines_and_a_bounded_queue(fault_gateway, digits):
         assert served and refused, [a[0] for a in answers]
         assert all(label_of(a[1]) == expected["v1"][k] for k, a in enumerate(answers) if a[0] == 200)
         # Deadlines inside the queue: a burst with a deadline of two model calls.
-        timed = asyncio.run(burst(url, fresh, "faults-slow", rows[24:36], {"X-Request-Timeout-Ms": str(int(2000 * SLOW_DELAY_S))}))
+        timed = asyncio.run(
+            burst(url, fresh, "faults-slow", rows[24:36], {"X-Request-Timeout-Ms": str(int(2000 * SLOW_DELAY_S))})
+        )
         assert {a[0] for a in timed} <= {200, 503, 504}, timed
         assert any(a[0] == 504 for a in timed), [a[0] for a in timed]
     slowest_served = max(a[3] for a in served)
     slowest_refusal = max(a[3] for a in refused)
     slowest_timed = max(a[3] for a in timed)
     s = load.summary()
-    print(f"\nslow model ({SLOW_DELAY_S * 1000:.0f} ms a call, {SLOW_BATCHING}): 30 ms deadline answered 504 in "
-          f"{late_s * 1000:.0f} ms; burst of 24: {len(served)} served (slowest {slowest_served:.2f} s), {len(refused)} refused "
-          f"503 queue_full (slowest {slowest_refusal:.2f} s); burst of 12 with {2 * SLOW_DELAY_S * 1000:.0f} ms deadlines: "
-          f"{sorted(a[0] for a in timed)}, slowest {slowest_timed:.2f} s; steady load on digits-sklearn: {s}")
+    print(
+        f"\nslow model ({SLOW_DELAY_S * 1000:.0f} ms a call, {SLOW_BATCHING}): 30 ms deadline answered 504 in "
+        f"{late_s * 1000:.0f} ms; burst of 24: {len(served)} served (slowest {slowest_served:.2f} s), {len(refused)} refused "
+        f"503 queue_full (slowest {slowest_refusal:.2f} s); burst of 12 with {2 * SLOW_DELAY_S * 1000:.0f} ms deadlines: "
+        f"{sorted(a[0] for a in timed)}, slowest {slowest_timed:.2f} s; steady load on digits-sklearn: {s}"
+    )
     print(s.row("a slow model: deadlines and queue bound (other model's traffic)"))
     # Bounded latency: the queue holds 3 calls' worth per worker; allow as much again for a busy machine.
     assert slowest_served < 6 * SLOW_DELAY_S + 1.0

@@ -37,8 +37,12 @@ def test_redis_stopped_and_restarted_under_load(fault_gateway, fault_redis, digi
         load.wait_for_answers(80)  # about two seconds of traffic with Redis down
         assert limited(fault_gateway, rows) == 0, "rate limits should fail open while Redis is down"
         assert metric(url, "rtserve_cache_requests_total", tier="redis", outcome="error") > 0
-        change = httpx.put(f"{url}/admin/models/{MODEL}/weights", json={"weights": {"v1": 100}},
-                           headers=fault_gateway.headers(scopes="admin"), timeout=30)
+        change = httpx.put(
+            f"{url}/admin/models/{MODEL}/weights",
+            json={"weights": {"v1": 100}},
+            headers=fault_gateway.headers(scopes="admin"),
+            timeout=30,
+        )
         assert change.status_code == 503 and change.json()["code"] == "unavailable", change.text
         outage = load.summary(since=stopped)
 
@@ -54,8 +58,10 @@ def test_redis_stopped_and_restarted_under_load(fault_gateway, fault_redis, digi
         load.wait_for_answers(40)
 
     total = load.summary()
-    print(f"\nRedis outage of {restarted - stopped:.1f} s: {total}; during the outage {outage}; after the restart: redis_up 1 in {up_after:.1f} s, "
-          f"cache on Redis in {cache_after:.1f} s, limits enforced in {limits_after:.1f} s")
+    print(
+        f"\nRedis outage of {restarted - stopped:.1f} s: {total}; during the outage {outage}; after the restart: redis_up 1 in {up_after:.1f} s, "
+        f"cache on Redis in {cache_after:.1f} s, limits enforced in {limits_after:.1f} s"
+    )
     print(total.row(f"Redis stopped {restarted - stopped:.0f} s, restarted empty"))
     assert outage.sent > 0
     assert (total.failed, total.lost, total.wrong) == (0, 0, 0), total.by_status

@@ -20,8 +20,10 @@ async def trickle_body(url: str, token: str, gap_s: float = 0.2) -> tuple[bytes,
     whether the server closed the connection after answering)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(f"POST /v2/models/digits-sklearn/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode())
+    writer.write(
+        f"POST /v2/models/digits-sklearn/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+    )
     start = time.monotonic()
 
     async def send() -> None:
@@ -47,8 +49,10 @@ async def trickle_body(url: str, token: str, gap_s: float = 0.2) -> tuple[bytes,
 
 def test_a_trickled_body_is_answered_408_after_the_body_read_timeout(file_gateway):
     head, seconds, closed = asyncio.run(trickle_body(file_gateway.url, file_gateway.token(ttl=600)))
-    print(f"\ntrickled body: {head.splitlines()[0].decode()} after {seconds:.2f} s (timeout {BODY_READ_TIMEOUT_S} s); "
-          f"connection closed by the server: {closed}")
+    print(
+        f"\ntrickled body: {head.splitlines()[0].decode()} after {seconds:.2f} s (timeout {BODY_READ_TIMEOUT_S} s); "
+        f"connection closed by the server: {closed}"
+    )
     assert head.startswith(b"HTTP/1.1 408"), head
     assert BODY_READ_TIMEOUT_S <= seconds < BODY_READ_TIMEOUT_S + 1.5
     assert closed

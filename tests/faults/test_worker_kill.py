@@ -31,23 +31,30 @@ def test_killed_worker_is_replaced_and_only_its_in_flight_requests_are_lost(faul
     server = fault_gateway.server
     before = wait_for(lambda: (p := worker_pids(server)) and len(p) == 2 and p, 10, "two workers")
     clients = 4
-    with SteadyLoad(fault_gateway.url, fault_gateway.headers(ttl=3600), rows, expected, rate=200, clients=clients,
-                    fresh_connections=True) as load:
+    with SteadyLoad(
+        fault_gateway.url, fault_gateway.headers(ttl=3600), rows, expected, rate=200, clients=clients, fresh_connections=True
+    ) as load:
         # Fresh connections land on both workers; their request-id prefixes tell them apart.
-        old = wait_for(lambda: (w := {a.worker for a in load.answers if a.worker}) and len(w) == 2 and w, 30, "both workers answering")
+        old = wait_for(
+            lambda: (w := {a.worker for a in load.answers if a.worker}) and len(w) == 2 and w, 30, "both workers answering"
+        )
         victim = min(before)
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: (p := worker_pids(server)) and len(p) == 2 and victim not in p, 60, "a new worker process")
         respawned = time.monotonic() - killed
-        newcomer = wait_for(lambda: {a.worker for a in load.answers if a.worker and a.started > killed} - old, 120, "the new worker answering")
+        newcomer = wait_for(
+            lambda: {a.worker for a in load.answers if a.worker and a.started > killed} - old, 120, "the new worker answering"
+        )
         first = min(a.started for a in load.answers if a.worker in newcomer) - killed
         load.wait_for_answers(200)  # a second or more with the new worker in the mix
     s = load.summary(since=killed)
     mine = [a for a in load.answers if a.worker in newcomer]
     not_ok = [a for a in load.answers if a.started >= killed and a.status != 200]
-    print(f"\nworker killed: process replaced after {respawned:.1f} s, first answer from it after {first:.1f} s; {s}; "
-          f"answered by the new worker: {len(mine)}, of them not 200: {sum(a.status != 200 for a in mine)}")
+    print(
+        f"\nworker killed: process replaced after {respawned:.1f} s, first answer from it after {first:.1f} s; {s}; "
+        f"answered by the new worker: {len(mine)}, of them not 200: {sum(a.status != 200 for a in mine)}"
+    )
     print(s.row("one of two workers SIGKILLed"))
     for a in not_ok:
         print(f"  +{a.started - killed:.3f} s: {a.status} {a.code} retry-after={a.retry_after} worker={a.worker}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 
 from prometheus_client import CollectorRegistry
 
@@ -15,7 +16,7 @@ def test_each_collection_is_recorded_with_its_generation():
     pauses = GcPauses(registry=registry).install()
     try:
         garbage = [[] for _ in range(1000)]
-        for a, b in zip(garbage, garbage[1:]):  # reference cycles: only the collector frees them
+        for a, b in itertools.pairwise(garbage):  # reference cycles: only the collector frees them
             a.append(b)
             b.append(a)
         del garbage, a, b
