@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
 class RedisBreaker:
-    def __init__(self, component: str, backoff_s: float, while_down: str) -> None:
+    def __init__(
+        self, component: str, backoff_s: float, while_down: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.component = component
         self.backoff_s = backoff_s
         self.while_down = while_down  # what the component does meanwhile, for the log line
+        self.clock = clock  # seconds; a test steps it instead of sleeping through back-offs
         self.down = False
         self.errors = 0
         self._since = 0.0
@@ -27,18 +31,18 @@ class RedisBreaker:
         """Whether to call Redis now: always while up; while down, one call per back-off period."""
         if not self.down:
             return True
-        now = time.monotonic()
+        now = self.clock()
         if now < self._retry_at:
             return False
         self._retry_at = now + self.backoff_s
         return True
 
     def retry_in(self) -> float:
-        return max(0.0, self._retry_at - time.monotonic())
+        return max(0.0, self._retry_at - self.clock())
 
     def failed(self, exc: BaseException, timeout_ms: float) -> None:
         self.errors += 1
-        now = time.monotonic()
+        now = self.clock()
         self._retry_at = now + self.backoff_s
         if not self.down:
             self.down, self._since = True, now
@@ -49,4 +53,4 @@ class RedisBreaker:
         """A reply ends the outage only if its call was sent during it (a late reply proves nothing)."""
         if self.down and sent_while_down:
             self.down = False
-            log.warning("%s: Redis answers again; recovered after %.1f s", self.component, time.monotonic() - self._since)
+            log.warning("%s: Redis answers again; recovered after %.1f s", self.component, self.clock() - self._since)

@@ -18,13 +18,14 @@ from observability.health import BackgroundHealth
 from observability.logs import event
 from routing.admin import canary_weights
 from routing.canary import CanaryPolicy, judge
-from routing.state import Canary, CanaryDecision, ModelRoutes, StateStore
+from routing.document import Canary, CanaryDecision, ModelRoutes
 from routing.stats import MetricsSnapshotSource, VersionWindow
+from routing.stores import StateStore
 
 if TYPE_CHECKING:
     from observability.metrics import Metrics
+    from routing.lease import Lease
     from routing.router import Router
-    from routing.state import Lease
 
 log = logging.getLogger(__name__)
 CONTROLLER_TASK = "canary_controller"

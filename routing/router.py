@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.errors import ModelNotFound
-from routing.state import ModelRoutes
+from routing.document import ModelRoutes
 from routing.table import RouteTable
 
 

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 from observability.health import BackgroundHealth
 from observability.logs import event
-from routing.state import ModelRoutes, StateStore, StateWatcher
+from routing.document import ModelRoutes
+from routing.stores import StateStore
+from routing.watcher import StateWatcher
 from runners.registry import VersionState
 
 if TYPE_CHECKING:

@@ -122,7 +122,8 @@ class RoutingReset:
     async def _write_initial(self) -> None:
         from redis.asyncio import Redis
 
-        from routing.state import ModelRoutes, RedisStateStore
+        from routing.document import ModelRoutes
+        from routing.stores import RedisStateStore
 
         client = Redis.from_url(REDIS_URL)
         try:

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
@@ -20,57 +20,20 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from routing.state import (
-    Canary,
-    CanaryDecision,
-    Experiment,
-    FileLease,
-    FileStateStore,
-    ModelRoutes,
-    RedisLease,
-    RedisStateStore,
-    Shadow,
-    StateWatcher,
-)
+from routing.document import Experiment, ModelRoutes, Shadow
+from routing.lease import FileLease, RedisLease
+from routing.stores import FileStateStore, RedisStateStore
+from routing.watcher import StateWatcher
 from tests.helpers import REDIS_URL
+from tests.routing.support import FakeClock, canary, eventually, routes
 
 SPAWN = multiprocessing.get_context("spawn")
-
-
-def routes(weights: dict[str, float] | None = None, loaded: list[str] | None = None, **extra) -> ModelRoutes:
-    return ModelRoutes(loaded=loaded or ["v1", "v2"], weights=weights or {"v1": 100.0}, **extra)
-
-
-def canary(**overrides) -> Canary:
-    fields = {
-        "version": "v2",
-        "stable": "v1",
-        "steps": [5, 25, 100],
-        "step": 0,
-        "step_started_at": 1.0,
-        "status": "running",
-        "decisions": [CanaryDecision(at=1.0, action="start", step=0, weight=5, reason="started", numbers={})],
-        "started_at": 1.0,
-        "hold_s": 30.0,
-        "min_requests": 100,
-    }
-    return Canary(**{**fields, **overrides})
 
 
 def bump(current: ModelRoutes | None) -> ModelRoutes:
     """One increment of v1's weight: what a lost write would show up in."""
     assert current is not None
     return current.model_copy(update={"weights": {**current.weights, "v1": current.weights["v1"] + 1}})
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 1.0, what: str = "condition") -> float:
-    """Seconds until `check()` held; fails after `timeout`."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 def client(url: str = REDIS_URL) -> Redis:
@@ -260,7 +223,8 @@ async def test_watcher_keeps_the_last_good_state_over_an_invalid_document(redis:
     applied = Applied()
     async with StateWatcher(store, applied, interval_s=0.05) as watcher:
         await redis.transaction(lambda pipe: pipe.hset(f"{prefix}docs", "m", '{"loaded": []}').incr(f"{prefix}revision"))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: watcher.health.report()["route_watcher"] != "ok", 1.0, "the invalid document reported")
+        assert [await watcher.refresh() for _ in range(3)] == [False] * 3  # polled again and again: still refused
         assert len(applied.calls) == 1 and watcher.routes["m"].weights == {"v1": 100.0}
         assert sum("invalid document" in r.message for r in caplog.records) == 1
         await store.put("m", routes({"v1": 5.0}))
@@ -277,7 +241,7 @@ async def test_watcher_survives_a_redis_outage_and_restores_what_redis_lost(own_
     watcher = await StateWatcher(store, applied, interval_s=0.1, timeout_s=0.5).start()
     try:
         own_redis.stop()
-        await asyncio.sleep(1.0)
+        await eventually(lambda: watcher.health.report()["route_watcher"] != "ok", 2.0, "the outage noticed")
         assert watcher.running and watcher.routes["m"].weights == {"v1": 2.0}
         own_redis.start()  # same port, empty: Redis lost every document
         await eventually(lambda: watcher.revision == 1, 2.0, "restored state")
@@ -388,17 +352,24 @@ async def test_a_state_file_of_the_wrong_shape_neither_kills_nor_misleads_the_wa
 
 
 async def test_redis_lease_has_one_holder_and_passes_on_when_renewal_stops(redis: Redis, prefix: str) -> None:
-    key = f"{prefix}lease"
-    a, b = RedisLease(redis, key, ttl_s=0.5, holder_id="a"), RedisLease(redis, key, ttl_s=0.5, holder_id="b")
+    key, clock = f"{prefix}lease", FakeClock()
+    a = RedisLease(redis, key, ttl_s=5.0, holder_id="a", clock=clock)
+    b = RedisLease(redis, key, ttl_s=5.0, holder_id="b", clock=clock)
     assert await a.acquire() and a.held
     assert not await b.acquire() and not b.held
-    for _ in range(3):  # renewed, it outlives its TTL
-        await asyncio.sleep(0.25)
-        assert await a.renew()
+    await redis.pexpire(key, 100)  # as if most of the TTL had passed
+    assert await a.renew() and await redis.pttl(key) > 4000  # renewed, it outlives its TTL
     assert not await b.acquire()
-    await asyncio.sleep(0.6)  # a stops renewing
+    clock.advance(4.9)
+    assert a.held
+    clock.advance(0.2)  # a stops renewing
     assert not a.held  # its own view expires with the TTL, without asking Redis
-    assert await b.acquire() and b.held
+    await redis.pexpire(key, 1)  # and Redis expires the key on its own clock
+    deadline = time.monotonic() + 1.0
+    while not await b.acquire():
+        assert time.monotonic() < deadline, "the expired lease never passed on"
+        await asyncio.sleep(0.005)
+    assert b.held
     assert not await a.renew() and not a.held  # the stale holder cannot take it back
     await a.release()  # nor delete its successor's
     assert await redis.get(key) == b"b" and await b.renew()
