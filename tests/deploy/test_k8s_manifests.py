@@ -7,18 +7,27 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from deploy.k8s import generate
 from deploy.k8s.validate import KUSTOMIZATIONS, render, validate
+from gateway.auth import AuthSettings
+from gateway.tokens import mint
+from loadtest.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -328,3 +337,100 @@ def test_service_monitor_scrapes_the_service_like_prometheus_yml() -> None:
     assert service["metadata"]["name"] == job["job_name"], (
         "the Operator names the job after the Service; alerts select job=rtserve"
     )
+
+
+# --- the base Deployment under podman kube play ------------------------------------------------
+
+PODMAN_ENV = {
+    "CONTAINERS_CONF": str(ROOT / "deploy/container/containers.conf"),
+    "CONTAINERS_STORAGE_CONF": str(ROOT / "deploy/container/storage.conf"),
+}
+IMAGE = os.environ.get("RTSERVE_K8S_IMAGE", "localhost/rtserve:latest")
+
+
+def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", *args], env={**os.environ, **PODMAN_ENV}, check=False, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def played(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """The base Deployment played by podman with the Bento's image: (url, the HMAC key the pod reads, container)."""
+    if not shutil.which("podman") or podman("image", "exists", IMAGE).returncode != 0:
+        pytest.skip(
+            f"needs podman and the Bento's image {IMAGE} (tests/deploy/test_container.py builds it; RTSERVE_K8S_IMAGE names another)"
+        )
+    suffix = uuid.uuid4().hex[:8]
+    deployment = copy.deepcopy(one("base", "Deployment"))
+    deployment["metadata"]["name"] = f"rtserve-k8s-{suffix}"
+    deployment["spec"]["replicas"] = 1
+    spec = deployment["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    port = free_port()
+    c.update(image=IMAGE, imagePullPolicy="Never")
+    c["ports"][0]["hostPort"] = port
+    auth, redis = f"rtserve-auth-{suffix}", f"rtserve-redis-{suffix}"
+    for volume in spec["volumes"]:
+        if "secret" in volume:
+            volume["secret"].update(secretName=auth, optional=False)  # podman 4.3 needs `optional` spelled out
+    for variable in c["env"]:
+        if variable["name"] == "REDIS_URL":
+            variable["valueFrom"]["secretKeyRef"]["name"] = redis
+    key = uuid.uuid4().hex + uuid.uuid4().hex
+    # podman keeps Secrets in its own store: a volume reads a Kubernetes Secret, an env reference a flat map.
+    (tmp_path / "auth.json").write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": auth},
+                "data": {"hs256-secret": base64.b64encode(key.encode()).decode()},
+            }
+        )
+    )
+    (tmp_path / "redis.json").write_text(json.dumps({"url": ""}))  # no Redis: one replica, in-process state
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump(deployment))
+    for name, path in ((auth, "auth.json"), (redis, "redis.json")):
+        assert podman("secret", "create", name, str(tmp_path / path)).returncode == 0
+    try:
+        proc = podman("kube", "play", str(tmp_path / "deployment.yaml"), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        container_name = f"{deployment['metadata']['name']}-pod-0-rtserve"
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+        while not _ready(url):
+            if time.monotonic() > deadline:
+                logs = podman("logs", container_name)
+                pytest.fail(f"not ready:\n{logs.stdout[-4000:]}\n{logs.stderr[-4000:]}")
+            time.sleep(0.5)
+        # podman 4.3 writes a secret volume's `data` value without decoding it; sign with what the pod reads.
+        read = podman("exec", container_name, "cat", "/var/run/secrets/rtserve/auth/hs256-secret").stdout
+        yield url, read, container_name
+    finally:
+        podman("kube", "down", str(tmp_path / "deployment.yaml"))
+        podman("secret", "rm", auth, redis)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_base_deployment_runs_under_podman_kube_play(played) -> None:
+    url, key, container_name = played
+    inspect = json.loads(podman("inspect", container_name).stdout)[0]
+    assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+    assert inspect["Config"]["User"].startswith("1034")
+    assert inspect["EffectiveCaps"] in (None, [])
+    token = mint(AuthSettings(hs256_secret=key), subject="k8s", scopes="predict", tenant="acme", ttl_s=300)
+    body = {"model": "seq-torch", "inputs": [[1, 2, 3]]}
+    assert httpx.post(url + "/predict", json=body, timeout=10).status_code == 401
+    answer = httpx.post(url + "/predict", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    # The worker's metric files live in BENTOML_HOME's emptyDir; /metrics adds them up.
+    assert 'rtserve_batches_total{model="seq-torch",version="v1"} 1.0' in httpx.get(url + "/metrics", timeout=10).text
+    writes = podman("exec", container_name, "sh", "-c", "touch /home/bentoml/probe").stderr
+    assert "Read-only file system" in writes
