@@ -17,8 +17,8 @@ import sys
 import bentoml
 
 from app.config import ConfigError, load_config
-from gateway.http import InferenceApp
-from gateway.runtime import Runtime
+from app.wiring import Runtime
+from frontends.rest import InferenceApp
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
 
@@ -51,7 +51,7 @@ class InferenceService:
         gc.set_threshold(50_000, 50, 100)
         self.runtime = Runtime.from_config(CONFIG)
         record_gc_pauses()  # opt-in: RTSERVE_GC_PAUSES_ENABLED
-        oip_app.bind(self.runtime)
+        oip_app.bind(self.runtime.parts)
         self.runtime.start()
 
     @bentoml.on_startup

@@ -18,7 +18,7 @@ from opentelemetry.trace import get_current_span
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PACKAGES = ("rtserve", "service", "gateway", "runners", "routing", "observability", "models")
+PACKAGES = ("rtserve", "service", "app", "core", "frontends", "pipeline", "gateway", "runners", "routing", "observability", "models")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}

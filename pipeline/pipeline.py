@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.errors import CANCELLED, ServingError
 from gateway.admission import Admission, Admitted
 from gateway.cache import PredictionCache, cache_key, version_token
-from core.errors import CANCELLED, ServingError
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs
 from observability.context import RequestLabels, current, start_request

@@ -7,14 +7,17 @@ reaches every worker and replica; each worker then loads, drains or re-weights o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import Conflict, InvalidInput, ModelNotFound
-from routing.state import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow, StateStore
+from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound
+from routing.document import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow
+from routing.stats import MetricsSnapshotSource, VersionWindow
+from routing.stores import StateStore
 from runners.registry import ModelRegistry, VersionState
 
 VERSION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
@@ -48,10 +51,13 @@ class CanaryRequest(_Request):
 
 
 class RoutingAdmin:
-    def __init__(self, store: StateStore, registry: ModelRegistry, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self, store: StateStore, registry: ModelRegistry, defaults: dict[str, Any], stats: MetricsSnapshotSource | None = None
+    ) -> None:
         self.store = store
         self.registry = registry
         self.defaults = defaults  # canary_steps, canary_hold_s, canary_min_requests
+        self.stats = stats  # this machine's numbers per version, for experiment and canary status
 
     async def _update(self, name: str, change) -> ModelRoutes:
         """Apply `change` to a copy of the model's routes; the store validates and writes it atomically."""
@@ -67,6 +73,39 @@ class RoutingAdmin:
             return await self.store.update(name, apply)
         except ValidationError as exc:
             raise InvalidInput(_first_error(exc)) from None
+
+    async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
+        """Per version, this machine's routed requests since start by outcome: what canary status shows
+        beside the decisions (server faults are judged; client errors and shed requests are not)."""
+        snapshot = await self._snapshot(name)
+        return {
+            version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed}
+            for version, w in sorted(snapshot.items())
+        }
+
+    async def experiment_summary(self, name: str) -> dict[str, Any]:
+        """Per variant of the running experiment: requests, errors, p50/p95, agreement with the control."""
+        routes = await self.store.get(name)
+        if routes is None or routes.experiment is None:
+            raise NotFound(f"no experiment on '{name}'")
+        exp = routes.experiment
+        snapshot = await self._snapshot(name)
+        variants = {}
+        for version, weight in exp.variants.items():
+            w = snapshot.get(version)
+            variants[version] = {
+                "weight": weight,
+                "control": version == exp.control,
+                "requests": w.requests if w else 0,
+                "errors": w.errors if w else 0,
+                "p50_ms": w.quantile_ms(0.5) if w else None,
+                "p95_ms": w.p95_ms() if w else None,
+                "agreement_with_control": (1 - w.disagreement()) if w and w.disagreement() is not None else None,
+            }
+        return {"model": name, **exp.model_dump(mode="json"), "summary": variants}
+
+    async def _snapshot(self, name: str) -> dict[str, VersionWindow]:
+        return await asyncio.to_thread(self.stats.snapshot, name) if self.stats is not None else {}
 
     async def describe(self) -> dict[str, Any]:
         routes = await self.store.get_all()

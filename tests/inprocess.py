@@ -1,7 +1,7 @@
 """The service's HTTP app in this process, through httpx's ASGI transport: real models, no server process.
 
 Fast enough for every status and edge case of the HTTP surface; the same app that `bentoml serve`
-mounts, wired the same way (gateway.runtime.Runtime), only without BentoML's server around it.
+mounts, wired the same way (app.wiring.Runtime), only without BentoML's server around it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.admission import Admission
 from gateway.auth import Authenticator, AuthSettings
-from gateway.http import InferenceApp
+from frontends.rest import InferenceApp
 from gateway.ratelimit import RateLimiter, RateLimitSettings
-from gateway.runtime import Runtime
+from app.wiring import Runtime
 from gateway.settings import LimitSettings
 from gateway.tokens import mint
 from observability.metrics import Metrics
@@ -81,13 +81,10 @@ async def serve_in_process(
         runtime.routing_settings = RoutingSettings(state_file=tmp_path / "routes.json", sync_interval_s=0.1, controller_interval_s=0.1)
         await runtime.start_routing()
     app = InferenceApp()
-    app.bind(runtime)
+    app.bind(runtime.parts)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rtserve.test")
     try:
         yield InProcess(runtime, app, client, settings)
     finally:
         await client.aclose()
-        if routing:
-            await runtime.stop_routing()
-        if app.exporter is not None:
-            app.exporter.stop()
+        await runtime.stop_routing()

@@ -97,7 +97,6 @@ class RoutingReset:
         self.client = httpx.Client(base_url=gateway.url, headers=gateway.headers(scopes="admin", ttl=7200), timeout=30)
         self.routes_prefix = routes_prefix
         self.initial = self._state()
-        self.resets = 0
 
     def _state(self) -> dict[str, dict]:
         r = self.client.get("/admin/models")
@@ -112,7 +111,7 @@ class RoutingReset:
         if self._state() == self.initial:
             return
         asyncio.run(self._write_initial())
-        self.resets += 1
+        TALLY.resets += 1
         deadline = time.monotonic() + 60
         while (state := self._state()) != self.initial:
             if time.monotonic() > deadline:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codec import decode_infer, encode_infer
+from frontends.oip_codec import decode_infer, encode_infer
 from core.errors import BadRequest, InvalidInput, ServingError
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs

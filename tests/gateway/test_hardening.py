@@ -185,7 +185,7 @@ async def test_a_percent_encoded_newline_cannot_forge_a_log_line(served):
     stream = io.StringIO()
     setup_logging(LogSettings(level="INFO"), stream)
     try:
-        r = await served.client.get("/v2/models/x%0A2026-01-01 00:00:00,000 ERROR gateway.http: forged/ready")
+        r = await served.client.get("/v2/models/x%0A2026-01-01 00:00:00,000 ERROR frontends.rest: forged/ready")
         assert r.status_code == 404
     finally:
         setup_logging(LogSettings())

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ModelNotFound, ModelNotReady
-from gateway.runtime import Runtime
+from app.wiring import Runtime
 from runners.registry import VersionState
 from runners.settings import ServingConfig
 

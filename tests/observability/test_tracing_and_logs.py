@@ -335,7 +335,7 @@ def json_lines(stream: io.StringIO) -> list[dict]:
 def test_json_logs_are_one_object_a_line_with_the_extra_fields(restore_loggers: None) -> None:
     stream = io.StringIO()
     setup_logging(LogSettings(format="json"), stream=stream)
-    log = logging.getLogger("gateway.http")
+    log = logging.getLogger("frontends.rest")
     log.info("request %s done", "r1", extra={"request_id": "r1", "model": "m", "version": "v1"})
     log.debug("not at INFO")
     try:
@@ -343,7 +343,7 @@ def test_json_logs_are_one_object_a_line_with_the_extra_fields(restore_loggers: 
     except RuntimeError:
         logging.getLogger("runners.batcher").exception("batch failed")
     first, second = json_lines(stream)
-    assert first["level"] == "INFO" and first["logger"] == "gateway.http" and first["message"] == "request r1 done"
+    assert first["level"] == "INFO" and first["logger"] == "frontends.rest" and first["message"] == "request r1 done"
     assert (first["request_id"], first["model"], first["version"]) == ("r1", "m", "v1")
     assert time.strptime(first["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
     assert "trace_id" not in first
@@ -354,7 +354,7 @@ def test_json_logs_carry_the_current_trace(restore_loggers: None, tracer: OtelTr
     stream = io.StringIO()
     setup_logging(LogSettings(format="json"), stream=stream)
     with tracer.request(REQUEST, {}):
-        logging.getLogger("gateway.http").warning("slow")
+        logging.getLogger("frontends.rest").warning("slow")
     (line,) = json_lines(stream)
     root = finished(tracer, exporter)[REQUEST]
     assert line["trace_id"] == f"{root.context.trace_id:032x}" and line["span_id"] == f"{root.context.span_id:016x}"

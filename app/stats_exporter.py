@@ -13,15 +13,23 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from redis.asyncio import Redis
+
+    from gateway.admission import Admission
+    from gateway.cache import PredictionCache
+    from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class StatsExporter:
-    def __init__(self, runtime: Runtime, interval_s: float = 1.0) -> None:
-        self.runtime = runtime
-        self.metrics = runtime.metrics
+    def __init__(
+        self, admission: Admission, cache: PredictionCache | None, redis: Redis | None, metrics: Metrics, interval_s: float = 1.0
+    ) -> None:
+        self.admission = admission
+        self.cache = cache
+        self.redis = redis
+        self.metrics = metrics
         self.interval_s = interval_s
         self._seen: dict[tuple[str, ...], int] = {}
         self._task: asyncio.Task | None = None
@@ -45,8 +53,8 @@ class StatsExporter:
                 log.exception("exporting gateway stats failed")
 
     def sync(self) -> None:
-        m, rt = self.metrics, self.runtime
-        auth, limiter, cache = rt.admission.auth, rt.admission.limiter, rt.cache
+        m = self.metrics
+        auth, limiter, cache = self.admission.auth, self.admission.limiter, self.cache
         if auth is not None:
             self._add(m.auth_failures, ((("auth", r), (r,), n) for r, n in auth.stats.failures.items()))
         if limiter is not None:
@@ -68,7 +76,7 @@ class StatsExporter:
                 self._seen[key] = total
 
     async def _check_redis(self) -> None:
-        redis = self.runtime.redis
+        redis = self.redis
         if redis is None:
             return
         try:

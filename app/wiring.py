@@ -1,4 +1,7 @@
-"""Everything one worker process serves with, wired once at start-up: models, routes, gateway."""
+"""The wiring: everything one worker process serves with, built once at start-up from the configuration.
+
+This is the only module that knows every component; each component gets the few parts it uses.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,25 @@ import gc
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from app.stats_exporter import StatsExporter
+from frontends.parts import FrontendParts
 from gateway.admission import Admission
 from gateway.cache import PredictionCache
-from core.errors import NotFound
 from gateway.settings import GatewaySettings, LimitSettings
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
+from pipeline.catalog import Catalog
 from pipeline.pipeline import Pipeline
 from routing.admin import RoutingAdmin
 from routing.controller import CanaryController
+from routing.document import ModelRoutes
+from routing.lease import FileLease, RedisLease
 from routing.router import Router
 from routing.settings import RoutingSettings
-from routing.state import FileLease, FileStateStore, ModelRoutes, RedisLease, RedisStateStore
 from routing.stats import MetricsSnapshotSource
+from routing.stores import FileStateStore, RedisStateStore
 from routing.sync import RouteSync
 from runners.registry import ModelRegistry
 from runners.settings import ServingConfig
@@ -87,7 +94,19 @@ class Runtime:
             metrics=metrics,
             tracer=tracer,
         )
-        self.admin: RoutingAdmin | None = None  # set by start_routing, once the shared state is reachable
+        exporter = StatsExporter(self.admission, cache, redis, metrics) if metrics is not None else None
+        self.parts = FrontendParts(
+            pipeline=self.pipeline,
+            catalog=Catalog(self.registry, self.router),
+            limits=self.limits,
+            health=self.health,
+            is_ready=lambda: self.ready,
+            open_paths=self.open_paths,
+            metrics=metrics,
+            on_request=exporter.ensure_running if exporter is not None else None,
+            before_scrape=exporter.sync if exporter is not None else None,
+        )
+        self.exporter = exporter
         self.sync: RouteSync | None = None
         self.controller: CanaryController | None = None
         self.routing_settings = RoutingSettings()
@@ -140,12 +159,14 @@ class Runtime:
         await asyncio.to_thread(self.loaded.wait)
         if self.redis is not None:
             store = RedisStateStore(self.redis, prefix=settings.redis_prefix)
-            lease = RedisLease(self.redis, settings.redis_prefix + "controller", ttl_s=settings.lease_ttl_s, holder_id=f"{os.getpid()}-{id(self)}")
+            lease = RedisLease(self.redis, settings.redis_prefix + "controller", ttl_s=settings.lease_ttl_s,
+                               holder_id=f"{os.getpid()}-{id(self)}")
         else:
             settings.state_file.parent.mkdir(parents=True, exist_ok=True)
             store = FileStateStore(settings.state_file)
             lease = FileLease(settings.state_file.with_name(settings.state_file.name + ".controller.lock"))
-        sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, cache=self.cache, health=self.health)
+        sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, cache=self.cache,
+                         health=self.health)
         while True:
             try:
                 await sync.start(default_routes(self.config))
@@ -154,64 +175,22 @@ class Runtime:
                 log.warning("routing state unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
         self.sync = sync
-        self.admin = RoutingAdmin(store, self.registry, settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"}))
-        if self.metrics is not None:
-            source = MetricsSnapshotSource(self.metrics.directory)
-            self.controller = CanaryController(store, lease, source, self.router, settings.controller_interval_s, metrics=self.metrics, health=self.health)
+        stats = MetricsSnapshotSource(self.metrics.directory) if self.metrics is not None else None
+        defaults = settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"})
+        self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats)
+        if stats is not None:
+            self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
+                                               metrics=self.metrics, health=self.health)
             self.controller.start()
 
     async def stop_routing(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         if self.controller is not None:
             await self.controller.stop()
         if self.sync is not None:
             await self.sync.stop()
 
-    async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
-        """Per version, this machine's routed requests since start by outcome: what canary status shows
-        beside the decisions (server faults are judged; client errors and shed requests are not)."""
-        if self.metrics is None:
-            return {}
-        snapshot = await asyncio.to_thread(MetricsSnapshotSource(self.metrics.directory).snapshot, name)
-        return {
-            version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed}
-            for version, w in sorted(snapshot.items())
-        }
-
-    async def experiment_summary(self, name: str) -> dict[str, Any]:
-        """Per variant of the running experiment: requests, errors, p50/p95, agreement with the control."""
-        routes = self.router.routes(name)
-        if routes.experiment is None:
-            raise NotFound(f"no experiment on '{name}'")
-        exp = routes.experiment
-        snapshot = await asyncio.to_thread(MetricsSnapshotSource(self.metrics.directory).snapshot, name) if self.metrics else {}
-        variants = {}
-        for version, weight in exp.variants.items():
-            w = snapshot.get(version)
-            variants[version] = {
-                "weight": weight,
-                "control": version == exp.control,
-                "requests": w.requests if w else 0,
-                "errors": w.errors if w else 0,
-                "p50_ms": w.quantile_ms(0.5) if w else None,
-                "p95_ms": w.p95_ms() if w else None,
-                "agreement_with_control": (1 - w.disagreement()) if w and w.disagreement() is not None else None,
-            }
-        return {"model": name, **exp.model_dump(mode="json"), "summary": variants}
-
     @property
     def ready(self) -> bool:
         return self.loaded.is_set() and self.registry.ready
-
-    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        """The Open Inference Protocol's model metadata for a model, or one version of it."""
-        versions = self.registry.versions(name)
-        entry = self.registry.get(name, version) if version else self.registry.get(name, self.router.route(name)[0])
-        doc: dict[str, Any] = {
-            "name": name,
-            "versions": list(versions) if version is None else [entry.version],
-            "platform": entry.runner.framework if entry.runner else "unknown",
-        }
-        if entry.runner is not None:
-            doc["inputs"] = [s.describe() for s in entry.runner.signature.inputs]
-            doc["outputs"] = [s.describe() for s in entry.runner.signature.outputs]
-        return doc

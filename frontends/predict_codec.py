@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.codec import to_array
 from core.errors import InvalidInput
+from frontends.oip_codec import to_array
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape
 from models.signature import OIP_TO_NUMPY, TensorSpec

@@ -15,28 +15,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from gateway.codec import parse_json
 from core.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable
+from frontends.oip_codec import parse_json
 from routing.admin import CanaryRequest, ExperimentRequest
 
 if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+    from routing.admin import RoutingAdmin
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
-    """(status, JSON document) for /admin/... ; `parts` is the path split on '/' without 'admin'."""
+async def handle(admin: RoutingAdmin | None, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
+    """(status, JSON document) for /admin/... ; `parts` is the path split on '/' without 'admin'.
+    `admin` is None until the shared routing state has been reached."""
     try:
-        return await _handle(runtime, method, parts, body)
+        return await _handle(admin, method, parts, body)
     except (RedisError, OSError, TimeoutError) as exc:  # Redis down, a read-only or full state folder
-        source = runtime.admin.store.source if runtime.admin is not None else "routing state"
+        source = admin.store.source if admin is not None else "routing state"
         raise Unavailable(f"routing state unavailable ({source}: {type(exc).__name__}: {exc}); retry later",
                           headers={"Retry-After": "5"}) from None
 
 
-async def _handle(runtime: Runtime, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
-    admin = runtime.admin
+async def _handle(admin: RoutingAdmin | None, method: str, parts: list[str], body: bytes) -> tuple[int, Any]:
     if admin is None:
         raise Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
     if parts == ["models"]:
@@ -54,7 +54,7 @@ async def _handle(runtime: Runtime, method: str, parts: list[str], body: bytes) 
         return 200, (await admin.set_weights(name, _parse(WeightsRequest, body).weights)).model_dump(mode="json")
     if rest == ["experiment"]:
         if method == "GET":
-            return 200, await runtime.experiment_summary(name)
+            return 200, await admin.experiment_summary(name)
         if method == "POST":
             return 201, (await admin.start_experiment(name, _parse(ExperimentRequest, body))).model_dump(mode="json")
         _allow(method, "DELETE")
@@ -64,7 +64,7 @@ async def _handle(runtime: Runtime, method: str, parts: list[str], body: bytes) 
             routes = await admin.store.get(name)
             if routes is None or routes.canary is None:
                 raise NotFound(f"no canary of '{name}'")
-            outcomes = await runtime.outcomes(name)
+            outcomes = await admin.outcomes(name)
             return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
         if method == "POST":
             return 201, (await admin.start_canary(name, _parse(CanaryRequest, body))).model_dump(mode="json")

@@ -17,15 +17,13 @@ import os
 import re
 from typing import Any
 
-from gateway import admin_api, openapi
-from gateway.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
-from gateway.codec import decode_infer, encode_infer, parse_json
 from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
-from gateway.runtime import Runtime
-from gateway.simple import outputs_to_json, rows_to_inputs
-from observability.exporter import StatsExporter
+from frontends import admin_api, openapi
+from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
+from frontends.oip_codec import decode_infer, encode_infer, parse_json
+from frontends.parts import FrontendParts
+from frontends.predict_codec import outputs_to_json, rows_to_inputs
 from pipeline.pipeline import deadline_after
-from runners.registry import VersionState
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +60,13 @@ def request_id_of(headers: dict[bytes, bytes]) -> str:
 
 
 class InferenceApp:
-    """ASGI callable; `bind` gives it the worker's Runtime once the service instance exists."""
+    """ASGI callable; `bind` gives it the worker's parts once the service instance exists."""
 
     def __init__(self) -> None:
-        self.runtime: Runtime | None = None
-        self.exporter: StatsExporter | None = None
+        self.parts: FrontendParts | None = None
 
-    def bind(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.exporter = StatsExporter(runtime) if runtime.metrics is not None else None
+    def bind(self, parts: FrontendParts) -> None:
+        self.parts = parts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,7 +75,7 @@ class InferenceApp:
         request_id = request_id_of(headers)
         extra = [(b"x-request-id", request_id.encode("ascii"))]
         try:
-            if self.runtime is None:
+            if self.parts is None:
                 raise Unavailable("service is starting", headers={"Retry-After": "1"})
             status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
         except ServingError as exc:
@@ -106,15 +102,16 @@ class InferenceApp:
             path = path[len(root) :]
         parts = path.strip("/").split("/")
         method = scope["method"]
-        runtime = self.runtime
-        if self.exporter is not None:
-            self.exporter.ensure_running()
+        served = self.parts
+        admission = served.pipeline.admission
+        if served.on_request is not None:
+            served.on_request()
         if parts[0] == "admin":
-            if runtime.admission.auth is None:  # without authentication nobody may change routes
+            if not served.auth_enabled:  # without authentication nobody may change routes
                 raise NotFound(f"no route for {path}")
-            runtime.admission.authorize(headers.get(b"authorization"), "admin")
-            body = await read_body(receive, headers, runtime.limits.max_body_bytes, runtime.limits.body_read_timeout_s)
-            status, doc = await admin_api.handle(runtime, method, parts[1:], body)
+            admission.authorize(headers.get(b"authorization"), "admin")
+            body = await read_body(receive, headers, served.limits.max_body_bytes, served.limits.body_read_timeout_s)
+            status, doc = await admin_api.handle(served.admin, method, parts[1:], body)
             return status, dumps(doc), JSON
         if parts == ["predict"]:
             _expect(method, "POST")
@@ -123,14 +120,15 @@ class InferenceApp:
         if infer is not None:
             _expect(method, "POST")
             return await self._infer(*infer, receive, headers, extra, request_id)
-        if not runtime.open_paths.fullmatch(path):
-            runtime.admission.authorize(headers.get(b"authorization"), "predict")
+        if not served.open_paths.fullmatch(path):
+            admission.authorize(headers.get(b"authorization"), "predict")
         _expect(method, "GET")
         if parts == ["openapi.json"]:
             return 200, openapi.document_json(), JSON
-        if parts == ["metrics"] and self.exporter is not None:
-            self.exporter.sync()
-            body, content_type = await asyncio.to_thread(runtime.metrics.exposition)
+        if parts == ["metrics"] and served.metrics is not None:
+            if served.before_scrape is not None:
+                served.before_scrape()
+            body, content_type = await asyncio.to_thread(served.metrics.exposition)
             return 200, body, content_type.encode()
         if parts[0] != "v2":
             raise NotFound(f"no route for {path}")
@@ -141,26 +139,19 @@ class InferenceApp:
             if len(tail) >= 2 and tail[0] == "versions":
                 version, tail = tail[1], tail[2:]
             if tail == []:
-                return _json(runtime.model_metadata(name, version))
+                return _json(served.catalog.metadata(name, version))
             if tail == ["ready"]:
-                return self._model_ready(name, version)
+                ready = served.catalog.ready(name, version)
+                return (200 if ready else 503), dumps({"name": name, "ready": ready}), JSON
             raise NotFound(f"no route for {path}")
         if rest == []:
             return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
         if rest == ["health", "live"]:
             return _json({"live": True})
         if rest == ["health", "ready"]:
-            ready = runtime.ready
-            return (200 if ready else 503), dumps({"ready": ready, "background": runtime.health.report()}), JSON
+            ready = served.is_ready()
+            return (200 if ready else 503), dumps({"ready": ready, "background": served.health.report()}), JSON
         raise NotFound(f"no route for {path}")
-
-    def _model_ready(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
-        versions = self.runtime.registry.versions(name)
-        entry = versions.get(version) if version else None
-        if version and entry is None:
-            raise NotFound(f"model '{name}' has no version '{version}'")
-        ready = entry.state is VersionState.READY if entry else any(v.state is VersionState.READY for v in versions.values())
-        return (200 if ready else 503), dumps({"name": name, "ready": ready}), JSON
 
     async def _infer(
         self,
@@ -171,10 +162,10 @@ class InferenceApp:
         extra: list[tuple[bytes, bytes]],
         request_id: str,
     ) -> tuple[int, bytes, bytes]:
-        runtime = self.runtime
-        tracer = runtime.tracer
-        limits = runtime.limits
-        async with runtime.pipeline.request(extra) as req:
+        pipeline = self.parts.pipeline
+        tracer = pipeline.tracer
+        limits = self.parts.limits
+        async with pipeline.request(extra) as req:
             with tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
                 admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
                 entry = req.route(name, version, admitted.user)
@@ -199,10 +190,10 @@ class InferenceApp:
         self, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
     ) -> tuple[int, bytes, bytes]:
         """`{"model": ..., "inputs": [[...], ...], "version": optional}`: rows in, named outputs as lists out."""
-        runtime = self.runtime
-        tracer = runtime.tracer
-        limits = runtime.limits
-        async with runtime.pipeline.request(extra) as req:
+        pipeline = self.parts.pipeline
+        tracer = pipeline.tracer
+        limits = self.parts.limits
+        async with pipeline.request(extra) as req:
             with tracer.request(PREDICT_SPAN, headers, request_id=request_id) as span:
                 admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
                 with tracer.span("decode"):

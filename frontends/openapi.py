@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of the whole HTTP API (gateway/openapi.yaml), parsed once and served as JSON.
+"""The OpenAPI 3 document of the whole HTTP API (frontends/openapi.yaml), parsed once and served as JSON.
 
 The YAML file is the one source: people edit it, tests check it against the running server,
 and `GET /openapi.json` serves it to clients and to schemathesis.
