@@ -1,0 +1,44 @@
+"""What the front ends serve with, handed over by the wiring (app/wiring.py) once per worker.
+
+A front end reads protocol in and writes protocol out; everything else it asks of these parts,
+so every protocol answers the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.settings import LimitSettings
+from observability.health import BackgroundHealth
+from pipeline.catalog import Catalog
+from pipeline.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from observability.metrics import Metrics
+    from routing.admin import RoutingAdmin
+
+
+@dataclass
+class FrontendParts:
+    pipeline: Pipeline
+    catalog: Catalog
+    limits: LimitSettings
+    health: BackgroundHealth
+    is_ready: Callable[[], bool]
+    """Every configured version loaded and warmed up."""
+    open_paths: re.Pattern[str]
+    """Paths answered without a token (health, readiness, metrics)."""
+    metrics: Metrics | None = None
+    on_request: Callable[[], None] | None = None
+    """Called once per request before routing; starts the worker's stats exporter on its loop."""
+    before_scrape: Callable[[], None] | None = None
+    """Called before /metrics is rendered, so counters kept as plain ints are current."""
+    admin: RoutingAdmin | None = None
+    """Set once the shared routing state is reachable; admin calls answer 503 until then."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.pipeline.admission.auth is not None
