@@ -151,3 +151,16 @@ def gateway_env(secret_file, prefix: str, redis_url: str = REDIS_URL, workers: i
         "RTSERVE_CACHE_REDIS_MIN_COST_MS": "0",  # the demo models are cheaper than a round trip; share them anyway
         "RTSERVE_ROUTING_REDIS_PREFIX": f"{prefix}routes:",
     }
+
+
+class FakeClock:
+    """Seconds that pass only when a test says so: for the `clock` parameters of back-offs and leases."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

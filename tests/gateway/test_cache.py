@@ -14,17 +14,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway.cache import (
-    CacheSettings,
-    PredictionCache,
-    cache_key,
-    decode_outputs,
-    encode_outputs,
-    version_token,
-)
-from gateway.codec import to_array
+from frontends.oip_codec import to_array
+from gateway.cache import CacheSettings, PredictionCache, cache_key, version_token
+from gateway.cache.wire import decode_outputs, encode_outputs
+from tests.helpers import FakeClock
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
+# For tests not about time: a Redis call on a loaded machine may take far longer than the default 20 ms.
+PATIENT_MS = 1000
 
 
 def outputs_for(value: float, n: int = 4) -> dict[str, np.ndarray]:
@@ -47,9 +44,9 @@ def read_calls(admin: redis.Redis) -> dict[str, tuple[int, int]]:
 
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
-        np.testing.assert_array_equal(a[name], b[name])
+    for name, arr in a.items():
+        assert arr.dtype == b[name].dtype and arr.shape == b[name].shape
+        np.testing.assert_array_equal(arr, b[name])
 
 
 class Computations:
@@ -252,7 +249,8 @@ async def test_a_cancelled_caller_does_not_fail_the_others():
     await asyncio.sleep(0)
     compute.release.set()
     outputs, hit = await second
-    assert_same(outputs, compute.result) and first.cancelled()
+    assert_same(outputs, compute.result)
+    assert hit is False and first.cancelled()
     assert compute.calls == 1 and len(cache) == 1
 
 
@@ -260,7 +258,7 @@ async def test_a_cancelled_caller_does_not_fail_the_others():
 
 
 async def test_workers_share_entries_through_redis(shared_redis, prefix):
-    settings = CacheSettings(key_prefix=prefix, redis_ttl_s=120)
+    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, redis_ttl_s=120)
     first, second = PredictionCache(settings, shared_redis), PredictionCache(settings, shared_redis)
     compute = Computations()
     compute.release.set()
@@ -281,7 +279,7 @@ async def test_workers_share_entries_through_redis(shared_redis, prefix):
 
 
 async def test_versions_not_worth_sharing_stay_in_memory(shared_redis, prefix):
-    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_min_cost_ms=0.5), shared_redis)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, redis_min_cost_ms=0.5), shared_redis)
     assert cache.worth_sharing(None) and cache.worth_sharing(0.0005) and not cache.worth_sharing(0.0001)
     compute = Computations()
     compute.release.set()
@@ -295,14 +293,14 @@ async def test_versions_not_worth_sharing_stay_in_memory(shared_redis, prefix):
 
 
 async def test_a_corrupt_redis_entry_is_a_miss(shared_redis, prefix):
-    cache = PredictionCache(CacheSettings(key_prefix=prefix), shared_redis)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS), shared_redis)
     await shared_redis.set(prefix.encode() + key(0), b"not a cache entry", ex=60)
     assert await cache.get(key(0)) is None
     assert cache.stats.redis_corrupt == 1 and cache.stats.redis_errors == 0
 
 
 async def test_pending_redis_writes_are_bounded(shared_redis, prefix):
-    cache = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_writes=4), shared_redis)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, max_pending_writes=4), shared_redis)
     for i in range(10):  # no await in between: none of the writes can have finished
         await cache.put(key(i), outputs_for(i))
     assert cache.pending_writes == 4 and cache.stats.writes_skipped == 6
@@ -314,14 +312,14 @@ async def test_pending_redis_writes_are_bounded(shared_redis, prefix):
 
 async def test_redis_traffic_never_exhausts_a_small_shared_pool(prefix, shared_redis):
     client = aioredis.Redis.from_url(SHARED_REDIS, max_connections=3)
-    cache = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_reads=2), client)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, max_pending_reads=2), client)
     try:
         for i in range(100):  # one writer, pipelined: a single connection however large the burst
             await cache.put(key(i), outputs_for(i))
         await cache.flush()
         assert cache.stats.redis_writes == 100
 
-        cold = PredictionCache(CacheSettings(key_prefix=prefix, max_pending_reads=2), client)
+        cold = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, max_pending_reads=2), client)
         results = await asyncio.gather(*(cold.get(key(i)) for i in range(5)))
         assert [r is not None for r in results] == [True, True, False, False, False]  # two reads pending at most
         assert (cold.stats.redis_hits, cold.stats.redis_bypassed) == (2, 3)
@@ -334,7 +332,7 @@ async def test_concurrent_misses_share_a_few_round_trips(own_redis, prefix):
     """200 misses at once cost three reads (one at once, then two MGETs of at most 128); each gets its own value."""
     client = aioredis.Redis.from_url(own_redis.url)
     admin = redis.Redis(port=own_redis.port)
-    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=1000)  # not about time: a loaded machine may not fail it
+    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS)
     try:
         writer = PredictionCache(settings, client)
         for i in range(0, 200, 2):  # even keys are in Redis, odd ones nowhere
@@ -377,7 +375,7 @@ async def test_a_failed_batched_read_is_one_failure_and_a_miss_for_each_key(own_
     admin = redis.Redis(port=own_redis.port)
     admin.execute_command("ACL", "SETUSER", "cache", "on", ">secret", "~*", "+@all", "-mget")  # GET works, MGET fails
     client = aioredis.Redis.from_url(f"redis://cache:secret@127.0.0.1:{own_redis.port}/0")
-    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=1000, redis_batch=4, redis_backoff_s=5.0)
+    settings = CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS, redis_batch=4, redis_backoff_s=5.0)
     cache = PredictionCache(settings, client)
     try:
         before = read_calls(admin)
@@ -402,7 +400,8 @@ async def test_reads_queued_behind_a_slow_redis_wait_no_longer_than_the_timeout(
     admin = redis.Redis(port=own_redis.port)
     cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=50, redis_backoff_s=5.0), client)
     try:
-        assert await cache.get(key(0)) is None  # connected
+        await client.ping()  # connected before the 50 ms matter
+        assert await cache.get(key(0)) is None
         admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
         start = time.perf_counter()
         assert await asyncio.gather(*(cache.get(key(i)) for i in range(1, 21))) == [None] * 20
@@ -419,7 +418,7 @@ def _other_process(prefix: str, results: multiprocessing.Queue) -> None:
 
     async def main() -> None:
         client = aioredis.Redis.from_url(SHARED_REDIS)
-        cache = PredictionCache(CacheSettings(key_prefix=prefix), client)
+        cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS), client)
         got = await cache.get(key(0))
         computed = Computations(outputs_for(42.0))
         computed.release.set()
@@ -432,7 +431,7 @@ def _other_process(prefix: str, results: multiprocessing.Queue) -> None:
 
 
 async def test_processes_share_entries_through_redis(shared_redis, prefix):
-    cache = PredictionCache(CacheSettings(key_prefix=prefix), shared_redis)
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=PATIENT_MS), shared_redis)
     await cache.put(key(0), outputs_for(5.0))
     await cache.flush()
     ctx = multiprocessing.get_context("spawn")
@@ -451,9 +450,13 @@ async def test_processes_share_entries_through_redis(shared_redis, prefix):
 
 
 async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog):
+    """The back-off runs on a clock the test steps, so no step waits for it to pass."""
     caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     client = aioredis.Redis.from_url(own_redis.url)
-    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_backoff_s=1.0), client)
+    await client.ping()  # connected before the timeout matters
+    clock = FakeClock()
+    settings = CacheSettings(key_prefix=prefix, redis_backoff_s=1.0, redis_timeout_ms=PATIENT_MS)  # a stopped Redis refuses at once
+    cache = PredictionCache(settings, client, clock=clock)
     try:
         await cache.put(key(0), outputs_for(1.0))
         await cache.flush()
@@ -467,20 +470,20 @@ async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog
             start = time.perf_counter()
             assert_same(await cache.get(key(0)), outputs_for(1.0))  # memory still answers
             assert await cache.get(key(100 + i)) is None
-            outputs, hit = await cache.get_or_compute(key(200 + i), compute)
+            _, hit = await cache.get_or_compute(key(200 + i), compute)
             await cache.put(key(300 + i), outputs_for(2.0))
             slowest = max(slowest, time.perf_counter() - start)
             assert hit is False
         await cache.flush()
         assert slowest < 0.2, f"a call took {slowest * 1000:.0f} ms during the outage"
         assert compute.calls == 50
-        assert cache.stats.redis_errors == 1  # one failed try, then a second of bypassing
+        assert cache.stats.redis_errors == 1  # one failed try, then bypassing for the back-off
         assert cache.stats.redis_bypassed >= 149
         assert_same(await cache.get(key(300)), outputs_for(2.0))
         outages = [r for r in caplog.records if "unavailable" in r.getMessage()]
         assert len(outages) == 1 and outages[0].levelno == logging.WARNING
 
-        await asyncio.sleep(1.05)  # back-off over, still down: one caller probes, the others keep bypassing
+        clock.advance(1.05)  # back-off over, still down: one caller probes, the others keep bypassing
         start = time.perf_counter()
         assert await asyncio.gather(*(cache.get(key(500 + i)) for i in range(10))) == [None] * 10
         assert time.perf_counter() - start < 0.2
@@ -488,7 +491,8 @@ async def test_redis_outage_is_bypassed_then_recovered(own_redis, prefix, caplog
         assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
 
         own_redis.start()  # same port, empty
-        await asyncio.sleep(1.05)
+        assert await cache.get(key(998)) is None and cache.stats.redis_errors == 2  # still backing off: not tried
+        clock.advance(1.05)
         assert await cache.get(key(999)) is None
         assert cache.stats.redis_misses >= 1
         recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
@@ -504,9 +508,11 @@ async def test_a_slow_redis_times_out_quickly(own_redis, prefix, caplog):
     caplog.set_level(logging.WARNING, logger="core.redis_breaker")
     client = aioredis.Redis.from_url(own_redis.url)
     admin = redis.Redis(port=own_redis.port)
-    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=20, redis_backoff_s=0.3), client)
+    clock = FakeClock()
+    cache = PredictionCache(CacheSettings(key_prefix=prefix, redis_timeout_ms=20, redis_backoff_s=0.3), client, clock=clock)
     try:
-        assert await cache.get(key(0)) is None  # connected, plain miss
+        await client.ping()  # connected before the 20 ms matter
+        assert await cache.get(key(0)) is None  # plain miss
         admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
         start = time.perf_counter()
         assert await cache.get(key(0)) is None
@@ -514,7 +520,7 @@ async def test_a_slow_redis_times_out_quickly(own_redis, prefix, caplog):
         assert cache.stats.redis_errors == 1
         assert any("no answer within" in r.getMessage() for r in caplog.records)
         admin.execute_command("CLIENT", "UNPAUSE")
-        await asyncio.sleep(0.35)
+        clock.advance(0.35)  # the back-off is over
         await cache.put(key(1), outputs_for(1.0))
         await cache.flush()
         assert cache.stats.redis_writes == 1 and await client.exists(prefix.encode() + key(1)) == 1

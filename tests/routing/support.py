@@ -1,4 +1,4 @@
-"""What the routing tests share: document builders, a clock the test steps, and polling for a condition."""
+"""What the routing tests share: document builders and polling for a condition."""
 
 from __future__ import annotations
 
@@ -27,19 +27,6 @@ def canary(**overrides) -> Canary:
         "min_requests": 100,
     }
     return Canary(**{**fields, **overrides})
-
-
-class FakeClock:
-    """Seconds that pass only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 1.0, what: str = "condition") -> float:

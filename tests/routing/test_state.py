@@ -24,8 +24,8 @@ from routing.document import Experiment, ModelRoutes, Shadow
 from routing.lease import FileLease, RedisLease
 from routing.stores import FileStateStore, RedisStateStore
 from routing.watcher import StateWatcher
-from tests.helpers import REDIS_URL
-from tests.routing.support import FakeClock, canary, eventually, routes
+from tests.helpers import REDIS_URL, FakeClock
+from tests.routing.support import canary, eventually, routes
 
 SPAWN = multiprocessing.get_context("spawn")
 
