@@ -65,7 +65,7 @@ def served(model_store, tmp_path_factory) -> Iterator[Served]:
     fetch_torch_wheel(BENTOFILE)
     bento = build(ROOT, Path(os.environ["BENTOML_HOME"]), BENTOFILE)
     outside = tmp_path_factory.mktemp("bento-serve")
-    exported = outside / "rtserve.bento"
+    exported = outside / "rtserve.tar"  # a Bento archive, uncompressed: gzip of the carried wheel costs a minute
     subprocess.run([str(Path(sys.executable).parent / "bentoml"), "export", bento.tag, str(exported)], check=True, timeout=300)
     venv = bento_venv(bento)
     secret = outside / "jwt-secret"
