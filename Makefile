@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test,load]"
 	touch $@
 
-## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server.
+## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server,
+## podman + runc + debootstrap (the container test).
 system-deps:
 	@missing=""; \
-	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server; do \
+	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server \
+	  podman:podman runc:runc debootstrap:debootstrap; do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -54,7 +56,8 @@ serve: setup
 	  $(BIN)/bentoml serve --port $(PORT)
 
 test: setup system-deps redis
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py
+	$(MAKE) --no-print-directory container-test
 
 bench: setup system-deps redis
 	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
@@ -65,19 +68,23 @@ bench: setup system-deps redis
 soak: setup system-deps redis
 	$(BIN)/python -m loadtest.soak $(SOAK_ARGS)
 
+## The Bento: CPU build by default (torch's CPU wheel carried in wheels/, no CUDA stack);
+## GPU build: make bento BENTOFILE=deploy/container/bentofile.gpu.yaml. The build imports service.py,
+## which validates the serving configuration; building serves nothing, so it needs no key.
+BENTOFILE ?= bentofile.yaml
 bento: setup
-	$(BIN)/bentoml build
+	deploy/container/fetch-torch-wheel.sh $(BENTOFILE)
+	RTSERVE_AUTH_ENABLED=false $(BIN)/bentoml build -f $(BENTOFILE) .
+
+## The CPU Bento's image built and run with podman (private store and settings in deploy/container/):
+## serves with a token, refuses without, stops on SIGTERM. Removes its images afterwards; the local
+## base image (docker.io/library/python:3.11-slim, from Debian packages) is kept for the next run.
+.PHONY: container-test
+container-test: setup system-deps
+	$(BIN)/python -m pytest tests/deploy/test_container.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .bentoml .pytest_cache
-
-## Kubernetes: render every kustomization in deploy/k8s/ and validate each manifest (core kinds against
-## Kubernetes 1.30 in strict mode, custom kinds against deploy/schemas/); the Prometheus Operator's
-## resources must match deploy/prometheus/ (python -m deploy.k8s.generate rewrites them).
-.PHONY: k8s-validate
-k8s-validate: $(VENV)/.installed
-	$(BIN)/python -m deploy.k8s.generate --check
-	$(BIN)/python -m deploy.k8s.validate
 
 ## Fuzzing: atheris on the decoders (FUZZ_SECONDS per target; corpora and crashes in build/fuzz/), then
 ## schemathesis against real servers (FUZZ_EXAMPLES inputs per operation, each sent three ways: over
@@ -89,3 +96,11 @@ fuzz: setup system-deps redis
 	mkdir -p build/fuzz && set -o pipefail && $(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) | tee build/fuzz/atheris.md
 	RTSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RTSERVE_FUZZ_REPORT=build/fuzz/schemathesis.md \
 	  $(BIN)/python -m pytest tests/fuzz/test_schemathesis.py -q -o timeout=3600
+
+## Kubernetes: render every kustomization in deploy/k8s/ and validate each manifest (core kinds against
+## Kubernetes 1.30 in strict mode, custom kinds against deploy/schemas/); the Prometheus Operator's
+## resources must match deploy/prometheus/ (python -m deploy.k8s.generate rewrites them).
+.PHONY: k8s-validate
+k8s-validate: $(VENV)/.installed
+	$(BIN)/python -m deploy.k8s.generate --check
+	$(BIN)/python -m deploy.k8s.validate
