@@ -12,7 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from hypothesis import given
+import redis as redis_sync
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -134,7 +135,7 @@ async def test_in_process_state_forgets_idle_tenants() -> None:
         await limiter.check(f"tenant-{i}")
     await asyncio.sleep(0.01)
     await limiter.check("one-more")
-    assert len(limiter._tat) < 100
+    assert len(limiter.local) < 100
 
 
 @given(
@@ -210,6 +211,55 @@ async def test_script_grants_what_fits_then_refuses(redis: Redis, prefix: str) -
     assert 9.9 * second < reset <= 10 * second  # a refusal debits nothing
 
 
+@pytest.fixture(scope="module")
+def sync_redis() -> redis_sync.Redis:
+    client = redis_sync.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=2.0)
+    yield client
+    client.close()
+
+
+# One step: microseconds since the last (0 at the first), interval in microseconds, burst, tokens asked for.
+_steps = st.lists(
+    st.tuples(st.integers(0, 3_000_000), st.integers(1, 1_000_000), st.integers(1, 2000), st.integers(1, 100)),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(0, 2**52), steps=_steps)
+def test_the_lua_script_and_the_python_step_agree(sync_redis: redis_sync.Redis, start: int, steps: list) -> None:
+    """The script on a real Redis (EVALSHA, with `now` passed in) and `gcra` give the same answers, step by step.
+
+    Interval and burst may change between steps, as when a tier is reconfigured. Redis expires
+    the key in real time, which the steps' clock does not follow, so each step starts both from
+    the TAT Redis holds, read in the same transaction as the script call.
+    """
+    script = sync_redis.register_script(GCRA_LUA)
+    key = f"rtserve:test:rl:lua:{uuid.uuid4().hex}"
+    now, tat = start, None
+    try:
+        for gap, interval, burst, n in steps:
+            now += gap
+            pipe = sync_redis.pipeline(transaction=True)
+            pipe.get(key)
+            script(keys=[key], args=[interval, burst, n, now], client=pipe)
+            pipe.get(key)
+            before, answer, after = pipe.execute()
+            if before is not None:  # absent: expired in real time, or the first step
+                assert int(before) == tat  # what Redis kept is what the Python step computed last
+            tat = int(before) if before is not None else now
+            granted, new_tat, remaining, reset, retry = gcra(tat, now, interval, burst, n)
+            assert answer == [granted, remaining, reset, retry], (now, tat, interval, burst, n)
+            if granted:
+                tat = new_tat
+                assert int(after) == new_tat
+            else:
+                assert after == before  # a refusal writes nothing
+    finally:
+        sync_redis.delete(key)
+
+
 # --- leased blocks, counted on a Redis of our own ----------------------------------------
 
 
@@ -272,7 +322,7 @@ async def test_leased_tokens_expire_unused(own_redis: OwnRedis) -> None:
     try:
         used = [await limiter.check("t") for _ in range(8)]
         assert [d.remaining for d in used] == list(range(burst - 1, burst - 9, -1))
-        left = limiter._leases["t"].tokens
+        left = limiter.leased.held_tokens("t")
         assert left > 0  # debited in Redis, not used yet
         await asyncio.sleep(0.08)
         calls = limiter.stats.redis_calls
@@ -448,7 +498,7 @@ async def test_a_hung_redis_is_one_wait_for_all_of_a_tenants_requests(own_redis:
     limiter, client = await outage_limiter(own_redis, fail_open=False, burst=1024)  # block 64
     try:
         assert all([(await limiter.check("t")).allowed for _ in range(8)])
-        left = limiter._leases["t"].tokens
+        left = limiter.leased.held_tokens("t")
         own_redis.pause()
         held = [await timed(limiter.check("t")) for _ in range(left)]
         assert all(d.allowed and d.limit == 1024 and s < 0.01 for s, d in held)  # debited before: still spent
