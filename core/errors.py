@@ -42,6 +42,12 @@ class InvalidInput(BadRequest):
     code = "invalid_input"
 
 
+class ModeNotSupported(InvalidInput):
+    """The version does not declare the inference mode asked for (real_time, batch, streaming) in its metadata."""
+
+    code = "mode_not_supported"
+
+
 class Unauthorized(ServingError):
     status = HTTPStatus.UNAUTHORIZED
     blame = "client"

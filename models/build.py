@@ -6,6 +6,7 @@
 Nothing is downloaded: digits ship inside scikit-learn and sequences come from the rule
 in `models.data`. Optimized variants (`v2-int8`, `v2-opt`) derive from a saved float version
 and record which one, and their held-out accuracy delta against it, in their metadata.
+Every version declares its inference modes; all three except the ensembles (no batch jobs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ DIGITS_ROW = TensorSpec("pixels", "FP32", (-1, 64), min_value=0.0, max_value=16.
 DIGITS_IMAGE = TensorSpec("pixels", "FP32", (-1, 1, 8, 8), min_value=0.0, max_value=16.0)
 SEQ_TOKENS = TensorSpec("tokens", "INT64", (-1, -1), min_value=0, max_value=data.SEQ_VOCAB)
 ENSEMBLE_WEIGHTS = {"digits-sklearn": 0.3, "digits-torch": 0.35, "digits-onnx": 0.35}
+ENSEMBLE_MODES = ("real_time", "streaming")
+"""A batch job on an ensemble would run all three members flat out at once; bulk work goes to a member."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ def build_ensemble(version: str) -> float:
         accuracy=acc,
         write=lambda d: (d / "ensemble.json").write_text(json.dumps({"members": members}, indent=2)),
         extra={"members": members},
+        modes=ENSEMBLE_MODES,
     )
     return acc
 

@@ -2,12 +2,13 @@
 
 Every model is a directory in the store written through `bentoml.models.create` (the
 framework-neutral API of BentoML 1.4), with the signature, framework and held-out
-accuracy in its metadata, so a runner can serve it knowing only the tag.
+accuracy in its metadata, so a runner can serve it knowing only the tag. The metadata also
+declares the inference modes the version supports (`real_time`, `batch`, `streaming`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,16 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from models.signature import Signature
+
+MODES = ("real_time", "batch", "streaming")
+"""Every inference mode, in the order metadata lists them."""
+
+
+def modes_of(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The modes a version declares. Versions saved before modes were recorded declare none and
+    keep serving in every mode, as they did before."""
+    declared = metadata.get("modes")
+    return MODES if declared is None else tuple(m for m in MODES if m in declared)
 
 
 def exists(tag: str) -> bool:
@@ -34,12 +45,18 @@ def save(
     accuracy: float,
     write: Callable[[Path], None],
     extra: dict[str, Any] | None = None,
+    modes: Iterable[str] = MODES,
 ) -> bentoml.Model:
     """Create `tag` in the store; `write` puts the model's files into the given directory."""
+    modes = list(modes)
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise ValueError(f"{tag}: modes must be a non-empty subset of {list(MODES)}, not {modes}")
     metadata: dict[str, Any] = {
         "framework": framework,
         "task": task,
         "accuracy": round(float(accuracy), 4),
+        "modes": [m for m in MODES if m in modes],
         **signature.to_metadata(),
         **(extra or {}),
     }

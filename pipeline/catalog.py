@@ -26,6 +26,7 @@ class Catalog:
         if entry.runner is not None:
             doc["inputs"] = [s.describe() for s in entry.runner.signature.inputs]
             doc["outputs"] = [s.describe() for s in entry.runner.signature.outputs]
+            doc["parameters"] = {"modes": list(entry.modes)}
         return doc
 
     def ready(self, name: str, version: str | None) -> bool:

@@ -52,8 +52,8 @@ class RequestScope:
         self.headers.extend(admitted.headers)
         return admitted
 
-    def route(self, name: str, version: str | None, user: str | None) -> LoadedVersion:
-        return self.pipeline.resolve(name, version, user)
+    def route(self, name: str, version: str | None, user: str | None, mode: str = "real_time") -> LoadedVersion:
+        return self.pipeline.resolve(name, version, user, mode)
 
     async def infer(
         self,
@@ -122,7 +122,7 @@ class Pipeline:
             if scope.code:
                 self.metrics.error_child(labels.model, labels.version, labels.variant, scope.code).inc()
 
-    def resolve(self, name: str, version: str | None, user: str | None = None) -> LoadedVersion:
+    def resolve(self, name: str, version: str | None, user: str | None = None, mode: str = "real_time") -> LoadedVersion:
         """The version that answers: the one asked for ("pinned"), else the route's choice (or, while the
         chosen one is not ready in this worker yet, the heaviest-weighted one that is). Counts the request
         as active on it until the request scope ends."""
@@ -137,7 +137,7 @@ class Pipeline:
                 version, labels.variant = self.router.fallback(name, ready) or version, "stable"
         else:
             labels.variant = "pinned"
-        entry = self.registry.serving(name, version)
+        entry = self.registry.serving(name, version, mode)
         entry.active += 1
         labels.entry = entry
         labels.version = entry.version

@@ -113,7 +113,8 @@ class RoutingAdmin:
         for name in self.registry.names():
             r = routes.get(name)
             versions = {
-                v: {"state": e.state.value, "load_seconds": e.load_seconds, "error": e.error, "active": e.active}
+                v: {"state": e.state.value, "load_seconds": e.load_seconds, "error": e.error, "active": e.active,
+                    "modes": list(e.modes)}
                 for v, e in self.registry.versions(name).items()
             }
             for v in (r.loaded if r else []):

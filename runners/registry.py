@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ModelNotFound, ModelNotReady
+from core.errors import ModeNotSupported, ModelNotFound, ModelNotReady
+from models.store import modes_of
 from observability.logs import event
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
@@ -43,6 +44,8 @@ class LoadedVersion:
     """When the store's copy was created (µs): a rebuilt version with the same tag gets a new one."""
     active: int = 0
     """Requests that resolved to this version and have not been answered yet; unloading waits for 0."""
+    modes: tuple[str, ...] = ()
+    """Inference modes the version declares in its metadata (real_time, batch, streaming)."""
 
     @property
     def tag(self) -> str:
@@ -83,7 +86,7 @@ class ModelRegistry:
                 self.metrics.load_failures.labels(name, version).inc()
             event(log, "load_failed", level=logging.ERROR, model=name, version=version, error=entry.error)
             return entry
-        entry.runner, entry.batcher = runner, batcher
+        entry.runner, entry.batcher, entry.modes = runner, batcher, modes_of(runner.metadata)
         entry.generation = int(runner.model.info.creation_time.timestamp() * 1e6)
         entry.load_seconds = time.perf_counter() - start
         if self.metrics is not None:
@@ -162,10 +165,12 @@ class ModelRegistry:
             raise ModelNotFound(f"model '{name}' has no version '{version}'")
         return entry
 
-    def serving(self, name: str, version: str) -> LoadedVersion:
-        """The version, if it can take a request now."""
+    def serving(self, name: str, version: str, mode: str = "real_time") -> LoadedVersion:
+        """The version, if it can take a request in `mode` now."""
         entry = self.get(name, version)
         if entry.state is not VersionState.READY:
             problem = "failed to load" if entry.state is VersionState.FAILED else f"is {entry.state.value}"
             raise ModelNotReady(f"model '{entry.tag}' {problem}", headers={"Retry-After": "1"})
+        if mode not in entry.modes:
+            raise ModeNotSupported(f"model '{entry.tag}' does not serve {mode} requests; it declares {list(entry.modes)}")
         return entry
