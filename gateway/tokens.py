@@ -7,17 +7,13 @@ use creates) the development secret in `.dev/`, the file `make serve` points the
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jwt
-from pydantic import ValidationError
 
 from gateway.auth import AuthSettings, load_hmac_secrets, read_secret_file
 
@@ -97,52 +93,3 @@ def ensure_dev_secret(path: Path) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return secret
-
-
-def _has_hmac_secret(settings: AuthSettings) -> bool:
-    return any(v is not None for v in (settings.hs256_secret, settings.hs256_secret_file, settings.hs256_keys_file))
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`rtserve token`: print a signed token for calling the server."""
-    parser = argparse.ArgumentParser(prog="rtserve token", description=main.__doc__)
-    parser.add_argument("--sub", default="dev", help="subject (default: dev)")
-    parser.add_argument("--scope", default="predict", help='space-separated scopes, e.g. "predict admin"')
-    parser.add_argument("--tenant", default=None, help="tenant (default: the subject)")
-    parser.add_argument("--ttl", type=_positive, default=3600, help="seconds until it expires (default: 3600)")
-    parser.add_argument("--kid", default=None, help="key id to sign with")
-    parser.add_argument("--algorithm", default="HS256", help="JWS algorithm (default: HS256)")
-    parser.add_argument("--private-key", type=Path, default=None, help="PEM private key for RS/PS/ES/EdDSA")
-    args = parser.parse_args(argv)
-    try:
-        settings = AuthSettings()
-        if args.algorithm.startswith("HS") and not _has_hmac_secret(settings):
-            ensure_dev_secret(DEV_SECRET_FILE)
-            settings = settings.model_copy(update={"hs256_secret_file": DEV_SECRET_FILE})
-        pem = args.private_key.read_bytes() if args.private_key else None
-        token = mint(
-            settings,
-            subject=args.sub,
-            scopes=args.scope,
-            tenant=args.tenant,
-            ttl_s=args.ttl,
-            kid=args.kid,
-            private_key_pem=pem,
-            algorithm=args.algorithm,
-        )
-    except (ValueError, OSError, ValidationError) as exc:
-        print(f"rtserve token: {exc}", file=sys.stderr)
-        return 2
-    print(token)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.auth import FAILURE_REASONS, AuthSettings, Authenticator, Principal, require_scope
 from core.errors import Forbidden, Unauthorized
-from gateway.tokens import ensure_dev_secret, main, mint
+from gateway.auth import FAILURE_REASONS, Authenticator, AuthSettings, Principal, require_scope
+from gateway.tokens import ensure_dev_secret, mint
 
 SECRET = secrets.token_hex(32)
 BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -515,31 +515,6 @@ def test_ensure_dev_secret_creates_a_private_file_once(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert ensure_dev_secret(path) == secret
     assert os.listdir(path.parent) == ["jwt-secret"]
-
-
-def test_token_command_falls_back_to_the_dev_secret(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["--scope", "predict admin", "--tenant", "acme", "--sub", "dev", "--ttl", "3600"]) == 0
-    token = capsys.readouterr().out.strip()
-    authn = Authenticator(AuthSettings(enabled=True, hs256_secret_file=tmp_path / ".dev" / "jwt-secret"))
-    principal = authn.authenticate(f"Bearer {token}")
-    assert (principal.subject, principal.tenant, principal.scopes) == ("dev", "acme", frozenset({"predict", "admin"}))
-    assert abs(principal.expires_at - (time.time() + 3600)) < 60
-
-
-def test_token_command_signs_with_configured_kid(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    keys_file = tmp_path / "keys.json"
-    keys_file.write_text(json.dumps({"k1": secrets.token_hex(32), "k2": secrets.token_hex(32)}))
-    monkeypatch.setenv("RTSERVE_AUTH_HS256_KEYS_FILE", str(keys_file))
-    monkeypatch.setenv("RTSERVE_AUTH_ISSUER", "https://idp.example")
-    assert main(["--kid", "k2"]) == 0
-    token = capsys.readouterr().out.strip()
-    assert jwt.get_unverified_header(token)["kid"] == "k2"
-    assert Authenticator(AuthSettings(enabled=True)).authenticate(f"Bearer {token}").scopes == frozenset({"predict"})
-    assert main(["--kid", "k3"]) == 2
-    assert "k3" in capsys.readouterr().err
-    assert not (tmp_path / ".dev").exists()
 
 
 def test_mint_refuses_what_the_server_would_refuse(rsa_key):

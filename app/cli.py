@@ -1,0 +1,262 @@
+"""`rtserve`: tokens for calling the server, and the admin API's operations from a shell.
+
+The server is RTSERVE_URL (default http://localhost:3000); the token is RTSERVE_TOKEN, or one
+minted with an `admin` scope from the configured key (the development key of `make serve`
+when none is configured). One handler per command; `rtserve COMMAND --help` for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from gateway.auth import AuthSettings
+from gateway.tokens import DEV_SECRET_FILE, ensure_dev_secret, mint
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+class CommandError(Exception):
+    """What a command prints instead of a traceback; exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except CommandError as exc:
+        print(f"rtserve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands):
+        register(sub)
+    return p
+
+
+def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    command = sub.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """A command with actions of its own (rtserve canary start|status|abort)."""
+    command = sub.add_parser(name, help=help_text, description=help_text)
+    return command.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+# -- tokens
+
+
+def _token_command(sub: argparse._SubParsersAction) -> None:
+    t = _command(sub, "token", _token, "print a signed JWT for calling the server")
+    t.add_argument("--sub", default="dev", help="subject (default: dev)")
+    t.add_argument("--scope", default="predict", help='space-separated scopes, e.g. "predict admin"')
+    t.add_argument("--tenant", default=None, help="tenant (default: none, the subject is its own tenant)")
+    t.add_argument("--ttl", type=_positive_int, default=3600, help="seconds until it expires (default: 3600)")
+    t.add_argument("--kid", default=None, help="key id to sign with")
+    t.add_argument("--algorithm", default="HS256", help="JWS algorithm (default: HS256)")
+    t.add_argument("--private-key", type=Path, default=None, help="PEM private key for RS/PS/ES/EdDSA")
+
+
+def _token(a: argparse.Namespace) -> None:
+    try:
+        settings = _signing_settings() if a.algorithm.startswith("HS") else AuthSettings()
+        pem = a.private_key.read_bytes() if a.private_key else None
+        print(mint(settings, subject=a.sub, scopes=a.scope, tenant=a.tenant, ttl_s=a.ttl, kid=a.kid, private_key_pem=pem,
+                   algorithm=a.algorithm))
+    except (ValueError, OSError, ValidationError) as exc:
+        raise CommandError(f"token: {exc}") from None
+
+
+def _signing_settings() -> AuthSettings:
+    """The configured HMAC key, else the development key (created on first use, as `make serve` does)."""
+    settings = AuthSettings()
+    if all(v is None for v in (settings.hs256_secret, settings.hs256_secret_file, settings.hs256_keys_file)):
+        ensure_dev_secret(DEV_SECRET_FILE)
+        settings = settings.model_copy(update={"hs256_secret_file": DEV_SECRET_FILE})
+    return settings
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+# -- the admin API
+
+
+def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One admin API call with an admin token; an error answer becomes a CommandError with the server's message."""
+    token = os.environ.get("RTSERVE_TOKEN") or mint(_signing_settings(), subject="rtserve-cli", scopes="admin predict",
+                                                    tenant="admin", ttl_s=300)
+    url = os.environ.get("RTSERVE_URL", "http://localhost:3000").rstrip("/")
+    try:
+        r = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"cannot reach {url}: {exc}") from None
+    doc = r.json() if r.content else {}
+    if r.status_code >= 400:
+        raise CommandError(f"{r.status_code} {doc.get('error', r.text) if isinstance(doc, dict) else r.text}")
+    return doc
+
+
+def _weights(pairs: Sequence[str]) -> dict[str, float]:
+    try:
+        return {v: float(w) for v, w in (p.split("=", 1) for p in pairs)}
+    except ValueError:
+        raise CommandError("weights are VERSION=PERCENT, e.g. v1=90 v2=10") from None
+
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    _command(sub, "models", _models, "models, loaded versions, states and weights")
+    for verb, handler in (("load", _load), ("unload", _unload)):
+        c = _command(sub, verb, handler, f"{verb} a version in every worker")
+        c.add_argument("model")
+        c.add_argument("version")
+
+
+def _models(a: argparse.Namespace) -> None:
+    for name, m in call("GET", "/admin/models").items():
+        extras = [k for k in ("experiment", "canary", "shadow") if m.get(k)]
+        print(f"{name}  weights {m.get('weights')}" + (f"  ({', '.join(extras)})" if extras else ""))
+        for v, info in m["versions"].items():
+            print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
+                  + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
+                  + (f"  error: {info['error']}" if info.get("error") else ""))
+
+
+def _load(a: argparse.Namespace) -> None:
+    doc = call("POST", f"/admin/models/{a.model}/versions/{a.version}/load")
+    print(f"load: {a.model}:{a.version}; loaded {doc['loaded']}, weights {doc['weights']}")
+
+
+def _unload(a: argparse.Namespace) -> None:
+    doc = call("POST", f"/admin/models/{a.model}/versions/{a.version}/unload")
+    print(f"unload: {a.model}:{a.version}; loaded {doc['loaded']}, weights {doc['weights']}")
+
+
+def _route_commands(sub: argparse._SubParsersAction) -> None:
+    route = _group(sub, "route", "route weights")
+    s = _command(route, "set", _route_set, "set a model's weights: rtserve route set digits-sklearn v1=90 v2=10")
+    s.add_argument("model")
+    s.add_argument("weights", nargs="+", help="VERSION=PERCENT")
+
+
+def _route_set(a: argparse.Namespace) -> None:
+    doc = call("PUT", f"/admin/models/{a.model}/weights", {"weights": _weights(a.weights)})
+    print(f"{a.model}: weights {doc['weights']}")
+
+
+def _experiment_commands(sub: argparse._SubParsersAction) -> None:
+    exp = _group(sub, "experiment", "sticky A/B experiments")
+    s = _command(exp, "start", _experiment_start, "split users across versions, each user sticking to one")
+    s.add_argument("model")
+    s.add_argument("weights", nargs="+", help="VERSION=PERCENT; the first is the control")
+    s.add_argument("--name")
+    s.add_argument("--mirror", type=float, default=0.0, help="fraction of control requests mirrored to the others")
+    _command(exp, "status", _experiment_status, "per variant: requests, errors, p50/p95, agreement").add_argument("model")
+    _command(exp, "stop", _experiment_stop, "end the experiment").add_argument("model")
+
+
+def _experiment_start(a: argparse.Namespace) -> None:
+    w = _weights(a.weights)
+    body = {"variants": w, "control": next(iter(w)), "mirror_fraction": a.mirror, **({"name": a.name} if a.name else {})}
+    doc = call("POST", f"/admin/models/{a.model}/experiment", body)
+    print(f"experiment {doc['experiment']['name']} on {a.model}: {doc['experiment']['variants']}")
+
+
+def _experiment_status(a: argparse.Namespace) -> None:
+    print(json.dumps(call("GET", f"/admin/models/{a.model}/experiment"), indent=2))
+
+
+def _experiment_stop(a: argparse.Namespace) -> None:
+    call("DELETE", f"/admin/models/{a.model}/experiment")
+    print(f"experiment on {a.model} stopped")
+
+
+def _canary_commands(sub: argparse._SubParsersAction) -> None:
+    can = _group(sub, "canary", "canary rollouts")
+    s = _command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself")
+    s.add_argument("model")
+    s.add_argument("version")
+    s.add_argument("--steps", help="comma-separated percentages, e.g. 5,25,50,100")
+    s.add_argument("--hold", type=float, help="seconds per step")
+    s.add_argument("--min-requests", type=int)
+    s.add_argument("--mirror", type=float, default=0.0, help="fraction of stable requests mirrored to the canary")
+    s.add_argument("--stable", help="version to judge against (default: the one taking the most traffic)")
+    s.add_argument("--max-disagreement", type=float)
+    _command(can, "status", _canary_status, "steps, decisions with their numbers, outcomes per version").add_argument("model")
+    _command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable").add_argument("model")
+
+
+def _canary_start(a: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"version": a.version, "mirror_fraction": a.mirror, "stable": a.stable}
+    if a.steps:
+        try:
+            body["steps"] = [float(s) for s in a.steps.split(",")]
+        except ValueError:
+            raise CommandError("--steps are percentages separated by commas, e.g. 5,25,50,100") from None
+    if a.hold is not None:
+        body["hold_s"] = a.hold
+    if a.min_requests is not None:
+        body["min_requests"] = a.min_requests
+    if a.max_disagreement is not None:
+        body["thresholds"] = {"max_disagreement": a.max_disagreement}
+    doc = call("POST", f"/admin/models/{a.model}/canary", body)
+    print(f"canary {a.model}:{a.version} started against {doc['canary']['stable']}; weights {doc['weights']}")
+
+
+def _canary_status(a: argparse.Namespace) -> None:
+    doc = call("GET", f"/admin/models/{a.model}/canary")
+    weight = doc["steps"][doc["step"]] if doc["step"] < len(doc["steps"]) else 100
+    print(f"canary {doc['version']} vs stable {doc['stable']}: {doc['status']}, step {doc['step'] + 1}/{len(doc['steps'])} "
+          f"({weight:g} %), weights {doc.get('weights')}")
+    for d in doc["decisions"]:
+        nums = ", ".join(f"{k}={v:.4g}" for k, v in d["numbers"].items())
+        print(f"  {d['action']:<8} step {d['step'] + 1} at {d['weight']:g} %: {d['reason']}" + (f" [{nums}]" if nums else ""))
+    for version, counts in doc.get("outcomes", {}).items():
+        print(f"  {version}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _canary_abort(a: argparse.Namespace) -> None:
+    doc = call("DELETE", f"/admin/models/{a.model}/canary")
+    print(f"canary aborted; weights {doc['weights']}")
+
+
+def _shadow_commands(sub: argparse._SubParsersAction) -> None:
+    sh = _group(sub, "shadow", "mirror traffic to a version")
+    s = _command(sh, "set", _shadow_set, "mirror a fraction of a model's requests to a version; answers compared, never returned")
+    s.add_argument("model")
+    s.add_argument("version")
+    s.add_argument("fraction", type=float)
+    _command(sh, "clear", _shadow_clear, "stop mirroring").add_argument("model")
+
+
+def _shadow_set(a: argparse.Namespace) -> None:
+    doc = call("PUT", f"/admin/models/{a.model}/shadow", {"version": a.version, "fraction": a.fraction})
+    print(f"{a.model}: shadow {doc.get('shadow')}")
+
+
+def _shadow_clear(a: argparse.Namespace) -> None:
+    doc = call("DELETE", f"/admin/models/{a.model}/shadow")
+    print(f"{a.model}: shadow {doc.get('shadow')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
