@@ -165,8 +165,8 @@ class Runtime:
             settings.state_file.parent.mkdir(parents=True, exist_ok=True)
             store = FileStateStore(settings.state_file)
             lease = FileLease(settings.state_file.with_name(settings.state_file.name + ".controller.lock"))
-        sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, cache=self.cache,
-                         health=self.health)
+        sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, health=self.health,
+                         on_unloaded=self.cache.drop_model_version if self.cache is not None else None)
         while True:
             try:
                 await sync.start(default_routes(self.config))

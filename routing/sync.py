@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from observability.health import BackgroundHealth
@@ -19,7 +20,6 @@ from routing.watcher import StateWatcher
 from runners.registry import VersionState
 
 if TYPE_CHECKING:
-    from gateway.cache import PredictionCache
     from observability.metrics import Metrics
     from routing.router import Router
     from runners.registry import ModelRegistry
@@ -36,14 +36,14 @@ class RouteSync:
         interval_s: float,
         *,
         metrics: Metrics | None = None,
-        cache: PredictionCache | None = None,
+        on_unloaded: Callable[[str, str], object] | None = None,
         health: BackgroundHealth | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.registry = registry
         self.metrics = metrics
-        self.cache = cache
+        self.on_unloaded = on_unloaded  # e.g. the prediction cache forgetting the version's entries
         self.health = health
         self.interval_s = interval_s
         self._busy: set[tuple[str, str]] = set()  # versions being loaded or unloaded by this worker
@@ -98,5 +98,5 @@ class RouteSync:
 
     async def _unload(self, name: str, version: str) -> None:
         await self.registry.unload(name, version)
-        if self.cache is not None:
-            self.cache.drop_model_version(name, version)
+        if self.on_unloaded is not None:
+            self.on_unloaded(name, version)

@@ -1,0 +1,67 @@
+"""The layers point one way: a package imports only from the layers below it (type-only imports included).
+
+    core <- observability, models <- runners <- routing, gateway <- pipeline <- frontends, jobs <- app <- service
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RANK = {
+    "core": 0,
+    "observability": 1,
+    "models": 1,
+    "runners": 2,
+    "routing": 3,
+    "gateway": 3,
+    "pipeline": 4,
+    "frontends": 5,
+    "jobs": 5,
+    "app": 6,
+    "service": 7,
+}
+TOOLS = {"models.build": 2.5, "models.quantize": 2.5}
+"""Modules that build the demo models: a tool on top of the runners (it loads what it built to check it)."""
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(top-level project package, line) for every import in the module, wherever it stands."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.update((name.split(".")[0], node.lineno) for name in names if name.split(".")[0] in RANK)
+    return found
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = [("service", ROOT / "service.py")]
+    for package in RANK:
+        if package != "service" and (ROOT / package).is_dir():
+            out.extend((package, path) for path in sorted((ROOT / package).rglob("*.py")))
+    return out
+
+
+def rank_of(package: str, path: Path) -> float:
+    return TOOLS.get(".".join(path.relative_to(ROOT).with_suffix("").parts), RANK[package])
+
+
+def test_every_import_points_down():
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {imported} ({RANK[imported]}) from {package} ({rank_of(package, path)})"
+        for package, path in modules()
+        for imported, line in imported_packages(path)
+        if imported != package and RANK[imported] >= rank_of(package, path)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} - {"tests", "loadtest", "fuzz", "deploy"}
+    assert packages <= set(RANK), f"give {sorted(packages - set(RANK))} a place in RANK"
