@@ -60,7 +60,10 @@ def _real_rows(model: seeds.ServedModel) -> st.SearchStrategy[list]:
 
 
 def _with_real_parts(case: schemathesis.Case, draw) -> schemathesis.Case:
-    """The case with real model names and versions in its path, and for infer and /predict a real body."""
+    """The case with real model names and versions in its path, and for infer and /predict a real body.
+    Negative cases stay as generated: what they break is the point of them."""
+    if case.meta is not None and not case.meta.generation.mode.is_positive:
+        return case
     model = draw(st.sampled_from(_models()))
     path = dict(case.path_parameters or {})
     if "name" in path:

@@ -17,6 +17,7 @@ class Tally:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: defaultdict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     failures: Counter[str] = field(default_factory=Counter)
+    resets: int = 0
     current: str = ""
 
     def input(self, operation: str) -> None:
@@ -32,7 +33,7 @@ class Tally:
 
     def table(self) -> str:
         """Markdown: one row per operation, then the totals."""
-        lines = ["| operation | inputs tried | requests | statuses | failures |", "|---|---|---|---|---|"]
+        lines = ["| operation | inputs tried | requests | statuses | failing inputs |", "|---|---|---|---|---|"]
         total_statuses: Counter[int] = Counter()
         for op in sorted(self.inputs):
             total_statuses.update(self.statuses[op])
@@ -41,6 +42,8 @@ class Tally:
             f"| **all** | **{sum(self.inputs.values()):,}** | **{sum(self.requests.values()):,}** "
             f"| {_statuses(total_statuses)} | {sum(self.failures.values())} |"
         )
+        if self.resets:
+            lines.append(f"\nThe admin server's routes were put back {self.resets} times.")
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
