@@ -11,10 +11,7 @@ Authentication is decided by the route: inference and admin routes always need a
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import re
 from typing import Any
 
 from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
@@ -23,6 +20,7 @@ from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map
 from frontends.oip_codec import decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
 from frontends.predict_codec import outputs_to_json, rows_to_inputs
+from frontends.request_ids import request_id_of
 from pipeline.pipeline import deadline_after
 
 log = logging.getLogger(__name__)
@@ -32,31 +30,6 @@ PREDICT_SPAN = "POST /predict"
 SERVER_NAME = "rtserve"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
-_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-
-
-_ID_PREFIX = ""
-_ID_COUNTER = itertools.count()
-
-
-def new_request_id() -> str:
-    """Unique across processes and replicas: a random per-process prefix and a counter (no syscall per request)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-def _new_id_prefix() -> None:
-    global _ID_PREFIX
-    _ID_PREFIX = os.urandom(4).hex()
-
-
-_new_id_prefix()
-os.register_at_fork(after_in_child=_new_id_prefix)  # forked workers must not share a prefix
-
-
-def request_id_of(headers: dict[bytes, bytes]) -> str:
-    """The client's X-Request-ID when it is a plain token (it is echoed and logged), else a new one."""
-    given = headers.get(b"x-request-id")
-    return given.decode("ascii") if given and _CLIENT_REQUEST_ID.fullmatch(given) else new_request_id()
 
 
 class InferenceApp:
