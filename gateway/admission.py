@@ -24,18 +24,25 @@ class Admission:
 
     async def admit(self, authorization: bytes | None, user_header: bytes | None, scope: str) -> Admitted:
         """Raises 401/403 for credentials, 429 (or 503 with Redis down and failing closed) for limits."""
+        admitted = self.identify(authorization, user_header, scope)
+        await self.limit(admitted)
+        return admitted
+
+    def identify(self, authorization: bytes | None, user_header: bytes | None, scope: str) -> Admitted:
+        """Who calls, from the credentials alone (401/403); a stream does this once and `limit`s each item."""
         if self.auth is not None:
             with self.tracer.span("auth"):
                 principal = self.auth.authenticate(authorization)
                 require_scope(principal, scope)
-            admitted = Admitted(principal.tenant, principal.subject)
-        else:
-            admitted = Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
+            return Admitted(principal.tenant, principal.subject)
+        return Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
+
+    async def limit(self, admitted: Admitted) -> None:
+        """One request against the tenant's rate (429); its RateLimit-* headers go on `admitted`."""
         if self.limiter is not None:
             with self.tracer.span("rate_limit", tenant=admitted.tenant):
                 decision = await self.limiter.enforce(admitted.tenant)
             admitted.headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
-        return admitted
 
     def authorize(self, authorization: bytes | None, scope: str) -> None:
         """Credentials only, for metadata requests that are not rate limited."""
