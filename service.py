@@ -18,6 +18,8 @@ import bentoml
 
 from app.config import ConfigError, load_config
 from app.wiring import Runtime
+from frontends.grpc.port_guard import PortTaken, reserve
+from frontends.grpc.server import GrpcFrontend
 from frontends.rest import InferenceApp
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
@@ -53,6 +55,29 @@ class InferenceService:
         record_gc_pauses()  # opt-in: RTSERVE_GC_PAUSES_ENABLED
         oip_app.bind(self.runtime.parts)
         self.runtime.start()
+
+    @bentoml.on_deployment
+    def reserve_grpc_port() -> None:
+        """In `bentoml serve`'s own process, before any worker starts: a gRPC port another service holds
+        stops the start here, once, with one line (frontends/grpc/port_guard.py)."""
+        if CONFIG.grpc.enabled:
+            try:
+                reserve(CONFIG.grpc.host, CONFIG.grpc.port, CONFIG.grpc.lock_dir)
+            except PortTaken as exc:
+                print(f"rtserve: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The gRPC front end on the worker's own loop, beside the HTTP app, on the same parts."""
+        self.grpc = GrpcFrontend(self.runtime.parts, CONFIG.grpc) if CONFIG.grpc.enabled else None
+        if self.grpc is not None:
+            await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
 
     @bentoml.on_startup
     async def start_routing(self) -> None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from frontends.grpc.settings import GrpcSettings
 from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
 from gateway.ratelimit import RateLimitSettings
@@ -41,6 +42,7 @@ class Config:
     routing: RoutingSettings
     tracing: TracingSettings
     logs: LogSettings
+    grpc: GrpcSettings
 
 
 def load_config() -> Config:
@@ -55,6 +57,7 @@ def load_config() -> Config:
         routing=_settings(RoutingSettings),
         tracing=_settings(TracingSettings),
         logs=_settings(LogSettings),
+        grpc=_settings(GrpcSettings),
     )
     _check_auth(config.auth)
     return config

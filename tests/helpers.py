@@ -37,6 +37,7 @@ class ServerProcess:
             "BENTOML_HOME": str(home),
             "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"),
             "RTSERVE_AUTH_ENABLED": "false",  # tests of the gateway turn it on with a key (gateway_env)
+            "RTSERVE_GRPC_PORT": str(free_port()),  # a gRPC port of its own: a second service may not share one
             **(env or {}),
         }
         self.log_path = log_path

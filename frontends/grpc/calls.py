@@ -1,0 +1,50 @@
+"""What every gRPC call needs from its context: metadata as the pipeline reads headers, its deadline, and
+how a failure is answered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import NoReturn
+
+import grpc
+
+from core.errors import ServingError
+from frontends.grpc.status import error_metadata, status_of
+from pipeline.pipeline import deadline_after
+
+log = logging.getLogger("frontends.grpc")
+
+
+def metadata_map(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
+    """The call's metadata as lower-case header bytes, the shape the pipeline and the tracer read."""
+    found: dict[bytes, bytes] = {}
+    for key, value in context.invocation_metadata() or ():
+        found[key.encode("latin-1")] = value if isinstance(value, bytes) else value.encode("latin-1")
+    return found
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's gRPC deadline as the pipeline's deadline (event-loop time), None when the client set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:  # no deadline: gRPC reports none, or an infinite one
+        return None
+    return deadline_after(remaining * 1000.0)
+
+
+def response_metadata(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """Response headers the pipeline collected (request id, version, cache, rate limits) as gRPC metadata."""
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+
+
+async def fail(context: grpc.aio.ServicerContext, exc: ServingError, request_id: str, rpc: str) -> NoReturn:
+    """End the call with the error's status and message; one log line, client mistakes at INFO."""
+    level = logging.WARNING if exc.status >= 500 else logging.INFO
+    log.log(level, "request %s %s: %s %s: %s", request_id, rpc, status_of(exc).name, exc.code, exc.message)
+    await context.abort(status_of(exc), exc.message, error_metadata(exc, request_id))
+
+
+async def fail_internal(context: grpc.aio.ServicerContext, request_id: str, rpc: str) -> NoReturn:
+    """A server fault: logged with its traceback, answered INTERNAL without one."""
+    log.exception("request %s %s failed", request_id, rpc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error", (("x-request-id", request_id),))

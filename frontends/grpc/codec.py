@@ -1,0 +1,131 @@
+"""Tensors in and out of KServe V2 gRPC messages: typed `contents` or `raw_input_contents`/`raw_output_contents`.
+
+Each input's declared shape is checked against the limits before anything of that size is
+made, and the data must fill the shape exactly. An answer comes back the way the request
+came: raw bytes for raw inputs (what `tritonclient.grpc` sends), typed contents for typed ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from core.errors import BadRequest, InvalidInput
+from gateway.settings import LimitSettings
+from gateway.validate import check_shape
+from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
+
+# The typed `InferTensorContents` field of each datatype; FP16 has none (raw only).
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+_WIDE = {"b": np.bool_, "i": np.int64, "u": np.uint64, "f": np.float64}
+
+
+@dataclass(slots=True)
+class Decoded:
+    inputs: dict[str, tuple[str, np.ndarray]]  # name -> (OIP datatype, array)
+    outputs: list[str] | None  # requested output names; None means all
+    raw: bool  # the inputs came as raw bytes: answer with raw bytes
+
+
+def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Decoded:
+    """The request's tensors as arrays, or a BadRequest/InvalidInput naming the problem."""
+    if not request.inputs:
+        raise BadRequest("'inputs' must be a non-empty list")
+    raw_contents = request.raw_input_contents
+    raw = len(raw_contents) > 0
+    if raw and len(raw_contents) != len(request.inputs):
+        raise BadRequest(f"{len(raw_contents)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+    inputs: dict[str, tuple[str, np.ndarray]] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        where = f"input '{name}'"
+        if name in inputs:
+            raise BadRequest(f"{where} appears twice")
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise BadRequest(f"{where}: shape must be a list of non-negative integers")
+        check_shape(shape, limits, where)
+        datatype = tensor.datatype
+        dtype = OIP_TO_NUMPY.get(datatype)
+        if dtype is None:
+            raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
+        expected = math.prod(shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise BadRequest(f"{where}: contents and raw_input_contents cannot be mixed")
+            arr = _from_raw(raw_contents[i], dtype, expected, shape, where)
+        else:
+            arr = _from_contents(tensor.contents, datatype, dtype, expected, shape, where)
+        inputs[name] = (datatype, arr.reshape(shape))
+    outputs = [o.name for o in request.outputs] or None
+    return Decoded(inputs, outputs, raw)
+
+
+def _from_raw(data: bytes, dtype: np.dtype, expected: int, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if len(data) != expected * dtype.itemsize:
+        raise InvalidInput(
+            f"{where}: {len(data)} bytes of raw_input_contents do not fill shape {list(shape)} ({expected * dtype.itemsize} bytes)"
+        )
+    arr = np.frombuffer(data, dtype=dtype).copy()  # the message's bytes are read-only; models may write
+    if dtype.kind == "b" and arr.view(np.uint8).max(initial=0) > 1:
+        raise InvalidInput(f"{where}: BOOL bytes must be 0 or 1")
+    return arr
+
+
+def _from_contents(
+    contents: pb.InferTensorContents, datatype: str, dtype: np.dtype, expected: int, shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"{where}: {datatype} has no typed contents; send it in raw_input_contents")
+    values = getattr(contents, field)
+    if len(values) != expected:
+        raise InvalidInput(f"{where}: {len(values)} values do not fill shape {list(shape)} ({expected} values)")
+    filled = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if filled:
+        raise InvalidInput(f"{where}: {datatype} data belongs in {field}, not {filled[0]}")
+    wide = np.array(values, dtype=_WIDE[dtype.kind])  # as the proto holds them; range-checked before narrowing
+    if dtype.kind in "iu" and wide.size and (wide.min() < np.iinfo(dtype).min or wide.max() > np.iinfo(dtype).max):
+        raise InvalidInput(f"{where}: values out of range for {datatype}")
+    return wide.astype(dtype, copy=False)
+
+
+def select_outputs(outputs: dict[str, np.ndarray], requested: list[str] | None) -> dict[str, np.ndarray]:
+    """The outputs the request named, in its order; all of them when it named none."""
+    if requested is None:
+        return outputs
+    unknown = set(requested) - set(outputs)
+    if unknown:
+        raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+    return {k: outputs[k] for k in requested}
+
+
+def encode_response(
+    model: str, version: str, request_id: str, outputs: dict[str, np.ndarray], raw: bool
+) -> pb.ModelInferResponse:
+    """The answer: every output described, its data raw or typed as the request's inputs were."""
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    for name, arr in outputs.items():
+        datatype = NUMPY_TO_OIP[arr.dtype]
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        if raw:
+            response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+        else:
+            getattr(tensor.contents, _CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
+    return response
