@@ -40,7 +40,8 @@ class Minute:
     rps: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    non2xx: int
+    socket_errors: int  # connect, read, write errors and timeouts (5 s)
     worker_rss_mib: float
     gc_full: int  # generation-2 collections in the minute
     gc_full_max_ms: float  # upper bound of the longest one (histogram bucket); 0 without one
@@ -84,8 +85,10 @@ def verdict(minutes: list[Minute]) -> list[str]:
     """What failed, one line each; empty when the soak passed."""
     first, last = minutes[0], minutes[-1]
     problems = []
-    if any(m.errors for m in minutes):
-        problems.append(f"{sum(m.errors for m in minutes)} failed requests")
+    failed = sum(m.non2xx + m.socket_errors for m in minutes)
+    if failed:
+        sockets = sum(m.socket_errors for m in minutes)
+        problems.append(f"{failed} failed requests ({failed - sockets} non-2xx, {sockets} socket errors or timeouts)")
     if last.p99_ms > 1.2 * first.p99_ms:
         problems.append(f"p99 grew from {first.p99_ms:.2f} ms to {last.p99_ms:.2f} ms (over 20 %)")
     if last.worker_rss_mib > 1.05 * first.worker_rss_mib:
@@ -95,15 +98,27 @@ def verdict(minutes: list[Minute]) -> list[str]:
     return problems
 
 
-def table(saturation: float, rate: float, minutes: list[Minute]) -> str:
+def behind(rate: float, minutes: list[Minute]) -> list[int]:
+    """Minutes in which the load fell short of the rate by over 10 %: the machine (server and wrk
+    share it) could not keep up, so latencies then measure the machine as much as the service."""
+    return [m.minute for m in minutes if m.rps < 0.9 * rate]
+
+
+def table(saturation: float, rate: float, minutes: list[Minute], gc_total: dict[str, dict]) -> str:
+    recorded = ", ".join(f"generation {g}: {int(h['count'])} ({h['sum'] * 1000:.0f} ms)" for g, h in sorted(gc_total.items()))
     lines = [
         f"Saturation (closed loop, 64 connections): {saturation:,.0f} req/s; held: {rate:,.0f} req/s (open loop, 256 connections).",
+        f"Collections recorded by the worker since it started: {recorded or 'none'}.",
         "",
-        "| minute | req/s | p50 ms | p99 ms | errors | worker RSS MiB | full GCs | longest full GC ms (<=) | all GC pauses ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        (
+            "| minute | req/s | p50 ms | p99 ms | non-2xx | socket errors | worker RSS MiB | full GCs | longest full GC ms (<=) "
+            "| all GC pauses ms |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {m.minute} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | {m.worker_rss_mib:.1f} | {m.gc_full} | "
+        f"| {m.minute} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.non2xx} | {m.socket_errors} | {m.worker_rss_mib:.1f} | "
+        f"{m.gc_full} | "
         f"{m.gc_full_max_ms:g} | {m.gc_pause_ms:.1f} |"
         for m in minutes
     ]
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     raw["requests"] / (raw["duration_us"] / 1e6),
                     raw["p50_us"] / 1000,
                     raw["p99_us"] / 1000,
-                    raw["non2xx"] + raw["socket_errors"],
+                    raw["non2xx"],
+                    raw["socket_errors"],
                     server.worker_rss_bytes() / 2**20,
                     full,
                     longest,
@@ -151,20 +167,32 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 minutes.append(m)
                 print(
-                    f"  minute {i}: {m.rps:,.0f} req/s, p99 {m.p99_ms:.2f} ms, errors {m.errors}, "
+                    f"  minute {i}: {m.rps:,.0f} req/s, p99 {m.p99_ms:.2f} ms, errors {m.non2xx + m.socket_errors}, "
                     f"RSS {m.worker_rss_mib:.1f} MiB, full GCs {full} (longest <= {longest:g} ms)",
                     flush=True,
                 )
         finally:
             server.stop()
     problems = verdict(minutes)
-    md = table(saturation, rate, minutes) + "\n\n" + ("Passed." if not problems else "Failed: " + "; ".join(problems) + ".")
+    md = (
+        table(saturation, rate, minutes, before)
+        + "\n\n"
+        + ("Passed." if not problems else "Failed: " + "; ".join(problems) + ".")
+    )
+    if short := behind(rate, minutes):
+        md += f"\nThe load fell more than 10 % short of {rate:,.0f} req/s in minutes {short}: the machine was saturated."
     print("\n" + md)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"soak-{stamp}.md").write_text(md + "\n")
     (RESULTS / f"soak-{stamp}.json").write_text(
         json.dumps(
-            {"saturation_rps": saturation, "rate_rps": rate, "minutes": [asdict(m) for m in minutes], "problems": problems},
+            {
+                "saturation_rps": saturation,
+                "rate_rps": rate,
+                "minutes": [asdict(m) for m in minutes],
+                "problems": problems,
+                "minutes_behind_rate": behind(rate, minutes),
+            },
             indent=2,
         )
     )
