@@ -142,7 +142,7 @@ class SteadyLoad:
 
 
 def _worker(r: httpx.Response) -> str:
-    """Generated request ids are a random per-process prefix and a counter (gateway/http.py)."""
+    """Generated request ids are a random per-process prefix and a counter (frontends/request_ids.py)."""
     return r.headers.get("x-request-id", "")[:8]
 
 
