@@ -41,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands):
+    from app import job_cli
+
+    for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands,
+                     job_cli.register):
         register(sub)
     return p
 
@@ -138,6 +141,7 @@ def _models(a: argparse.Namespace) -> None:
         for v, info in m["versions"].items():
             print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
                   + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
+                  + (f"  modes {','.join(info['modes'])}" if info.get("modes") else "")
                   + (f"  error: {info['error']}" if info.get("error") else ""))
 
 

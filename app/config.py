@@ -21,6 +21,7 @@ from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
 from gateway.ratelimit import RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
+from jobs.settings import JobSettings, StreamSettings
 from observability.logs import LogSettings
 from observability.tracing import TracingSettings
 from routing.settings import RoutingSettings
@@ -43,6 +44,8 @@ class Config:
     tracing: TracingSettings
     logs: LogSettings
     grpc: GrpcSettings
+    jobs: JobSettings
+    stream: StreamSettings
 
 
 def load_config() -> Config:
@@ -58,6 +61,8 @@ def load_config() -> Config:
         tracing=_settings(TracingSettings),
         logs=_settings(LogSettings),
         grpc=_settings(GrpcSettings),
+        jobs=_settings(JobSettings),
+        stream=_settings(StreamSettings),
     )
     _check_auth(config.auth)
     return config

@@ -17,6 +17,9 @@ from frontends.parts import FrontendParts
 from gateway.admission import Admission
 from gateway.cache import PredictionCache
 from gateway.settings import GatewaySettings, LimitSettings
+from jobs.runner import JobRunner
+from jobs.settings import JobSettings, StreamSettings
+from jobs.store import LocalJobStore, RedisJobStore
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
@@ -71,6 +74,8 @@ class Runtime:
         metrics: Metrics | None = None,
         gateway: GatewaySettings | None = None,
         tracer: Tracer = DISABLED,
+        jobs: JobSettings | None = None,
+        stream: StreamSettings | None = None,
     ) -> None:
         self.config = config
         self.open_paths = (gateway or GatewaySettings()).open_path_pattern()
@@ -107,9 +112,22 @@ class Runtime:
             before_scrape=exporter.sync if exporter is not None else None,
         )
         self.exporter = exporter
+        self.parts.stream = stream or StreamSettings()
+        self.parts.jobs = self._jobs(jobs or JobSettings())
         self.sync: RouteSync | None = None
         self.controller: CanaryController | None = None
         self.routing_settings = RoutingSettings()
+
+    def _jobs(self, settings: JobSettings) -> JobRunner | None:
+        """Batch jobs on the shared state: Redis when there is one, else the machine's folder."""
+        if not settings.enabled:
+            return None
+        from jobs.metrics import JobMetrics
+
+        store = (RedisJobStore(self.redis, settings.redis_prefix, settings.retention_s) if self.redis is not None
+                 else LocalJobStore(settings.state_dir, settings.retention_s))
+        metrics = JobMetrics() if self.metrics is not None else None
+        return JobRunner(self.registry, self.router, store, settings, self.limits, metrics)
 
     @classmethod
     def from_config(cls, config: Config) -> Runtime:
@@ -131,7 +149,7 @@ class Runtime:
         cache = PredictionCache(config.cache, redis) if config.cache.enabled else None
         metrics = Metrics() if gateway.metrics_enabled else None
         runtime = cls(config.serving, limits=config.limits, admission=admission, cache=cache, redis=redis, metrics=metrics,
-                      gateway=gateway, tracer=tracer)
+                      gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream)
         runtime.routing_settings = config.routing
         return runtime
 
@@ -184,6 +202,8 @@ class Runtime:
             self.controller.start()
 
     async def stop_routing(self) -> None:
+        if self.parts.jobs is not None:
+            await self.parts.jobs.stop()
         if self.exporter is not None:
             self.exporter.stop()
         if self.controller is not None:

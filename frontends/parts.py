@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.settings import LimitSettings
+from jobs.settings import StreamSettings
 from observability.health import BackgroundHealth
 from pipeline.catalog import Catalog
 from pipeline.pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from jobs.runner import JobRunner
     from observability.metrics import Metrics
     from routing.admin import RoutingAdmin
 
@@ -38,6 +40,9 @@ class FrontendParts:
     """Called before /metrics is rendered, so counters kept as plain ints are current."""
     admin: RoutingAdmin | None = None
     """Set once the shared routing state is reachable; admin calls answer 503 until then."""
+    jobs: JobRunner | None = None
+    """Batch jobs (/v2/jobs); None when they are switched off."""
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     @property
     def auth_enabled(self) -> bool:

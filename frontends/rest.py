@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
-from frontends import admin_api, openapi
+from frontends import admin_api, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from frontends.oip_codec import decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
@@ -50,6 +50,8 @@ class InferenceApp:
         try:
             if self.parts is None:
                 raise Unavailable("service is starting", headers={"Retry-After": "1"})
+            if await stream.serve(self.parts, scope, receive, send, headers, extra, request_id):
+                return
             status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
         except ServingError as exc:
             status, body, content_type = exc.status.value, dumps(exc.body()), JSON
@@ -93,6 +95,8 @@ class InferenceApp:
         if infer is not None:
             _expect(method, "POST")
             return await self._infer(*infer, receive, headers, extra, request_id)
+        if parts[:2] == ["v2", "jobs"]:
+            return await jobs_api.handle(served, method, parts[2:], scope, receive, headers, extra)
         if not served.open_paths.fullmatch(path):
             admission.authorize(headers.get(b"authorization"), "predict")
         _expect(method, "GET")

@@ -1,0 +1,117 @@
+"""`rtserve job submit|status|get|cancel`: batch jobs from a shell.
+
+The token is RTSERVE_TOKEN, or one minted with the `batch` scope for tenant RTSERVE_TENANT
+(default `rtserve-cli`) from the configured key; a job is visible to its tenant only, so every
+command of one job must run as the same tenant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from app import cli
+from gateway.tokens import mint
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    job = cli._group(sub, "job", "batch jobs: rows in, results kept for a while")
+    s = cli._command(job, "submit", _submit, "submit rows (.json list of rows, .npy or .npz) to a model")
+    s.add_argument("model")
+    s.add_argument("file", type=Path)
+    s.add_argument("--version", help="pin a version (default: the route's choice, fixed for the job)")
+    s.add_argument("--wait", action="store_true", help="watch the job until it finishes")
+    st = cli._command(job, "status", _status, "state, rows done and failed, rows per second")
+    st.add_argument("id")
+    st.add_argument("--watch", action="store_true", help="print progress until the job finishes")
+    g = cli._command(job, "get", _get, "the results: one JSON line per row, in row order")
+    g.add_argument("id")
+    g.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
+    cli._command(job, "cancel", _cancel, "stop a job after the rows in flight; results so far are kept").add_argument("id")
+
+
+def _request(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    token = os.environ.get("RTSERVE_TOKEN") or mint(cli._signing_settings(), subject="rtserve-cli", scopes="batch",
+                                                    tenant=os.environ.get("RTSERVE_TENANT", "rtserve-cli"), ttl_s=3600)
+    url = os.environ.get("RTSERVE_URL", "http://localhost:3000").rstrip("/")
+    headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+    try:
+        r = httpx.request(method, url + path, headers=headers, timeout=120, **kwargs)
+    except httpx.HTTPError as exc:
+        raise cli.CommandError(f"cannot reach {url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text
+        raise cli.CommandError(f"{r.status_code} {message}")
+    return r
+
+
+def _submit(a: argparse.Namespace) -> None:
+    try:
+        data = a.file.read_bytes()
+    except OSError as exc:
+        raise cli.CommandError(f"{a.file}: {exc.strerror}") from None
+    if a.file.suffix in (".npy", ".npz"):
+        params = {"model": a.model, **({"version": a.version} if a.version else {})}
+        r = _request("POST", "/v2/jobs", params=params, content=data, headers={"Content-Type": "application/octet-stream"})
+    else:
+        try:
+            rows = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise cli.CommandError(f"{a.file}: not JSON ({exc})") from None
+        rows = rows["inputs"] if isinstance(rows, dict) and "inputs" in rows else rows
+        body = {"model": a.model, "inputs": rows, **({"version": a.version} if a.version else {})}
+        r = _request("POST", "/v2/jobs", content=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    doc = r.json()
+    print(f"job {doc['id']}: {doc['rows']} rows on {doc['model']}:{doc['version']}, {doc['state']}")
+    if a.wait:
+        _watch(doc["id"])
+
+
+def _line(doc: dict[str, Any]) -> str:
+    rate = f", {doc['rows_per_second']:,.0f} rows/s" if doc.get("rows_per_second") else ""
+    line = (f"job {doc['id']}: {doc['state']}, {doc['rows_done']}/{doc['rows']} rows, {doc['rows_failed']} failed{rate}"
+            f" ({doc['model']}:{doc['version']})")
+    return line + (f"; {doc['error']}" if doc.get("error") else "")
+
+
+def _watch(job_id: str) -> dict[str, Any]:
+    while True:
+        doc = _request("GET", f"/v2/jobs/{job_id}").json()
+        print(_line(doc), flush=True)
+        if doc["state"] in FINISHED:
+            return doc
+        time.sleep(1.0)
+
+
+def _status(a: argparse.Namespace) -> None:
+    if a.watch:
+        _watch(a.id)
+    else:
+        print(_line(_request("GET", f"/v2/jobs/{a.id}").json()))
+
+
+def _get(a: argparse.Namespace) -> None:
+    body = _request("GET", f"/v2/jobs/{a.id}/results").content
+    if a.output is None:
+        sys.stdout.buffer.write(body)
+    else:
+        a.output.write_bytes(body)
+        lines = body.count(b"\n")
+        print(f"{lines} result lines written to {a.output}", file=sys.stderr)
+
+
+def _cancel(a: argparse.Namespace) -> None:
+    doc = _request("POST", f"/v2/jobs/{a.id}/cancel").json()
+    print(f"job {doc['id']}: cancel requested ({doc['rows_done']}/{doc['rows']} rows done)")

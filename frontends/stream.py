@@ -1,0 +1,217 @@
+"""`POST /v2/models/{name}[/versions/{version}]/infer/stream`: many infer requests over one HTTP request.
+
+The body is newline-delimited Open Inference Protocol infer requests (JSON); the response is one
+JSON line per item, written as each completes (not in order): the infer response, which carries
+the item's `id` (the client's, else `<X-Request-ID>-<n>`), or `{"id", "error", "code"}`. A bad
+item fails alone. Credentials are checked and the version chosen once per stream (the user's
+sticky choice holds for the whole stream); each item counts against the tenant's rate limit and
+goes through the pipeline like any request (validation, cache, batcher, metrics).
+
+At most `max_in_flight` items are served at once: the body is not read further until one
+completes, so a fast sender is slowed by TCP rather than queued here. The stream is exempt from
+the whole-body read timeout and bounded instead by `idle_timeout_s` between items. A client that
+disconnects has its items in flight cancelled (the batcher drops them) and nothing more is read.
+
+    curl -N -H "Authorization: Bearer $TOKEN" --data-binary @items.ndjson \\
+         localhost:3000/v2/models/digits-sklearn/infer/stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from core.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
+from frontends.asgi import Receive, Scope, Send, dumps
+from frontends.oip_codec import decode_infer, encode_infer
+from frontends.parts import FrontendParts
+from observability.context import current, start_request
+from pipeline.pipeline import deadline_after
+
+log = logging.getLogger(__name__)
+
+NDJSON = b"application/x-ndjson"
+SPAN = "POST /v2/models/{name}/infer/stream"
+
+
+def target(scope: Scope) -> tuple[str, str | None] | None:
+    """(model, version) when the path is a stream route, else None."""
+    path = scope["path"]
+    if not path.endswith("/infer/stream"):  # every request asks; most leave here
+        return None
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    parts = path.strip("/").split("/")
+    if len(parts) == 5 and parts[:2] == ["v2", "models"] and parts[3:] == ["infer", "stream"]:
+        return parts[2], None
+    if len(parts) == 7 and parts[:2] == ["v2", "models"] and parts[3] == "versions" and parts[5:] == ["infer", "stream"]:
+        return parts[2], parts[4]
+    return None
+
+
+async def serve(
+    served: FrontendParts, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
+    extra: list[tuple[bytes, bytes]], request_id: str,
+) -> bool:
+    """Serve the stream when the path is one (True), else leave the request alone (False).
+
+    A `ServingError` raised here comes before the response started: the caller answers it as usual."""
+    where = target(scope)
+    if where is None:
+        return False
+    if scope["method"] != "POST":
+        raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
+    if served.on_request is not None:
+        served.on_request()
+    name, asked = where
+    pipeline = served.pipeline
+    admitted = pipeline.admission.identify(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
+    opening = start_request()
+    entry = pipeline.resolve(name, asked, admitted.user, "streaming")  # 404, 503, 422 mode_not_supported
+    variant = opening.variant
+    opening.release()
+    stream = _Stream(served, name, entry.version, variant, admitted, request_id, send, headers)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", NDJSON), (b"x-model-version", entry.version.encode()), *extra]})
+    with pipeline.tracer.request(SPAN, headers, model=name, request_id=request_id) as span:
+        span.set("version", entry.version)
+        await stream.run(receive)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
+
+
+class _Stream:
+    def __init__(self, served: FrontendParts, name: str, version: str, variant: str, admitted: Any, request_id: str,
+                 send: Send, headers: dict[bytes, bytes]) -> None:
+        self.served = served
+        self.settings = served.stream
+        self.name, self.version, self.variant = name, version, variant
+        self.admitted = admitted
+        self.request_id = request_id
+        self._send = send
+        self._send_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._tasks: set[asyncio.Task] = set()
+        self._count = 0
+        self._use_cache = b"no-cache" not in headers.get(b"cache-control", b"")
+        timeout = headers.get(b"x-request-timeout-ms")
+        self._timeout_ms = int(timeout) if timeout and timeout.isdigit() and len(timeout) <= 12 else None
+
+    async def run(self, receive: Receive) -> None:
+        """Read items and start each as a task; on the body's end wait for them, on a disconnect cancel them."""
+        try:
+            if await self._read(receive):
+                await self._finish(receive)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def _read(self, receive: Receive) -> bool:
+        """False when the client went away."""
+        buffer = b""
+        skipping = False  # inside a line over the limit: drop it up to its newline
+        limit = self.settings.max_line_bytes
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                await self._write(dumps(RequestTimeout(
+                    f"no item within {self.settings.idle_timeout_s:g} s; stream closed").body()))
+                return True
+            if message["type"] == "http.disconnect":
+                return False
+            buffer += message.get("body", b"")
+            lines = buffer.split(b"\n")
+            buffer = lines.pop()
+            for line in lines:
+                if skipping:
+                    skipping = False
+                    continue
+                await self._start(line)
+            if len(buffer) > limit and not skipping:
+                skipping, buffer = True, b""
+                await self._write(dumps({"id": self._next_id(), **PayloadTooLarge(
+                    f"item is over the limit of {limit} bytes").body()}))
+            elif skipping:
+                buffer = b""
+            if not message.get("more_body", False):
+                if buffer and not skipping:
+                    await self._start(buffer)
+                return True
+
+    async def _finish(self, receive: Receive) -> None:
+        """Wait for the items in flight, unless the client leaves first."""
+        if not self._tasks:
+            return
+        gone = asyncio.ensure_future(receive())
+        try:
+            while self._tasks and not gone.done():
+                await asyncio.wait([gone, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+
+    def _next_id(self) -> str:
+        n = self._count
+        self._count += 1
+        return f"{self.request_id}-{n}"
+
+    async def _start(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        await self._slots.acquire()  # back-pressure: no more reading while max_in_flight items run
+        task = asyncio.get_running_loop().create_task(self._item(line, self._next_id()))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _item(self, line: bytes, fallback_id: str) -> None:
+        try:
+            out = await self._infer(line, fallback_id)
+        except ServingError as exc:
+            out = dumps({"id": _item_id(line) or fallback_id, **exc.body()})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream %s: item %s failed", self.request_id, fallback_id)
+            out = dumps({"id": _item_id(line) or fallback_id, "error": "internal error", "code": "internal_error"})
+        await self._write(out)
+
+    async def _infer(self, line: bytes, fallback_id: str) -> bytes:
+        served = self.served
+        pipeline = served.pipeline
+        async with pipeline.request() as req:
+            request = decode_infer(line, served.limits)
+            await pipeline.admission.limit(self.admitted)
+            entry = req.route(self.name, self.version, self.admitted.user, "streaming")
+            current().variant = self.variant
+            deadline = deadline_after(self._timeout_ms) if self._timeout_ms is not None else None
+            outputs = await req.infer(entry, request.inputs, deadline=deadline, use_cache=self._use_cache)
+            if request.outputs is not None:
+                unknown = set(request.outputs) - set(outputs)
+                if unknown:
+                    raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+                outputs = {k: outputs[k] for k in request.outputs}
+            payload, _ = encode_infer(self.name, entry.version, request.id or fallback_id, outputs, set())
+            return payload
+
+    async def _write(self, line: bytes) -> None:
+        async with self._send_lock:
+            await self._send({"type": "http.response.body", "body": line + b"\n", "more_body": True})
+
+
+def _item_id(line: bytes) -> str | None:
+    """The client's id of an item that failed, when the line is JSON enough to have one."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get("id") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None

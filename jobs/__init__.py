@@ -1,0 +1,1 @@
+"""Inference beside real time: batch jobs (rows in, results kept for a while, readable through any replica)."""

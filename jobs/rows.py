@@ -1,0 +1,174 @@
+"""A job's rows: decoded once at submission, checked row by row, so one bad row fails alone.
+
+A submission is JSON (`{"model", "version", "inputs": [[...], ...]}`, rows as `/predict` takes
+them) or an upload of the model's input as `.npy`, or `.npz` holding it under the input's name.
+Whatever cannot be read as rows at all is refused at submission (4xx); a row of the wrong length
+or type, or with values outside the signature's range or not finite, becomes that row's error.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.errors import BadRequest, InvalidInput
+from gateway.settings import LimitSettings
+from models.signature import TensorSpec
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass
+class Rows:
+    """Fixed-shape rows in one array, or variable-length rows (token lists) one array each."""
+
+    spec: TensorSpec
+    fixed: np.ndarray | None = None
+    ragged: list[np.ndarray | None] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+    """Rows refused when they were decoded, by index."""
+
+    def __len__(self) -> int:
+        return len(self.fixed) if self.fixed is not None else len(self.ragged)
+
+    def batch(self, start: int, end: int, limits: LimitSettings) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
+        """Rows [start, end) that pass every check, as one array, their indices, and the errors of the others."""
+        errors = {i: self.errors[i] for i in range(start, end) if i in self.errors}
+        index = np.array([i for i in range(start, end) if i not in errors], dtype=np.int64)
+        if self.fixed is not None:
+            data = self.fixed[index]
+        else:
+            rows = [self.ragged[i] for i in index]
+            width = max((len(r) for r in rows), default=0)
+            data = np.zeros((len(rows), width), dtype=self.spec.dtype)
+            for k, r in enumerate(rows):
+                data[k, : len(r)] = r
+        keep = np.ones(len(index), dtype=bool)
+        for k, problem in _value_problems(self.spec, data, limits):
+            errors[int(index[k])] = problem
+            keep[k] = False
+        if not keep.all():
+            index, data = index[keep], data[keep]
+        return (data if len(index) else None), index.tolist(), errors
+
+
+def _value_problems(spec: TensorSpec, data: np.ndarray, limits: LimitSettings) -> list[tuple[int, str]]:
+    """The same value checks as a real-time request (gateway/validate.py), one verdict per row."""
+    if not len(data):
+        return []
+    flat = data.reshape(len(data), -1)
+    problems: dict[int, str] = {}
+    if flat.dtype.kind == "f" and not limits.allow_non_finite:
+        for k in np.flatnonzero(~np.isfinite(flat).all(axis=1)):
+            problems[int(k)] = "NaN or infinity in the data"
+    if spec.min_value is not None:
+        for k in np.flatnonzero(flat.min(axis=1) < spec.min_value):
+            problems.setdefault(int(k), f"values must be >= {spec.min_value:g}")
+    if spec.max_value is not None:
+        for k in np.flatnonzero(flat.max(axis=1) > spec.max_value):
+            problems.setdefault(int(k), f"values must be <= {spec.max_value:g}")
+    return sorted(problems.items())
+
+
+def from_json(spec: TensorSpec, rows: object, max_rows: int, limits: LimitSettings) -> Rows:
+    if not isinstance(rows, list) or not rows:
+        raise InvalidInput("'inputs' must be a non-empty list of rows")
+    if len(rows) > max_rows:
+        raise InvalidInput(f"{len(rows)} rows is over the job limit of {max_rows}")
+    if -1 in spec.row_shape:
+        out = Rows(spec, ragged=[None] * len(rows))
+        for i, row in enumerate(rows):
+            try:
+                out.ragged[i] = _ragged_row(spec, row, limits)
+            except InvalidInput as exc:
+                out.errors[i] = exc.message
+        return out
+    per_row = math.prod(spec.row_shape)
+    try:
+        arr = _numbers(rows, spec)
+        if arr.ndim >= 1 and arr.size == len(rows) * per_row:
+            return Rows(spec, fixed=arr.reshape(len(rows), *spec.row_shape))
+    except InvalidInput:
+        pass
+    # Something is wrong with some rows: find which, row by row.
+    out = Rows(spec, fixed=np.zeros((len(rows), *spec.row_shape), dtype=spec.dtype))
+    for i, row in enumerate(rows):
+        try:
+            values = _numbers(row, spec)
+            if values.size != per_row:
+                raise InvalidInput(f"each row must hold {per_row} values (shape {list(spec.row_shape)}), not {values.size}")
+            out.fixed[i] = values.reshape(spec.row_shape)
+        except InvalidInput as exc:
+            out.errors[i] = exc.message
+    return out
+
+
+def _ragged_row(spec: TensorSpec, row: object, limits: LimitSettings) -> np.ndarray:
+    if not isinstance(row, list) or not row:
+        raise InvalidInput("each row must be a non-empty list")
+    if len(row) > limits.max_sequence_length:
+        raise InvalidInput(f"length {len(row)} is over the limit of {limits.max_sequence_length}")
+    values = _numbers(row, spec)
+    if values.ndim != 1:
+        raise InvalidInput("each row must be a flat list of numbers")
+    return values
+
+
+def _numbers(data: object, spec: TensorSpec) -> np.ndarray:
+    """JSON numbers to the spec's dtype, refusing anything lossy (floats for integers, strings, ragged lists)."""
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput("row is ragged or not numeric") from None
+    return _cast(arr, spec)
+
+
+def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    dtype = spec.dtype
+    if arr.dtype.kind not in "biuf":
+        raise InvalidInput(f"data must be numbers of type {spec.datatype}")
+    if dtype.kind in "iu" and arr.dtype.kind == "f":
+        raise InvalidInput(f"{spec.datatype} data must be integers")
+    if dtype.kind in "iu" and arr.size and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+        raise InvalidInput(f"values out of range for {spec.datatype}")
+    return arr.astype(dtype, copy=False)
+
+
+def from_upload(spec: TensorSpec, body: bytes, max_rows: int, limits: LimitSettings) -> Rows:
+    """An .npy array of the input ([n, *row] or [n, row elements]), or an .npz holding it under the input's name."""
+    try:
+        if body.startswith(NPY_MAGIC):
+            arr = np.load(io.BytesIO(body), allow_pickle=False)
+        else:
+            with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+                names = list(archive.files)
+                name = spec.name if spec.name in names else (names[0] if len(names) == 1 else None)
+                if name is None:
+                    raise InvalidInput(f"the .npz holds {names}; name the array '{spec.name}'")
+                arr = archive[name]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadRequest(f"not a readable .npy or .npz file: {exc}") from None
+    if arr.ndim == 0 or len(arr) == 0:
+        raise InvalidInput("the upload holds no rows")
+    if len(arr) > max_rows:
+        raise InvalidInput(f"{len(arr)} rows is over the job limit of {max_rows}")
+    arr = _cast(arr, spec)
+    if -1 in spec.row_shape:
+        if arr.ndim != 2:
+            raise InvalidInput(f"shape {list(arr.shape)} does not match {list(spec.shape)} (rows right-padded with 0)")
+        if arr.shape[1] > limits.max_sequence_length:
+            raise InvalidInput(f"length {arr.shape[1]} is over the limit of {limits.max_sequence_length}")
+        return Rows(spec, ragged=list(arr))
+    per_row = math.prod(spec.row_shape)
+    if arr[0].size != per_row:
+        raise InvalidInput(f"shape {list(arr.shape)} does not match {list(spec.shape)}")
+    return Rows(spec, fixed=arr.reshape(len(arr), *spec.row_shape))
+
+
+def is_upload(body: bytes) -> bool:
+    return body.startswith((NPY_MAGIC, ZIP_MAGIC))

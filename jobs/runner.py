@@ -1,0 +1,254 @@
+"""Runs batch jobs in the worker that accepted them, through the same batchers as real-time requests.
+
+A job runs at lower priority than real-time traffic: it has at most one batch (the version's
+`max_batch_size` rows) in flight per version, queued behind whatever real-time requests are
+already waiting, and it yields to the event loop between batches, so real-time requests that
+arrive meanwhile are batched first. A batcher that refuses the job's batch (queue full, latency
+budget) is busy with real-time traffic: the job waits and tries again, it does not fail.
+
+Unloading a version that a job runs on does not wait for the job: the unload waits for the
+job's batch in flight only, and the job then fails its remaining rows with `model_not_ready`
+("... was unloaded while the job ran") and ends `failed`. Results hold one line per row either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import orjson
+
+from core.errors import BudgetExceeded, ModelFailed, ModelNotReady, QueueFull, RateLimited, ServingError
+from gateway.settings import LimitSettings
+from jobs.metrics import JobMetrics
+from jobs.model import Job, JobState, new_job_id
+from jobs.rows import Rows
+from jobs.settings import JobSettings
+from jobs.store import JobStore
+from observability.logs import event
+from routing.router import Router
+from runners.batcher import Outputs
+from runners.registry import LoadedVersion, ModelRegistry, VersionState
+
+log = logging.getLogger(__name__)
+
+BUSY_RETRY_S = 0.01
+"""How long a job waits when the batcher refuses its batch because real-time traffic fills it."""
+
+
+class VersionGone(Exception):
+    """The job's version was unloaded (or is draining) while the job ran."""
+
+
+class JobRunner:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        router: Router,
+        store: JobStore,
+        settings: JobSettings,
+        limits: LimitSettings,
+        metrics: JobMetrics | None = None,
+    ) -> None:
+        self.registry = registry
+        self.router = router
+        self.store = store
+        self.settings = settings
+        self.limits = limits
+        self.metrics = metrics
+        self._slots: asyncio.Semaphore | None = None
+        self._mine: dict[str, Job] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._heartbeat: asyncio.Task | None = None
+        self._version_locks: dict[str, asyncio.Lock] = {}
+
+    def choose(self, name: str, version: str | None, user: str | None) -> LoadedVersion:
+        """The version a job runs on for its whole life: the one asked for, else the route's choice for
+        this user (or, while that is not ready here, the heaviest ready one). It must declare `batch`."""
+        if version is None:
+            version, _ = self.router.route(name, user)
+            versions = self.registry.versions(name)
+            chosen = versions.get(version)
+            if chosen is None or chosen.state is not VersionState.READY:
+                ready = {v for v, e in versions.items() if e.state is VersionState.READY}
+                version = self.router.fallback(name, ready) or version
+        return self.registry.serving(name, version, "batch")
+
+    async def submit(self, entry: LoadedVersion, tenant: str, subject: str | None, rows: Rows) -> Job:
+        """Record the job and start it here; 429 when the tenant already has its limit of jobs queued or running."""
+        now = time.time()
+        active = [j for j in await self.store.of_tenant(tenant) if not j.seen_at(now, self.settings.heartbeat_s).state.finished]
+        if len(active) >= self.settings.max_active_per_tenant:
+            raise RateLimited(f"tenant has {len(active)} jobs queued or running, the limit is "
+                              f"{self.settings.max_active_per_tenant}", headers={"Retry-After": "5"})
+        job = Job(new_job_id(), tenant, entry.name, entry.version, len(rows), subject=subject)
+        await self.store.save(job)
+        self._mine[job.id] = job
+        self._count(job, JobState.QUEUED, +1)
+        task = asyncio.get_running_loop().create_task(self._run(job, rows), name=f"job-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="job-heartbeat")
+        event(log, "job_submitted", job=job.id, tenant=tenant, model=entry.name, version=entry.version, rows=len(rows))
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        """The freshest view: this worker's own copy of a job it runs, else the store's."""
+        job = self._mine.get(job_id) or await self.store.get(job_id)
+        return job.seen_at(time.time(), self.settings.heartbeat_s) if job is not None else None
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *([self._heartbeat] if self._heartbeat else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _count(self, job: Job, state: JobState, delta: int) -> None:
+        if self.metrics is None:
+            return
+        if delta > 0:
+            self.metrics.jobs.labels(state.value).inc()
+        if not state.finished:
+            self.metrics.active.labels(state.value).inc(delta)
+
+    async def _run(self, job: Job, rows: Rows) -> None:
+        self._slots = self._slots or asyncio.Semaphore(self.settings.max_running)
+        try:
+            async with self._slots:
+                self._count(job, JobState.QUEUED, -1)
+                if await self.store.cancel_requested(job.id):
+                    await self._finish(job, JobState.CANCELLED, "cancelled before it started")
+                    return
+                job.state, job.started_at = JobState.RUNNING, time.time()
+                self._count(job, JobState.RUNNING, +1)
+                await self.store.save(job)
+                try:
+                    state, error = await self._rows(job, rows)
+                finally:
+                    self._count(job, JobState.RUNNING, -1)
+                await self._finish(job, state, error)
+        except asyncio.CancelledError:  # the worker is stopping
+            raise
+        except Exception as exc:  # a broken job must not take the worker down
+            log.exception("job %s failed", job.id)
+            await self._finish(job, JobState.FAILED, f"internal error: {type(exc).__name__}")
+        finally:
+            self._mine.pop(job.id, None)
+
+    async def _rows(self, job: Job, rows: Rows) -> tuple[JobState, str | None]:
+        """Every row in order, a batch at a time; returns how the job ended."""
+        entry = self.registry.get(job.model, job.version)
+        step = entry.batcher.max_batch_size
+        pending: list[bytes] = []
+        pending_rows = 0
+        start = 0
+        try:
+            while start < len(rows):
+                entry = self._current(job)
+                end = min(start + step, len(rows))
+                data, index, errors = rows.batch(start, end, self.limits)
+                outputs, failure = None, None
+                if data is not None:
+                    try:
+                        outputs = await self._batch(entry, data)
+                    except ModelFailed as exc:
+                        failure = exc
+                lines, failed = _lines(range(start, end), index, outputs, errors, failure)
+                pending.append(lines)
+                pending_rows += end - start
+                self._done(job, end - start, failed)
+                start = end
+                if pending_rows >= self.settings.flush_rows:
+                    await self.store.append_results(job.id, b"".join(pending))
+                    pending, pending_rows = [], 0
+                    if await self.store.cancel_requested(job.id):
+                        return JobState.CANCELLED, f"cancelled after {job.rows_done} of {job.rows} rows"
+                await asyncio.sleep(0)  # real-time requests that arrived during this batch go first
+            return JobState.SUCCEEDED, None
+        except VersionGone:
+            reason = f"model '{job.model}:{job.version}' was unloaded while the job ran"
+            gone = ModelNotReady(f"{reason}; row not run")
+            rest = range(start, len(rows))
+            lines, failed = _lines(rest, [], None, {}, gone)
+            pending.append(lines)
+            self._done(job, len(rest), failed)
+            return JobState.FAILED, f"{reason}: {len(rest)} rows not run"
+        finally:
+            if pending:
+                await self.store.append_results(job.id, b"".join(pending))
+
+    def _current(self, job: Job) -> LoadedVersion:
+        entry = self.registry.versions(job.model).get(job.version)
+        if entry is None or entry.state is not VersionState.READY:
+            raise VersionGone()
+        return entry
+
+    async def _batch(self, entry: LoadedVersion, data: np.ndarray) -> Outputs:
+        """One batch through the version's batcher, one in flight per version; waits while real-time traffic fills it."""
+        lock = self._version_locks.setdefault(f"{entry.tag}@{id(entry)}", asyncio.Lock())
+        async with lock:
+            while True:
+                if entry.state is not VersionState.READY:
+                    raise VersionGone()
+                entry.active += 1  # an unload waits for this batch, not for the whole job
+                try:
+                    return await entry.batcher.submit(data)
+                except (QueueFull, BudgetExceeded):
+                    pass
+                finally:
+                    entry.active -= 1
+                await asyncio.sleep(BUSY_RETRY_S)
+
+    def _done(self, job: Job, rows: int, failed: int) -> None:
+        job.rows_done += rows
+        job.rows_failed += failed
+        if self.metrics is not None:
+            if rows - failed:
+                self.metrics.rows.labels(job.model, job.version, "ok").inc(rows - failed)
+            if failed:
+                self.metrics.rows.labels(job.model, job.version, "failed").inc(failed)
+
+    async def _finish(self, job: Job, state: JobState, error: str | None) -> None:
+        job.state, job.error, job.finished_at = state, error, time.time()
+        self._count(job, state, +1)
+        await self.store.save(job)
+        event(log, "job_finished", job=job.id, state=state.value, rows=job.rows_done, failed=job.rows_failed,
+              rows_per_second=job.rows_per_second(job.finished_at), error=error)
+
+    async def _beat(self) -> None:
+        """Record the progress of this worker's jobs, so other workers show it and can tell this one is alive."""
+        while self._mine:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            now = time.time()
+            for job in list(self._mine.values()):
+                if not job.state.finished:
+                    job.heartbeat_at = now
+                    try:
+                        await self.store.save(job)
+                    except Exception as exc:  # noqa: BLE001 - try again at the next beat
+                        log.warning("job %s: progress not recorded (%s: %s)", job.id, type(exc).__name__, exc)
+
+
+def _lines(
+    rows: Iterable[int], index: list[int], outputs: Outputs | None, errors: dict[int, str], failure: ServingError | None
+) -> tuple[bytes, int]:
+    """One NDJSON line per row, in row order: its outputs (as `/predict` writes them), or its error; and the failures."""
+    position = {i: k for k, i in enumerate(index)}
+    columns = {name: arr.tolist() for name, arr in outputs.items()} if outputs is not None else {}
+    out: list[bytes] = []
+    failed = 0
+    for i in rows:
+        if i in errors:
+            out.append(orjson.dumps({"row": i, "error": errors[i], "code": "invalid_input"}))
+            failed += 1
+        elif i not in position or failure is not None:
+            problem = failure or ModelNotReady("row not run")
+            out.append(orjson.dumps({"row": i, "error": problem.message, "code": problem.code}))
+            failed += 1
+        else:
+            k = position[i]
+            out.append(orjson.dumps({"row": i, "outputs": {name: col[k] for name, col in columns.items()}}))
+    return b"\n".join(out) + b"\n", failed

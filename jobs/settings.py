@@ -1,0 +1,49 @@
+"""Settings of the inference modes beside real time: batch jobs and HTTP streams, read when the service starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class JobSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_JOBS_")
+
+    enabled: bool = True
+    """Serve /v2/jobs (scope `batch`)."""
+    max_body_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    """Largest job submission (JSON rows, or an .npy / .npz upload); larger ones get 413 before they are read."""
+    upload_timeout_s: float = Field(8.0, gt=0)
+    """Longest a client may take to send a submission. BentoML answers 504 to any request that has not
+    started its response within RTSERVE_TRAFFIC_TIMEOUT_S (10 s), so keep this under it."""
+    max_rows: int = Field(1_000_000, gt=0)
+    """Most rows in one job."""
+    max_running: int = Field(1, ge=1)
+    """Jobs a worker runs at once; later ones wait (state `queued`)."""
+    max_active_per_tenant: int = Field(8, ge=1)
+    """Queued and running jobs a tenant may have; another submission is refused with 429."""
+    retention_s: float = Field(24 * 3600.0, gt=0)
+    """How long a job's status and results are kept after it finished."""
+    flush_rows: int = Field(8192, gt=0)
+    """Result rows gathered before they are written to the store (and the cancel flag is read)."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """How often a worker records the progress of its jobs; a job without a record for ten times
+    this long belonged to a worker that stopped, and reads as failed."""
+    state_dir: Path = Path(".rtserve/jobs")
+    """Where jobs are kept without Redis: shared by the workers of one machine."""
+    redis_prefix: str = "rtserve:jobs:"
+    """Prefix of the Redis keys of jobs (with REDIS_URL)."""
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_STREAM_")
+
+    max_in_flight: int = Field(32, ge=1)
+    """Items of one stream being served at once; the body is not read further until one completes."""
+    idle_timeout_s: float = Field(30.0, gt=0)
+    """Longest wait for the next item of a stream; past it the stream ends with an error line.
+    Streams are exempt from the whole-body read timeout."""
+    max_line_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    """Longest item (one line); a longer one fails with 413's code and the stream ends."""
