@@ -28,6 +28,8 @@ from gateway.tokens import mint
 from loadtest.servers import free_port
 from tests.deploy.bentos import ROOT, Bento, assert_every_model_answers, build, fetch_torch_wheel, serving_models, wait_ready
 
+pytestmark = pytest.mark.timeout(1800)  # A first run installs the environment (minutes); later runs reuse it.
+
 BENTOFILE = ROOT / "bentofile.yaml"
 VENV_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rtserve" / "bento-venv"
 
@@ -77,6 +79,7 @@ def served(model_store, tmp_path_factory) -> Iterator[Served]:
         "BENTOML_DO_NOT_TRACK": "true",
         "RTSERVE_AUTH_ENABLED": "true",
         "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
+        "RTSERVE_GRPC_PORT": str(free_port()),  # not the default 3001, which another server may hold
     }
     bentoml = str(venv / "bin" / "bentoml")
     subprocess.run([bentoml, "import", str(exported)], cwd=outside, env=env, check=True, capture_output=True, timeout=300)

@@ -35,6 +35,8 @@ from tests.deploy.bentos import (
     wait_ready,
 )
 
+pytestmark = pytest.mark.timeout(1800)  # A cold run builds the base image and the Bento's image (minutes).
+
 PODMAN_ENV = {
     **os.environ,
     "CONTAINERS_CONF": str(CONTAINER_DIR / "containers.conf"),
@@ -120,9 +122,10 @@ class Container:
 
 
 def run(image: Image, *args: str) -> Container:
-    """`podman run -d` on the host network and a free port (the image's entrypoint maps PORT)."""
+    """`podman run -d` on the host network, on free ports for HTTP (the image's entrypoint maps PORT) and gRPC."""
     container = Container(f"rtserve-test-{uuid.uuid4().hex[:8]}", free_port())
-    podman("run", "-d", "--name", container.name, "--network", "host", "-e", f"PORT={container.port}", *args, image.name)
+    ports = ("-e", f"PORT={container.port}", "-e", f"RTSERVE_GRPC_PORT={free_port()}")
+    podman("run", "-d", "--name", container.name, "--network", "host", *ports, *args, image.name)
     return container
 
 
