@@ -15,7 +15,7 @@ from core.errors import BadRequest, InvalidInput
 from fuzz.common import MEMORY_BUDGET_BYTES, MemoryBudgetExceeded, guarded
 from fuzz.run import ROOT, TARGETS
 
-SECONDS = int(os.environ.get("RTSERVE_ATHERIS_SECONDS", "4"))
+SECONDS = int(os.environ.get("RTSERVE_ATHERIS_SECONDS", "3"))
 
 
 @pytest.fixture(autouse=True)
