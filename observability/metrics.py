@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import time
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN = "_unknown"  # model label for requests that name no served model
+PHASES = ("input", "infer", "output")
+"""A batch's phases: collating its inputs, the model call, handing each request its outputs."""
 
 
 _pid = os.getpid()
@@ -104,18 +107,42 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self.route_weight = Gauge("rtserve_route_weight", "Route weight in percent", mv, multiprocess_mode="mostrecent")
+        # What Triton's statistics extension reports and no metric above holds (pipeline/statistics.py).
+        self.request_seconds = Counter(
+            "rtserve_request_seconds", "Summed end-to-end latency, by the labels of rtserve_requests",
+            [*mv, "variant", "status_class", "cache"],
+        )
+        self.last_request = Gauge(
+            "rtserve_last_request_timestamp_seconds", "When the version last answered a request (Unix time)", mv,
+            multiprocess_mode="max",
+        )
+        self.by_priority = Counter("rtserve_requests_by_priority", "Requests queued for the model, by priority level",
+                                   [*mv, "priority"])
+        self.phase_seconds = Counter(
+            "rtserve_request_phase_seconds", "Per request in a batch, the batch's seconds in each phase (input, infer, output)",
+            [*mv, "phase"],
+        )
+        self.batch_executions = Counter("rtserve_batch_executions", "Model calls by exact batch size (rows)", [*mv, "batch_size"])
+        self.batch_phase_seconds = Counter(
+            "rtserve_batch_phase_seconds", "Model call seconds by exact batch size and phase (input, infer, output)",
+            [*mv, "batch_size", "phase"],
+        )
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one instance per process, bounded label space
-    def request_children(self, model: str, version: str, variant: str, status_class: str, cache: str) -> tuple[Any, Any]:
+    def request_children(self, model: str, version: str, variant: str, status_class: str, cache: str) -> tuple[Any, ...]:
         return (
             self.requests.labels(model, version, variant, status_class, cache),
             self.duration.labels(model, version, variant),
+            self.request_seconds.labels(model, version, variant, status_class, cache),
+            self.last_request.labels(model, version),
         )
 
     def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
-        counter, histogram = self.request_children(model, version, variant, f"{status // 100}xx", cache)
+        counter, histogram, total, last = self.request_children(model, version, variant, f"{status // 100}xx", cache)
         counter.inc()
         histogram.observe(seconds)
+        total.inc(seconds)
+        last.set(time.time())
 
     @lru_cache(maxsize=4096)  # noqa: B019
     def error_child(self, model: str, version: str, variant: str, code: str) -> Any:
@@ -135,20 +162,49 @@ class BatchMetrics:
     """The batcher's view of the metrics for one model version, pre-labelled."""
 
     def __init__(self, metrics: Metrics, model: str, version: str, capacity: int) -> None:
+        self._metrics = metrics
+        self._mv = (model, version)
         self.queue_wait = metrics.queue_wait.labels(model, version)
         self.execution = metrics.execution.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
         self.batches = metrics.batches.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.inflight = metrics.inflight.labels(model, version)
+        self._by_level: dict[int, Any] = {}
+        self.phases = tuple(metrics.phase_seconds.labels(model, version, phase) for phase in PHASES)
+        self._by_size: dict[int, tuple[Any, ...]] = {}
         metrics.queue_capacity.labels(model, version).set(capacity)
 
-    def batch_done(self, rows: int, seconds: float, waits: list[float]) -> None:
+    def prioritized(self, level: int) -> None:
+        """One request queued at `level` (0 is priority 1); levels are few, labelled on first use."""
+        child = self._by_level.get(level)
+        if child is None:
+            child = self._by_level[level] = self._metrics.by_priority.labels(*self._mv, str(level + 1))
+        child.inc()
+
+    def batch_done(self, rows: int, seconds: float, waits: list[float], input_seconds: float, output_seconds: float) -> None:
+        """A batch of `rows` ran in `seconds` (collating its inputs took `input_seconds`), and handing each
+        request its outputs took `output_seconds`; `waits` are its requests' queue waits."""
         self.batches.inc()
         self.batch_size.observe(rows)
         self.execution.observe(seconds)
         for w in waits:
             self.queue_wait.observe(w)
+        spent = (input_seconds, seconds - input_seconds, output_seconds)
+        requests = len(waits)
+        for child, phase in zip(self.phases, spent, strict=True):
+            child.inc(phase * requests)
+        children = self._by_size.get(rows) or self._size_children(rows)
+        children[0].inc()
+        for child, phase in zip(children[1:], spent, strict=True):
+            child.inc(phase)
+
+    def _size_children(self, rows: int) -> tuple[Any, ...]:
+        """Labelled once per batch size; sizes are bounded by the largest request the limits allow."""
+        m, size = self._metrics, str(rows)
+        children = (m.batch_executions.labels(*self._mv, size), *(m.batch_phase_seconds.labels(*self._mv, size, p) for p in PHASES))
+        self._by_size[rows] = children
+        return children
 
     def load(self, queued_rows: int, inflight: int) -> None:
         """Queue depth and in-flight requests, set once per batch rather than per request."""

@@ -62,8 +62,9 @@ class RequestScope:
         *,
         deadline: float | None = None,
         use_cache: bool = True,
+        priority: int = 0,
     ) -> Outputs:
-        outputs, hit = await self.pipeline.infer(entry, inputs, deadline=deadline, use_cache=use_cache)
+        outputs, hit = await self.pipeline.infer(entry, inputs, deadline=deadline, use_cache=use_cache, priority=priority)
         self.headers.append((b"x-cache", b"hit" if hit else b"miss"))
         self.headers.append((b"x-model-version", entry.version.encode()))
         return outputs
@@ -150,23 +151,24 @@ class Pipeline:
         *,
         deadline: float | None = None,
         use_cache: bool = True,
+        priority: int = 0,
     ) -> tuple[Outputs, bool]:
         """Validate against the version's signature, then the cache, else its batcher; True when cached.
         A configured fraction is mirrored to a shadow version afterwards, off the client's path."""
         rows = check_inputs(entry.runner.signature, inputs, self.limits)
         labels = current()
         if self.cache is None:
-            outputs, hit = await entry.batcher.submit(rows, deadline), False
+            outputs, hit = await entry.batcher.submit(rows, deadline, priority), False
             labels.cache = "bypass"
         else:
             key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
             shared = self.cache.worth_sharing(entry.batcher.cost.expected(len(rows)))
             if use_cache:
                 with self.tracer.span("cache") as span:
-                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows), shared, deadline)
+                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, priority=priority), shared, deadline)
                     span.set("cache.hit", hit)
             else:  # the client asked for a fresh answer; it still refreshes the cache
-                outputs, hit = await entry.batcher.submit(rows, deadline), False
+                outputs, hit = await entry.batcher.submit(rows, deadline, priority), False
                 await self.cache.put(key, outputs, shared)
             labels.cache = "hit" if hit else "miss"
         self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)

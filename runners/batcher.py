@@ -17,6 +17,12 @@ than a model that fast.
 A failed batch fails each of its requests; a request whose budget cannot be met is refused
 at once (503), and one whose client deadline passes is answered 504 and dropped from the
 queue.
+
+Priorities follow Triton's schedule policy: one queue per level, 1 the highest; 0, or a level
+past `priority_levels`, means `default_priority`. A batch takes first the requests that could not
+wait for one more batch without breaking their own latency budget (oldest first, whatever their
+level), then fills up level by level, each level in arrival order. So a high-priority request
+overtakes a backlog of low ones, and a low one still leaves once its budget says it must.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class _Pending:
     rows: np.ndarray
     future: asyncio.Future[Outputs]
     enqueued: float
+    level: int = 0  # index into the batcher's queues: priority - 1
     deadline_timer: asyncio.TimerHandle | None = field(default=None)
     trace: Context | None = field(default=None)  # the request's span context, only when it is recorded
     enqueued_ns: int = 0  # wall clock for the queue_wait span, taken only when traced
@@ -81,7 +88,11 @@ class AdaptiveBatcher:
         self.cost = BatchCost()
         self.stats = BatchStats()
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"batch-{runner.tag}")
-        self._queue: deque[_Pending] = deque()
+        self.priority_levels = settings.priority_levels
+        self.default_priority = settings.default_priority
+        self._queues: list[deque[_Pending]] = [deque() for _ in range(settings.priority_levels)]
+        self._level_rows = [0] * settings.priority_levels
+        self._queued = 0  # requests in the queues, expired ones included until a dispatch drops them
         self._queued_rows = 0
         self._running = 0
         self._inflight = 0  # requests queued or in a running batch
@@ -99,18 +110,30 @@ class AdaptiveBatcher:
     def running(self) -> int:
         return self._running
 
+    def level_rows(self, priority: int) -> int:
+        """Rows waiting at `priority` (0: the default level)."""
+        return self._level_rows[self.level_of(priority)]
+
+    def level_of(self, priority: int) -> int:
+        """The queue index of a request priority: Triton's rule, 0 or an unknown level is the default."""
+        return (priority if 0 < priority <= self.priority_levels else self.default_priority) - 1
+
     def learn(self, timings: list[tuple[int, float]]) -> None:
         """Seed the cost model, e.g. with the warm-up's timings."""
         for rows, seconds in timings:
             self.cost.observe(rows, seconds)
 
-    async def submit(self, rows: np.ndarray, deadline: float | None = None) -> Outputs:
+    async def submit(self, rows: np.ndarray, deadline: float | None = None, priority: int = 0) -> Outputs:
         """Run `rows` in some batch and return exactly their outputs.
 
-        `deadline` is an absolute `loop.time()` after which the caller no longer wants the answer.
+        `deadline` is an absolute `loop.time()` after which the caller no longer wants the answer;
+        `priority` is Triton's request priority (1 the highest, 0 the default level).
         """
         loop = asyncio.get_running_loop()
         n = len(rows)
+        level = self.level_of(priority)
+        if self.metrics is not None:
+            self.metrics.prioritized(level)
         if self._queued_rows + n > self.settings.max_queue_rows:
             self.stats.refused += 1
             raise QueueFull(f"{self.runner.tag}: queue is full", headers={"Retry-After": "1"})
@@ -118,19 +141,21 @@ class AdaptiveBatcher:
         if deadline is not None and deadline <= now:
             self.stats.expired += 1
             raise DeadlineExceeded(f"{self.runner.tag}: request deadline already passed")
-        if self._expected_latency(now, n) > self.budget:
+        if self._expected_latency(now, n, level) > self.budget:
             self.stats.refused += 1
             raise BudgetExceeded(
                 f"{self.runner.tag}: cannot answer within {self.settings.max_latency_ms:g} ms", headers={"Retry-After": "1"}
             )
-        pending = _Pending(rows, loop.create_future(), now)
+        pending = _Pending(rows, loop.create_future(), now, level)
         trace = self.tracer.current()
         if trace is not None:
             pending.trace, pending.enqueued_ns = trace, time.time_ns()
         if deadline is not None:
             pending.deadline_timer = loop.call_at(deadline, self._expire, pending)
-        self._queue.append(pending)
+        self._queues[level].append(pending)
+        self._queued += 1
         self._queued_rows += n
+        self._level_rows[level] += n
         self._inflight += 1
         if not self._kicked:
             self._kicked = True
@@ -143,16 +168,17 @@ class AdaptiveBatcher:
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running (for unloading a version without failing requests)."""
-        while self._queue or self._running:
+        while self._queued or self._running:
             self._idle = self._idle or asyncio.Event()
             await self._idle.wait()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _expected_latency(self, now: float, n: int) -> float:
-        """Queue wait plus own run time, from the learned cost of batches."""
-        ahead = self._queued_rows
+    def _expected_latency(self, now: float, n: int, level: int) -> float:
+        """Queue wait plus own run time, from the learned cost of batches; only rows of the same or
+        higher priority are ahead (lower ones that fall due later are bounded by their own budget)."""
+        ahead = sum(self._level_rows[: level + 1])
         full_batches, rest = divmod(ahead, self.max_batch_size)
         busy = max(0.0, self._running_until - now) if self._running >= self.settings.workers else 0.0
         queued = full_batches * self.cost.estimate(self.max_batch_size) / self.settings.workers
@@ -164,13 +190,13 @@ class AdaptiveBatcher:
             pending.future.set_exception(DeadlineExceeded(f"{self.runner.tag}: request deadline passed in the queue"))
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._queue and self._running < self.settings.workers:
+        while self._queued and self._running < self.settings.workers:
             now = loop.time()
             if self._running == 0 or self._queued_rows >= self.max_batch_size:
                 self._dispatch(loop, now)
                 continue
-            oldest = self._queue[0]
-            leave_at = oldest.enqueued + self.budget - self.cost.estimate(min(self._queued_rows, self.max_batch_size))
+            oldest = min(q[0].enqueued for q in self._queues if q)
+            leave_at = oldest + self.budget - self.cost.estimate(min(self._queued_rows, self.max_batch_size))
             if leave_at <= now:
                 self._dispatch(loop, now)
                 continue
@@ -193,16 +219,34 @@ class AdaptiveBatcher:
         self._timer = None
         self._schedule(loop)
 
+    def _next(self, due_by: float) -> deque[_Pending] | None:
+        """The queue whose head goes next: the oldest head enqueued by `due_by` (it cannot wait for
+        another batch), else the highest level's head; None when every queue is empty."""
+        due: deque[_Pending] | None = None
+        first: deque[_Pending] | None = None
+        for queue in self._queues:
+            if queue:
+                head = queue[0].enqueued
+                if head <= due_by and (due is None or head < due[0].enqueued):
+                    due = queue
+                if first is None:
+                    first = queue
+        return due if due is not None else first
+
     def _dispatch(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         batch: list[_Pending] = []
         rows = 0
-        while self._queue:
-            head = self._queue[0]
+        # Waiting for the next batch means about two batches' time until done: past its budget, a request is due.
+        due_by = now + 2 * self.cost.estimate(self.max_batch_size) - self.budget
+        while (queue := self._next(due_by)) is not None:
+            head = queue[0]
             n = len(head.rows)
             if batch and rows + n > self.max_batch_size:
                 break
-            self._queue.popleft()
+            queue.popleft()
+            self._queued -= 1
             self._queued_rows -= n
+            self._level_rows[head.level] -= n
             if head.future.done():  # expired or the client went away
                 self._inflight -= 1
                 continue
@@ -221,11 +265,14 @@ class AdaptiveBatcher:
         work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
-    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float, int]:
+    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float, int, float]:
+        """(outputs, seconds, wall-clock start in ns, seconds of those spent collating the inputs)."""
         start_ns = time.time_ns()  # wall clock, for spans; perf_counter below for the cost model
         start = time.perf_counter()
-        outputs = self.runner.run(self.runner.collate(arrays))
-        return outputs, time.perf_counter() - start, start_ns
+        collated = self.runner.collate(arrays)
+        collated_at = time.perf_counter()
+        outputs = self.runner.run(collated)
+        return outputs, time.perf_counter() - start, start_ns, collated_at - start
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
@@ -235,14 +282,14 @@ class AdaptiveBatcher:
         self._schedule(loop)
 
     def _complete(
-        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, float, int]]
+        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, float, int, float]]
     ) -> None:
         """Hand each request its rows of `outcome()` (the batch run now, or a finished thread's result), or its error."""
         self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
         try:
-            outputs, seconds, start_ns = outcome()
+            outputs, seconds, start_ns, input_seconds = outcome()
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
@@ -256,14 +303,16 @@ class AdaptiveBatcher:
             self.cost.observe(rows, seconds)
             if self.tracer.enabled:
                 self._trace(batch, rows, start_ns, seconds)
-            if self.metrics is not None:
-                self.metrics.batch_done(rows, seconds, [started - p.enqueued for p in batch])
+            split_from = time.perf_counter()
             start = 0
             for p in batch:
                 end = start + len(p.rows)
                 if not p.future.done():
                     p.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
+            if self.metrics is not None:
+                waits = [started - p.enqueued for p in batch]
+                self.metrics.batch_done(rows, seconds, waits, input_seconds, time.perf_counter() - split_from)
         if self.metrics is not None:
             self.metrics.load(self._queued_rows, self._inflight)
         self._notify_idle()
@@ -278,6 +327,6 @@ class AdaptiveBatcher:
                 self.tracer.record("batch_execution", start_ns, end_ns, attributes, parent=p.trace)
 
     def _notify_idle(self) -> None:
-        if self._idle is not None and not self._queue and not self._running:
+        if self._idle is not None and not self._queued and not self._running:
             self._idle.set()
             self._idle = None

@@ -31,6 +31,17 @@ class BatchSettings(BaseModel):
     """Threads running batches of this version; 1 keeps batches large on a small CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` picks CUDA when torch or onnxruntime can see a GPU, else the CPU."""
+    priority_levels: int = Field(3, ge=1, le=16)
+    """Priority levels of the queue (Triton's convention: 1 is the highest); a request's
+    `parameters.priority` picks one, 0 or a level past the last means `default_priority`."""
+    default_priority: int = Field(2, ge=1, le=16)
+    """The level of requests that name no priority; with the default 3 levels a client can go above or below it."""
+
+    @model_validator(mode="after")
+    def _default_priority_is_a_level(self) -> BatchSettings:
+        if self.default_priority > self.priority_levels:
+            raise ValueError(f"default_priority {self.default_priority} is past the last level ({self.priority_levels})")
+        return self
 
 
 class BatchOverrides(BaseModel):
@@ -44,6 +55,8 @@ class BatchOverrides(BaseModel):
     inline_max_ms: float | None = Field(None, ge=0)
     workers: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] | None = None
+    priority_levels: int | None = Field(None, ge=1, le=16)
+    default_priority: int | None = Field(None, ge=1, le=16)
 
 
 class ModelConfig(BaseModel):
@@ -71,6 +84,15 @@ class ServingConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     """Intra-op threads for torch and onnxruntime; 1 leaves the other core to the HTTP worker."""
     models: dict[str, ModelConfig]
+
+    @model_validator(mode="after")
+    def _priorities_fit_each_model(self) -> ServingConfig:
+        for name in self.models:
+            settings = self.batch_settings(name)
+            if settings.default_priority > settings.priority_levels:
+                raise ValueError(f"models.{name}.batching: default_priority {settings.default_priority} "
+                                 f"is past the last level ({settings.priority_levels})")
+        return self
 
     def batch_settings(self, name: str) -> BatchSettings:
         cfg = self.models.get(name)
