@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.targets.split(","):
             server = triton_peer.triton_server(triton_peer.ensure_venv()) if name == "triton" else servers[name]
             print(f"starting {name} ...", flush=True)
-            server.start(work)
+            server.log_path = work / f"{server.name}.log"
+            server.start()
             try:
                 if name == "triton":
                     rows = triton_peer.check_answers(server, data.digits().x_test[:64])
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             for workers in (1, 2):
                 server = targets(work, workers)["ours-prod"]
                 server.name = f"ours-prod-{workers}w"
-                server.start(work)
+                server.log_path = work / f"{server.name}.log"
+                server.start()
                 try:
                     res = measure(server, scenario, scenario.oip, 64, args.duration, work)
                 finally:

@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -27,36 +29,47 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A server under test: how to start it and which path says it is ready."""
+    """A server process under test on a free port: how to start it and which path says it is ready.
+
+    Shared by the tests and the benchmark: started in a session of its own (so `stop` ends its
+    workers too), polled until ready, stopped by its process group."""
 
     name: str
     argv: list[str]
+    """The command; `{port}` is replaced by the server's port."""
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
-    port: int = 0
+    """Added to this process's environment."""
+    log_path: Path | None = None
+    port: int = field(default_factory=lambda: free_port())
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, log_dir: Path, timeout: float = 180.0) -> None:
-        self.port = free_port()
+    def start(self, timeout: float = 180.0, wait_ready: bool = True) -> Self:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
-        log = open(log_dir / f"{self.name}.log", "wb")
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        if wait_ready:
+            self.wait_until(lambda r: r.status_code == 200, self.ready_path, timeout)
+        return self
+
+    def wait_until(self, check: Callable[[httpx.Response], bool], path: str, timeout: float) -> None:
+        """Poll `path` until `check` holds; fails at once if the server exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {log_dir / (self.name + '.log')}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                if check(httpx.get(self.url + path, timeout=2.0)):
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.3)
-        raise TimeoutError(f"{self.name} not ready after {timeout} s")
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.url}{path} not as expected after {timeout} s; log: {self.log_path}")
 
     def rss_bytes(self) -> int:
         """Resident memory of the whole process tree (server, its workers)."""

@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
             os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
             server, token = _own_server(Path(tmp))
-            server.start(Path(tmp))
+            server.log_path = Path(tmp) / f"{server.name}.log"
+            server.start()
             url = server.url
         try:
             headers = {"Authorization": f"Bearer {token}"} if token else {}

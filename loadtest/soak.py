@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         server = targets(work, args.workers)["ours-prod"]
         server.env["RTSERVE_GC_PAUSES_ENABLED"] = "true"
         print(f"starting {server.name} ...", flush=True)
-        server.start(work)
+        server.log_path = work / f"{server.name}.log"
+        server.start()
         try:
             saturation = measure(server, scenario, req, 64, 10, work).rps
             rate = saturation * args.fraction

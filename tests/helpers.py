@@ -12,73 +12,31 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from gateway.auth import AuthSettings
-from loadtest.servers import free_port
 from gateway.tokens import mint
+from loadtest.servers import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
-class ServerProcess:
-    """`bentoml serve` of this project on a free port, with extra environment."""
+class ServerProcess(Server):
+    """`bentoml serve` of this project on a free port, with extra environment; auth off unless the env turns it on."""
 
     def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         # Each server gets a home of its own around the shared model store: `bentoml serve` empties
         # $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe another server's metrics.
         home = Path(tempfile.mkdtemp(prefix="rtserve-test-server-"))
         (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
-        self.env = {
-            **os.environ,
+        env = {
             "BENTOML_HOME": str(home),
             "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"),
             "RTSERVE_AUTH_ENABLED": "false",  # tests of the gateway turn it on with a key (gateway_env)
             "RTSERVE_GRPC_PORT": str(free_port()),  # a gRPC port of its own: a second service may not share one
             **(env or {}),
         }
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0, wait_ready: bool = True) -> ServerProcess:
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if wait_ready:
-            self.wait_until(lambda r: r.status_code == 200, "/v2/health/ready", timeout)
-        return self
-
-    def wait_until(self, check, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if check(httpx.get(self.url + path, timeout=2.0)):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.url}{path} not as expected after {timeout} s; log: {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the session we started: server and its workers
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        argv = [BENTOML, "serve", "--host", "127.0.0.1", "--port", "{port}"]
+        super().__init__("rtserve", argv, "/v2/health/ready", env, log_path)
 
 
 class OwnRedis:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -74,8 +75,8 @@ def test_bentoml_serve_stops_once_with_one_line(model_store, tmp_path, env, expe
     if "RTSERVE_AUTH_ENABLED" not in env:
         del server.env["RTSERVE_AUTH_ENABLED"]  # the default, as a built Bento runs it
     start = time.monotonic()
-    out = subprocess.run([BENTOML, "serve", "--port", str(server.port)], cwd=ROOT, env=server.env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([BENTOML, "serve", "--port", str(server.port)], cwd=ROOT, env={**os.environ, **server.env},
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     lines = [line for line in (out.stdout + out.stderr).splitlines() if "configuration error" in line]
     assert len(lines) == 1 and expected in lines[0], out.stdout + out.stderr
