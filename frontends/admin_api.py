@@ -57,7 +57,7 @@ async def _handle(admin: RoutingAdmin | None, method: str, parts: list[str], bod
             return 200, await admin.experiment_summary(name)
         if method == "POST":
             return 201, (await admin.start_experiment(name, _parse(ExperimentRequest, body))).model_dump(mode="json")
-        _allow(method, "DELETE")
+        _allow(method, "GET", "POST", "DELETE")
         return 200, (await admin.stop_experiment(name)).model_dump(mode="json")
     if rest == ["canary"]:
         if method == "GET":
@@ -68,20 +68,21 @@ async def _handle(admin: RoutingAdmin | None, method: str, parts: list[str], bod
             return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
         if method == "POST":
             return 201, (await admin.start_canary(name, _parse(CanaryRequest, body))).model_dump(mode="json")
-        _allow(method, "DELETE")
+        _allow(method, "GET", "POST", "DELETE")
         return 200, (await admin.abort_canary(name)).model_dump(mode="json")
     if rest == ["shadow"]:
         if method == "DELETE":
             return 200, (await admin.set_shadow(name, None, 0.0)).model_dump(mode="json")
-        _allow(method, "PUT")
+        _allow(method, "PUT", "DELETE")
         shadow = _parse(ShadowRequest, body)
         return 200, (await admin.set_shadow(name, shadow.version, shadow.fraction)).model_dump(mode="json")
     raise NotFound("no such admin route")
 
 
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"use {allowed}", headers={"Allow": allowed})
+def _allow(method: str, *allowed: str) -> None:
+    """405 naming every method the route takes, unless `method` is one of them."""
+    if method not in allowed:
+        raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
 
 
 class WeightsRequest(BaseModel):
