@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from observability.health import BackgroundHealth
@@ -55,9 +56,11 @@ class CanaryController:
         *,
         metrics: Metrics | None = None,
         health: BackgroundHealth | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.router = router
+        self.clock = clock  # wall-clock seconds: hold times run from step_started_at, which any replica may have written
         self.metrics = metrics
         self.health = health or BackgroundHealth()
         self.lease = lease
@@ -104,7 +107,7 @@ class CanaryController:
         stable = snapshot.get(c.stable, empty).minus(start.get(c.stable, empty))
         canary = snapshot.get(c.version, empty).minus(start.get(c.version, empty))
         # A new lease holder counts requests from when it first saw the step; the hold time still runs from its start.
-        verdict = judge(policy_of(c), c.step, time.time() - c.step_started_at, stable, canary, baseline=self._baseline.get((name, c.version)))
+        verdict = judge(policy_of(c), c.step, self.clock() - c.step_started_at, stable, canary, baseline=self._baseline.get((name, c.version)))
         if verdict.action == "hold":
             return
         if stable.requests:
@@ -112,7 +115,7 @@ class CanaryController:
         await self._decide(name, verdict)
 
     async def _decide(self, name: str, verdict) -> None:
-        now = time.time()
+        now = self.clock()
 
         def change(r: ModelRoutes | None) -> ModelRoutes:
             c = r.canary
