@@ -9,7 +9,7 @@ line naming where it is (the file or the environment variable), the field and wh
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -24,6 +24,7 @@ from gateway.settings import GatewaySettings, LimitSettings
 from jobs.settings import JobSettings, StreamSettings
 from observability.logs import LogSettings
 from observability.tracing import TracingSettings
+from pipeline.repository import RepositorySettings
 from routing.settings import RoutingSettings
 from runners.settings import DEFAULT_CONFIG, ServingConfig
 
@@ -46,6 +47,7 @@ class Config:
     grpc: GrpcSettings
     jobs: JobSettings
     stream: StreamSettings
+    repository: RepositorySettings = field(default_factory=RepositorySettings)
 
 
 def load_config() -> Config:
@@ -60,6 +62,7 @@ def load_config() -> Config:
         routing=_settings(RoutingSettings),
         tracing=_settings(TracingSettings),
         logs=_settings(LogSettings),
+        repository=_settings(RepositorySettings),
         grpc=_settings(GrpcSettings),
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),

@@ -24,6 +24,8 @@ from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
 from pipeline.pipeline import Pipeline
+from pipeline.repository import ModelRepository, RepositorySettings, WorkerStates
+from pipeline.statistics import ModelStatistics
 from routing.admin import RoutingAdmin
 from routing.controller import CanaryController
 from routing.document import ModelRoutes
@@ -110,6 +112,7 @@ class Runtime:
             metrics=metrics,
             on_request=exporter.ensure_running if exporter is not None else None,
             before_scrape=exporter.sync if exporter is not None else None,
+            statistics=ModelStatistics(self.registry, metrics.directory if metrics is not None else None),
         )
         self.exporter = exporter
         self.parts.stream = stream or StreamSettings()
@@ -117,6 +120,7 @@ class Runtime:
         self.sync: RouteSync | None = None
         self.controller: CanaryController | None = None
         self.routing_settings = RoutingSettings()
+        self.repository_settings = RepositorySettings()
 
     def _jobs(self, settings: JobSettings) -> JobRunner | None:
         """Batch jobs on the shared state: Redis when there is one, else the machine's folder."""
@@ -151,6 +155,7 @@ class Runtime:
         runtime = cls(config.serving, limits=config.limits, admission=admission, cache=cache, redis=redis, metrics=metrics,
                       gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream)
         runtime.routing_settings = config.routing
+        runtime.repository_settings = config.repository
         return runtime
 
     def start(self) -> threading.Thread:
@@ -196,6 +201,8 @@ class Runtime:
         stats = MetricsSnapshotSource(self.metrics.directory) if self.metrics is not None else None
         defaults = settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"})
         self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats)
+        states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
+        self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health)

@@ -28,6 +28,10 @@ class InferRequest:
     inputs: dict[str, tuple[str, np.ndarray]]  # name -> (OIP datatype, array)
     outputs: list[str] | None  # requested output names; None means all
     binary_outputs: set[str]
+    priority: int = 0
+    """Triton's schedule policy: 1 is the highest level, 0 the model's default."""
+    timeout_us: int | None = None
+    """Triton's schedule policy: the request's deadline in microseconds from now; None (or 0) for none."""
 
 
 def parse_json(raw: bytes) -> Any:
@@ -108,12 +112,27 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
         inputs[name] = (datatype, arr.reshape(shape))
     if offset != len(binary):
         raise BadRequest("binary data left over after the last input")
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'parameters' must be an object")
+    params = params or {}
+    timeout_us = _schedule_parameter(params, "timeout", 10**15)  # the bound of the 12-digit timeout header
     return InferRequest(
         id=doc.get("id") if isinstance(doc.get("id"), str) else None,
         inputs=inputs,
         outputs=_requested_outputs(doc.get("outputs")),
         binary_outputs=_binary_outputs(doc),
+        priority=_schedule_parameter(params, "priority", 2**63),
+        timeout_us=timeout_us or None,
     )
+
+
+def _schedule_parameter(params: dict, name: str, bound: int) -> int:
+    """`priority` or `timeout` (microseconds) of the schedule policy extension: an integer below `bound`; absent is 0."""
+    value = params.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
+        raise BadRequest(f"parameters.{name} must be an integer from 0 to {bound - 1}")
+    return value
 
 
 def _from_binary(binary: memoryview, offset: int, size: Any, datatype: Any, where: str) -> tuple[np.ndarray, int]:

@@ -20,6 +20,8 @@ from pipeline.pipeline import Pipeline
 if TYPE_CHECKING:
     from jobs.runner import JobRunner
     from observability.metrics import Metrics
+    from pipeline.repository import ModelRepository
+    from pipeline.statistics import ModelStatistics
     from routing.admin import RoutingAdmin
 
 
@@ -40,6 +42,10 @@ class FrontendParts:
     """Called before /metrics is rendered, so counters kept as plain ints are current."""
     admin: RoutingAdmin | None = None
     """Set once the shared routing state is reachable; admin calls answer 503 until then."""
+    repository: ModelRepository | None = None
+    """The model repository extension; set with `admin`."""
+    statistics: ModelStatistics | None = None
+    """The statistics extension."""
     jobs: JobRunner | None = None
     """Batch jobs (/v2/jobs); None when they are switched off."""
     stream: StreamSettings = field(default_factory=StreamSettings)

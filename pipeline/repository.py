@@ -1,0 +1,286 @@
+"""Triton's model repository extension: an index of the versions in the model store, and loads and
+unloads that answer once every worker of this replica has done them.
+
+    repository = ModelRepository(admin, registry, WorkerStates(metrics_directory, registry), RepositorySettings())
+    await repository.index(ready_only: bool = False) -> list[IndexEntry]
+    await repository.load(name: str, versions: list[str] | None = None) -> list[str]
+    await repository.unload(name: str, versions: list[str] | None) -> list[str]
+    requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> list[str] | None
+
+`requested_versions` reads the versions out of a load or unload request's parameters (plain values:
+the gRPC front end passes each ModelRepositoryParameter's set field); the REST front end renders the
+index as Triton's JSON list, the gRPC front end fills RepositoryIndexResponse.
+
+Loads and unloads change the shared routing state through the routing admin (routing/admin.py), so
+every worker and replica follows (routing/sync.py: background load, drained unload). This replica's
+workers each write their version states into the `rtserve_model_version_state` gauge, one Prometheus
+multiprocess file per worker pid; a load returns when every live worker reports the version ready,
+fails at once when one reports it failed, and answers 504 after `RTSERVE_REPOSITORY_WAIT_TIMEOUT_S`
+(the change goes on; the index shows how far it got). An unload returns when no worker holds the version.
+
+Where Triton unloads a whole model, a served model here keeps at least one version (its routes need
+one): an unload names its versions. A load without versions loads those serving.yaml names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import BadRequest, Conflict, ModelNotFound, ServingError, Unavailable
+from routing.admin import RoutingAdmin
+from runners.registry import ModelRegistry, VersionState
+
+STATE_METRIC = "rtserve_model_version_state"
+READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
+
+
+class RepositorySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_REPOSITORY_")
+
+    wait_timeout_s: float = Field(8.0, gt=0)
+    """How long a load or unload waits for every worker before answering 504 (the change goes on).
+    Keep it under the server's traffic timeout (RTSERVE_TRAFFIC_TIMEOUT_S, 10 s), which cancels the request."""
+    poll_interval_s: float = Field(0.05, gt=0)
+    """How often a waiting load or unload reads the workers' states."""
+
+
+class LoadFailed(ServingError):
+    """A worker could not load the version (the model store's copy is broken, or the model raised in warm-up)."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "load_failed"
+
+
+class RepositoryTimeout(ServingError):
+    """The workers had not finished a load or unload when the wait ended; it goes on in the background."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "repository_timeout"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    """READY (every worker serves it), LOADING, or UNAVAILABLE (in the store but not loaded, failed, unloading)."""
+    reason: str
+    """Why it is not READY; empty when it is."""
+
+
+def requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> list[str] | None:
+    """The versions a load or unload request names; None when it names none.
+
+    `{"version": "v2"}` names one. tritonclient's `load_model(name, config=...)` sends a model
+    configuration as a JSON string in `config`: its `version_policy.specific.versions` (Triton's way of
+    choosing versions) names them, `name` must be the model's. Unload's `unload_dependents` must be false:
+    an ensemble's members are models of their own here. Model files are refused: versions come from the store."""
+    params = dict(parameters or {})
+    versions: list[str] | None = None
+    if "version" in params:
+        versions = [_version(params.pop("version"), "parameters.version")]
+    if load and "config" in params:
+        from_config = _config_versions(params.pop("config"))
+        if versions is not None and from_config is not None and from_config != versions:
+            raise BadRequest(f"parameters.version {versions} and the config's versions {from_config} differ")
+        versions = versions or from_config
+    if not load and params.pop("unload_dependents", False) is not False:
+        raise BadRequest("unload_dependents is not supported: an ensemble's members are models of their own")
+    if any(key.startswith("file:") for key in params):
+        raise BadRequest("model files are not accepted: versions are loaded from the model store")
+    if params:
+        allowed = "version, config" if load else "version, unload_dependents"
+        raise BadRequest(f"unknown parameter(s) {sorted(params)}; accepted: {allowed}")
+    return versions
+
+
+def _version(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise BadRequest(f"{where} must be a version name")
+    return str(value)
+
+
+def _config_versions(raw: Any) -> list[str] | None:
+    try:
+        config = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    except ValueError:
+        raise BadRequest("parameters.config must be a model configuration in JSON") from None
+    if not isinstance(config, dict):
+        raise BadRequest("parameters.config must be a JSON object")
+    unknown = set(config) - {"name", "version_policy"}
+    if unknown:
+        raise BadRequest(f"parameters.config: only 'version_policy' (and 'name') can be set, not {sorted(unknown)}")
+    policy = config.get("version_policy")
+    if policy is None:
+        return None
+    specific = policy.get("specific") if isinstance(policy, dict) and set(policy) == {"specific"} else None
+    versions = specific.get("versions") if isinstance(specific, dict) else None
+    if not isinstance(versions, list) or not versions:
+        raise BadRequest('parameters.config: version_policy must be {"specific": {"versions": [...]}} with at least one version')
+    return [_version(v, "parameters.config version_policy.specific.versions[]") for v in versions]
+
+
+class WorkerStates:
+    """Each live worker's version states, read from the state gauge's multiprocess files (one per worker pid)."""
+
+    def __init__(self, directory: str | Path | None, registry: ModelRegistry) -> None:
+        """`directory`: where every worker writes its metrics; None without metrics, then this worker alone answers."""
+        self.directory = directory
+        self.registry = registry
+
+    def read(self) -> list[dict[tuple[str, str], str]]:
+        """Per live worker, (model, version) -> state (loading, ready, draining, failed) of what it holds.
+
+        A process counts as a worker once it has recorded a state; dead workers' files are left out."""
+        if self.directory is None:
+            return [{(n, v): e.state.value for n in self.registry.names() for v, e in self.registry.versions(n).items()}]
+        from prometheus_client.mmap_dict import MmapedDict
+
+        workers = []
+        for path in glob.glob(os.path.join(self.directory, "gauge_livemax_*.db")):
+            pid = int(os.path.basename(path)[len("gauge_livemax_") : -len(".db")])
+            if not _alive(pid):
+                continue
+            held: dict[tuple[str, str], str] = {}
+            recorded = False
+            try:
+                values = MmapedDict.read_all_values_from_file(path)
+            except FileNotFoundError:  # the worker went away between the listing and now
+                continue
+            for key, value, _, _ in values:
+                metric, _, labels, _ = json.loads(key)
+                if metric == STATE_METRIC:
+                    recorded = True
+                    if value == 1:
+                        held[labels["model"], labels["version"]] = labels["state"]
+            if recorded:
+                workers.append(held)
+        return workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def replica_state(states: list[str | None], wanted: bool, error: str | None = None) -> tuple[str, str]:
+    """(state, reason) of a version across the workers (`states`: each worker's state, None where it holds none).
+
+    `wanted`: the routing state lists it as loaded; `error`: this worker's load error, when it has one."""
+    workers = len(states)
+    failed = states.count(VersionState.FAILED.value)
+    if failed:
+        return UNAVAILABLE, f"failed to load in {failed} of {workers} workers" + (f": {error}" if error else "")
+    ready = states.count(VersionState.READY.value)
+    if wanted:
+        return (READY, "") if workers and ready == workers else (LOADING, f"ready in {ready} of {workers} workers")
+    held = workers - states.count(None)
+    return (UNAVAILABLE, f"unloading in {held} of {workers} workers") if held else (UNAVAILABLE, "unloaded")
+
+
+class ModelRepository:
+    def __init__(
+        self, admin: RoutingAdmin, registry: ModelRegistry, states: WorkerStates, settings: RepositorySettings
+    ) -> None:
+        self.admin = admin
+        self.registry = registry
+        self.states = states
+        self.settings = settings
+
+    async def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every version of every served model: those in the model store, loaded or not, and those the routes load."""
+        routes = await self.admin.store.get_all()
+        workers = await asyncio.to_thread(self.states.read)
+        entries = []
+        for name in sorted(self.registry.names()):
+            wanted = set(routes[name].loaded) if name in routes else set()
+            held = self.registry.versions(name)
+            stored = await asyncio.to_thread(_stored_versions, name)
+            seen = {v for w in workers for n, v in w if n == name}
+            for version in sorted(stored | wanted | seen | set(held)):
+                entry = held.get(version)
+                state, reason = replica_state([w.get((name, version)) for w in workers], version in wanted,
+                                              entry.error if entry is not None else None)
+                if not ready_only or state == READY:
+                    entries.append(IndexEntry(name, version, state, reason))
+        return entries
+
+    async def load(self, name: str, versions: list[str] | None = None) -> list[str]:
+        """Load `versions` (None: those serving.yaml names) in every worker; returns them once every worker serves them."""
+        if versions is None:
+            configured = self.registry.config.models.get(name)
+            if configured is None:
+                raise ModelNotFound(f"model '{name}' is not served here")
+            versions = list(configured.versions)
+        for version in versions:
+            await self.admin.load(name, version)
+        await self._wait(name, versions, self._loaded)
+        return versions
+
+    async def unload(self, name: str, versions: list[str] | None) -> list[str]:
+        """Unload `versions` (drained: in-flight requests finish); returns once no worker holds them."""
+        if not versions:
+            self.registry.versions(name)  # an unknown model is 404 before anything else
+            raise Conflict(f"a served model keeps at least one version: name the version(s) of '{name}' to unload "
+                           '(parameters {"version": "v1"}, or ?version=v1)')
+        for version in versions:
+            await self.admin.unload(name, version)
+        await self._wait(name, versions, _gone)
+        return versions
+
+    def _loaded(self, name: str, version: str, states: list[str | None]) -> bool:
+        entry = self.registry.versions(name).get(version)
+        state, reason = replica_state(states, True, entry.error if entry is not None else None)
+        if state == UNAVAILABLE:
+            raise LoadFailed(f"'{name}:{version}' {reason}; unload it and load it again to retry")
+        return state == READY
+
+    async def _wait(self, name: str, versions: list[str], done: Callable[[str, str, list[str | None]], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_timeout_s
+        while True:
+            workers = await asyncio.to_thread(self.states.read)
+            pending = [v for v in versions if not done(name, v, [w.get((name, v)) for w in workers])]
+            if not pending:
+                return
+            if loop.time() >= deadline:
+                raise RepositoryTimeout(
+                    f"'{name}' version(s) {pending} not done in every worker after {self.settings.wait_timeout_s:g} s; "
+                    "it goes on in the background (see POST /v2/repository/index)"
+                )
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+
+def _gone(name: str, version: str, states: list[str | None]) -> bool:
+    return all(s is None for s in states)
+
+
+def _stored_versions(name: str) -> set[str]:
+    import bentoml
+    from bentoml.exceptions import NotFound as StoreNotFound
+
+    try:
+        return {m.tag.version for m in bentoml.models.list(name)}
+    except StoreNotFound:
+        return set()
+
+
+def repository_unavailable() -> Unavailable:
+    """What a repository call answers before the shared routing state has been reached."""
+    return Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
