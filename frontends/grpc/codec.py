@@ -94,12 +94,12 @@ def _from_contents(
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"{where}: {datatype} has no typed contents; send it in raw_input_contents")
-    values = getattr(contents, field)
-    if len(values) != expected:
-        raise InvalidInput(f"{where}: {len(values)} values do not fill shape {list(shape)} ({expected} values)")
     filled = [f.name for f, _ in contents.ListFields() if f.name != field]
     if filled:
         raise InvalidInput(f"{where}: {datatype} data belongs in {field}, not {filled[0]}")
+    values = getattr(contents, field)
+    if len(values) != expected:
+        raise InvalidInput(f"{where}: {len(values)} values do not fill shape {list(shape)} ({expected} values)")
     wide = np.array(values, dtype=_WIDE[dtype.kind])  # as the proto holds them; range-checked before narrowing
     if dtype.kind in "iu" and wide.size and (wide.min() < np.iinfo(dtype).min or wide.max() > np.iinfo(dtype).max):
         raise InvalidInput(f"{where}: values out of range for {datatype}")
