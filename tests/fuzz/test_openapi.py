@@ -4,6 +4,7 @@ method is 405 with the full `Allow`, any other path 404)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -19,7 +20,7 @@ DOC = document()
 SCHEMA = schemathesis.openapi.from_dict(DOC)
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 DOCUMENTED = {(method.upper(), path) for path, item in DOC["paths"].items() for method in item if method.upper() in METHODS}
-EXAMPLE = {"name": "digits-sklearn", "version": "v1"}
+EXAMPLE = {"name": "digits-sklearn", "version": "v1", "job": "0123456789abcdef"}
 
 
 def concrete(template: str) -> str:
@@ -104,6 +105,15 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     oip("POST", "/v2/models/no-such-model/infer", 404, json={"inputs": []})
     oip("GET", "/v2/models/digits-sklearn/versions/v9", 404)
     oip("POST", "/predict", 401, json={"model": "digits-sklearn", "inputs": [[0] * 64]}, headers={"Authorization": ""})
+    row = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
+    oip("POST", "/v2/models/digits-sklearn/infer/stream", 200, content=b"%s\n%s\n" % (json.dumps(row).encode(), b"{bad"))
+    oip("POST", "/v2/models/digits-sklearn/versions/v1/infer/stream", 200, content=json.dumps(row).encode())
+    jobs = Exercise(gateway.url, gateway.headers(scopes="batch"))
+    job = jobs("POST", "/v2/jobs", 202, json={"model": "digits-sklearn", "version": "v1", "inputs": [[1.0] * 64] * 3}).json()
+    jobs("GET", f"/v2/jobs/{job['id']}/results", 200, wait_s=30)
+    jobs("GET", f"/v2/jobs/{job['id']}", 200)
+    jobs("POST", f"/v2/jobs/{job['id']}/cancel", 409)
+    oip.seen |= jobs.seen
 
     routing_reset.ensure_initial()
     admin = Exercise(admin_gateway.url, admin_gateway.headers(scopes="admin"))
@@ -124,6 +134,13 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     admin("POST", f"{name}/versions/v2/unload", 202)
     admin("PUT", f"{name}/weights", 422, json={"weights": {"v1": -1}})
     admin("GET", "/admin/models", 403, headers=admin_gateway.headers(scopes="predict"))
+    admin("POST", "/v2/repository/index", 200, json={"ready": True})
+    admin("POST", "/v2/repository/models/digits-sklearn/load", 200, json={"parameters": {"version": "v2"}})
+    admin("POST", "/v2/repository/models/digits-sklearn/unload", 200, params={"version": "v2"})
+    admin("POST", "/v2/repository/models/digits-sklearn/unload", 409)
+    reader = admin_gateway.headers(scopes="predict")
+    for path in ("/v2/models/stats", "/v2/models/digits-sklearn/stats", "/v2/models/digits-sklearn/versions/v1/stats"):
+        admin("GET", path, 200, headers=reader)
     routing_reset.ensure_initial()
 
     missing = DOCUMENTED - oip.seen - admin.seen
