@@ -1,8 +1,8 @@
 """The BentoML service: models run in-process behind our adaptive batcher.
 
-The HTTP API (Open Inference Protocol and `/predict`) is a raw ASGI app mounted at the root
-(see gateway/http.py). BentoML keeps what it is good at: the model store, the server and its
-workers, `bentoml build`. The configuration is validated when this module is imported, in
+The HTTP API (Open Inference Protocol, `/predict`, admin) is a raw ASGI app (frontends/rest.py)
+served in front of BentoML's own middleware (app/front_door.py). BentoML keeps what it is good
+at: the model store, the server and its workers, `bentoml build`. The configuration is validated when this module is imported, in
 `bentoml serve`'s own process before any worker starts, so a mistake stops the server once
 with one line instead of making BentoML respawn failing workers.
 """
@@ -17,6 +17,7 @@ import sys
 import bentoml
 
 from app.config import ConfigError, load_config
+from app.front_door import install as install_front_door
 from app.wiring import Runtime
 from frontends.grpc.port_guard import PortTaken, reserve
 from frontends.grpc.server import GrpcFrontend
@@ -33,18 +34,16 @@ except ConfigError as exc:
 oip_app = InferenceApp()
 
 
-@bentoml.asgi_app(oip_app, path="/")
 @bentoml.service(
     name="rtserve",
     workers=int(os.environ.get("RTSERVE_WORKERS", "1")),
-    # Each pending request keeps a timer for this long; short keeps the heap (and GC pauses) small.
+    # BentoML's request timeout, for what its own stack still serves (its probes); our paths have ours.
     traffic={"timeout": float(os.environ.get("RTSERVE_TRAFFIC_TIMEOUT_S", "10"))},
     # Our own Prometheus metrics replace BentoML's per-request middleware metrics.
     metrics={"enabled": False},
     logging={"access": {"enabled": False}},
-    # Our own spans (observability/tracing.py) cover these paths; BentoML's middleware would open a span
-    # per request and per send, which costs more than the model.
-    tracing={"excluded_urls": ["/v2", "/admin", "/metrics", "/predict"], "sample_rate": 0.0},
+    # Our own spans (observability/tracing.py) cover our paths, which do not pass BentoML's middleware.
+    tracing={"sample_rate": 0.0},
 )
 class InferenceService:
     def __init__(self) -> None:
@@ -90,3 +89,7 @@ class InferenceService:
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
+
+
+# Our HTTP paths in front of BentoML's per-request middleware (app/front_door.py).
+install_front_door(InferenceService, oip_app)

@@ -14,8 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
-from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, NotFound, ServingError, Unavailable
-from frontends import admin_api, jobs_api, openapi, stream
+from core.errors import BadRequest, ClientDisconnected, DeadlineExceeded, MethodNotAllowed, NotFound, ServingError, Unavailable
+from frontends import admin_api, extensions, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from frontends.oip_codec import decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
@@ -29,7 +29,7 @@ INFER_SPAN = "POST /v2/models/{name}/infer"  # the route, not the path: one span
 PREDICT_SPAN = "POST /predict"
 SERVER_NAME = "rtserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "health", "model_metadata"]
+EXTENSIONS = ["binary_tensor_data", "health", "model_metadata", "model_repository", "statistics", "schedule_policy"]
 
 
 class InferenceApp:
@@ -52,7 +52,13 @@ class InferenceApp:
                 raise Unavailable("service is starting", headers={"Retry-After": "1"})
             if await stream.serve(self.parts, scope, receive, send, headers, extra, request_id):
                 return
-            status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
+            async with asyncio.timeout(self.parts.limits.request_timeout_s) as budget:
+                try:
+                    status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
+                except asyncio.CancelledError:
+                    if budget.expired():  # our own request timeout, not the server going away
+                        raise DeadlineExceeded(f"request took longer than {self.parts.limits.request_timeout_s:g} s") from None
+                    raise
         except ServingError as exc:
             status, body, content_type = exc.status.value, dumps(exc.body()), JSON
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
@@ -88,6 +94,8 @@ class InferenceApp:
             body = await read_body(receive, headers, served.limits.max_body_bytes, served.limits.body_read_timeout_s)
             status, doc = await admin_api.handle(served.admin, method, parts[1:], body)
             return status, dumps(doc), JSON
+        if (answer := await extensions.route(served, scope, receive, headers, path, parts)) is not None:
+            return answer
         if parts == ["predict"]:
             _expect(method, "POST")
             return await self._predict(receive, headers, extra, request_id)
@@ -150,7 +158,8 @@ class InferenceApp:
                 with tracer.span("decode"):
                     body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
                     request = decode_infer(body, limits, _int_header(headers, b"inference-header-content-length"))
-                outputs = await req.infer(entry, request.inputs, deadline=_deadline(headers), use_cache=_use_cache(headers))
+                outputs = await req.infer(entry, request.inputs, deadline=_deadline(headers, request.timeout_us),
+                                          use_cache=_use_cache(headers), priority=request.priority)
                 if request.outputs is not None:
                     unknown = set(request.outputs) - set(outputs)
                     if unknown:
@@ -230,9 +239,10 @@ def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:
     return int(raw)
 
 
-def _deadline(headers: dict[bytes, bytes]) -> float | None:
-    timeout_ms = _int_header(headers, b"x-request-timeout-ms")
-    return deadline_after(timeout_ms) if timeout_ms is not None else None
+def _deadline(headers: dict[bytes, bytes], timeout_us: int | None = None) -> float | None:
+    """The earlier of the X-Request-Timeout-Ms header and the request's own `parameters.timeout`."""
+    timeouts_ms = [t for t in (_int_header(headers, b"x-request-timeout-ms"), timeout_us and timeout_us / 1000) if t is not None]
+    return deadline_after(min(timeouts_ms)) if timeouts_ms else None
 
 
 def _use_cache(headers: dict[bytes, bytes]) -> bool:

@@ -24,10 +24,13 @@ class LimitSettings(BaseSettings):
     """Accept NaN and infinity in float inputs (no demo model does)."""
     max_dims: int = Field(8, ge=1, le=32)
     """Most dimensions of one input tensor; no served model needs more, and numpy allows at most 64."""
+    request_timeout_s: float = Field(10.0, gt=0)
+    """Longest a request may take from its first byte to its answer (streams excepted: they have an idle
+    timeout between items); past it the request is cancelled and answered 504."""
     body_read_timeout_s: float = Field(5.0, gt=0)
     """Longest a client may take to send a request body; past it the request is answered 408.
     Bounds what a slow client can hold (uvicorn has no body timeout of its own); keep it under
-    the server's traffic timeout (RTSERVE_TRAFFIC_TIMEOUT_S, 10 s), which cancels the request."""
+    the request timeout."""
 
 
 class GatewaySettings(BaseSettings):
