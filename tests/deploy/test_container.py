@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -144,7 +145,12 @@ def secret_dir(image: Image, tmp_path: Path) -> Path:
 def test_dockerfiles_pass_hadolint(image: Image) -> None:
     config = CONTAINER_DIR / "hadolint.yaml"
     for dockerfile in (image.bento.dockerfile, CONTAINER_DIR / "python-base.Containerfile"):
-        out = subprocess.run(["hadolint", "--config", str(config), str(dockerfile)], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "hadolint"), "--config", str(config), str(dockerfile)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert out.returncode == 0, f"{dockerfile}:\n{out.stdout}{out.stderr}"
 
 
