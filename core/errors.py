@@ -134,6 +134,19 @@ class ModelFailed(ServingError):
     code = "model_error"
 
 
+class LoadFailed(ServingError):
+    """A worker could not load the version (a broken copy in the model store, or the model raised in warm-up)."""
+
+    code = "load_failed"
+
+
+class RepositoryTimeout(ServingError):
+    """Not every worker had finished a model load or unload when the wait ended; it goes on in the background."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = "repository_timeout"
+
+
 class Conflict(ServingError):
     """The change does not fit the current state (e.g. unloading the version that takes all traffic)."""
 

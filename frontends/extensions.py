@@ -70,7 +70,8 @@ async def _repository(
             raise BadRequest("'ready' must be true or false")
         return 200, dumps([asdict(e) for e in await repository.index(ready_only=ready)]), JSON
     _only(body, {"parameters"})
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
     versions = requested_versions({**parameters, **_query_version(scope, parameters)}, load=action == "load")

@@ -30,14 +30,13 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import BadRequest, Conflict, ModelNotFound, ServingError, Unavailable
+from core.errors import BadRequest, Conflict, LoadFailed, ModelNotFound, RepositoryTimeout, Unavailable
 from routing.admin import RoutingAdmin
 from runners.registry import ModelRegistry, VersionState
 
@@ -53,20 +52,6 @@ class RepositorySettings(BaseSettings):
     Keep it under the server's traffic timeout (RTSERVE_TRAFFIC_TIMEOUT_S, 10 s), which cancels the request."""
     poll_interval_s: float = Field(0.05, gt=0)
     """How often a waiting load or unload reads the workers' states."""
-
-
-class LoadFailed(ServingError):
-    """A worker could not load the version (the model store's copy is broken, or the model raised in warm-up)."""
-
-    status = HTTPStatus.INTERNAL_SERVER_ERROR
-    code = "load_failed"
-
-
-class RepositoryTimeout(ServingError):
-    """The workers had not finished a load or unload when the wait ended; it goes on in the background."""
-
-    status = HTTPStatus.GATEWAY_TIMEOUT
-    code = "repository_timeout"
 
 
 @dataclass(frozen=True)

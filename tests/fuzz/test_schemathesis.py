@@ -30,13 +30,13 @@ SCHEMA = schemathesis.openapi.from_path(DOCUMENT_PATH, config=CONFIG)
 mix_in_real_requests(SCHEMA)
 
 
-@SCHEMA.exclude(path_regex="^/admin").parametrize()
+@SCHEMA.exclude(path_regex="^/(admin|v2/repository)").parametrize()
 @FUZZ_SETTINGS
 def test_inference_api(case, oip_fuzzer):
     oip_fuzzer.run(case)
 
 
-@SCHEMA.include(path_regex="^/admin").parametrize()
+@SCHEMA.include(path_regex="^/(admin|v2/repository)").parametrize()
 @FUZZ_SETTINGS
 def test_admin_api(case, admin_fuzzer, routing_reset):
     routing_reset.ensure_initial()
