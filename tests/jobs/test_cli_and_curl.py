@@ -1,0 +1,78 @@
+"""Against a real `bentoml serve`: a job submitted, watched and fetched with `rtserve job`, and a stream through curl."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.auth import AuthSettings
+from gateway.tokens import mint
+from tests.helpers import ServerProcess
+
+RTSERVE = str(Path(sys.executable).parent / "rtserve")
+
+
+@pytest.fixture(scope="module")
+def served(model_store, tmp_path_factory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """Auth on, no Redis: jobs in a folder of the test's own."""
+    tmp = tmp_path_factory.mktemp("jobs-server")
+    secret = tmp / "jwt-secret"
+    secret.write_text(secrets.token_hex(32))
+    auth = {"RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret)}
+    server = ServerProcess(env={"REDIS_URL": "", "RTSERVE_JOBS_STATE_DIR": str(tmp / "jobs"), **auth},
+                           log_path=tmp / "serve.log")
+    try:
+        yield server.start(), {**os.environ, **auth, "RTSERVE_URL": server.url, "RTSERVE_TENANT": "cli-test"}
+    finally:
+        server.stop()
+
+
+def rtserve(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([RTSERVE, *args], check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_job_through_the_cli(served, digits, tmp_path):
+    _, env = served
+    rows = np.tile(digits, (4, 1))  # 7,188 rows
+    np.save(tmp_path / "rows.npy", rows)
+    out = rtserve(env, "job", "submit", "digits-sklearn", str(tmp_path / "rows.npy"), "--version", "v1", "--wait")
+    job_id = out.split()[1].rstrip(":")
+    assert f"job {job_id}: succeeded, {len(rows)}/{len(rows)} rows, 0 failed" in out and "rows/s" in out
+    assert "succeeded" in rtserve(env, "job", "status", job_id)
+    rtserve(env, "job", "get", job_id, "-o", str(tmp_path / "out.ndjson"))
+    got = [json.loads(line) for line in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert [g["row"] for g in got] == list(range(len(rows)))
+    assert [g["outputs"]["label"] for g in got[:1797]] == [g["outputs"]["label"] for g in got[1797:3594]]
+    cancel = subprocess.run([RTSERVE, "job", "cancel", job_id], check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert cancel.returncode == 2 and "409" in cancel.stderr
+    other = subprocess.run([RTSERVE, "job", "status", job_id], check=False, env={**env, "RTSERVE_TENANT": "someone-else"},
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 2 and "404" in other.stderr
+
+
+def test_stream_through_curl(served, digits, tmp_path):
+    server, env = served
+    items = [json.dumps({"id": f"r{i}", "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                                    "data": row}]}) for i, row in enumerate(digits[:30].tolist())]
+    items[4] = '{"id": "bad", "inputs": []}'
+    (tmp_path / "items.ndjson").write_text("\n".join(items) + "\n")
+    token = mint(AuthSettings(hs256_secret_file=Path(env["RTSERVE_AUTH_HS256_SECRET_FILE"])), subject="curl", scopes="predict",
+                 tenant="acme", ttl_s=600)
+    done = subprocess.run(["curl", "-sS", "-N", "--fail-with-body", "-H", f"Authorization: Bearer {token}", "--data-binary",
+                           f"@{tmp_path / 'items.ndjson'}", f"{server.url}/v2/models/digits-sklearn/infer/stream"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = {doc["id"]: doc for doc in map(json.loads, done.stdout.splitlines())}
+    assert set(got) == {f"r{i}" for i in range(30) if i != 4} | {"bad"}
+    assert got["bad"]["code"] == "bad_request"
+    assert all(got[f"r{i}"]["model_version"] in ("v1", "v2") for i in range(30) if i != 4)
