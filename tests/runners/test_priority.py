@@ -148,7 +148,7 @@ async def test_a_stream_of_high_priority_requests_does_not_starve_a_low_one(sk):
             await asyncio.sleep(0)
         ran = len(model.batches)
         model.step()
-        await until(lambda: len(model.batches) > ran or low.done())
+        await until(lambda ran=ran: len(model.batches) > ran or low.done())
     await low
     position = next(i for i, b in enumerate(model.batches) if 1 in b)
     assert position > 1 and all(1 not in b and len(b) == 2 for b in model.batches[1:position])  # high ones went first
