@@ -1,6 +1,6 @@
 """The layers point one way: a package imports only from the layers below it (type-only imports included).
 
-    core <- observability, models <- runners <- routing, gateway <- pipeline <- frontends, jobs <- app <- service
+    core <- observability, models <- runners <- routing, gateway <- pipeline <- jobs <- frontends <- app <- service
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ RANK = {
     "gateway": 3,
     "pipeline": 4,
     "frontends": 5,
-    "jobs": 5,
+    "jobs": 4.5,
     "app": 6,
     "service": 7,
 }
