@@ -57,14 +57,16 @@ class Server:
             self.wait_until(lambda r: r.status_code == 200, self.ready_path, timeout)
         return self
 
-    def wait_until(self, check: Callable[[httpx.Response], bool], path: str, timeout: float) -> None:
+    def wait_until(
+        self, check: Callable[[httpx.Response], bool], path: str, timeout: float, headers: dict[str, str] | None = None
+    ) -> None:
         """Poll `path` until `check` holds; fails at once if the server exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                if check(httpx.get(self.url + path, timeout=2.0)):
+                if check(httpx.get(self.url + path, timeout=2.0, headers=headers)):
                     return
             except httpx.HTTPError:
                 pass

@@ -63,7 +63,12 @@ def gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
     prefix = f"rtserve-test:{uuid.uuid4().hex}:"
     server = ServerProcess(env=gateway_env(secret_file, prefix), log_path=tmp / "serve.log")
     try:
-        yield Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
+        gw = Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
+        admin = gw.headers(scopes="admin")
+        # Ready means the models are warm; the admin API answers once the shared routes are reached too.
+        for _ in range(2):  # both workers
+            server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=admin)
+        yield gw
     finally:
         server.stop()
         client = redis_lib.Redis.from_url(REDIS_URL)
