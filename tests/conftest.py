@@ -66,7 +66,7 @@ def gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
         gw = Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
         admin = gw.headers(scopes="admin")
         # Ready means the models are warm; the admin API answers once the shared routes are reached too.
-        for _ in range(2):  # both workers
+        for _ in range(6):  # each on a new connection, so both workers are asked
             server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=admin)
         yield gw
     finally:
