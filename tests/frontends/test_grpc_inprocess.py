@@ -72,7 +72,9 @@ async def served(model_store, tmp_path_factory) -> AsyncIterator[Served]:
         port = await frontend.start(shared=False)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         try:
-            yield Served(s.runtime, pb_grpc.GRPCInferenceServiceStub(channel), channel, (("authorization", f"Bearer {s.token()}"),))
+            yield Served(
+                s.runtime, pb_grpc.GRPCInferenceServiceStub(channel), channel, (("authorization", f"Bearer {s.token()}"),)
+            )
         finally:
             await channel.close()
             await frontend.stop()

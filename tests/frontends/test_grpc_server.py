@@ -3,6 +3,7 @@ Redis: the session's `gateway`), through `tritonclient.grpc` and grpcio, against
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
 
 from runners.settings import DEFAULT_CONFIG, ServingConfig
 from tests.helpers import Gateway, ServerProcess
@@ -31,17 +33,32 @@ def grpc_port(gateway: Gateway) -> int:
     return int(gateway.server.env["RTSERVE_GRPC_PORT"])
 
 
+def grpc_headers(gateway: Gateway, **token) -> dict[str, str]:
+    """The token as gRPC metadata, whose keys are lower case."""
+    return {"authorization": gateway.headers(**token)["Authorization"]}
+
+
+def until_ready(is_ready) -> None:
+    """Each connection goes to one of the workers sharing the port, and the server's HTTP readiness said
+    only that the worker which answered it was: poll the connection's own worker."""
+    deadline = time.monotonic() + 120
+    while not is_ready():
+        assert time.monotonic() < deadline, "the gRPC worker never became ready"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def clients(gateway) -> tuple[triton_grpc.InferenceServerClient, triton_http.InferenceServerClient]:
-    return (
-        triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port(gateway)}"),
-        triton_http.InferenceServerClient(gateway.url.removeprefix("http://")),
-    )
+    over_grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port(gateway)}")
+    until_ready(over_grpc.is_server_ready)
+    return over_grpc, triton_http.InferenceServerClient(gateway.url.removeprefix("http://"))
 
 
 @pytest.fixture(scope="module")
 def stub(gateway) -> pb_grpc.GRPCInferenceServiceStub:
-    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port(gateway)}"))
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port(gateway)}"))
+    until_ready(lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready)
+    return stub
 
 
 def example(spec: dict) -> np.ndarray:
@@ -60,7 +77,7 @@ def triton_inputs(module, spec: dict, data: np.ndarray) -> list:
 
 def test_metadata_and_answers_match_rest_on_every_demo_model(gateway, clients):
     over_grpc, over_http = clients
-    headers = gateway.headers()
+    headers = grpc_headers(gateway)
     assert over_grpc.is_server_live() and over_grpc.is_server_ready()  # open, as /v2/health/* is
     assert over_grpc.get_server_metadata(as_json=True)["name"] == "rtserve"
     for name in SERVING.models:
@@ -75,8 +92,12 @@ def test_metadata_and_answers_match_rest_on_every_demo_model(gateway, clients):
         assert over_grpc.is_model_ready(name, version)
         spec = over_http.get_model_metadata(name, version, headers=headers)["inputs"][0]
         data = example(spec)
-        got = over_grpc.infer(name, triton_inputs(triton_grpc, spec, data), model_version=version, headers={**headers, **NO_CACHE})
-        want = over_http.infer(name, triton_inputs(triton_http, spec, data), model_version=version, headers={**headers, **NO_CACHE})
+        got = over_grpc.infer(
+            name, triton_inputs(triton_grpc, spec, data), model_version=version, headers={**headers, **NO_CACHE}
+        )
+        want = over_http.infer(
+            name, triton_inputs(triton_http, spec, data), model_version=version, headers={**headers, **NO_CACHE}
+        )
         assert got.get_response().model_version == version
         np.testing.assert_array_equal(got.as_numpy("label"), want.as_numpy("label"), err_msg=f"{name}:{version}")
         np.testing.assert_allclose(got.as_numpy("probabilities"), want.as_numpy("probabilities"), rtol=1e-5, atol=1e-6)
@@ -88,7 +109,7 @@ def test_requests_over_grpc_are_counted_like_any_other(gateway, clients):
     before = _requests(gateway, "digits-onnx", "v2-opt")
     for _ in range(5):
         over_grpc.infer("digits-onnx", triton_inputs(triton_grpc, spec, example(spec)), model_version="v2-opt",
-                        headers=gateway.headers())  # fmt: skip
+                        headers=grpc_headers(gateway))  # fmt: skip
     assert _requests(gateway, "digits-onnx", "v2-opt") - before == 5
 
 
@@ -112,7 +133,9 @@ def pixels_request(shape: tuple[int, int] = (1, 64), model: str = "digits-sklear
     )
 
 
-def rest_error(gateway: Gateway, headers: dict, shape: tuple[int, int] = (1, 64), model: str = "digits-sklearn") -> tuple[int, str]:
+def rest_error(
+    gateway: Gateway, headers: dict, shape: tuple[int, int] = (1, 64), model: str = "digits-sklearn"
+) -> tuple[int, str]:
     body = {"inputs": [{"name": "pixels", "shape": list(shape), "datatype": "FP32", "data": [0.0] * (shape[0] * shape[1])}]}
     r = httpx.post(f"{gateway.url}/v2/models/{model}/infer", json=body, headers=headers, timeout=10)
     return r.status_code, r.json()["error"]
@@ -178,7 +201,7 @@ def test_a_stream_answers_each_item_and_a_bad_one_inline(gateway, clients):
     over_grpc, _ = clients
     answers: queue.Queue = queue.Queue()
     rows = load_digits().data[:5].astype(np.float32)
-    over_grpc.start_stream(callback=lambda result, error: answers.put((result, error)), headers=gateway.headers())
+    over_grpc.start_stream(callback=lambda result, error: answers.put((result, error)), headers=grpc_headers(gateway))
     try:
         for i, row in enumerate(rows):
             model = "no-such-model" if i == 2 else "digits-sklearn"
@@ -199,7 +222,10 @@ def test_a_stream_without_a_token_is_refused_whole(gateway, clients):
     over_grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         row = load_digits().data[:1].astype(np.float32)
-        over_grpc.async_stream_infer("digits-sklearn", triton_inputs(triton_grpc, {"name": "pixels", "datatype": "FP32"}, row))
+        with contextlib.suppress(InferenceServerException):  # the refusal may come before the item is sent
+            over_grpc.async_stream_infer(
+                "digits-sklearn", triton_inputs(triton_grpc, {"name": "pixels", "datatype": "FP32"}, row)
+            )
         result, error = answers.get(timeout=30)
     finally:
         over_grpc.stop_stream()
