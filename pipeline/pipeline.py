@@ -10,9 +10,7 @@ cancelled one included, so every entry point counts the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +44,21 @@ class RequestScope:
     code: str = ""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     """Response headers the pipeline adds (rate-limit state, version, cache outcome)."""
+
+    async def __aenter__(self) -> RequestScope:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """However the request ends: its outcome in the metrics, and its version's in-flight count released."""
+        if kind is None:
+            pass
+        elif issubclass(kind, ServingError):
+            self.status, self.code = exc.status.value, exc.code
+        elif issubclass(kind, asyncio.CancelledError):
+            self.status, self.code = 499, CANCELLED
+        else:
+            self.status, self.code = 500, "internal_error"
+        self.pipeline.finish(self)
 
     async def admit(self, credentials: bytes | None, user: bytes | None, scope: str) -> Admitted:
         admitted = await self.pipeline.admission.admit(credentials, user, scope)
@@ -93,27 +106,12 @@ class Pipeline:
         self.tracer = tracer
         self.shadow = ShadowMirror(router, registry, metrics)
 
-    @contextlib.asynccontextmanager
-    async def request(self, headers: list[tuple[bytes, bytes]] | None = None) -> AsyncIterator[RequestScope]:
-        """The scope of one request: on the way out, however it ends, metrics and the in-flight count.
+    def request(self, headers: list[tuple[bytes, bytes]] | None = None) -> RequestScope:
+        """The scope of one request (`async with`): on the way out, however it ends, metrics and the
+        in-flight count. `headers` is the front end's list of response headers, which the steps extend."""
+        return RequestScope(self, start_request(), time.perf_counter(), headers=headers if headers is not None else [])
 
-        `headers` is the front end's list of response headers, which the steps extend."""
-        scope = RequestScope(self, start_request(), time.perf_counter(), headers=headers if headers is not None else [])
-        try:
-            yield scope
-        except ServingError as exc:
-            scope.status, scope.code = exc.status.value, exc.code
-            raise
-        except asyncio.CancelledError:
-            scope.status, scope.code = 499, CANCELLED
-            raise
-        except Exception:
-            scope.status, scope.code = 500, "internal_error"
-            raise
-        finally:
-            self._finish(scope)
-
-    def _finish(self, scope: RequestScope) -> None:
+    def finish(self, scope: RequestScope) -> None:
         labels = scope.labels
         labels.release()
         if labels.model and self.metrics is not None:
