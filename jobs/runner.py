@@ -3,7 +3,8 @@
 A job runs at lower priority than real-time traffic: it has at most one batch (the version's
 `max_batch_size` rows) in flight per version, queued behind whatever real-time requests are
 already waiting, and it yields to the event loop between batches, so real-time requests that
-arrive meanwhile are batched first. A batcher that refuses the job's batch (queue full, latency
+arrive meanwhile are batched first; and it takes at most `loop_share` of the worker's time: after
+each batch it pauses in proportion to what the batch took. A batcher that refuses the job's batch (queue full, latency
 budget) is busy with real-time traffic: the job waits and tries again, it does not fail.
 
 Unloading a version that a job runs on does not wait for the job: the unload waits for the
@@ -145,8 +146,11 @@ class JobRunner:
         pending: list[bytes] = []
         pending_rows = 0
         start = 0
+        loop = asyncio.get_running_loop()
+        pause = (1 - self.settings.loop_share) / self.settings.loop_share
         try:
             while start < len(rows):
+                began = loop.time()
                 entry = self._current(job)
                 end = min(start + step, len(rows))
                 data, index, errors = rows.batch(start, end, self.limits)
@@ -166,7 +170,7 @@ class JobRunner:
                     pending, pending_rows = [], 0
                     if await self.store.cancel_requested(job.id):
                         return JobState.CANCELLED, f"cancelled after {job.rows_done} of {job.rows} rows"
-                await asyncio.sleep(0)  # real-time requests that arrived during this batch go first
+                await asyncio.sleep((loop.time() - began) * pause)  # real-time requests go first, and keep the worker's rest
             return JobState.SUCCEEDED, None
         except VersionGone:
             reason = f"model '{job.model}:{job.version}' was unloaded while the job ran"

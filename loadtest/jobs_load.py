@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rtserve-jobs-load-") as tmp:
         work = Path(tmp)
         server = targets(work, 1)["ours-prod"]
-        server.start(work)
+        server.start()
         try:
             req = request_for("ours-prod", scenario)
             saturation = measure(server, scenario, req, 64, 10, work).rps
