@@ -17,6 +17,7 @@ import sys
 import bentoml
 
 from app.config import ConfigError, load_config
+from app.drain import install as install_drain
 from app.front_door import install as install_front_door
 from app.wiring import Runtime
 from frontends.grpc.port_guard import PortTaken, reserve
@@ -77,6 +78,11 @@ class InferenceService:
     async def stop_grpc(self) -> None:
         if self.grpc is not None:
             await self.grpc.stop()
+
+    @bentoml.on_startup
+    async def drain_on_sigterm(self) -> None:
+        """SIGTERM: not ready at once, serving on for RTSERVE_DRAIN_DELAY_S, then uvicorn's graceful shutdown."""
+        install_drain(self.runtime.drain, CONFIG.drain.delay_s)
 
     @bentoml.on_startup
     async def start_routing(self) -> None:

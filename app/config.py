@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from app.drain import DrainSettings
 from frontends.grpc.settings import GrpcSettings
 from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
@@ -48,6 +49,7 @@ class Config:
     jobs: JobSettings
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
+    drain: DrainSettings = field(default_factory=DrainSettings)
 
 
 def load_config() -> Config:
@@ -66,6 +68,7 @@ def load_config() -> Config:
         grpc=_settings(GrpcSettings),
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),
+        drain=_settings(DrainSettings),
     )
     _check_auth(config.auth)
     return config

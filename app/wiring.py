@@ -90,6 +90,7 @@ class Runtime:
         self.registry = ModelRegistry(config, metrics, tracer)
         self.router = Router(default_routes(config))
         self.loaded = threading.Event()
+        self.draining = False  # set on SIGTERM (app/drain.py): not ready while in-flight requests finish
         self.health = BackgroundHealth(metrics)
         self.pipeline = Pipeline(
             registry=self.registry,
@@ -218,6 +219,9 @@ class Runtime:
         if self.sync is not None:
             await self.sync.stop()
 
+    def drain(self) -> None:
+        self.draining = True
+
     @property
     def ready(self) -> bool:
-        return self.loaded.is_set() and self.registry.ready
+        return self.loaded.is_set() and self.registry.ready and not self.draining
