@@ -1,8 +1,8 @@
 """Runs batch jobs in the worker that accepted them, through the same batchers as real-time requests.
 
-A job runs at lower priority than real-time traffic: it has at most one batch (the version's
-`max_batch_size` rows) in flight per version, queued behind whatever real-time requests are
-already waiting, and it yields to the event loop between batches, so real-time requests that
+A job runs at lower priority than real-time traffic: its batches go in at the batcher's lowest
+priority level (`priority_levels`), so real-time requests overtake them; it has at most one batch
+(the version's `max_batch_size` rows) in flight per version, and it yields to the event loop between batches, so real-time requests that
 arrive meanwhile are batched first; and it takes at most `loop_share` of the worker's time: after
 each batch it pauses in proportion to what the batch took. A batcher that refuses the job's batch (queue full, latency
 budget) is busy with real-time traffic: the job waits and tries again, it does not fail.
@@ -199,7 +199,7 @@ class JobRunner:
                     raise VersionGone()
                 entry.active += 1  # an unload waits for this batch, not for the whole job
                 try:
-                    return await entry.batcher.submit(data)
+                    return await entry.batcher.submit(data, None, entry.batcher.priority_levels)
                 except (QueueFull, BudgetExceeded):
                     pass
                 finally:
