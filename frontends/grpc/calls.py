@@ -24,12 +24,16 @@ def metadata_map(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
     return found
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The call's gRPC deadline as the pipeline's deadline (event-loop time), None when the client set none."""
+def deadline_of(context: grpc.aio.ServicerContext, limit_s: float, timeout_us: int | None = None) -> float:
+    """The request's deadline (event-loop time): the earliest of the call's gRPC deadline, the request's own
+    `timeout` parameter and the longest any request may take (RTSERVE_LIMIT_REQUEST_TIMEOUT_S, as over REST)."""
+    seconds = [limit_s]
     remaining = context.time_remaining()
-    if remaining is None or remaining > 1e9:  # no deadline: gRPC reports none, or an infinite one
-        return None
-    return deadline_after(remaining * 1000.0)
+    if remaining is not None:  # None: the client set no deadline
+        seconds.append(remaining)
+    if timeout_us is not None:
+        seconds.append(timeout_us / 1e6)
+    return deadline_after(min(seconds) * 1000.0)
 
 
 def response_metadata(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:

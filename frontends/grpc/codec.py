@@ -8,6 +8,7 @@ came: raw bytes for raw inputs (what `tritonclient.grpc` sends), typed contents 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,8 @@ class Decoded:
     inputs: dict[str, tuple[str, np.ndarray]]  # name -> (OIP datatype, array)
     outputs: list[str] | None  # requested output names; None means all
     raw: bool  # the inputs came as raw bytes: answer with raw bytes
+    priority: int = 0  # the schedule policy extension's `priority` parameter (1 the highest, 0 the default level)
+    timeout_us: int | None = None  # its `timeout` parameter, in microseconds
 
 
 def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Decoded:
@@ -74,7 +77,23 @@ def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Deco
             arr = _from_contents(tensor.contents, datatype, dtype, expected, shape, where)
         inputs[name] = (datatype, arr.reshape(shape))
     outputs = [o.name for o in request.outputs] or None
-    return Decoded(inputs, outputs, raw)
+    parameters = request.parameters
+    priority = _schedule_parameter(parameters, "priority", 2**63)
+    timeout_us = _schedule_parameter(parameters, "timeout", 10**15)
+    return Decoded(inputs, outputs, raw, priority, timeout_us or None)
+
+
+def _schedule_parameter(parameters: Mapping[str, pb.InferParameter], name: str, bound: int) -> int:
+    """`priority` or `timeout` (microseconds) as tritonclient sends them (uint64 and int64): 0 when absent,
+    else an integer below `bound`, as the REST codec takes them."""
+    if name not in parameters:
+        return 0
+    parameter = parameters[name]
+    kind = parameter.WhichOneof("parameter_choice")
+    value = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    if value is None or not 0 <= value < bound:
+        raise BadRequest(f"parameters.{name} must be an integer from 0 to {bound - 1}")
+    return value
 
 
 def _from_raw(data: bytes, dtype: np.dtype, expected: int, shape: tuple[int, ...], where: str) -> np.ndarray:

@@ -4,9 +4,12 @@ with each RPC answered as its REST twin answers (frontends/rest.py).
 Metadata RPCs need a token unless their REST path is an open path (health, readiness, server
 metadata by default), so both protocols open the same doors. `ModelInfer` runs admit -> route ->
 decode -> infer -> encode inside `pipeline.request()`, so metrics, limits, request ids and canary
-numbers are the same as over HTTP; the call's gRPC deadline is the request's deadline. Metadata
-in: `authorization`, `x-user-id`, `x-request-id`, `cache-control`, `traceparent`; out (initial
-metadata): `x-request-id`, `x-model-version`, `x-cache` and the rate-limit headers.
+numbers are the same as over HTTP; the request's deadline is the earliest of the call's gRPC
+deadline, its `timeout` parameter and the request timeout, and its `priority` parameter picks its
+queue, as over REST. Metadata in: `authorization`, `x-user-id`, `x-request-id`, `cache-control`,
+`traceparent`; out (initial metadata): `x-request-id`, `x-model-version`, `x-cache` and the rate-limit
+headers; a failed call's trailing metadata has `x-request-id` and `x-error-code`. The repository and
+statistics RPCs are extensions.py.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from core.errors import ServingError
+from frontends.grpc import extensions
 from frontends.grpc.calls import deadline_of, fail, fail_internal, metadata_map, response_metadata
 from frontends.grpc.codec import decode_request, encode_response, select_outputs
 from frontends.grpc.settings import GrpcSettings
@@ -32,6 +36,8 @@ INFER_SPAN = f"{SERVICE}/ModelInfer"
 GRPC_EXTENSIONS = [e for e in EXTENSIONS if e != "binary_tensor_data"]  # raw contents are gRPC's own binary form
 
 T = TypeVar("T")
+Answer = Callable[[dict[bytes, bytes]], T | Awaitable[T]]
+"""What a call that is not inference answers, given its metadata (it checks the credentials itself)."""
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -42,31 +48,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.settings = settings
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
-        return await self._metadata_call(context, "ServerLive", "/v2/health/live", lambda: pb.ServerLiveResponse(live=True))
+        return await self._call(context, "ServerLive", self._open("/v2/health/live", lambda: pb.ServerLiveResponse(live=True)))
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        return await self._metadata_call(
-            context, "ServerReady", "/v2/health/ready", lambda: pb.ServerReadyResponse(ready=self.parts.is_ready())
-        )
+        ready = self._open("/v2/health/ready", lambda: pb.ServerReadyResponse(ready=self.parts.is_ready()))
+        return await self._call(context, "ServerReady", ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         path = _model_path(request.name, request.version) + "/ready"
-        return await self._metadata_call(
-            context,
-            "ModelReady",
-            path,
-            lambda: pb.ModelReadyResponse(ready=self.parts.catalog.ready(request.name, request.version or None)),
+        ready = self._open(
+            path, lambda: pb.ModelReadyResponse(ready=self.parts.catalog.ready(request.name, request.version or None))
         )
+        return await self._call(context, "ModelReady", ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return await self._metadata_call(
-            context,
-            "ServerMetadata",
-            "/v2",
-            lambda: pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=GRPC_EXTENSIONS),
-        )
+        answer = pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=GRPC_EXTENSIONS)
+        return await self._call(context, "ServerMetadata", self._open("/v2", lambda: answer))
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -81,7 +80,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in doc.get("outputs", [])],
             )
 
-        return await self._metadata_call(context, "ModelMetadata", _model_path(request.name, request.version), answer)
+        return await self._call(context, "ModelMetadata", self._open(_model_path(request.name, request.version), answer))
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        path = f"{_model_path(request.name, request.version)}/stats" if request.name else "/v2/models/stats"
+        return await self._call(context, "ModelStatistics", self._open(path, lambda: extensions.statistics(self.parts, request)))
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return await self._call(context, "RepositoryIndex", self._admin(lambda: extensions.index(self.parts, request)))
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        return await self._call(context, "RepositoryModelLoad", self._admin(lambda: extensions.load(self.parts, request)))
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        return await self._call(context, "RepositoryModelUnload", self._admin(lambda: extensions.unload(self.parts, request)))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         metadata = metadata_map(context)
@@ -101,7 +121,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     with tracer.span("decode"):
                         decoded = decode_request(request, parts.limits)
                     use_cache = b"no-cache" not in metadata.get(b"cache-control", b"")
-                    outputs = await req.infer(entry, decoded.inputs, deadline=deadline_of(context), use_cache=use_cache)
+                    deadline = deadline_of(context, parts.limits.request_timeout_s, decoded.timeout_us)
+                    outputs = await req.infer(
+                        entry, decoded.inputs, deadline=deadline, use_cache=use_cache, priority=decoded.priority
+                    )
                     outputs = select_outputs(outputs, decoded.outputs)
                     with tracer.span("encode"):
                         response = encode_response(request.model_name, entry.version, request.id, outputs, decoded.raw)
@@ -117,19 +140,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         await serve_stream(self.parts, self.settings.stream_max_in_flight, request_iterator, context)
 
-    async def _metadata_call(
-        self, context: grpc.aio.ServicerContext, rpc: str, rest_path: str, answer: Callable[[], T | Awaitable[T]]
-    ) -> T:
-        """A call that is not inference: a token unless its REST twin's path is open, then the answer."""
+    def _open(self, rest_path: str, answer: Callable[[], T | Awaitable[T]]) -> Answer[T]:
+        """An answer that needs a token (scope predict) unless its REST twin's path is open."""
+
+        def answer_for(metadata: dict[bytes, bytes]) -> T | Awaitable[T]:
+            if not self.parts.open_paths.fullmatch(rest_path):
+                self.parts.pipeline.admission.authorize(metadata.get(b"authorization"), "predict")
+            return answer()
+
+        return answer_for
+
+    def _admin(self, answer: Callable[[], Awaitable[T]]) -> Answer[T]:
+        """An answer that needs the admin scope, as the repository's REST routes do."""
+
+        def answer_for(metadata: dict[bytes, bytes]) -> Awaitable[T]:
+            self.parts.pipeline.admission.authorize(metadata.get(b"authorization"), "admin")
+            return answer()
+
+        return answer_for
+
+    async def _call(self, context: grpc.aio.ServicerContext, rpc: str, answer: Answer[T]) -> T:
+        """A call that is not inference: the answer, or the status of its error, with the request id."""
         metadata = metadata_map(context)
         request_id = request_id_of(metadata)
-        parts = self.parts
-        if parts.on_request is not None:
-            parts.on_request()
+        if self.parts.on_request is not None:
+            self.parts.on_request()
         try:
-            if not parts.open_paths.fullmatch(rest_path):
-                parts.pipeline.admission.authorize(metadata.get(b"authorization"), "predict")
-            result = answer()
+            result = answer(metadata)
             if isinstance(result, Awaitable):
                 result = await result
         except ServingError as exc:

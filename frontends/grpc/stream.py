@@ -89,7 +89,6 @@ class _Stream:
         self.admitted = admitted
         self.stream_id = stream_id
         self.use_cache = b"no-cache" not in metadata.get(b"cache-control", b"")
-        self.deadline = deadline_of(context)
         self._writing = asyncio.Lock()  # one write at a time on the call
 
     async def serve(self, item: pb.ModelInferRequest, request_id: str) -> None:
@@ -116,7 +115,10 @@ class _Stream:
                 span.set("version", entry.version)
                 with tracer.span("decode"):
                     decoded = decode_request(item, parts.limits)
-                outputs = await req.infer(entry, decoded.inputs, deadline=self.deadline, use_cache=self.use_cache)
+                deadline = deadline_of(self.context, parts.limits.request_timeout_s, decoded.timeout_us)
+                outputs = await req.infer(
+                    entry, decoded.inputs, deadline=deadline, use_cache=self.use_cache, priority=decoded.priority
+                )
                 with tracer.span("encode"):
                     return encode_response(
                         item.model_name, entry.version, item.id, select_outputs(outputs, decoded.outputs), decoded.raw

@@ -124,3 +124,18 @@ def test_requested_outputs_are_selected_and_unknown_ones_refused():
     assert select_outputs(outputs, None) is outputs
     with pytest.raises(BadRequest, match="unknown output"):
         select_outputs(outputs, ["logits"])
+
+
+def test_schedule_parameters_are_read_as_tritonclient_sends_them():
+    request = pb.ModelInferRequest(inputs=[typed("x", "FP32", [1], fp32_contents=[1.0])])
+    assert (decode_request(request, LIMITS).priority, decode_request(request, LIMITS).timeout_us) == (0, None)
+    request.parameters["priority"].uint64_param = 1
+    request.parameters["timeout"].int64_param = 250_000
+    decoded = decode_request(request, LIMITS)
+    assert (decoded.priority, decoded.timeout_us) == (1, 250_000)
+    request.parameters["timeout"].string_param = "soon"
+    with pytest.raises(BadRequest, match="parameters.timeout must be an integer"):
+        decode_request(request, LIMITS)
+    request.parameters["timeout"].int64_param = -1
+    with pytest.raises(BadRequest, match="parameters.timeout"):
+        decode_request(request, LIMITS)

@@ -182,6 +182,9 @@ def test_metadata_needs_a_token_where_rest_does(gateway, stub):
         stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v9"))
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits-sklearn"))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
         stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port(gateway)}"))
@@ -244,3 +247,23 @@ def test_a_second_service_on_the_same_grpc_port_is_refused(gateway, tmp_path):
     finally:
         second.stop()
     assert triton_grpc.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()  # the first one still serves
+
+
+def test_the_repository_and_statistics_extensions_answer_over_grpc(gateway, clients):
+    over_grpc, over_http = clients
+    admin = grpc_headers(gateway, scopes="predict admin")
+    index = over_grpc.get_model_repository_index(headers=admin, as_json=True)["models"]
+    assert {(m["name"], m["version"]) for m in index} >= set(VERSIONS)
+    over_grpc.load_model("digits-onnx", headers=admin, config='{"version_policy": {"specific": {"versions": ["v2-int8"]}}}')
+    assert over_grpc.is_model_ready("digits-onnx", "v2-int8")
+    with pytest.raises(InferenceServerException) as caught:
+        over_grpc.get_model_repository_index(headers=grpc_headers(gateway))  # predict alone may not see the repository
+    assert "PERMISSION_DENIED" in caught.value.status()
+    spec = over_http.get_model_metadata("digits-onnx", "v2", headers=admin)["inputs"][0]
+    over_grpc.infer("digits-onnx", triton_inputs(triton_grpc, spec, example(spec)), model_version="v2", headers=admin)
+    stats = over_grpc.get_inference_statistics("digits-onnx", "v2", headers=admin, as_json=True)["model_stats"]
+    rest = over_http.get_inference_statistics("digits-onnx", "v2", headers=admin)["model_stats"]
+    assert len(stats) == len(rest) == 1 and int(stats[0]["inference_count"]) >= 4
+    for key in ("inference_count", "execution_count"):  # int64 fields are strings in protobuf JSON
+        assert int(stats[0][key]) == rest[0][key]
+    assert int(stats[0]["inference_stats"]["success"]["count"]) == rest[0]["inference_stats"]["success"]["count"]
