@@ -9,14 +9,18 @@ of a job expires `retention_s` after its last write, which for a finished job is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from redis.exceptions import RedisError
 
+from core.errors import Unavailable
 from jobs.model import Job
 
 if TYPE_CHECKING:
@@ -151,7 +155,8 @@ class RedisJobStore(JobStore):
             await pipe.execute()
 
     async def get(self, job_id: str) -> Job | None:
-        raw = await self.redis.get(self._key(job_id))
+        with _reachable():
+            raw = await self.redis.get(self._key(job_id))
         return Job.from_dict(orjson.loads(raw)) if raw is not None else None
 
     async def append_results(self, job_id: str, chunk: bytes) -> None:
@@ -161,17 +166,22 @@ class RedisJobStore(JobStore):
             await pipe.execute()
 
     async def results(self, job_id: str) -> bytes:
-        return b"".join(await self.redis.lrange(self._key(job_id, ":results"), 0, -1))
+        """Chunk by chunk: one chunk (`flush_rows` lines) per round trip keeps each within the client's timeout."""
+        key = self._key(job_id, ":results")
+        with _reachable():
+            return b"".join([chunk for i in range(await self.redis.llen(key)) for chunk in await self.redis.lrange(key, i, i)])
 
     async def cancel(self, job_id: str) -> None:
-        await self.redis.set(self._key(job_id, ":cancel"), b"1", px=self._ttl_ms)
+        with _reachable():
+            await self.redis.set(self._key(job_id, ":cancel"), b"1", px=self._ttl_ms)
 
     async def cancel_requested(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self._key(job_id, ":cancel")))
 
     async def of_tenant(self, tenant: str) -> list[Job]:
         tenant_key = f"{self.prefix}tenant:{tenant}"
-        ids = sorted(m.decode() for m in await self.redis.smembers(tenant_key))
+        with _reachable():
+            ids = sorted(m.decode() for m in await self.redis.smembers(tenant_key))
         if not ids:
             return []
         docs = await self.redis.mget([self._key(i) for i in ids])
@@ -179,3 +189,12 @@ class RedisJobStore(JobStore):
         if gone:
             await self.redis.srem(tenant_key, *gone)
         return [Job.from_dict(orjson.loads(d)) for d in docs if d is not None]
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """A request that needs the job store while Redis does not answer gets 503, not 500."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"job store unreachable ({type(exc).__name__}); try again", headers={"Retry-After": "1"}) from None
