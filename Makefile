@@ -9,7 +9,7 @@ PORT ?= 3000
 GRPC_PORT ?= 3001
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: setup models serve test bench system-deps redis bento clean
+.PHONY: setup models serve test bench system-deps redis bento clean cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 ## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server,
-## podman + runc + debootstrap (the container test).
+## podman + runc + debootstrap (the container test), nginx (the cluster; /usr/sbin is not on every PATH).
 system-deps:
 	@missing=""; \
 	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server \
-	  podman:podman runc:runc debootstrap:debootstrap; do \
-	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	  podman:podman runc:runc debootstrap:debootstrap nginx:nginx; do \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -61,6 +61,13 @@ test: setup system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py
 	$(MAKE) --no-print-directory container-test
 
+## CLUSTER_REPLICAS replicas of two workers behind nginx on 127.0.0.1:$(CLUSTER_PORT), sharing the Redis on
+## :6379 and the development key; prints the URL and a token; Ctrl-C or SIGTERM stops nginx and every replica.
+CLUSTER_REPLICAS ?= 2
+CLUSTER_PORT ?= 8080
+cluster: setup system-deps redis
+	$(BIN)/python -m deploy.cluster --replicas $(CLUSTER_REPLICAS) --port $(CLUSTER_PORT) --secret-file $(DEV_SECRET)
+
 bench: setup system-deps redis
 	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
 
@@ -76,7 +83,7 @@ soak: setup system-deps redis
 BENTOFILE ?= bentofile.yaml
 bento: setup
 	deploy/container/fetch-torch-wheel.sh $(BENTOFILE)
-	RTSERVE_AUTH_ENABLED=false $(BIN)/bentoml build -f $(BENTOFILE) .
+	$(BIN)/bentoml build -f $(BENTOFILE) .
 
 ## The CPU Bento's image built and run with podman (private store and settings in deploy/container/):
 ## serves with a token, refuses without, stops on SIGTERM. Removes its images afterwards; the local

@@ -2,21 +2,22 @@
 
 The HTTP API (Open Inference Protocol, `/predict`, admin) is a raw ASGI app (frontends/rest.py)
 served in front of BentoML's own middleware (app/front_door.py). BentoML keeps what it is good
-at: the model store, the server and its workers, `bentoml build`. The configuration is validated when this module is imported, in
-`bentoml serve`'s own process before any worker starts, so a mistake stops the server once
-with one line instead of making BentoML respawn failing workers.
+at: the model store, the server and its workers, `bentoml build`. The configuration is validated
+in `bentoml serve`'s own process before any worker starts (a deployment hook), so a mistake stops
+the server once with one line instead of making BentoML respawn failing workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import sys
 
 import bentoml
 
-from app.config import ConfigError, load_config
+from app.config import Config, ConfigError, load_config
 from app.drain import install as install_drain
 from app.front_door import install as install_front_door
 from app.wiring import Runtime
@@ -26,11 +27,19 @@ from frontends.rest import InferenceApp
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
 
-try:
-    CONFIG = load_config()
-except ConfigError as exc:
-    print(f"rtserve: configuration error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+
+@functools.cache
+def configuration() -> Config:
+    """The whole configuration, validated once per process: in `bentoml serve`'s own process by the
+    deployment hook, before any worker starts (a mistake stops the server there, once, with one line,
+    where a worker failing in its constructor would be respawned); in each worker by the service.
+    Not on import, so `bentoml build` needs no serving secrets."""
+    try:
+        return load_config()
+    except ConfigError as exc:
+        print(f"rtserve: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
 
 oip_app = InferenceApp()
 
@@ -48,21 +57,27 @@ oip_app = InferenceApp()
 )
 class InferenceService:
     def __init__(self) -> None:
-        setup_logging(CONFIG.logs)
+        setup_logging(configuration().logs)
         # Fewer, cheaper collections: the long-lived heap is frozen once the models are loaded.
         gc.set_threshold(50_000, 50, 100)
-        self.runtime = Runtime.from_config(CONFIG)
+        self.runtime = Runtime.from_config(configuration())
         record_gc_pauses()  # opt-in: RTSERVE_GC_PAUSES_ENABLED
         oip_app.bind(self.runtime.parts)
         self.runtime.start()
 
     @bentoml.on_deployment
+    def check_configuration() -> None:
+        """Runs first of the deployment hooks (BentoML runs them by name)."""
+        configuration()
+
+    @bentoml.on_deployment
     def reserve_grpc_port() -> None:
         """In `bentoml serve`'s own process, before any worker starts: a gRPC port another service holds
         stops the start here, once, with one line (frontends/grpc/port_guard.py)."""
-        if CONFIG.grpc.enabled:
+        grpc = configuration().grpc
+        if grpc.enabled:
             try:
-                reserve(CONFIG.grpc.host, CONFIG.grpc.port, CONFIG.grpc.lock_dir)
+                reserve(grpc.host, grpc.port, grpc.lock_dir)
             except PortTaken as exc:
                 print(f"rtserve: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
@@ -70,7 +85,8 @@ class InferenceService:
     @bentoml.on_startup
     async def start_grpc(self) -> None:
         """The gRPC front end on the worker's own loop, beside the HTTP app, on the same parts."""
-        self.grpc = GrpcFrontend(self.runtime.parts, CONFIG.grpc) if CONFIG.grpc.enabled else None
+        grpc = configuration().grpc
+        self.grpc = GrpcFrontend(self.runtime.parts, grpc) if grpc.enabled else None
         if self.grpc is not None:
             await self.grpc.start()
 
@@ -82,7 +98,7 @@ class InferenceService:
     @bentoml.on_startup
     async def drain_on_sigterm(self) -> None:
         """SIGTERM: not ready at once, serving on for RTSERVE_DRAIN_DELAY_S, then uvicorn's graceful shutdown."""
-        install_drain(self.runtime.drain, CONFIG.drain.delay_s)
+        install_drain(self.runtime.drain, configuration().drain.delay_s)
 
     @bentoml.on_startup
     async def start_routing(self) -> None:

@@ -63,8 +63,9 @@ def fetch_torch_wheel(bentofile: Path) -> None:
 
 def build(ctx: Path, home: Path, bentofile: Path | None = None) -> Bento:
     """`bentoml build` in `ctx` into the store at `home`, as `make bento` runs it."""
-    # The build imports service.py, which validates the serving configuration; it serves nothing, so it needs no key.
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "RTSERVE_AUTH_ENABLED": "false"}
+    # No serving settings: the build imports service.py, which validates the configuration only when it serves.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTSERVE_")}
+    env |= {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     cmd = [BENTOML, "build", "--output", "tag", *(["-f", str(bentofile)] if bentofile else []), "."]
     started = time.monotonic()
     out = subprocess.run(cmd, check=False, cwd=ctx, env=env, capture_output=True, text=True, timeout=900)
