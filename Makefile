@@ -20,11 +20,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 ## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server,
-## podman + runc + debootstrap (the container test), nginx (the cluster; /usr/sbin is not on every PATH).
+## podman + runc + debootstrap (the container test), nginx (the cluster; /usr/sbin is not on every PATH),
+## h2load (gRPC load for make bench-grpc).
 system-deps:
 	@missing=""; \
 	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server \
-	  podman:podman runc:runc debootstrap:debootstrap nginx:nginx; do \
+	  podman:podman runc:runc debootstrap:debootstrap nginx:nginx h2load:nghttp2-client; do \
 	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -70,6 +71,11 @@ cluster: setup system-deps redis
 
 bench: setup system-deps redis
 	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
+
+## gRPC beside REST on the same server in one run (h2load for gRPC, wrk for REST; about 4 minutes).
+.PHONY: bench-grpc
+bench-grpc: setup system-deps redis
+	$(BIN)/python -m loadtest.grpcbench $(BENCH_ARGS)
 
 ## Ten minutes at half of the measured saturation on the production path, not part of `make test`:
 ## no errors, p99 and worker memory steady, GC pauses not growing. SOAK_ARGS="--minutes 2": a quick check.

@@ -7,9 +7,10 @@ decode -> infer -> encode inside `pipeline.request()`, so metrics, limits, reque
 numbers are the same as over HTTP; the request's deadline is the earliest of the call's gRPC
 deadline, its `timeout` parameter and the request timeout, and its `priority` parameter picks its
 queue, as over REST. Metadata in: `authorization`, `x-user-id`, `x-request-id`, `cache-control`,
-`traceparent`; out (initial metadata): `x-request-id`, `x-model-version`, `x-cache` and the rate-limit
-headers; a failed call's trailing metadata has `x-request-id` and `x-error-code`. The repository and
-statistics RPCs are extensions.py.
+`traceparent`; out, in trailing metadata (sent with the status, so it costs no write of its own):
+`x-request-id`, `x-model-version`, `x-cache` and the rate-limit headers, or for a failed call
+`x-request-id`, `x-error-code` and the error's headers (`retry-after`). The repository and statistics
+RPCs are extensions.py.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await fail(context, exc, request_id, "ModelInfer")
         except Exception:  # noqa: BLE001 - logged by fail_internal, answered INTERNAL without a traceback
             await fail_internal(context, request_id, "ModelInfer")
-        await context.send_initial_metadata(response_metadata(headers))
+        context.set_trailing_metadata(response_metadata(headers))  # sent with the status: no extra write per call
         return response
 
     async def ModelStreamInfer(
@@ -173,7 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await fail(context, exc, request_id, rpc)
         except Exception:  # noqa: BLE001 - logged by fail_internal, answered INTERNAL without a traceback
             await fail_internal(context, request_id, rpc)
-        await context.send_initial_metadata((("x-request-id", request_id),))
+        context.set_trailing_metadata((("x-request-id", request_id),))
         return result
 
 

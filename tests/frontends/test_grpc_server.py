@@ -194,10 +194,11 @@ def test_metadata_needs_a_token_where_rest_does(gateway, stub):
 def test_request_ids_come_back_in_metadata(gateway, stub):
     metadata = [("authorization", gateway.headers()["Authorization"])]
     _, call = stub.ModelInfer.with_call(pixels_request(), metadata=[*metadata, ("x-request-id", "client-id-42")])
-    answered = dict(call.initial_metadata())
+    answered = dict(call.trailing_metadata())
     assert answered["x-request-id"] == "client-id-42" and answered["x-model-version"] == "v1"
+    assert answered["x-cache"] in ("hit", "miss") and "ratelimit-remaining" in answered
     _, call = stub.ModelInfer.with_call(pixels_request(), metadata=[*metadata, ("x-request-id", "no spaces allowed")])
-    assert dict(call.initial_metadata())["x-request-id"] not in ("", "no spaces allowed")
+    assert dict(call.trailing_metadata())["x-request-id"] not in ("", "no spaces allowed")
 
 
 def test_a_stream_answers_each_item_and_a_bad_one_inline(gateway, clients):
