@@ -90,12 +90,6 @@ class RequestTimeout(ServingError):
     code = "request_timeout"
 
 
-class UnsupportedMediaType(ServingError):
-    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
-    blame = "client"
-    code = "unsupported_media_type"
-
-
 class RateLimited(ServingError):
     status = HTTPStatus.TOO_MANY_REQUESTS
     blame = "client"
