@@ -30,9 +30,10 @@ latency is not compared (the reason says so).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from routing.document import Canary, CanaryThresholds
 from routing.stats import VersionWindow
 
 Action = Literal["hold", "advance", "promote", "rollback"]
@@ -41,27 +42,26 @@ SLOW_SHARE = 0.05  # p95 above the limit <=> more than 5 % of requests slower th
 
 @dataclass(frozen=True)
 class CanaryPolicy:
-    """A canary's schedule and the bounds it must stay within, all relative to stable."""
+    """How one canary is judged: its schedule and bounds, taken from its route document. The defaults
+    live in one place each: the schedule's in routing/settings.py, the bounds' in `CanaryThresholds`."""
 
-    steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
-    hold_s: float = 30.0
-    min_requests: int = 1000
-    max_error_rate_increase: float = 0.001  # absolute: 0.001 is 0.1 percentage points
-    max_p95_ratio: float = 1.2
-    p95_slack_ms: float = 2.0  # so 1.0 vs 1.3 ms of noise does not fail a good version
-    max_disagreement: float | None = None
+    steps: tuple[float, ...]
+    hold_s: float
+    min_requests: int
+    thresholds: CanaryThresholds = field(default_factory=CanaryThresholds)
     min_requests_to_judge: int = 10
     early_confidence: float = 0.999  # one-sided, per check; the controller checks about once a second
+
+    @classmethod
+    def of(cls, canary: Canary) -> CanaryPolicy:
+        return cls(steps=tuple(canary.steps), hold_s=canary.hold_s, min_requests=canary.min_requests,
+                   thresholds=canary.thresholds)
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < w <= 100 for w in self.steps) or list(self.steps) != sorted(self.steps):
             raise ValueError("steps must be ascending weights in (0, 100]")
         if self.hold_s < 0 or self.min_requests < 0 or self.min_requests_to_judge < 1:
             raise ValueError("hold_s and min_requests must be >= 0, min_requests_to_judge >= 1")
-        if self.max_error_rate_increase < 0 or self.max_p95_ratio <= 0 or self.p95_slack_ms < 0:
-            raise ValueError("thresholds must be non-negative (max_p95_ratio positive)")
-        if self.max_disagreement is not None and not 0 <= self.max_disagreement <= 1:
-            raise ValueError("max_disagreement is a share in [0, 1]")
         if not 0.5 <= self.early_confidence < 1:
             raise ValueError("early_confidence must lie in [0.5, 1)")
 
@@ -164,17 +164,17 @@ def judge(
     def verdict(action: Action, reason: str) -> Verdict:
         return Verdict(action, reason, numbers)
 
-    error_bound = stable_rate + policy.max_error_rate_increase
-    error_text = f"canary error rate {_pct(canary_rate)} > stable {_pct(stable_rate)} + {_pct(policy.max_error_rate_increase)}"
-    limit_ms = stable_p95 * policy.max_p95_ratio + policy.p95_slack_ms if stable_p95 is not None else None
+    error_bound = stable_rate + policy.thresholds.max_error_rate_increase
+    error_text = f"canary error rate {_pct(canary_rate)} > stable {_pct(stable_rate)} + {_pct(policy.thresholds.max_error_rate_increase)}"
+    limit_ms = stable_p95 * policy.thresholds.max_p95_ratio + policy.thresholds.p95_slack_ms if stable_p95 is not None else None
     p95_text = (
-        f"canary p95 {canary_p95:.2f} ms > {policy.max_p95_ratio:g} x stable p95 {stable_p95:.2f} ms + {policy.p95_slack_ms:g} ms"
+        f"canary p95 {canary_p95:.2f} ms > {policy.thresholds.max_p95_ratio:g} x stable p95 {stable_p95:.2f} ms + {policy.thresholds.p95_slack_ms:g} ms"
         if canary_p95 is not None and stable_p95 is not None
         else ""
     )
     dis_text = (
-        f"disagreement {_pct(disagreement)} > {_pct(policy.max_disagreement)} on {canary.comparisons} mirrored rows"
-        if disagreement is not None and policy.max_disagreement is not None
+        f"disagreement {_pct(disagreement)} > {_pct(policy.thresholds.max_disagreement)} on {canary.comparisons} mirrored rows"
+        if disagreement is not None and policy.thresholds.max_disagreement is not None
         else ""
     )
 
@@ -188,9 +188,9 @@ def judge(
             if _confidently_above(slow, canary.observations, SLOW_SHARE, policy.early_confidence):
                 return verdict("rollback", p95_text + early)
     if (
-        policy.max_disagreement is not None
+        policy.thresholds.max_disagreement is not None
         and canary.comparisons >= enough
-        and _confidently_above(canary.disagree, canary.comparisons, policy.max_disagreement, policy.early_confidence)
+        and _confidently_above(canary.disagree, canary.comparisons, policy.thresholds.max_disagreement, policy.early_confidence)
     ):
         return verdict("rollback", dis_text + early)
 
@@ -199,7 +199,7 @@ def judge(
         return verdict("hold", f"{weight}: held {elapsed_s:.0f} of {policy.hold_s:g} s")
     if canary.requests < policy.min_requests:
         return verdict("hold", f"{weight}: {canary.requests} of {policy.min_requests} canary requests")
-    waiting_mirrors = policy.max_disagreement is not None and canary.comparisons < enough and mirrored_possible
+    waiting_mirrors = policy.thresholds.max_disagreement is not None and canary.comparisons < enough and mirrored_possible
     if waiting_mirrors:
         return verdict("hold", f"{weight}: {canary.comparisons} of {enough} mirrored comparisons")
 
@@ -208,7 +208,7 @@ def judge(
         return verdict("rollback", error_text)
     if limit_ms is not None and canary_p95 is not None and canary_p95 > limit_ms:
         return verdict("rollback", p95_text)
-    if policy.max_disagreement is not None and disagreement is not None and disagreement > policy.max_disagreement:
+    if policy.thresholds.max_disagreement is not None and disagreement is not None and disagreement > policy.thresholds.max_disagreement:
         return verdict("rollback", dis_text)
 
     notes = [f"canary error rate {_pct(canary_rate)} vs stable {_pct(stable_rate)}"]

@@ -19,7 +19,7 @@ from observability.health import BackgroundHealth
 from observability.logs import event
 from routing.admin import canary_weights
 from routing.canary import CanaryPolicy, judge
-from routing.document import Canary, CanaryDecision, ModelRoutes
+from routing.document import CanaryDecision, ModelRoutes
 from routing.stats import MetricsSnapshotSource, VersionWindow
 from routing.stores import StateStore
 
@@ -30,19 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONTROLLER_TASK = "canary_controller"
-
-
-def policy_of(canary: Canary) -> CanaryPolicy:
-    t = canary.thresholds
-    return CanaryPolicy(
-        steps=tuple(canary.steps),
-        hold_s=canary.hold_s,
-        min_requests=canary.min_requests,
-        max_error_rate_increase=t.max_error_rate_increase,
-        max_p95_ratio=t.max_p95_ratio,
-        p95_slack_ms=t.p95_slack_ms,
-        max_disagreement=t.max_disagreement,
-    )
 
 
 class CanaryController:
@@ -107,7 +94,8 @@ class CanaryController:
         stable = snapshot.get(c.stable, empty).minus(start.get(c.stable, empty))
         canary = snapshot.get(c.version, empty).minus(start.get(c.version, empty))
         # A new lease holder counts requests from when it first saw the step; the hold time still runs from its start.
-        verdict = judge(policy_of(c), c.step, self.clock() - c.step_started_at, stable, canary, baseline=self._baseline.get((name, c.version)))
+        verdict = judge(CanaryPolicy.of(c), c.step, self.clock() - c.step_started_at, stable, canary,
+                        baseline=self._baseline.get((name, c.version)))
         if verdict.action == "hold":
             return
         if stable.requests:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from observability.metrics import LATENCY_BUCKETS
 from routing.canary import CanaryPolicy, binomial_tail, judge
+from routing.document import CanaryThresholds
 from routing.stats import VersionWindow
 
 BOUNDS = (*LATENCY_BUCKETS, math.inf)
@@ -93,20 +95,20 @@ def test_slack_keeps_noise_from_failing_a_good_version():
     v = judge(POLICY, 0, 30.0, stable, canary)
     assert v.numbers["canary_p95_ms"] > 1.2 * v.numbers["stable_p95_ms"]  # the ratio alone would fail it
     assert v.action == "advance"
-    assert judge(CanaryPolicy(p95_slack_ms=0.0, min_requests=1000), 0, 30.0, stable, canary).action == "rollback"
+    assert judge(replace(POLICY, thresholds=CanaryThresholds(p95_slack_ms=0.0)), 0, 30.0, stable, canary).action == "rollback"
 
 
 def test_disagreement_rolls_back_only_when_a_bound_is_set():
     canary = window(1500, agree=850, disagree=150)
     assert judge(POLICY, 0, 30.0, STABLE, canary).action == "advance"
-    strict = CanaryPolicy(min_requests=1000, max_disagreement=0.02)
+    strict = replace(POLICY, thresholds=CanaryThresholds(max_disagreement=0.02))
     v = judge(strict, 0, 5.0, STABLE, canary)
     assert v.action == "rollback" and v.reason.startswith("disagreement 15.00 % > 2.00 % on 1000 mirrored rows")
     assert v.numbers["disagreement"] == pytest.approx(0.15)
 
 
 def test_with_a_bound_on_disagreement_the_step_waits_for_mirrored_rows():
-    strict = CanaryPolicy(min_requests=1000, max_disagreement=0.02)
+    strict = replace(POLICY, thresholds=CanaryThresholds(max_disagreement=0.02))
     assert judge(strict, 0, 30.0, STABLE, window(1500, agree=5)).action == "hold"
     assert judge(strict, 0, 30.0, STABLE, window(1500, agree=500, disagree=5)).action == "advance"
 
@@ -131,7 +133,7 @@ def test_steps_outside_the_policy_are_refused():
     with pytest.raises(ValueError):
         judge(POLICY, 4, 0.0, STABLE, STABLE)
     with pytest.raises(ValueError):
-        CanaryPolicy(steps=(50, 25))
+        CanaryPolicy(steps=(50, 25), hold_s=30, min_requests=1000)
 
 
 def test_binomial_tail_matches_a_hand_computation():
@@ -164,13 +166,8 @@ def windows(draw: st.DrawFn) -> VersionWindow:
 def test_a_canary_that_looks_exactly_like_stable_never_rolls_back(
     w, step, elapsed, min_requests, judge_at, increase, ratio, slack, max_disagreement
 ):
-    policy = CanaryPolicy(
-        hold_s=30,
-        min_requests=min_requests,
-        min_requests_to_judge=judge_at,
-        max_error_rate_increase=increase,
-        max_p95_ratio=ratio,
-        p95_slack_ms=slack,
-        max_disagreement=max_disagreement,
-    )
+    thresholds = CanaryThresholds(max_error_rate_increase=increase, max_p95_ratio=ratio, p95_slack_ms=slack,
+                                  max_disagreement=max_disagreement)
+    policy = CanaryPolicy(steps=(5, 25, 50, 100), hold_s=30, min_requests=min_requests, min_requests_to_judge=judge_at,
+                          thresholds=thresholds)
     assert judge(policy, step, elapsed, w, w).action != "rollback"
