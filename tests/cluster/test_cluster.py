@@ -79,7 +79,7 @@ def test_a_cache_entry_written_by_one_replica_is_a_hit_on_the_other(cluster, dig
     rows, expected = digits
     a, b = cluster.replicas
     predict = cluster.headers()
-    row = rows[7] + np.float32(0.25)  # an input no one has sent: not in any worker's memory
+    row = np.minimum(rows[7] + np.float32(0.25), 16)  # an input no one has sent (pixels are 0-16): in no worker's memory
     digest = cache_key(MODEL, "v1#0", row.reshape(1, 64)).decode().rsplit(":", 1)[1]
     client = redis_lib.Redis.from_url(cluster.redis.url)
     with SteadyLoad(cluster.url, predict, rows, expected, rate=40, clients=2) as load:
@@ -143,11 +143,12 @@ def test_one_controller_acts_and_a_canary_started_on_one_replica_ends_on_both(cl
             assert set(answered.values()) == {winner}, (replica.url, answered)
         load.wait_for_answers(20)
     decided = sum(metric(r.url, "rtserve_canary_decisions_total", model=MODEL) for r in (a, b))
+    by_controller = [d for d in doc["decisions"] if d["action"] != "start"]  # the start is the admin API's
     print(f"\ncanary {doc['status']} after {took:.1f} s: {[d['action'] for d in doc['decisions']]}; "
           f"lease holders seen: {len(holders - {None})}; decisions counted by the controllers of both replicas: {decided:g}")
     assert doc["status"] in ("promoted", "rolled_back")
     assert len(holders - {None}) == 1, holders
-    assert decided == len(doc["decisions"])  # each decision made once, by the one holder
+    assert decided == len(by_controller) > 0  # each decision made once, by the one holder
     assert_nothing_failed(load)
 
 
@@ -207,14 +208,18 @@ def test_sigkill_of_a_replica_under_load_fails_at_most_its_in_flight_requests(cl
     log_line = len(cluster.nginx.attempts())
     with SteadyLoad(cluster.url, cluster.headers(), rows, expected, rate=60, clients=clients) as load:
         load.wait_for_answers(30)
-        pids = [victim.proc.pid, *(p.pid for p in psutil.Process(victim.proc.pid).children(recursive=True))]
+        # The machine or container gone: the arbiter and its workers at once (each worker has a process group of its own).
+        procs = [psutil.Process(victim.proc.pid), *psutil.Process(victim.proc.pid).children(recursive=True)]
         killed = time.monotonic()
-        os.killpg(victim.proc.pid, signal.SIGKILL)  # the machine or container gone: arbiter and workers at once
-        victim.proc.wait(10)
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        assert not alive, alive
         load.wait_for_answers(120)
     s = load.summary(since=killed)
     again = retried(cluster, log_line)
-    print(f"\nSIGKILL of a replica ({len(pids)} processes): {s}; nginx retried {again} on the other")
+    print(f"\nSIGKILL of a replica ({len(procs)} processes): {s}; nginx retried {again} on the other")
     print(s.row("one of two replicas SIGKILLed"))
+    assert again >= 1, "no request met the dead replica: it was not killed"
     assert s.wrong == 0
     assert s.failed + s.lost <= clients, "more requests failed than could have been in flight on the killed replica"
