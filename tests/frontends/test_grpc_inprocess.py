@@ -176,11 +176,22 @@ async def test_a_client_that_leaves_mid_stream_frees_its_queued_items(served):
     assert sent.is_set()
 
 
-async def test_health_says_serving_once_the_models_are_loaded(served):
+async def test_health_follows_readiness(served):
     health = health_pb2_grpc.HealthStub(served.channel)
+
+    async def status(service: str) -> int:
+        return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
     for service in ("", "inference.GRPCInferenceService"):
-        answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert await status(service) == health_pb2.HealthCheckResponse.SERVING
+    served.runtime.draining = True  # what SIGTERM does (app/drain.py): not ready while in-flight requests finish
+    try:
+        async with asyncio.timeout(10):
+            while await status("inference.GRPCInferenceService") != health_pb2.HealthCheckResponse.NOT_SERVING:
+                await asyncio.sleep(0.05)
+        assert not (await served.stub.ServerReady(pb.ServerReadyRequest())).ready
+    finally:
+        served.runtime.draining = False
 
 
 async def _collect(call, n: int) -> list[pb.ModelStreamInferResponse]:
