@@ -21,7 +21,8 @@ _held: dict[Path, int] = {}  # lock file -> descriptor, open for the life of the
 
 
 class PortTaken(Exception):
-    """The port belongs to another service or process; the message is the one line to show."""
+    """The port cannot be claimed (another service or process has it, or its lock cannot be taken);
+    the message is the one line to show."""
 
 
 def lock_file(lock_dir: Path, port: int) -> Path:
@@ -33,7 +34,12 @@ def reserve(host: str, port: int, lock_dir: Path) -> None:
     path = lock_file(lock_dir, port)
     if path in _held:
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PortTaken(
+            f"gRPC port {port}: cannot open its lock file {path} ({exc.strerror}); set RTSERVE_GRPC_LOCK_DIR"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
