@@ -99,8 +99,12 @@ def fold(estimator: object) -> AffineClassifier | None:
     return AffineClassifier(weight @ head.coef_.T, bias @ head.coef_.T + head.intercept_, binary=len(head.classes_) <= 2)
 
 
-def compile_classifier(estimator: object, probe: np.ndarray, atol: float = 1e-5) -> AffineClassifier | None:
-    """`fold(estimator)` if it gives the estimator's probabilities on `probe` rows within `atol`, else None."""
+def compile_classifier(estimator: object, probe: np.ndarray, atol: float = 1e-4) -> AffineClassifier | None:
+    """`fold(estimator)` if it gives the estimator's probabilities on `probe` rows within `atol`, else None.
+
+    The folded product sums in another order than the estimator's chain of float32 steps; on the demo
+    pipelines the two differ by about 1e-5 depending on the BLAS build, so 1e-4 (far below any label
+    change) keeps the check meaningful without making folding depend on the machine."""
     folded = fold(estimator)
     if folded is None:
         return None
