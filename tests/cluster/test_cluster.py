@@ -144,7 +144,7 @@ def test_one_controller_acts_and_a_canary_started_on_one_replica_ends_on_both(cl
         load.wait_for_answers(20)
     decided = sum(metric(r.url, "rtserve_canary_decisions_total", model=MODEL) for r in (a, b))
     by_controller = [d for d in doc["decisions"] if d["action"] != "start"]  # the start is the admin API's
-    print(f"\ncanary {doc['status']} after {took:.1f} s: {[d['action'] for d in doc['decisions']]}; "
+    print(f"\ncanary {doc['status']} after {took:.1f} s: {[(d['action'], d['reason']) for d in by_controller]}; "
           f"lease holders seen: {len(holders - {None})}; decisions counted by the controllers of both replicas: {decided:g}")
     assert doc["status"] in ("promoted", "rolled_back")
     assert len(holders - {None}) == 1, holders
