@@ -28,13 +28,20 @@ class ServedModel:
 
 
 def served_models() -> list[ServedModel]:
-    """Every model in the store (BENTOML_HOME) with its versions and the signature of its first version."""
+    """The models serving.yaml serves, with their versions in the store (BENTOML_HOME) and the signature of
+    the first; other models a test saved into the store are not served, so they are left out."""
     import bentoml
 
+    from app.config import load_serving
+    from runners.settings import DEFAULT_CONFIG
+
+    configured = load_serving(DEFAULT_CONFIG).models
     versions: dict[str, list[str]] = {}
     signatures: dict[str, Signature] = {}
     for model in sorted(bentoml.models.list(), key=lambda m: str(m.tag)):
         name, version = model.tag.name, model.tag.version or ""
+        if name not in configured:
+            continue
         versions.setdefault(name, []).append(version)
         signatures.setdefault(name, Signature.from_metadata(model.info.metadata))
     return [ServedModel(name, tuple(versions[name]), signatures[name]) for name in sorted(versions)]
