@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 
-from core.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
+from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
 from frontends.asgi import Receive, Scope, Send, dumps
 from frontends.oip_codec import decode_infer, encode_infer
 from frontends.parts import FrontendParts
@@ -74,6 +75,7 @@ async def serve(
     entry = pipeline.resolve(name, asked, admitted.user, "streaming")  # 404, 503, 422 mode_not_supported
     variant = opening.variant
     opening.release()
+    receive = await _with_first_item(receive, served.stream.idle_timeout_s)
     stream = _Stream(served, name, entry.version, variant, admitted, request_id, send, headers)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", NDJSON), (b"x-model-version", entry.version.encode()), *extra]})
@@ -82,6 +84,26 @@ async def serve(
         await stream.run(receive)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True
+
+
+async def _with_first_item(receive: Receive, idle_timeout_s: float) -> Receive:
+    """Wait for the body's first message before answering 200: a body without any item is a client
+    mistake (400), one that does not come is 408, and a client gone before it has nothing to answer."""
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            first = await receive()
+    except TimeoutError:
+        raise RequestTimeout(f"no item within {idle_timeout_s:g} s") from None
+    if first["type"] == "http.disconnect":
+        raise ClientDisconnected()
+    if not first.get("body") and not first.get("more_body", False):
+        raise BadRequest("the stream carries no item: send one OIP infer request per line")
+    pending = [first]
+
+    async def replay() -> MutableMapping[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 class _Stream:
