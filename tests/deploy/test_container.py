@@ -192,3 +192,14 @@ def test_container_without_a_key_exits_at_once_with_one_clear_line(image: Image)
     assert container.state("{{.State.ExitCode}}") != "0", logs
     assert "Traceback" not in logs, logs
     assert [line for line in logs.splitlines() if "RTSERVE_AUTH_HS256_SECRET_FILE" in line], logs
+
+
+def test_the_kubernetes_base_deployment_plays_with_this_image(image: Image) -> None:
+    """The base Deployment's pod spec (command, environment, ports, mounts, read-only root) under
+    `podman kube play` with this image: tests/deploy/test_k8s_manifests.py holds the check, which skips
+    while no image exists, so it runs here while this module's image does."""
+    command = [sys.executable, "-m", "pytest", "tests/deploy/test_k8s_manifests.py", "-k", "podman_kube_play", "-q",
+               "-p", "no:cacheprovider"]
+    env = {**os.environ, "RTSERVE_K8S_IMAGE": image.name}
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-4000:] + out.stderr[-2000:]
