@@ -20,6 +20,7 @@ from core.errors import BadRequest, Conflict, MethodNotAllowed, NotFound
 from frontends.asgi import JSON, Receive, Scope, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
+from frontends.predict_codec import rows_request
 from gateway.admission import Admitted
 from jobs import rows as job_rows
 from jobs.model import Job
@@ -80,7 +81,7 @@ async def _submit(
         inputs: Any = None
     else:
         doc = await asyncio.to_thread(parse_json, body) if len(body) > 65536 else parse_json(body)
-        model, version, inputs = _json_job(doc)
+        model, version, inputs = rows_request(doc, "a job (or an .npy / .npz upload)")
     entry = jobs.choose(model, version, admitted.user)
     spec = entry.runner.input_spec
     if upload:
@@ -88,22 +89,6 @@ async def _submit(
     else:
         rows = await asyncio.to_thread(job_rows.from_json, spec, inputs, settings.max_rows, served.limits)
     return await jobs.submit(entry, admitted.tenant, admitted.user, rows)
-
-
-def _json_job(doc: Any) -> tuple[str, str | None, Any]:
-    if not isinstance(doc, dict):
-        raise BadRequest("a job must be a JSON object, or an .npy / .npz upload")
-    unknown = set(doc) - {"model", "inputs", "version"}
-    if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}; expected model, inputs and optionally version")
-    model, version = doc.get("model"), doc.get("version")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a model name")
-    if version is not None and (not isinstance(version, str) or not version):
-        raise BadRequest("'version' must be a version name")
-    if "inputs" not in doc:
-        raise BadRequest("'inputs' (a list of rows) is required")
-    return model, version, doc["inputs"]
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

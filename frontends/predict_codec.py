@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InvalidInput
+from core.errors import BadRequest, InvalidInput
 from frontends.oip_codec import to_array
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape
@@ -47,3 +47,19 @@ def rows_to_inputs(spec: TensorSpec, rows: Any, limits: LimitSettings) -> dict[s
 
 def outputs_to_json(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {name: arr.tolist() for name, arr in outputs.items()}
+
+def rows_request(doc: Any, what: str) -> tuple[str, str | None, Any]:
+    """(model, version, rows) of a `{"model", "inputs", "version"?}` document: `/predict` and JSON jobs."""
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    unknown = set(doc) - {"model", "inputs", "version"}
+    if unknown:
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}; expected model, inputs and optionally version")
+    model, version = doc.get("model"), doc.get("version")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a model name")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise BadRequest("'version' must be a version name")
+    if "inputs" not in doc:
+        raise BadRequest("'inputs' (a list of rows) is required")
+    return model, version, doc["inputs"]

@@ -19,7 +19,7 @@ from frontends import admin_api, extensions, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from frontends.oip_codec import decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
-from frontends.predict_codec import outputs_to_json, rows_to_inputs
+from frontends.predict_codec import outputs_to_json, rows_request, rows_to_inputs
 from frontends.request_ids import request_id_of
 from pipeline.pipeline import deadline_after
 
@@ -184,7 +184,7 @@ class InferenceApp:
                 admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
                 with tracer.span("decode"):
                     body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
-                    model, version, rows = _predict_request(parse_json(body))
+                    model, version, rows = rows_request(parse_json(body), "request")
                 span.set("model", model)
                 entry = req.route(model, version, admitted.user)
                 span.set("version", entry.version)
@@ -201,22 +201,6 @@ def _infer_route(parts: list[str]) -> tuple[str, str | None] | None:
     if len(parts) == 6 and parts[:2] == ["v2", "models"] and parts[3] == "versions" and parts[5] == "infer":
         return parts[2], parts[4]
     return None
-
-
-def _predict_request(doc: Any) -> tuple[str, str | None, Any]:
-    if not isinstance(doc, dict):
-        raise BadRequest("request must be a JSON object")
-    unknown = set(doc) - {"model", "inputs", "version"}
-    if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}; expected model, inputs and optionally version")
-    model, version = doc.get("model"), doc.get("version")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a model name")
-    if version is not None and (not isinstance(version, str) or not version):
-        raise BadRequest("'version' must be a version name")
-    if "inputs" not in doc:
-        raise BadRequest("'inputs' (a list of rows) is required")
-    return model, version, doc["inputs"]
 
 
 def _expect(method: str, allowed: str) -> None:
