@@ -161,8 +161,10 @@ def drive(servers: dict[str, ServerProcess], n: int) -> dict[str, dict[int, int]
 @pytest.fixture(scope="module")
 def scraped(replicas, prometheus) -> dict[str, dict[int, int]]:
     """Load driven, and Prometheus holding every request of it."""
-    statuses = drive(replicas, REQUESTS_PER_REPLICA)
     total = 'sum(rtserve_requests_total{rollouts_pod_template_hash="%s"})'
+    for pod_hash in replicas:  # a sample from before the load, or rate() over it has nothing to compare with
+        poll(lambda h=pod_hash: query(prometheus, total % h) == [float(WARM_UP)], f"Prometheus never scraped {pod_hash}", 30)
+    statuses = drive(replicas, REQUESTS_PER_REPLICA)
     expected = [float(WARM_UP + REQUESTS_PER_REPLICA)]
     for pod_hash in replicas:
         poll(lambda h=pod_hash: query(prometheus, total % h) == expected, f"Prometheus never saw all requests of {pod_hash}", 30)
