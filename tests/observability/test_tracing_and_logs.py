@@ -6,11 +6,11 @@ import asyncio
 import gzip
 import io
 import json
-import uuid
 import logging
 import threading
 import time
 import timeit
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
