@@ -1,5 +1,5 @@
-"""Requests that never finish (slow bodies cut by the server's traffic timeout, clients that leave
-mid-body) release their version, so unloading it still completes. Real server, real sockets."""
+"""Requests that never finish (slow bodies cut by the request timeout, clients that leave mid-body)
+release their version, so unloading it still completes. Real server, real sockets."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def server(model_store, tmp_path):
     secret.write_text(secrets.token_hex(32))
     env = {
         **gateway_env(secret, f"rtserve-test:{uuid.uuid4().hex}:", workers=1),
-        "RTSERVE_TRAFFIC_TIMEOUT_S": "1",  # BentoML cancels the request task after 1 s ...
+        "RTSERVE_LIMIT_REQUEST_TIMEOUT_S": "1",  # the request is cancelled after 1 s ...
         "RTSERVE_LIMIT_BODY_READ_TIMEOUT_S": "30",  # ... long before our own body timeout would answer
     }
     proc = ServerProcess(env=env, log_path=tmp_path / "serve.log").start()
@@ -54,7 +54,7 @@ def test_slow_and_departing_clients_do_not_block_an_unload(server):
     slow = [partial_request(proc.port, token) for _ in range(4)]
     for sock in [partial_request(proc.port, token) for _ in range(4)]:
         sock.close()  # gone mid-body
-    deadline = time.monotonic() + 10  # the traffic timeout cancels the slow ones while they are still connected
+    deadline = time.monotonic() + 10  # the request timeout cancels the slow ones while they are still connected
     while versions(proc.url, admin)["v2"]["active"]:
         assert time.monotonic() < deadline, "cancelled requests still hold the version"
         time.sleep(0.1)
