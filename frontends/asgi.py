@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from core.errors import ClientDisconnected, PayloadTooLarge, RequestTimeout
+from frontends.deadlines import deadlines
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -32,23 +33,27 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, t
         raise PayloadTooLarge(f"body of {int(declared)} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
+    limit_read = deadlines.start(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected()
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-                    chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        # Closing the connection frees it: else uvicorn keeps reading the rest of the slow body.
-        raise RequestTimeout(f"request body not received within {timeout_s:g} s", headers={"Connection": "close"}) from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if deadlines.expired(limit_read):
+            # Closing the connection frees it: else uvicorn keeps reading the rest of the slow body.
+            raise RequestTimeout(f"request body not received within {timeout_s:g} s", headers={"Connection": "close"}) from None
+        raise
+    finally:
+        deadlines.stop(limit_read)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

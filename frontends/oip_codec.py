@@ -62,9 +62,13 @@ def to_array(data: Any, datatype: str, where: str) -> np.ndarray:
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise BadRequest(f"{where}: shape must be a list of non-negative integers")
-    return tuple(value)
+    if type(value) is list:
+        for d in value:
+            if type(d) is not int or d < 0:  # `type`, not isinstance: a bool is no dimension
+                break
+        else:
+            return tuple(value)
+    raise BadRequest(f"{where}: shape must be a list of non-negative integers")
 
 
 def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = None) -> InferRequest:

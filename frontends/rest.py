@@ -17,6 +17,7 @@ from typing import Any
 from core.errors import BadRequest, ClientDisconnected, DeadlineExceeded, MethodNotAllowed, NotFound, ServingError, Unavailable
 from frontends import admin_api, extensions, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
+from frontends.deadlines import deadlines
 from frontends.oip_codec import decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
 from frontends.predict_codec import outputs_to_json, rows_request, rows_to_inputs
@@ -50,15 +51,18 @@ class InferenceApp:
         try:
             if self.parts is None:
                 raise Unavailable("service is starting", headers={"Retry-After": "1"})
-            if await stream.serve(self.parts, scope, receive, send, headers, extra, request_id):
+            if (where := stream.target(scope)) is not None:
+                await stream.serve(self.parts, scope, receive, send, headers, extra, request_id, where)
                 return
-            async with asyncio.timeout(self.parts.limits.request_timeout_s) as budget:
-                try:
-                    status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
-                except asyncio.CancelledError:
-                    if budget.expired():  # our own request timeout, not the server going away
-                        raise DeadlineExceeded(f"request took longer than {self.parts.limits.request_timeout_s:g} s") from None
-                    raise
+            budget = deadlines.start(self.parts.limits.request_timeout_s)
+            try:
+                status, body, content_type = await self._route(scope, receive, headers, extra, request_id)
+            except asyncio.CancelledError:
+                if deadlines.expired(budget):  # our own request timeout, not the server going away
+                    raise DeadlineExceeded(f"request took longer than {self.parts.limits.request_timeout_s:g} s") from None
+                raise
+            finally:
+                deadlines.stop(budget)
         except ServingError as exc:
             status, body, content_type = exc.status.value, dumps(exc.body()), JSON
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())

@@ -56,14 +56,11 @@ def target(scope: Scope) -> tuple[str, str | None] | None:
 
 async def serve(
     served: FrontendParts, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
-    extra: list[tuple[bytes, bytes]], request_id: str,
-) -> bool:
-    """Serve the stream when the path is one (True), else leave the request alone (False).
+    extra: list[tuple[bytes, bytes]], request_id: str, where: tuple[str, str | None],
+) -> None:
+    """Serve the stream to `where` (model, version), the `target` of the request's path.
 
     A `ServingError` raised here comes before the response started: the caller answers it as usual."""
-    where = target(scope)
-    if where is None:
-        return False
     if scope["method"] != "POST":
         raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
     if served.on_request is not None:
@@ -83,7 +80,6 @@ async def serve(
         span.set("version", entry.version)
         await stream.run(receive)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return True
 
 
 async def _with_first_item(receive: Receive, idle_timeout_s: float) -> Receive:

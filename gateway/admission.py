@@ -42,7 +42,7 @@ class Admission:
         if self.limiter is not None:
             with self.tracer.span("rate_limit", tenant=admitted.tenant):
                 decision = await self.limiter.enforce(admitted.tenant)
-            admitted.headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+            admitted.headers = decision.header_fields()
 
     def authorize(self, authorization: bytes | None, scope: str) -> None:
         """Credentials only, for metadata requests that are not rate limited."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from core.errors import InvalidInput
@@ -26,9 +28,9 @@ def check_shape(shape: tuple[int, ...], limits: LimitSettings, where: str) -> No
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:
     """The array, if it fits `spec` and the limits; an InvalidInput naming the problem otherwise."""
-    expected = list(spec.shape)
-    if arr.ndim != len(spec.shape) or any(d not in (-1, s) for d, s in zip(spec.shape, arr.shape)):
-        raise InvalidInput(f"{where}: shape {list(arr.shape)} does not match {expected}")
+    shape = arr.shape
+    if len(shape) != len(spec.shape) or not all(d == -1 or d == s for d, s in zip(spec.shape, shape)):
+        raise InvalidInput(f"{where}: shape {list(shape)} does not match {list(spec.shape)}")
     if arr.shape[0] == 0 or 0 in arr.shape:
         raise InvalidInput(f"{where}: empty tensor (shape {list(arr.shape)})")
     if arr.shape[0] > limits.max_rows:
@@ -38,11 +40,16 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where
     for d, s in zip(spec.shape[1:], arr.shape[1:]):
         if d == -1 and s > limits.max_sequence_length:
             raise InvalidInput(f"{where}: length {s} is over the limit of {limits.max_sequence_length}")
-    if arr.dtype.kind == "f" and not limits.allow_non_finite and not np.isfinite(arr).all():
+    finite_only = arr.dtype.kind == "f" and not limits.allow_non_finite
+    if not (finite_only or spec.min_value is not None or spec.max_value is not None):
+        return arr
+    # Two reductions answer all three checks: NaN carries through min and max, infinity shows in one of them.
+    lo, hi = np.minimum.reduce(arr, axis=None), np.maximum.reduce(arr, axis=None)
+    if finite_only and not (math.isfinite(lo) and math.isfinite(hi)):
         raise InvalidInput(f"{where}: NaN or infinity in the data")
-    if spec.min_value is not None and arr.min() < spec.min_value:
+    if spec.min_value is not None and lo < spec.min_value:
         raise InvalidInput(f"{where}: values must be >= {spec.min_value:g}")
-    if spec.max_value is not None and arr.max() > spec.max_value:
+    if spec.max_value is not None and hi > spec.max_value:
         raise InvalidInput(f"{where}: values must be <= {spec.max_value:g}")
     return arr
 

@@ -4,8 +4,10 @@ BentoML gives each worker `PROMETHEUS_MULTIPROC_DIR`; values are written to file
 `/metrics` (served by any worker) adds them up. prometheus_client is imported only when
 `Metrics` is created in the worker, after that variable is set.
 
-The hot path holds pre-labelled children (one dict lookup per request), never `labels()`.
-Label values are bounded: model and version come from the registry, never from the client.
+The hot path holds pre-labelled children (one dict lookup per request), never `labels()`, and
+its updates go through a `Tally` (observability/tally.py), which writes each value once per
+event-loop turn. Label values are bounded: model and version come from the registry, never from
+the client.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import tempfile
 import time
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
+
+from observability.tally import Tally
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -74,6 +78,7 @@ class Metrics:
         _use_cached_pid(self.directory)
         import prometheus_client
 
+        self.tally = Tally()
         registry = registry if registry is not None else prometheus_client.REGISTRY
         Counter = partial(prometheus_client.Counter, registry=registry)  # noqa: N806 - read as the class
         Gauge = partial(prometheus_client.Gauge, registry=registry)  # noqa: N806
@@ -143,10 +148,14 @@ class Metrics:
 
     def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
         counter, histogram, total, stamp = self.request_children(model, version, variant, f"{status // 100}xx", cache)
-        counter.inc()
-        histogram.observe(seconds)
-        total.inc(seconds)
+        tally = self.tally
+        tally.inc(counter)
+        tally.observe(histogram, seconds)
+        tally.inc(total, seconds)
         stamp.mark()
+
+    def count_error(self, model: str, version: str, variant: str, code: str) -> None:
+        self.tally.inc(self.error_child(model, version, variant, code))
 
     @lru_cache(maxsize=4096)  # noqa: B019
     def error_child(self, model: str, version: str, variant: str, code: str) -> Any:
@@ -184,6 +193,7 @@ class BatchMetrics:
 
     def __init__(self, metrics: Metrics, model: str, version: str, capacity: int) -> None:
         self._metrics = metrics
+        self._tally = metrics.tally
         self._mv = (model, version)
         self.queue_wait = metrics.queue_wait.labels(model, version)
         self.execution = metrics.execution.labels(model, version)
@@ -191,35 +201,35 @@ class BatchMetrics:
         self.batches = metrics.batches.labels(model, version)
         self.queue_depth = metrics.queue_depth.labels(model, version)
         self.inflight = metrics.inflight.labels(model, version)
-        self._levels: dict[int, list[Any]] = {}  # level -> [counter child, requests not yet added to it]
+        self._levels: dict[int, Any] = {}  # level -> its counter child
         self.phases = tuple(metrics.phase_seconds.labels(model, version, phase) for phase in PHASES)
         self._by_size: dict[int, tuple[Any, ...]] = {}
         metrics.queue_capacity.labels(model, version).set(capacity)
 
     def prioritized(self, level: int) -> None:
-        """One request at `level` (0 is priority 1): a plain count here, added to the counter when the next
-        batch ends (`load`), so a request pays no file write for it. Levels are few, labelled on first use."""
-        entry = self._levels.get(level)
-        if entry is None:
-            entry = self._levels[level] = [self._metrics.by_priority.labels(*self._mv, str(level + 1)), 0]
-        entry[1] += 1
+        """One request at `level` (0 is priority 1); levels are few, labelled on first use."""
+        child = self._levels.get(level)
+        if child is None:
+            child = self._levels[level] = self._metrics.by_priority.labels(*self._mv, str(level + 1))
+        self._tally.inc(child)
 
     def batch_done(self, rows: int, seconds: float, waits: list[float], input_seconds: float, output_seconds: float) -> None:
         """A batch of `rows` ran in `seconds` (collating its inputs took `input_seconds`), and handing each
         request its outputs took `output_seconds`; `waits` are its requests' queue waits."""
-        self.batches.inc()
-        self.batch_size.observe(rows)
-        self.execution.observe(seconds)
+        tally = self._tally
+        tally.inc(self.batches)
+        tally.observe(self.batch_size, rows)
+        tally.observe(self.execution, seconds)
         for w in waits:
-            self.queue_wait.observe(w)
+            tally.observe(self.queue_wait, w)
         spent = (input_seconds, seconds - input_seconds, output_seconds)
         requests = len(waits)
         for child, phase in zip(self.phases, spent, strict=True):
-            child.inc(phase * requests)
+            tally.inc(child, phase * requests)
         children = self._by_size.get(rows) or self._size_children(rows)
-        children[0].inc()
+        tally.inc(children[0])
         for child, phase in zip(children[1:], spent, strict=True):
-            child.inc(phase)
+            tally.inc(child, phase)
 
     def _size_children(self, rows: int) -> tuple[Any, ...]:
         """Labelled once per batch size; sizes are bounded by the largest request the limits allow."""
@@ -229,11 +239,6 @@ class BatchMetrics:
         return children
 
     def load(self, queued_rows: int, inflight: int) -> None:
-        """Queue depth and in-flight requests, set once per batch rather than per request; requests counted
-        per priority level since the last batch are added to their counters."""
-        self.queue_depth.set(queued_rows)
-        self.inflight.set(inflight)
-        for entry in self._levels.values():
-            if entry[1]:
-                entry[0].inc(entry[1])
-                entry[1] = 0
+        """Queue depth and in-flight requests, set once per batch rather than per request."""
+        self._tally.set(self.queue_depth, queued_rows)
+        self._tally.set(self.inflight, inflight)

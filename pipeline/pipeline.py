@@ -119,7 +119,7 @@ class Pipeline:
                 labels.model, labels.version, labels.variant, scope.status, labels.cache, time.perf_counter() - scope.started
             )
             if scope.code:
-                self.metrics.error_child(labels.model, labels.version, labels.variant, scope.code).inc()
+                self.metrics.count_error(labels.model, labels.version, labels.variant, scope.code)
 
     def resolve(self, name: str, version: str | None, user: str | None = None, mode: str = "real_time") -> LoadedVersion:
         """The version that answers: the one asked for ("pinned"), else the route's choice (or, while the
@@ -163,7 +163,7 @@ class Pipeline:
             shared = self.cache.worth_sharing(entry.batcher.cost.expected(len(rows)))
             if use_cache:
                 with self.tracer.span("cache") as span:
-                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.submit(rows, priority=priority), shared, deadline)
+                    outputs, hit = await self.cache.get_or_compute(key, lambda: entry.batcher.enqueue(rows, priority=priority), shared, deadline)
                     span.set("cache.hit", hit)
             else:  # the client asked for a fresh answer; it still refreshes the cache
                 outputs, hit = await entry.batcher.submit(rows, deadline, priority), False

@@ -129,6 +129,11 @@ class AdaptiveBatcher:
         `deadline` is an absolute `loop.time()` after which the caller no longer wants the answer;
         `priority` is Triton's request priority (1 the highest, 0 the default level).
         """
+        return await self.enqueue(rows, deadline, priority)
+
+    def enqueue(self, rows: np.ndarray, deadline: float | None = None, priority: int = 0) -> asyncio.Future[Outputs]:
+        """`submit` without a coroutine around it: the future of `rows`' outputs, for callers that share it
+        (the cache's single flight). Cancelling it drops the rows if their batch has not left yet."""
         loop = asyncio.get_running_loop()
         n = len(rows)
         level = self.level_of(priority)
@@ -160,11 +165,7 @@ class AdaptiveBatcher:
         if not self._kicked:
             self._kicked = True
             loop.call_soon(self._on_kick, loop)
-        try:
-            return await pending.future
-        finally:
-            if pending.deadline_timer is not None:
-                pending.deadline_timer.cancel()
+        return pending.future
 
     async def drain(self) -> None:
         """Wait until nothing is queued or running (for unloading a version without failing requests)."""
@@ -249,6 +250,7 @@ class AdaptiveBatcher:
             self._level_rows[head.level] -= n
             if head.future.done():  # expired or the client went away
                 self._inflight -= 1
+                _stop_timer(head)
                 continue
             batch.append(head)
             rows += n
@@ -297,6 +299,7 @@ class AdaptiveBatcher:
             self.stats.failed_batches += 1
             message = f"{self.runner.tag}: {type(exc).__name__}: {exc}"
             for p in batch:
+                _stop_timer(p)
                 if not p.future.done():
                     p.future.set_exception(ModelFailed(message))
         else:
@@ -307,6 +310,7 @@ class AdaptiveBatcher:
             start = 0
             for p in batch:
                 end = start + len(p.rows)
+                _stop_timer(p)
                 if not p.future.done():
                     p.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
@@ -330,3 +334,10 @@ class AdaptiveBatcher:
         if self._idle is not None and not self._queued and not self._running:
             self._idle.set()
             self._idle = None
+
+
+def _stop_timer(pending: _Pending) -> None:
+    """A request's deadline timer is not needed once its batch has left."""
+    if pending.deadline_timer is not None:
+        pending.deadline_timer.cancel()
+        pending.deadline_timer = None

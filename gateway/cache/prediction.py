@@ -80,9 +80,10 @@ class PredictionCache:
         """Cached outputs, or `compute()`'s; concurrent identical misses share one computation.
 
         The bool is True when no computation was needed (memory or Redis). The computation runs
-        as its own task, and each caller waits for it until its own `deadline` (loop time), so
-        one caller's deadline or departure never fails the others. If it raises, every waiter gets
-        the error and nothing is cached. `shared` False keeps the key out of Redis (see `worth_sharing`).
+        on its own (a batcher's future as it is, a coroutine as a task), and each caller waits for
+        it until its own `deadline` (loop time), so one caller's deadline or departure never fails
+        the others. If it raises, every waiter gets the error and nothing is cached. `shared` False
+        keeps the key out of Redis (see `worth_sharing`); such a miss needs no task of its own.
         """
         if not self.settings.enabled:
             self.stats.computes += 1
@@ -92,15 +93,30 @@ class PredictionCache:
             self.stats.memory_hits += 1
             return dict(outputs), True
         self.stats.memory_misses += 1
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fill(key, compute, shared))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._filled, key))
+        work = self._inflight.get(key)
+        if work is None:
+            work = self._start(key, compute, shared)
         else:
             self.stats.coalesced += 1
-        outputs, hit = await _until(deadline, asyncio.shield(task))
+        outputs, hit = await _until(deadline, asyncio.shield(work))
         return dict(outputs), hit
+
+    def _start(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> asyncio.Future[tuple[Outputs, bool]]:
+        """The shared computation of a miss, registered until it ends: a Redis read first when `shared`,
+        else `compute()` at once, its outputs kept in memory by a callback."""
+        loop = asyncio.get_running_loop()
+        if shared:
+            work = loop.create_task(self._fill(key, compute))
+        else:
+            if self._redis.redis is not None:
+                self.stats.redis_not_worth += 1
+            self.stats.computes += 1
+            computed = asyncio.ensure_future(compute())
+            work = loop.create_future()
+            computed.add_done_callback(functools.partial(self._computed, key, work))
+        self._inflight[key] = work
+        work.add_done_callback(functools.partial(self._filled, key))
+        return work
 
     def drop_model_version(self, model: str, version: str) -> int:
         """Free the LRU entries of every generation of `version` (or of one exact token); returns how many."""
@@ -123,18 +139,26 @@ class PredictionCache:
         """A Redis hit, decoded into read-only arrays already: kept in memory as it is."""
         self.stats.evictions += self._lru.put(key, outputs, size_of(outputs))
 
-    async def _fill(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> tuple[Outputs, bool]:
-        if shared:
-            outputs = await self._redis.get(key)
-            if outputs is not None:
-                return outputs, True
-        elif self._redis.redis is not None:
-            self.stats.redis_not_worth += 1
+    async def _fill(self, key: bytes, compute: Callable[[], Awaitable[Outputs]]) -> tuple[Outputs, bool]:
+        outputs = await self._redis.get(key)
+        if outputs is not None:
+            return outputs, True
         self.stats.computes += 1
-        return self._store(key, await compute(), shared), False
+        return self._store(key, await compute(), True), False
 
-    def _filled(self, key: bytes, task: asyncio.Task) -> None:
-        if self._inflight.get(key) is task:
+    def _computed(self, key: bytes, work: asyncio.Future[tuple[Outputs, bool]], computed: asyncio.Future[Outputs]) -> None:
+        """A memory-only miss is done: kept in memory, and its waiters get the kept copy (or its error)."""
+        if work.done():
+            return
+        if computed.cancelled():
+            work.cancel()
+        elif (exc := computed.exception()) is not None:
+            work.set_exception(exc)
+        else:
+            work.set_result((self._store(key, computed.result(), False), False))
+
+    def _filled(self, key: bytes, work: asyncio.Future) -> None:
+        if self._inflight.get(key) is work:
             del self._inflight[key]
 
 

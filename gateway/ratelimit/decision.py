@@ -21,17 +21,23 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """IETF RateLimit header fields; Retry-After only on refusal, whole seconds, >= 1."""
-        if not self.limit:
-            return {}
-        out = {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(math.ceil(self.reset_after_s)),
-        }
-        if not self.allowed:
-            out["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
-        return out
+        return dict(zip(HEADER_NAMES, map(str, self._values()), strict=False))
 
+    def header_fields(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as a response carries them: lower-case names, encoded."""
+        return [(name, b"%d" % value) for name, value in zip(HEADER_FIELDS, self._values(), strict=False)]
+
+    def _values(self) -> list[int]:
+        if not self.limit:
+            return []
+        values = [self.limit, self.remaining, math.ceil(self.reset_after_s)]
+        if not self.allowed:
+            values.append(max(1, math.ceil(self.retry_after_s)))
+        return values
+
+
+HEADER_NAMES = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
+HEADER_FIELDS = tuple(name.lower().encode() for name in HEADER_NAMES)
 
 UNLIMITED = Decision(allowed=True, limit=0, remaining=0, reset_after_s=0.0, retry_after_s=0.0)
 
