@@ -92,11 +92,12 @@ bento: setup
 	$(BIN)/bentoml build -f $(BENTOFILE) .
 
 ## The CPU Bento's image built and run with podman (private store and settings in deploy/container/):
-## serves with a token, refuses without, stops on SIGTERM. Removes its images afterwards; the local
+## serves with a token, refuses without, stops on SIGTERM. BENTOFILE=deploy/container/bentofile.gpu.yaml:
+## the same for the GPU image (about 2.7 GB of CUDA wheels to download; served on the CPU here). Removes its images afterwards; the local
 ## base image (docker.io/library/python:3.11-slim, from Debian packages) is kept for the next run.
 .PHONY: container-test
 container-test: setup system-deps
-	$(BIN)/python -m pytest tests/deploy/test_container.py -p no:cacheprovider
+	RTSERVE_CONTAINER_BENTOFILE=$(BENTOFILE) $(BIN)/python -m pytest tests/deploy/test_container.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .bentoml .pytest_cache

@@ -9,20 +9,33 @@ lifespan events (the service's start-up and shutdown hooks) and BentoML's own pr
 BentoML's. `bentoml serve`, its workers, graceful shutdown and health endpoints stay as they are.
 Our app keeps a request timeout of its own (`RTSERVE_LIMIT_REQUEST_TIMEOUT_S`).
 
-This is the one module that reaches into BentoML's internals; it is pinned to the BentoML minor
-version below and refuses to start on another, and tests/app/test_front_door.py fails loudly
-when BentoML's worker no longer builds its app through `Service.to_asgi`.
+The worker's uvicorn writes a response's head and its body with two socket writes, so a small
+answer costs the server two system calls and the client two wake-ups. `OneWriteCycle` holds the
+head until the body's first message and writes both at once; a head with no body following in
+the same `send` (a HEAD request, a stream that starts later) goes out when that `send` returns.
+
+This is the one module that reaches into BentoML's and uvicorn's internals; it is pinned to the
+BentoML and uvicorn minor versions below (it refuses to start on another BentoML, and serves
+as uvicorn does on another uvicorn), and
+tests/app/test_front_door.py fails loudly when BentoML's worker no longer builds its app through
+`Service.to_asgi` or uvicorn's HTTP protocol no longer creates its request cycles as patched here.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import bentoml
+import uvicorn
 from _bentoml_sdk import Service
+from uvicorn.protocols.http import httptools_impl
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_BENTOML = "1.4."
+SUPPORTED_UVICORN = "0.55."
 BENTOML_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 """BentoML's own probe endpoints, answered by its stack; everything else HTTP is ours."""
 
@@ -45,6 +58,55 @@ class FrontDoor:
             await self.bentoml_app(scope, receive, send)
 
 
+class _HeldHead:
+    """The connection's transport while a response starts: keeps the head for the body's first write."""
+
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.head is None and data.startswith(b"HTTP/") and data.endswith(b"\r\n\r\n"):
+            self.head = data
+            return
+        head, self.head = self.head, None
+        self.transport.write(head + data if head else data)
+
+    def release(self) -> Any:
+        """Write a head still held; the real transport."""
+        if self.head is not None:
+            head, self.head = self.head, None
+            self.transport.write(head)
+        return self.transport
+
+    def close(self) -> None:
+        self.release().close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class OneWriteCycle(httptools_impl.RequestResponseCycle):
+    """uvicorn's request cycle, writing a response's head together with the body's first message."""
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if not self.response_started and message["type"] == "http.response.start":
+            self.transport = _HeldHead(self.transport)  # uvicorn writes the head to it
+            try:
+                await super().send(message)
+            except BaseException:
+                self.transport = self.transport.release()
+                raise
+            return
+        try:
+            await super().send(message)
+        finally:
+            if type(self.transport) is _HeldHead:
+                self.transport = self.transport.release()
+
+
 def install(service: Service, ours: ASGIApp) -> None:
     """Serve `ours` in front of BentoML's stack in every worker of `service`."""
     if not bentoml.__version__.startswith(SUPPORTED_BENTOML):
@@ -52,6 +114,11 @@ def install(service: Service, ours: ASGIApp) -> None:
             f"app/front_door.py supports BentoML {SUPPORTED_BENTOML}x, not {bentoml.__version__}: "
             "check how the worker builds its ASGI app (_bentoml_impl/worker/service.py) before changing the pin"
         )
+    if uvicorn.__version__.startswith(SUPPORTED_UVICORN):
+        httptools_impl.RequestResponseCycle = OneWriteCycle
+    else:  # a speed-up, not a need: serve as uvicorn does
+        log.warning("app/front_door.py: uvicorn %s is not %sx; responses are written as uvicorn writes them",
+                    uvicorn.__version__, SUPPORTED_UVICORN)
     _doors[id(service)] = ours
     if getattr(Service.to_asgi, "front_door", False):
         return

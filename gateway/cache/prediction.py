@@ -23,6 +23,8 @@ from gateway.cache.stats import CacheStats
 from gateway.cache.wire import Outputs
 
 T = TypeVar("T")
+_Flight = list[asyncio.Future]
+"""One shared computation's waiters, a future each: a caller that leaves cancels only its own."""
 
 
 class PredictionCache:
@@ -40,7 +42,7 @@ class PredictionCache:
         self.stats = CacheStats()
         self._lru = ByteLru(settings.max_entries, settings.max_bytes)
         self._redis = RedisTier(settings, redis, self.stats, self._promote, clock)
-        self._inflight: dict[bytes, asyncio.Task[tuple[Outputs, bool]]] = {}
+        self._inflight: dict[bytes, _Flight] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -93,30 +95,31 @@ class PredictionCache:
             self.stats.memory_hits += 1
             return dict(outputs), True
         self.stats.memory_misses += 1
-        work = self._inflight.get(key)
-        if work is None:
-            work = self._start(key, compute, shared)
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._start(key, compute, shared)
         else:
             self.stats.coalesced += 1
-        outputs, hit = await _until(deadline, asyncio.shield(work))
+        waiter = asyncio.get_running_loop().create_future()
+        flight.append(waiter)
+        outputs, hit = await _until(deadline, waiter)
         return dict(outputs), hit
 
-    def _start(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> asyncio.Future[tuple[Outputs, bool]]:
+    def _start(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> _Flight:
         """The shared computation of a miss, registered until it ends: a Redis read first when `shared`,
-        else `compute()` at once, its outputs kept in memory by a callback."""
-        loop = asyncio.get_running_loop()
+        else `compute()` at once (a batcher's future needs no task), its outputs kept in memory."""
+        flight: _Flight = []
+        self._inflight[key] = flight
         if shared:
-            work = loop.create_task(self._fill(key, compute))
+            work = asyncio.get_running_loop().create_task(self._fill(key, compute))
+            work.add_done_callback(functools.partial(self._land, key, flight))
         else:
             if self._redis.redis is not None:
                 self.stats.redis_not_worth += 1
             self.stats.computes += 1
             computed = asyncio.ensure_future(compute())
-            work = loop.create_future()
-            computed.add_done_callback(functools.partial(self._computed, key, work))
-        self._inflight[key] = work
-        work.add_done_callback(functools.partial(self._filled, key))
-        return work
+            computed.add_done_callback(functools.partial(self._computed, key, flight))
+        return flight
 
     def drop_model_version(self, model: str, version: str) -> int:
         """Free the LRU entries of every generation of `version` (or of one exact token); returns how many."""
@@ -146,20 +149,25 @@ class PredictionCache:
         self.stats.computes += 1
         return self._store(key, await compute(), True), False
 
-    def _computed(self, key: bytes, work: asyncio.Future[tuple[Outputs, bool]], computed: asyncio.Future[Outputs]) -> None:
+    def _computed(self, key: bytes, flight: _Flight, computed: asyncio.Future[Outputs]) -> None:
         """A memory-only miss is done: kept in memory, and its waiters get the kept copy (or its error)."""
-        if work.done():
-            return
-        if computed.cancelled():
-            work.cancel()
-        elif (exc := computed.exception()) is not None:
-            work.set_exception(exc)
-        else:
-            work.set_result((self._store(key, computed.result(), False), False))
+        kept = None if computed.cancelled() or computed.exception() is not None else (self._store(key, computed.result(), False), False)
+        self._land(key, flight, computed, kept)
 
-    def _filled(self, key: bytes, work: asyncio.Future) -> None:
-        if self._inflight.get(key) is work:
+    def _land(self, key: bytes, flight: _Flight, done: asyncio.Future, result: tuple[Outputs, bool] | None = None) -> None:
+        """The computation `done` is over: no longer shared, and each waiter still waiting gets its outcome
+        (`result`, else `done`'s own)."""
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
+        for waiter in flight:
+            if waiter.done():  # its caller left (deadline, disconnect): the others still get the answer
+                continue
+            if done.cancelled():
+                waiter.cancel()
+            elif (exc := done.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(result if result is not None else done.result())
 
 
 async def _until(deadline: float | None, work: Awaitable[T]) -> T:

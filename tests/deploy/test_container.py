@@ -1,6 +1,8 @@
-"""The CPU Bento's image, built and run with podman on this machine (no Docker engine, no registry).
+"""The Bento's image, built and run with podman on this machine (no Docker engine, no registry).
 
-`make container-test` runs this module. The base image (python:3.11-slim, made from Debian packages
+`make container-test` runs this module on the CPU Bento (bentofile.yaml);
+`make container-test BENTOFILE=deploy/container/bentofile.gpu.yaml` on the GPU Bento, which serves on
+the CPU here (no GPU), so everything but CUDA itself is exercised and its size and times measured. The base image (python:3.11-slim, made from Debian packages
 by deploy/container/make-python-base.sh) stays in the private store between runs; the Bento's image
 and its containers are removed afterwards. Timings are printed as one line for the README.
 """
@@ -54,6 +56,8 @@ HEALTH_CMD = (
     'u.urlopen(\\"http://127.0.0.1:%s/v2/health/ready\\" % os.environ.get(\\"PORT\\", \\"3000\\"), timeout=2)"'
 )
 """The health check bentofile.yaml documents, run by podman inside the container."""
+BENTOFILE = ROOT / os.environ.get("RTSERVE_CONTAINER_BENTOFILE", "bentofile.yaml")
+"""Which Bento's image: the CPU build unless `make container-test BENTOFILE=...` names another."""
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -73,15 +77,15 @@ class Image:
 
 @pytest.fixture(scope="module")
 def image(model_store) -> Iterator[Image]:
-    """The CPU Bento's image; removed afterwards with its containers."""
+    """The Bento's image; removed afterwards with its containers."""
     assert shutil.which("podman") and shutil.which("debootstrap"), "podman and debootstrap: run `make system-deps`"
     assert os.geteuid() == 0, "the container test runs podman as root"
     timings: dict[str, float] = {}
     started = time.monotonic()
     subprocess.run([str(CONTAINER_DIR / "make-python-base.sh")], env=PODMAN_ENV, check=True, timeout=1800)
     timings["base image (s)"] = time.monotonic() - started
-    fetch_torch_wheel(ROOT / "bentofile.yaml")
-    bento = build(ROOT, Path(os.environ["BENTOML_HOME"]), ROOT / "bentofile.yaml")
+    fetch_torch_wheel(BENTOFILE)
+    bento = build(ROOT, Path(os.environ["BENTOML_HOME"]), BENTOFILE)
     timings["Bento build (s)"] = bento.seconds
     name = f"localhost/rtserve-test:{bento.tag.split(':')[1]}"
     started = time.monotonic()
@@ -179,7 +183,8 @@ def test_container_serves_with_a_token_refuses_without_and_stops_on_sigterm(imag
     assert container.state("{{.State.ExitCode}}") == "0", container.logs()
     assert image.timings["SIGTERM to exit (s)"] < GRACE_S, "stopped by SIGKILL, not by SIGTERM"
     with capsys.disabled():
-        print("\ncontainer: " + ", ".join(f"{k} {v:.1f}" for k, v in image.timings.items()))
+        timings = ", ".join(f"{k} {v:.1f}" for k, v in image.timings.items())
+        print(f"\ncontainer ({BENTOFILE.relative_to(ROOT)}): {timings}")
 
 
 def test_container_without_a_key_exits_at_once_with_one_clear_line(image: Image) -> None:

@@ -1,4 +1,4 @@
-"""Versions built by the tests to be rolled back: one that raises, one that is slow.
+"""Versions built by the tests to be rolled back: one that raises, one that is slow, one far slower.
 
 Both pass the service's warm-up (a constant input of 1.0, see runners/base.py) so that they
 load and take traffic; real inputs then show the fault.
@@ -47,3 +47,4 @@ def build_broken_versions() -> None:
     save_estimator("digits-sklearn:broken", RaisingEstimator())
     good = joblib.load(bentoml.models.get("digits-sklearn:v1").path_of("model.joblib"))
     save_estimator("digits-sklearn:slow", SlowEstimator(good, delay_s=0.05))
+    save_estimator("digits-sklearn:stuck", SlowEstimator(good, delay_s=1.0))
