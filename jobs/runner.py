@@ -1,11 +1,13 @@
 """Runs batch jobs in the worker that accepted them, through the same batchers as real-time requests.
 
-A job runs at lower priority than real-time traffic: its batches go in at the batcher's lowest
-priority level (`priority_levels`), so real-time requests overtake them; it has at most one batch
-(the version's `max_batch_size` rows) in flight per version, and it yields to the event loop between batches, so real-time requests that
-arrive meanwhile are batched first; and it takes at most `loop_share` of the worker's time: after
-each batch it pauses in proportion to what the batch took. A batcher that refuses the job's batch (queue full, latency
-budget) is busy with real-time traffic: the job waits and tries again, it does not fail.
+A job runs at lower priority than real-time traffic. It runs a batch (the version's
+`max_batch_size` rows) only in a gap in real-time traffic: when no real-time request is in flight
+in the worker (the pipeline counts them), so a real-time request waits at most for the one job
+batch that started before it arrived. Under sustained real-time load with no gap, it still runs a
+batch every `busy_step_s`. Its batches go in at the batcher's lowest priority level
+(`priority_levels`), one in flight per version, so real-time requests overtake them there too.
+A batcher that refuses the job's batch (queue full, latency budget) is busy with real-time
+traffic: the job waits and tries again, it does not fail.
 
 Unloading a version that a job runs on does not wait for the job: the unload waits for the
 job's batch in flight only, and the job then fails its remaining rows with `model_not_ready`
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import numpy as np
 import orjson
@@ -53,8 +55,12 @@ class JobRunner:
         settings: JobSettings,
         limits: LimitSettings,
         metrics: JobMetrics | None = None,
+        pause: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        """`pause(timeout_s)` returns once no real-time request is in flight (or after `timeout_s`): the
+        gaps a job runs in (Pipeline.pause); without it a job only yields to the event loop between batches."""
         self.registry = registry
+        self.pause = pause
         self.router = router
         self.store = store
         self.settings = settings
@@ -146,11 +152,9 @@ class JobRunner:
         pending: list[bytes] = []
         pending_rows = 0
         start = 0
-        loop = asyncio.get_running_loop()
-        pause = (1 - self.settings.loop_share) / self.settings.loop_share
         try:
             while start < len(rows):
-                began = loop.time()
+                await self._gap()
                 entry = self._current(job)
                 end = min(start + step, len(rows))
                 data, index, errors = rows.batch(start, end, self.limits)
@@ -170,7 +174,6 @@ class JobRunner:
                     pending, pending_rows = [], 0
                     if await self.store.cancel_requested(job.id):
                         return JobState.CANCELLED, f"cancelled after {job.rows_done} of {job.rows} rows"
-                await asyncio.sleep((loop.time() - began) * pause)  # real-time requests go first, and keep the worker's rest
             return JobState.SUCCEEDED, None
         except VersionGone:
             reason = f"model '{job.model}:{job.version}' was unloaded while the job ran"
@@ -183,6 +186,13 @@ class JobRunner:
         finally:
             if pending:
                 await self.store.append_results(job.id, b"".join(pending))
+
+    async def _gap(self) -> None:
+        """Give way to real-time requests: those ready to run go first, then wait for a moment with none
+        in flight (at most `busy_step_s`)."""
+        await asyncio.sleep(0)
+        if self.pause is not None:
+            await self.pause(self.settings.busy_step_s)
 
     def _current(self, job: Job) -> LoadedVersion:
         entry = self.registry.versions(job.model).get(job.version)

@@ -20,9 +20,10 @@ class JobSettings(BaseSettings):
     started its response within RTSERVE_TRAFFIC_TIMEOUT_S (10 s), so keep this under it."""
     max_rows: int = Field(1_000_000, gt=0)
     """Most rows in one job."""
-    loop_share: float = Field(0.25, gt=0, le=1)
-    """Most of a worker's time a job may take: after each batch the job pauses for (1 - share) / share
-    times as long as the batch took (three times at 0.25), so real-time requests keep the rest."""
+    busy_step_s: float = Field(0.1, gt=0)
+    """A job runs a batch whenever no real-time request is in flight in its worker; while real-time
+    requests keep the worker busy without a pause, it runs one batch per this interval, so it still
+    progresses (64 rows per 0.1 s, a fraction of a per cent of the worker)."""
     max_running: int = Field(1, ge=1)
     """Jobs a worker runs at once; later ones wait (state `queued`)."""
     max_active_per_tenant: int = Field(8, ge=1)

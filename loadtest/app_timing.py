@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from loadtest.servers import ROOT
+from loadtest.servers import use_project_store
 
 PROD = {
     "RTSERVE_AUTH_ENABLED": "true",
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also print the top functions by own time")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one more setting, e.g. RTSERVE_METRICS_ENABLED=false")
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
+    use_project_store()
     tmp = Path(tempfile.mkdtemp(prefix="rtserve-app-timing-"))
     secret = tmp / "jwt-secret"
     secret.write_text(secrets.token_hex(32))

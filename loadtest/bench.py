@@ -32,7 +32,7 @@ import yaml
 
 from loadtest.peers import triton_peer
 from loadtest.scenarios import SCENARIOS, Request, Scenario
-from loadtest.servers import ROOT, Server, bentoml_server, uvicorn_server
+from loadtest.servers import ROOT, Server, bentoml_server, use_project_store, uvicorn_server
 from models import data
 
 LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-loop", action="store_true", help="also find the highest rate with p99 <= 10 ms (ours-prod)")
     parser.add_argument("--scaling", action="store_true", help="also run ours-prod with 2 workers (sklearn-miss, 64 conns)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))  # the store `make setup` builds, as in the Makefile
+    use_project_store()
     conns = [int(c) for c in args.connections.split(",")]
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)

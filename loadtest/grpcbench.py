@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import subprocess
 import tempfile
@@ -38,7 +37,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from loadtest.bench import RESULTS, measure, targets, token_for
 from loadtest.scenarios import SCENARIOS, _fixed_rows
-from loadtest.servers import Server, free_port
+from loadtest.servers import Server, free_port, use_project_store
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(Path(__file__).resolve().parent.parent / ".bentoml"))
+    use_project_store()
     conns = [int(c) for c in args.connections.split(",")]
     multiplexed = [int(s) for s in args.streams.split(",") if s]
     scenarios = [("fresh", "sklearn-miss", 1, True), ("cached", "sklearn-hit", 1, False), ("64 rows", "sklearn-64rows", 64, True)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import psutil
 
 from loadtest.bench import RESULTS, request_for, run_wrk, targets
 from loadtest.scenarios import SCENARIOS
-from loadtest.servers import BIN, ROOT
+from loadtest.servers import BIN, ROOT, use_project_store
 
 
 def worker_pid(server_pid: int) -> int:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
+    use_project_store()
     scenario = SCENARIOS[args.scenario]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -12,19 +12,17 @@ the mean per-row time of a block of calls, on held-out digits.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
+from loadtest.servers import use_project_store
 from models import data
 
-ROOT = Path(__file__).resolve().parent.parent
 VARIANT_TAGS = ["digits-torch:v2", "digits-torch:v2-int8", "digits-onnx:v2", "digits-onnx:v2-int8", "digits-onnx:v2-opt"]
 BATCHES = (1, 64)
 ROWS_PER_BLOCK = 256  # rows each candidate runs per repetition: 256 calls at batch 1, 4 at batch 64
@@ -107,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="time onnxruntime session options on this ONNX version instead")
     parser.add_argument("--reps", type=int, default=25, help="repetitions; the median is reported")
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))  # the store `make setup` builds
+    use_project_store()
     import torch
 
     torch.set_num_threads(1)  # as the service runs torch (`torch_threads` in serving.yaml)

@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def use_project_store() -> None:
+    """The model store `make setup` builds (the Makefile's BENTOML_HOME), unless one is set already."""
+    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
+
+
 def free_port() -> int:
     """A port nothing listens on now; shared by the benchmark and the tests."""
     with socket.socket() as s:
@@ -54,7 +59,11 @@ class Server:
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         if wait_ready:
-            self.wait_until(lambda r: r.status_code == 200, self.ready_path, timeout)
+            try:
+                self.wait_until(lambda r: r.status_code == 200, self.ready_path, timeout)
+            except BaseException:
+                self.stop()  # a server that never got ready is not left running
+                raise
         return self
 
     def wait_until(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import secrets
 import statistics
 import tempfile
@@ -259,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         server = None
         url, token = args.url, args.token
         if url is None:
-            from loadtest.servers import ROOT
+            from loadtest.servers import use_project_store
 
-            os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
+            use_project_store()
             server, token = _own_server(Path(tmp))
             server.log_path = Path(tmp) / f"{server.name}.log"
             server.start()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ import httpx
 
 from loadtest.bench import RESULTS, measure, run_wrk, targets
 from loadtest.scenarios import SCENARIOS
-from loadtest.servers import ROOT
+from loadtest.servers import use_project_store
 
 
 @dataclass
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="sklearn-miss", choices=sorted(SCENARIOS))
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
+    use_project_store()
     scenario = SCENARIOS[args.scenario]
     req = scenario.oip
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class RequestScope:
     """Response headers the pipeline adds (rate-limit state, version, cache outcome)."""
 
     async def __aenter__(self) -> RequestScope:
+        self.pipeline.in_flight += 1
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -105,13 +106,38 @@ class Pipeline:
         self.metrics = metrics
         self.tracer = tracer
         self.shadow = ShadowMirror(router, registry, metrics)
+        self.in_flight = 0
+        """Requests inside their request scope in this worker: real-time work that batch jobs give way to."""
+        self._pause_waiters: list[asyncio.Future[None]] = []
 
     def request(self, headers: list[tuple[bytes, bytes]] | None = None) -> RequestScope:
         """The scope of one request (`async with`): on the way out, however it ends, metrics and the
         in-flight count. `headers` is the front end's list of response headers, which the steps extend."""
         return RequestScope(self, start_request(), time.perf_counter(), headers=headers if headers is not None else [])
 
+    async def pause(self, timeout_s: float) -> None:
+        """Until no request is in flight here, or `timeout_s` has passed: what lower-priority work waits
+        for, so that it runs in the gaps between real-time requests (and still runs under saturation)."""
+        if not self.in_flight:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._pause_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._pause_waiters:
+                self._pause_waiters.remove(waiter)
+
     def finish(self, scope: RequestScope) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._pause_waiters:
+            waiters, self._pause_waiters = self._pause_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         labels = scope.labels
         labels.release()
         if labels.model and self.metrics is not None:

@@ -102,7 +102,7 @@ class PredictionCache:
             self.stats.coalesced += 1
         waiter = asyncio.get_running_loop().create_future()
         flight.append(waiter)
-        outputs, hit = await _until(deadline, waiter)
+        outputs, hit = await (waiter if deadline is None else _until(deadline, waiter))
         return dict(outputs), hit
 
     def _start(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> _Flight:

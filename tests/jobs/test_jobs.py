@@ -7,6 +7,11 @@ import io
 
 import numpy as np
 
+from gateway.settings import LimitSettings
+from jobs.rows import from_json
+from jobs.runner import JobRunner
+from jobs.settings import JobSettings
+from jobs.store import LocalJobStore
 from runners.registry import VersionState
 from tests.jobs.support import lines, predict, wait_finished
 
@@ -161,3 +166,32 @@ async def test_modes_are_in_model_metadata_and_enforced_in_real_time(app):
     entry.modes = ("batch",)  # as a version built for batch only would declare
     r = await app.client.post("/predict", headers=app.headers(), json={"model": "digits-sklearn", "version": "v1", "inputs": [[0] * 64]})
     assert (r.status_code, r.json()["code"]) == (422, "mode_not_supported")
+
+
+async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tmp_path):
+    pipeline = app.runtime.pipeline
+    store = LocalJobStore(tmp_path / "gap-jobs", 60)
+
+    def runner(busy_step_s: float) -> JobRunner:
+        return JobRunner(app.runtime.registry, app.runtime.router, store, JobSettings(busy_step_s=busy_step_s, flush_rows=64),
+                         LimitSettings(), pause=pipeline.pause)
+
+    patient = runner(busy_step_s=60)
+    entry = patient.choose("digits-sklearn", "v1", None)
+    rows = from_json(entry.runner.input_spec, digits[:640].tolist(), 10_000, LimitSettings())
+    async with pipeline.request():  # a real-time request in flight: no gap
+        job = await patient.submit(entry, "acme", None, rows)
+        await asyncio.sleep(0.3)
+        assert (await patient.get(job.id)).rows_done == 0
+    for _ in range(300):  # the request is answered: the job takes the gap
+        if (await patient.get(job.id)).state.finished:
+            break
+        await asyncio.sleep(0.01)
+    assert (await patient.get(job.id)).rows_done == 640
+
+    steady = runner(busy_step_s=0.1)
+    async with pipeline.request():  # real-time traffic without a gap: still one batch (64 rows) per busy_step_s
+        job = await steady.submit(entry, "acme", None, rows)
+        await asyncio.sleep(0.45)
+        done = (await steady.get(job.id)).rows_done
+    assert 64 <= done <= 5 * 64, done
