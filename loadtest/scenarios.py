@@ -59,6 +59,10 @@ SCENARIOS: dict[str, Scenario] = {
             Request("/v2/models/digits-torch/infer", OIP_PIXELS % ("[1,1,8,8]", "@ROW@"), ROW64),
         ),
         Scenario(
+            "onnx-miss", "digits-onnx", "digits-onnx, 1 row, unique inputs",
+            Request("/v2/models/digits-onnx/infer", OIP_PIXELS % ("[1,1,8,8]", "@ROW@"), ROW64),
+        ),
+        Scenario(
             "seq-miss", "seq-torch", "seq-torch, 1 sequence of random length 1-64, unique",
             Request("/v2/models/seq-torch/infer", OIP_TOKENS, {"RT_MIN": "1", "RT_MAX": "20", "RT_LEN_MIN": "1", "RT_LEN_MAX": "64"}),
         ),
