@@ -21,23 +21,20 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """IETF RateLimit header fields; Retry-After only on refusal, whole seconds, >= 1."""
-        return dict(zip(HEADER_NAMES, map(str, self._values()), strict=False))
+        return {name: value.decode() for name, (_, value) in zip(HEADER_NAMES, self.header_fields(), strict=False)}
 
     def header_fields(self) -> list[tuple[bytes, bytes]]:
-        """`headers()` as a response carries them: lower-case names, encoded."""
-        return [(name, b"%d" % value) for name, value in zip(HEADER_FIELDS, self._values(), strict=False)]
-
-    def _values(self) -> list[int]:
+        """`headers()` as a response carries them: lower-case names, encoded (every allowed request pays this)."""
         if not self.limit:
             return []
-        values = [self.limit, self.remaining, math.ceil(self.reset_after_s)]
+        fields = [(b"ratelimit-limit", b"%d" % self.limit), (b"ratelimit-remaining", b"%d" % self.remaining),
+                  (b"ratelimit-reset", b"%d" % math.ceil(self.reset_after_s))]
         if not self.allowed:
-            values.append(max(1, math.ceil(self.retry_after_s)))
-        return values
+            fields.append((b"retry-after", b"%d" % max(1, math.ceil(self.retry_after_s))))
+        return fields
 
 
 HEADER_NAMES = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After")
-HEADER_FIELDS = tuple(name.lower().encode() for name in HEADER_NAMES)
 
 UNLIMITED = Decision(allowed=True, limit=0, remaining=0, reset_after_s=0.0, retry_after_s=0.0)
 
