@@ -189,12 +189,12 @@ def ratios(results: list[Result]) -> dict[tuple[str, str, int], dict[str, float]
     index = {(r.target, r.scenario, r.connections): r for r in results}
     out: dict[tuple[str, str, int], dict[str, float]] = {}
     for r in results:
-        if r.target in PEER_OF.values():
+        if not r.target.startswith("ours"):  # the peers are what is compared against
             continue
         out[(r.target, r.scenario, r.connections)] = {
             f"/{peer}": r.rps / index[(name, r.scenario, r.connections)].rps
             for peer, name in PEER_OF.items()
-            if (name, r.scenario, r.connections) in index
+            if name != r.target and (name, r.scenario, r.connections) in index
         }
     return out
 
