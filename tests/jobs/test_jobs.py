@@ -194,4 +194,5 @@ async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tm
         job = await steady.submit(entry, "acme", None, rows)
         await asyncio.sleep(0.45)
         done = (await steady.get(job.id)).rows_done
+    await steady.stop()
     assert 64 <= done <= 5 * 64, done
