@@ -151,8 +151,8 @@ class PredictionCache:
 
     def _computed(self, key: bytes, flight: _Flight, computed: asyncio.Future[Outputs]) -> None:
         """A memory-only miss is done: kept in memory, and its waiters get the kept copy (or its error)."""
-        kept = None if computed.cancelled() or computed.exception() is not None else (self._store(key, computed.result(), False), False)
-        self._land(key, flight, computed, kept)
+        failed = computed.cancelled() or computed.exception() is not None
+        self._land(key, flight, computed, None if failed else (self._store(key, computed.result(), False), False))
 
     def _land(self, key: bytes, flight: _Flight, done: asyncio.Future, result: tuple[Outputs, bool] | None = None) -> None:
         """The computation `done` is over: no longer shared, and each waiter still waiting gets its outcome
