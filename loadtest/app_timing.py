@@ -63,7 +63,8 @@ async def one(app, scope: dict, body: bytes) -> int:
     return sent[0]["status"]
 
 
-async def run(app, token: str | None, rounds: int, concurrency: int) -> tuple[float, int]:
+async def run(app, token: str | None, rounds: int, concurrency: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the process, answers not 200) for `rounds` rounds of `concurrency` requests."""
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
@@ -71,12 +72,12 @@ async def run(app, token: str | None, rounds: int, concurrency: int) -> tuple[fl
              "query_string": b"", "headers": headers}
     payloads = bodies(rounds * concurrency)
     bad = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for r in range(rounds):
         chunk = payloads[r * concurrency:(r + 1) * concurrency]
         statuses = await asyncio.gather(*(one(app, dict(scope, headers=list(headers)), b) for b in chunk))
         bad += sum(s != 200 for s in statuses)
-    return time.perf_counter() - start, bad
+    return time.perf_counter() - start, time.process_time() - cpu, bad
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,16 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     async def session() -> None:
         await run(app, token, 30, args.concurrency)  # warm-up: cost model, token cache, rate-limit lease
         profiler = cProfile.Profile() if args.profile else None
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         for _ in range(5):
             if profiler is not None:
                 profiler.enable()
-            seconds, bad = await run(app, token, args.rounds, args.concurrency)
+            seconds, cpu, bad = await run(app, token, args.rounds, args.concurrency)
             if profiler is not None:
                 profiler.disable()
-            best = min(best, seconds)
+            best, best_cpu = min(best, seconds), min(best_cpu, cpu)
         n = args.rounds * args.concurrency
-        print(f"{args.config}: {best / n * 1e6:.1f} µs of the app per request "
+        print(f"{args.config}: {best / n * 1e6:.1f} µs of the app per request, {best_cpu / n * 1e6:.1f} µs of CPU "
               f"({n} requests, {args.concurrency} at a time, best of 5; {bad} not 200)")
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
