@@ -63,21 +63,25 @@ async def one(app, scope: dict, body: bytes) -> int:
     return sent[0]["status"]
 
 
-async def run(app, token: str | None, rounds: int, concurrency: int) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of the process, answers not 200) for `rounds` rounds of `concurrency` requests."""
+async def run(app, token: str | None, rounds: int, concurrency: int, gap_s: float = 0.0) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the process, answers not 200) for `rounds` rounds of `concurrency` requests,
+    with the loop asleep for `gap_s` between rounds (neither clock counts the sleep)."""
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {"type": "http", "method": "POST", "path": "/v2/models/digits-sklearn/infer", "root_path": "",
              "query_string": b"", "headers": headers}
     payloads = bodies(rounds * concurrency)
-    bad = 0
-    start, cpu = time.perf_counter(), time.process_time()
+    bad, wall, cpu = 0, 0.0, 0.0
     for r in range(rounds):
         chunk = payloads[r * concurrency:(r + 1) * concurrency]
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        start, cpu_start = time.perf_counter(), time.process_time()
         statuses = await asyncio.gather(*(one(app, dict(scope, headers=list(headers)), b) for b in chunk))
+        wall, cpu = wall + time.perf_counter() - start, cpu + time.process_time() - cpu_start
         bad += sum(s != 200 for s in statuses)
-    return time.perf_counter() - start, time.process_time() - cpu, bad
+    return wall, cpu, bad
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=["prod", "bare"], default="prod")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="sleep between rounds: what a request costs when it wakes an idle loop, as in open loop")
     parser.add_argument("--profile", action="store_true", help="also print the top functions by own time")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one more setting, e.g. RTSERVE_METRICS_ENABLED=false")
     args = parser.parse_args(argv)
@@ -119,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(5):
             if profiler is not None:
                 profiler.enable()
-            seconds, cpu, bad = await run(app, token, args.rounds, args.concurrency)
+            seconds, cpu, bad = await run(app, token, args.rounds, args.concurrency, args.gap_ms / 1000)
             if profiler is not None:
                 profiler.disable()
             best, best_cpu = min(best, seconds), min(best_cpu, cpu)
         n = args.rounds * args.concurrency
         print(f"{args.config}: {best / n * 1e6:.1f} µs of the app per request, {best_cpu / n * 1e6:.1f} µs of CPU "
-              f"({n} requests, {args.concurrency} at a time, best of 5; {bad} not 200)")
+              f"({n} requests, {args.concurrency} at a time, {args.gap_ms:g} ms apart, best of 5; {bad} not 200)")
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 

@@ -39,6 +39,8 @@ LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
 SERVICE = "service:InferenceService"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RESULTS = ROOT / "loadtest" / "results"
+OPEN_LOOP_TARGETS = ("ours-prod", "raw")
+"""raw is the control: how far open loop falls below closed loop for the bare HTTP stack on this machine."""
 PEER_OF = {"b": "stock", "c": "empty", "d": "raw", "triton": "triton", "bare": "ours-bare", "nobatch": "ours-nobatch"}
 
 
@@ -56,6 +58,8 @@ class Result:
     steal_pct: float = 0.0
     """Share of the machine's CPU time the hypervisor gave to other guests during the run (a shared
     machine's noise: a vCPU taken away for milliseconds shows as tail latency)."""
+    cpu_us: float = 0.0
+    """CPU time of the serving worker per request (user and system), from its own counters."""
 
 
 def targets(workdir: Path, workers: int) -> dict[str, Server]:
@@ -125,11 +129,28 @@ def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp:
     return json.loads(match.group(1))
 
 
+class Metered:
+    """The machine's stolen CPU and the worker's CPU per request over one wrk run."""
+
+    def __init__(self, server: Server) -> None:
+        self.worker = server.worker()
+
+    def __enter__(self) -> Metered:
+        self.machine, self.cpu = cpu_times(), sum(self.worker.cpu_times()[:2])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stolen = steal_pct(self.machine, cpu_times())
+        self.cpu = sum(self.worker.cpu_times()[:2]) - self.cpu
+
+    def us_per_request(self, raw: dict) -> float:
+        return 1e6 * self.cpu / max(1, raw["requests"])
+
+
 def measure(server: Server, scenario: Scenario, req: Request, connections: int, seconds: float, tmp: Path) -> Result:
     run_wrk(server, req, connections, min(3.0, seconds), tmp)  # warm-up: JIT, caches, batch cost model
-    before = cpu_times()
-    raw = run_wrk(server, req, connections, seconds, tmp)
-    stolen = steal_pct(before, cpu_times())
+    with Metered(server) as metered:
+        raw = run_wrk(server, req, connections, seconds, tmp)
     return Result(
         target=server.name,
         scenario=scenario.name,
@@ -140,7 +161,8 @@ def measure(server: Server, scenario: Scenario, req: Request, connections: int, 
         p99_ms=raw["p99_us"] / 1000,
         non2xx=raw["non2xx"],
         socket_errors=raw["socket_errors"],
-        steal_pct=stolen,
+        steal_pct=metered.stolen,
+        cpu_us=metered.us_per_request(raw),
     )
 
 
@@ -159,19 +181,21 @@ def open_loop(server: Server, scenario: Scenario, req: Request, closed_rps: floa
     """p99 at fixed rates (fractions of the closed-loop throughput), up to the first rate that breaks 10 ms.
 
     256 connections keep each connection's gap (256 / rate) far above the latency, so the
-    schedule, not the server, sets the pace."""
+    schedule, not the server, sets the pace. Each point also has the worker's CPU per request:
+    requests that arrive alone cost more than the closed loop's, which shares loop turns."""
     points = []
     for fraction in (0.25, 0.35, 0.4, 0.5, 0.6, 0.75, 0.9):
         rate = closed_rps * fraction
-        before = cpu_times()
-        raw = run_wrk(server, req, 256, seconds, tmp, rate=rate)
-        stolen = steal_pct(before, cpu_times())
+        with Metered(server) as metered:
+            raw = run_wrk(server, req, 256, seconds, tmp, rate=rate)
         got = raw["requests"] / (raw["duration_us"] / 1e6)
-        points.append({"scenario": scenario.name, "target_rps": round(rate), "achieved_rps": round(got),
+        points.append({"target": server.name, "scenario": scenario.name, "target_rps": round(rate), "achieved_rps": round(got),
                        "fraction": fraction, "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-                       "non2xx": raw["non2xx"] + raw["socket_errors"], "steal_pct": stolen})
+                       "non2xx": raw["non2xx"] + raw["socket_errors"], "steal_pct": metered.stolen,
+                       "cpu_us": metered.us_per_request(raw)})
         print(f"  open loop {scenario.name:<13} {rate:>7,.0f} req/s ({fraction:.0%}): achieved {got:,.0f}, "
-              f"p99 {raw['p99_us'] / 1000:.2f} ms, stolen {stolen:.0f} %", flush=True)
+              f"p99 {raw['p99_us'] / 1000:.2f} ms, worker CPU {metered.us_per_request(raw):.0f} µs a request, "
+              f"stolen {metered.stolen:.0f} %", flush=True)
         if raw["p99_us"] > 10_000:
             break
     return points
@@ -205,16 +229,16 @@ RATIO_COLUMNS = {"/b": "vs (b) stock", "/c": "vs (c) empty", "/d": "vs (d) raw",
 def table(results: list[Result]) -> str:
     rat = ratios(results)
     lines = [
-        "| server | scenario | conns | req/s | p50 ms | p95 ms | p99 ms | non-2xx | CPU stolen | "
+        "| server | scenario | conns | req/s | p50 ms | p95 ms | p99 ms | non-2xx | CPU stolen | worker CPU µs/req | "
         + " | ".join(RATIO_COLUMNS.values()) + " |",
-        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(RATIO_COLUMNS),
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(RATIO_COLUMNS),
     ]
     for r in results:
         q = rat.get((r.target, r.scenario, r.connections), {})
         cells = [f"{q[k]:.2f}x" if k in q else "" for k in RATIO_COLUMNS]
         lines.append(
             f"| {r.target} | {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.non2xx + r.socket_errors} | {r.steal_pct:.0f} % | {' | '.join(cells)} |"
+            f"{r.non2xx + r.socket_errors} | {r.steal_pct:.0f} % | {r.cpu_us:.0f} | {' | '.join(cells)} |"
         )
     return "\n".join(lines)
 
@@ -226,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--open-loop", action="store_true", help="also find the highest rate with p99 <= 10 ms (ours-prod)")
+    parser.add_argument("--open-loop", action="store_true",
+                        help="also find the highest rate with p99 <= 10 ms (ours-prod, and raw as the control)")
     parser.add_argument("--scaling", action="store_true", help="also run ours-prod with 2 workers (sklearn-miss, 64 conns)")
     args = parser.parse_args(argv)
     use_project_store()
@@ -258,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {scenario.name:<15} c={c:<3} {res.rps:>9,.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
                               f"non-2xx {res.non2xx + res.socket_errors}  stolen {res.steal_pct:.0f} %", flush=True)
                         results.append(res)
-                    if args.open_loop and name == "ours-prod" and scenario.name == "sklearn-miss":
+                    if args.open_loop and name in OPEN_LOOP_TARGETS and scenario.name == "sklearn-miss":
                         best = max((r.rps for r in results if r.target == name and r.scenario == scenario.name), default=0)
-                        extra["open_loop"] = open_loop(server, scenario, req, best, args.duration, work)
+                        extra.setdefault("open_loop", []).extend(open_loop(server, scenario, req, best, args.duration, work))
             finally:
                 server.stop()
         if args.scaling:
@@ -288,14 +313,18 @@ def main(argv: list[str] | None = None) -> int:
 def report_extra(extra: dict, results: list[Result]) -> str:
     lines = []
     if "open_loop" in extra:
-        lines += ["", "Open loop, ours-prod, sklearn-miss (256 connections, Poisson arrivals):", "",
-                  "| target req/s | fraction of closed loop | achieved | p50 ms | p99 ms | non-2xx | CPU stolen |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['target_rps']:,} | {p['fraction']:.0%} | {p['achieved_rps']:,} | {p['p50_ms']:.2f} | "
-                  f"{p['p99_ms']:.2f} | {p['non2xx']} | {p['steal_pct']:.0f} % |" for p in extra["open_loop"]]
-        ok = [p for p in extra["open_loop"] if p["p99_ms"] <= 10]
-        if ok:
-            lines.append(f"\nHighest rate with p99 <= 10 ms: {ok[-1]['achieved_rps']:,} req/s ({ok[-1]['fraction']:.0%} of closed loop).")
+        lines += ["", "Open loop, sklearn-miss (256 connections, Poisson arrivals; fractions of each server's own closed loop):", "",
+                  "| server | target req/s | fraction | achieved | p50 ms | p99 ms | worker CPU µs/request | non-2xx | CPU stolen |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['target']} | {p['target_rps']:,} | {p['fraction']:.0%} | {p['achieved_rps']:,} | {p['p50_ms']:.2f} | "
+                  f"{p['p99_ms']:.2f} | {p['cpu_us']:.0f} | {p['non2xx']} | {p['steal_pct']:.0f} % |" for p in extra["open_loop"]]
+        for target in OPEN_LOOP_TARGETS:
+            ok = [p for p in extra["open_loop"] if p["target"] == target and p["p99_ms"] <= 10]
+            if ok:
+                lines.append(f"\n{target}: highest rate with p99 <= 10 ms {ok[-1]['achieved_rps']:,} req/s "
+                             f"({ok[-1]['fraction']:.0%} of its closed loop).")
+        closed = {r.target: r.cpu_us for r in results if r.scenario == "sklearn-miss" and r.connections == 64}
+        lines += [""] + [f"{t}: worker CPU per request in closed loop at 64 connections {closed[t]:.0f} µs." for t in OPEN_LOOP_TARGETS if t in closed]
     scale = {r.target: r.rps for r in results if r.target.startswith("ours-prod-")}
     if {"ours-prod-1w", "ours-prod-2w"} <= set(scale):
         lines.append(f"\nScaling, sklearn-miss at 64 connections: 1 worker {scale['ours-prod-1w']:,.0f} req/s, "

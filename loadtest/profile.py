@@ -2,11 +2,13 @@
 
     python -m loadtest.profile                                   # ours-prod, sklearn-miss, 64 connections
     python -m loadtest.profile --target ours-bare --seconds 20 --top 30
+    python -m loadtest.profile --open-rate 1200                  # Poisson arrivals at 1,200 req/s, 256 connections
 
 Starts the target with one worker, warms it up, records the worker with py-spy (`--idle` off, so
 only time spent running counts) while wrk holds the load, and prints the functions with the most
 samples on top of the stack (own time) and anywhere on it (inclusive), as percentages of all
-samples. The collapsed stacks go to loadtest/results/ (any flame graph tool reads them, e.g.
+samples, and the worker's CPU time per request over the recording (closed and open loop differ a lot:
+a request that arrives alone pays a loop turn of its own). The collapsed stacks go to loadtest/results/ (any flame graph tool reads them, e.g.
 speedscope or flamegraph.pl).
 """
 
@@ -21,17 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 from loadtest.bench import RESULTS, request_for, run_wrk, targets
 from loadtest.scenarios import SCENARIOS
 from loadtest.servers import BIN, ROOT, use_project_store
-
-
-def worker_pid(server_pid: int) -> int:
-    """The process that serves: the largest by resident memory (it holds the models)."""
-    root = psutil.Process(server_pid)
-    return max([root, *root.children(recursive=True)], key=lambda p: p.memory_info().rss).pid
 
 
 def frame_name(frame: str) -> str:
@@ -79,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="ours-prod")
     parser.add_argument("--scenario", default="sklearn-miss")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--open-rate", type=int, default=0, help="hold this many req/s over 256 connections instead")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
@@ -95,21 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             req = request_for(args.target, scenario)
+            connections = 256 if args.open_rate else args.connections
             run_wrk(server, req, args.connections, 3, work)  # warm-up
-            pid = worker_pid(server.proc.pid)
+            worker = server.worker()
             load: dict = {}
-            wrk = threading.Thread(target=lambda: load.update(run_wrk(server, req, args.connections, args.seconds + 4, work)))
+            wrk = threading.Thread(target=lambda: load.update(
+                run_wrk(server, req, connections, args.seconds + 4, work, rate=args.open_rate)))
             wrk.start()
             time.sleep(2)
-            spy = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", str(args.rate),
-                   "--nonblocking"]
+            spy = [str(BIN / "py-spy"), "record", "--pid", str(worker.pid), "--duration", str(args.seconds),
+                   "--rate", str(args.rate), "--nonblocking"]
+            cpu_before, wall_before = sum(worker.cpu_times()[:2]), time.monotonic()
             subprocess.run([*spy, "--format", "raw", "--output", str(collapsed_path)], check=True, capture_output=True)
+            cpu, wall = sum(worker.cpu_times()[:2]) - cpu_before, time.monotonic() - wall_before
             wrk.join()
         finally:
             server.stop()
     rps = load["requests"] / (load["duration_us"] / 1e6) if load else 0.0
-    print(f"{args.target} {scenario.name} at {args.connections} connections: {rps:,.0f} req/s while profiled "
-          f"(py-spy --nonblocking, {args.rate} Hz)")
+    how = f"open loop at {args.open_rate:,} req/s" if args.open_rate else f"{args.connections} connections"
+    print(f"{args.target} {scenario.name}, {how}: {rps:,.0f} req/s while profiled (py-spy --nonblocking, {args.rate} Hz); "
+          f"worker CPU {100 * cpu / wall:.0f} % of a core, {1e6 * cpu / wall / max(rps, 1):.0f} µs per request")
     print(report(collapsed_path.read_text(), args.top))
     print(f"\nwritten: {collapsed_path.relative_to(ROOT)}")
     return 0

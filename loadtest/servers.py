@@ -87,10 +87,13 @@ class Server:
         root = psutil.Process(self.proc.pid)
         return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
 
-    def worker_rss_bytes(self) -> int:
-        """Resident memory of the largest process in the tree: the worker that holds the models."""
+    def worker(self) -> psutil.Process:
+        """The process that serves: the largest in the tree by resident memory (it holds the models)."""
         root = psutil.Process(self.proc.pid)
-        return max(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        return max([root, *root.children(recursive=True)], key=lambda p: p.memory_info().rss)
+
+    def worker_rss_bytes(self) -> int:
+        return self.worker().memory_info().rss
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
