@@ -10,7 +10,8 @@ only; its virtual environment `.venv-triton` is created on first use). Ours come
 configurations: `ours-prod` (auth, rate limits, cache, metrics, Redis), `ours-embedded` (the
 same without Redis), `ours-bare` (auth, limits and cache off), `ours-nobatch` (bare with
 max_batch_size 1), `ours-nometrics` (bare without metrics).
-Load: wrk, closed loop, and open loop at fixed rates with --open-loop.
+Load: wrk, closed loop, and open loop at fixed rates with --open-loop (ours-prod, and raw as the
+control). Every measurement also reads the worker's CPU time per request.
 Writes loadtest/results/bench-<time>.{md,json}.
 """
 
@@ -26,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 import yaml
@@ -135,7 +137,7 @@ class Metered:
     def __init__(self, server: Server) -> None:
         self.worker = server.worker()
 
-    def __enter__(self) -> Metered:
+    def __enter__(self) -> Self:
         self.machine, self.cpu = cpu_times(), sum(self.worker.cpu_times()[:2])
         return self
 
