@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
 import os
 import sys
 
@@ -26,6 +27,8 @@ from frontends.grpc.server import GrpcFrontend
 from frontends.rest import InferenceApp
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -94,6 +97,11 @@ class InferenceService:
     async def stop_grpc(self) -> None:
         if self.grpc is not None:
             await self.grpc.stop()
+
+    @bentoml.on_startup
+    async def log_event_loop(self) -> None:
+        """The loop this worker serves on (`RTSERVE_EVENT_LOOP`, app/front_door.py)."""
+        log.info("worker event loop: %s", type(asyncio.get_running_loop()).__module__)
 
     @bentoml.on_startup
     async def drain_on_sigterm(self) -> None:

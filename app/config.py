@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from app.drain import DrainSettings
+from app.front_door import LoopSettings
 from frontends.grpc.settings import GrpcSettings
 from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
@@ -50,6 +51,7 @@ class Config:
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)
 
 
 def load_config() -> Config:
@@ -69,6 +71,7 @@ def load_config() -> Config:
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),
         drain=_settings(DrainSettings),
+        loop=_settings(LoopSettings),
     )
     _check_auth(config.auth)
     return config

@@ -61,6 +61,12 @@ def test_an_environment_mistake_names_the_variable(clean_env, monkeypatch):
     monkeypatch.setenv("RTSERVE_LIMIT_MAX_ROWS", "many")
     with pytest.raises(ConfigError, match="environment RTSERVE_LIMIT_MAX_ROWS"):
         load_config()
+    monkeypatch.delenv("RTSERVE_LIMIT_MAX_ROWS")
+    monkeypatch.setenv("RTSERVE_EVENT_LOOP", "trio")
+    with pytest.raises(ConfigError, match="environment RTSERVE_EVENT_LOOP"):
+        load_config()
+    monkeypatch.setenv("RTSERVE_EVENT_LOOP", "asyncio")
+    assert load_config().loop.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,13 @@ import httpx
 import pytest
 import uvicorn
 from _bentoml_impl.worker import service as bentoml_worker
+from uvicorn import config as uvicorn_config
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
 from app.front_door import SUPPORTED_BENTOML, SUPPORTED_UVICORN, OneWriteCycle
 from gateway.settings import LimitSettings
+from tests.helpers import ServerProcess
 from tests.inprocess import serve_in_process
 from tests.routing.broken import build_broken_versions
 
@@ -118,3 +120,22 @@ async def test_a_request_past_its_time_is_cancelled_and_answered_504(model_store
         r = await s.client.post("/v2/models/digits-sklearn/infer", json=body)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
         assert s.runtime.registry.get("digits-sklearn", "stuck").active == 0
+
+
+def test_uvicorn_still_picks_the_loop_where_the_front_door_hooks_in():
+    assert uvicorn.__version__.startswith(SUPPORTED_UVICORN), "re-check app/front_door.py's loop choice against this uvicorn"
+    assert "LOOP_FACTORIES[self.loop]" in inspect.getsource(uvicorn_config.Config.get_loop_factory)
+    assert {"asyncio", "uvloop"} <= set(uvicorn_config.LOOP_FACTORIES)
+
+
+def test_the_worker_serves_on_the_loop_rtserve_event_loop_names(model_store, tmp_path):
+    log = tmp_path / "server.log"
+    server = ServerProcess(env={"REDIS_URL": "", "RTSERVE_EVENT_LOOP": "asyncio"}, log_path=log).start()
+    try:
+        r = httpx.post(server.url + "/v2/models/digits-sklearn/infer",
+                       json={"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]})
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    lines = [line for line in log.read_text().splitlines() if "worker event loop" in line]
+    assert lines and all("asyncio" in line and "uvloop" not in line for line in lines), lines
