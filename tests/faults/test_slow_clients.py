@@ -39,6 +39,8 @@ async def trickle_body(url: str, token: str, gap_s: float = 0.2) -> tuple[bytes,
         try:
             await asyncio.wait_for(reader.read(), 5)  # the JSON error, then the end of the stream
             closed = True
+        except ConnectionResetError:  # closed with trickled bytes still unread, so the kernel sent a reset
+            closed = True
         except TimeoutError:
             closed = False
     finally:
