@@ -132,18 +132,21 @@ def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp:
 
 
 class Metered:
-    """The machine's stolen CPU and the worker's CPU per request over one wrk run."""
+    """The machine's stolen CPU, and the worker's CPU seconds over the wall seconds of one stretch of load."""
 
     def __init__(self, server: Server) -> None:
         self.worker = server.worker()
 
     def __enter__(self) -> Self:
-        self.machine, self.cpu = cpu_times(), sum(self.worker.cpu_times()[:2])
+        self.machine, self.cpu, self.seconds = cpu_times(), self._worker_cpu(), time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stolen = steal_pct(self.machine, cpu_times())
-        self.cpu = sum(self.worker.cpu_times()[:2]) - self.cpu
+        self.cpu, self.seconds = self._worker_cpu() - self.cpu, time.monotonic() - self.seconds
+
+    def _worker_cpu(self) -> float:
+        return sum(self.worker.cpu_times()[:2])  # user and system
 
     def us_per_request(self, raw: dict) -> float:
         return 1e6 * self.cpu / max(1, raw["requests"])

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from loadtest.bench import RESULTS, request_for, run_wrk, targets
+from loadtest.bench import RESULTS, Metered, request_for, run_wrk, targets
 from loadtest.scenarios import SCENARIOS
 from loadtest.servers import BIN, ROOT, use_project_store
 
@@ -92,24 +92,24 @@ def main(argv: list[str] | None = None) -> int:
             req = request_for(args.target, scenario)
             connections = 256 if args.open_rate else args.connections
             run_wrk(server, req, args.connections, 3, work)  # warm-up
-            worker = server.worker()
+            metered = Metered(server)
             load: dict = {}
             wrk = threading.Thread(target=lambda: load.update(
                 run_wrk(server, req, connections, args.seconds + 4, work, rate=args.open_rate)))
             wrk.start()
             time.sleep(2)
-            spy = [str(BIN / "py-spy"), "record", "--pid", str(worker.pid), "--duration", str(args.seconds),
+            spy = [str(BIN / "py-spy"), "record", "--pid", str(metered.worker.pid), "--duration", str(args.seconds),
                    "--rate", str(args.rate), "--nonblocking"]
-            cpu_before, wall_before = sum(worker.cpu_times()[:2]), time.monotonic()
-            subprocess.run([*spy, "--format", "raw", "--output", str(collapsed_path)], check=True, capture_output=True)
-            cpu, wall = sum(worker.cpu_times()[:2]) - cpu_before, time.monotonic() - wall_before
+            with metered:
+                subprocess.run([*spy, "--format", "raw", "--output", str(collapsed_path)], check=True, capture_output=True)
             wrk.join()
         finally:
             server.stop()
     rps = load["requests"] / (load["duration_us"] / 1e6) if load else 0.0
     how = f"open loop at {args.open_rate:,} req/s" if args.open_rate else f"{args.connections} connections"
     print(f"{args.target} {scenario.name}, {how}: {rps:,.0f} req/s while profiled (py-spy --nonblocking, {args.rate} Hz); "
-          f"worker CPU {100 * cpu / wall:.0f} % of a core, {1e6 * cpu / wall / max(rps, 1):.0f} µs per request")
+          f"worker CPU {100 * metered.cpu / metered.seconds:.0f} % of a core, "
+          f"{1e6 * metered.cpu / metered.seconds / max(rps, 1):.0f} µs per request")
     print(report(collapsed_path.read_text(), args.top))
     print(f"\nwritten: {collapsed_path.relative_to(ROOT)}")
     return 0
