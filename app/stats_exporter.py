@@ -53,7 +53,9 @@ class StatsExporter:
                 log.exception("exporting gateway stats failed")
 
     def sync(self) -> None:
+        """Bring this worker's metrics up to date: its held-back updates written, the gateway's counters copied."""
         m = self.metrics
+        m.tally.flush()
         auth, limiter, cache = self.admission.auth, self.admission.limiter, self.cache
         if auth is not None:
             self._add(m.auth_failures, ((("auth", r), (r,), n) for r, n in auth.stats.failures.items()))

@@ -41,6 +41,7 @@ async def route(
     _allow(scope["method"], "GET", "HEAD")
     if served.statistics is None:
         raise Unavailable("statistics are not served by this front end's parts")
+    served.metrics_current()
     found = await asyncio.to_thread(served.statistics.read, *stats)
     return 200, dumps({"model_stats": [_triton_stats(s) for s in found]}), JSON
 

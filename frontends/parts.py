@@ -39,7 +39,7 @@ class FrontendParts:
     on_request: Callable[[], None] | None = None
     """Called once per request before routing; starts the worker's stats exporter on its loop."""
     before_scrape: Callable[[], None] | None = None
-    """Called before /metrics is rendered, so counters kept as plain ints are current."""
+    """Called before metrics or statistics are read, so what this worker counted so far is in them."""
     admin: RoutingAdmin | None = None
     """Set once the shared routing state is reachable; admin calls answer 503 until then."""
     repository: ModelRepository | None = None
@@ -49,6 +49,11 @@ class FrontendParts:
     jobs: JobRunner | None = None
     """Batch jobs (/v2/jobs); None when they are switched off."""
     stream: StreamSettings = field(default_factory=StreamSettings)
+
+    def metrics_current(self) -> None:
+        """Before this worker reads the metrics files (/metrics, statistics): its own counts written."""
+        if self.before_scrape is not None:
+            self.before_scrape()
 
     @property
     def auth_enabled(self) -> bool:

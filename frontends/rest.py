@@ -115,8 +115,7 @@ class InferenceApp:
         if parts == ["openapi.json"]:
             return 200, openapi.document_json(), JSON
         if parts == ["metrics"] and served.metrics is not None:
-            if served.before_scrape is not None:
-                served.before_scrape()
+            served.metrics_current()
             body, content_type = await asyncio.to_thread(served.metrics.exposition)
             return 200, body, content_type.encode()
         if parts[0] != "v2":

@@ -44,6 +44,7 @@ async def unload(parts: FrontendParts, request: pb.RepositoryModelUnloadRequest)
 async def statistics(parts: FrontendParts, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
     if parts.statistics is None:
         raise Unavailable("statistics are not served by this front end's parts")
+    parts.metrics_current()
     found = await asyncio.to_thread(parts.statistics.read, request.name or None, request.version or None)
     return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in found])
 
