@@ -139,20 +139,16 @@ class Metrics:
             self.requests.labels(model, version, variant, status_class, cache),
             self.duration.labels(model, version, variant),
             self.request_seconds.labels(model, version, variant, status_class, cache),
-            self._stamp(model, version),
+            self.last_request.labels(model, version),
         )
 
-    @lru_cache(maxsize=4096)  # noqa: B019
-    def _stamp(self, model: str, version: str) -> _Stamp:
-        return _Stamp(self.last_request.labels(model, version))
-
     def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
-        counter, histogram, total, stamp = self.request_children(model, version, variant, f"{status // 100}xx", cache)
+        counter, histogram, total, last = self.request_children(model, version, variant, f"{status // 100}xx", cache)
         tally = self.tally
         tally.inc(counter)
         tally.observe(histogram, seconds)
         tally.inc(total, seconds)
-        stamp.mark()
+        tally.set(last, time.time())
 
     def count_error(self, model: str, version: str, variant: str, code: str) -> None:
         self.tally.inc(self.error_child(model, version, variant, code))
@@ -169,23 +165,6 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.directory)
         return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-class _Stamp:
-    """The last-request gauge of a version, written at most once a millisecond (its resolution in the
-    statistics extension): under load most requests then pay a clock read instead of a file write."""
-
-    __slots__ = ("gauge", "written")
-
-    def __init__(self, gauge: Any) -> None:
-        self.gauge = gauge
-        self.written = 0.0
-
-    def mark(self) -> None:
-        now = time.time()
-        if now - self.written >= 0.001:
-            self.written = now
-            self.gauge.set(now)
 
 
 class BatchMetrics:

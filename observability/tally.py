@@ -19,6 +19,7 @@ mode); tests/observability/test_tally.py fails if that layout changes.
 from __future__ import annotations
 
 import asyncio
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -51,13 +52,14 @@ class _Observed:
 class Tally:
     """Counter increments, histogram observations and gauge settings, written once per interval."""
 
-    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_timer")
+    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_thread", "_timer")
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
         self._observed: dict[Any, _Observed] = {}
         self._gauges: dict[Any, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # set while a write is due in that loop
+        self._thread = 0  # the thread of `_loop`
         self._timer: asyncio.TimerHandle | None = None
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
@@ -99,6 +101,10 @@ class Tally:
 
     def _deferred(self) -> bool:
         """True on a running loop's thread, with a write scheduled on that loop."""
+        loop = self._loop
+        # A thread runs one loop at a time, so this is the running loop: no get_running_loop (a getpid call).
+        if loop is not None and self._thread == threading.get_ident() and loop.is_running():
+            return True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -106,6 +112,6 @@ class Tally:
         if loop is not self._loop:
             if self._loop is not None:  # a write was due in a loop that stopped before it ran
                 self.flush()
-            self._loop = loop
+            self._loop, self._thread = loop, threading.get_ident()
             self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
         return True
