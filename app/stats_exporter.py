@@ -53,7 +53,7 @@ class StatsExporter:
                 log.exception("exporting gateway stats failed")
 
     def sync(self) -> None:
-        """Bring this worker's metrics up to date: its held-back updates written, the gateway's counters copied."""
+        """Bring this worker's metrics up to date: this turn's updates written, the gateway's counters copied."""
         m = self.metrics
         m.tally.flush()
         auth, limiter, cache = self.admission.auth, self.admission.limiter, self.cache

@@ -6,7 +6,7 @@ BentoML gives each worker `PROMETHEUS_MULTIPROC_DIR`; values are written to file
 
 The hot path holds pre-labelled children (one dict lookup per request), never `labels()`, and
 its updates go through a `Tally` (observability/tally.py), which writes each value once per
-interval (50 ms). Label values are bounded: model and version come from the registry, never from
+event-loop turn. Label values are bounded: model and version come from the registry, never from
 the client.
 """
 

@@ -1,12 +1,13 @@
-"""Metric updates added up in memory and written to the multiprocess files every `FLUSH_INTERVAL_S`.
+"""Metric updates added up in memory and written to the multiprocess files once per event-loop turn.
 
-prometheus-client's multiprocess values take a lock, check the process id and write a memory-mapped
-file on every update: a request makes about fifteen updates (its counters and histograms, its batch's),
-which cost about a tenth of a loaded worker's CPU, and about 75 µs, a quarter of its CPU, for a request
-that arrives alone. Here each labelled value collects its updates in a plain dict, and a timer writes
-each distinct value once per interval, however many requests it covers. A scrape or a statistics read
-that this worker answers writes what is pending first (`flush`), so it counts every response this
-worker sent; another worker's responses show within the interval.
+Under load a worker answers dozens of requests in one loop turn (a batch completes them together),
+and prometheus-client's multiprocess values take a lock and write a memory-mapped file on every
+update: six writes a request cost about a tenth of the worker's CPU. Here each labelled value
+collects its updates in a plain dict, and a callback at the end of the loop turn writes each
+distinct value once. The callback runs before the loop next waits for I/O, so a scrape that any
+worker reads after this worker's responses went out counts them. A request that arrives alone
+still pays for its own writes (about fifteen, some 50 µs): holding them back longer would let a
+scrape or a statistics read served by another worker miss responses already sent.
 
 Only a thread running an event loop defers (one loop per worker uses it); any other thread (a
 model loader, a thread pool, a test without a loop) writes at once.
@@ -22,9 +23,6 @@ import asyncio
 import threading
 from bisect import bisect_left
 from typing import Any
-
-FLUSH_INTERVAL_S = 0.05
-"""Longest a worker holds an update back: far below any scrape interval, long enough to cover many requests."""
 
 
 class _Observed:
@@ -50,9 +48,9 @@ class _Observed:
 
 
 class Tally:
-    """Counter increments, histogram observations and gauge settings, written once per interval."""
+    """Counter increments, histogram observations and gauge settings, written once per loop turn."""
 
-    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_thread", "_timer")
+    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_thread", "_write")
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
@@ -60,7 +58,7 @@ class Tally:
         self._gauges: dict[Any, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # set while a write is due in that loop
         self._thread = 0  # the thread of `_loop`
-        self._timer: asyncio.TimerHandle | None = None
+        self._write: asyncio.Handle | None = None  # the end-of-turn write, while one is due
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
         if self._deferred():
@@ -78,17 +76,17 @@ class Tally:
             child.observe(amount)
 
     def set(self, child: Any, value: float) -> None:
-        """A gauge's value; the last one set in an interval is written."""
+        """A gauge's value; the last one set in a turn is written."""
         if self._deferred():
             self._gauges[child] = value
         else:
             child.set(value)
 
     def flush(self) -> None:
-        """Write everything gathered so far (the timer's callback; a reader of the metrics calls it first)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Write everything gathered so far (the end-of-turn callback; a reader of the metrics calls it first)."""
+        if self._write is not None:
+            self._write.cancel()
+            self._write = None
         self._loop = None
         counts, observed, gauges = self._counts, self._observed, self._gauges
         self._counts, self._observed, self._gauges = {}, {}, {}
@@ -100,7 +98,7 @@ class Tally:
             child.set(value)
 
     def _deferred(self) -> bool:
-        """True on a running loop's thread, with a write scheduled on that loop."""
+        """True on a running loop's thread, with a write scheduled at the end of this turn."""
         loop = self._loop
         # A thread runs one loop at a time, so this is the running loop: no get_running_loop (a getpid call).
         if loop is not None and self._thread == threading.get_ident() and loop.is_running():
@@ -113,5 +111,5 @@ class Tally:
             if self._loop is not None:  # a write was due in a loop that stopped before it ran
                 self.flush()
             self._loop, self._thread = loop, threading.get_ident()
-            self._timer = loop.call_later(FLUSH_INTERVAL_S, self.flush)
+            self._write = loop.call_soon(self.flush)
         return True

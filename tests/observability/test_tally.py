@@ -1,4 +1,4 @@
-"""Deferred metric updates: written once per interval, or when a reader flushes, and equal to direct updates."""
+"""Deferred metric updates: written once at the end of the loop turn, and equal to direct updates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from observability.metrics import LATENCY_BUCKETS
-from observability.tally import FLUSH_INTERVAL_S, Tally
+from observability.tally import Tally
 
 VALUES = [0.0001, 0.0004, 0.002, 0.002, 0.0099, 0.01, 0.7, 3.0, 12.0]  # on bounds, between them, past the last
 X = {"m": "x"}
@@ -42,7 +42,7 @@ class Metrics:
         return out
 
 
-async def test_updates_wait_for_the_interval_and_equal_direct_ones():
+async def test_updates_wait_for_the_end_of_the_turn_and_equal_direct_ones():
     m, tally = Metrics(), Tally()
     for v in VALUES:
         tally.observe(m.tallied_histogram, v)
@@ -51,25 +51,15 @@ async def test_updates_wait_for_the_interval_and_equal_direct_ones():
         m.direct_counter.inc(v)
         tally.set(m.tallied_gauge, v)
         m.direct_gauge.set(v)
-    await asyncio.sleep(0)
-    assert m.value("tallied", "counter_total") == 0  # nothing written before the interval is over
+    assert m.value("tallied", "counter_total") == 0  # nothing written in this turn
     assert m.value("tallied", "histogram_count") == 0
-    await asyncio.sleep(FLUSH_INTERVAL_S * 1.5)
+    await asyncio.sleep(0)
     assert m.samples("tallied") == m.samples("direct")
     assert m.value("tallied", "histogram_count") == len(VALUES)
 
-    tally.inc(m.tallied_counter)  # a later update schedules its own write
-    await asyncio.sleep(FLUSH_INTERVAL_S * 1.5)
+    tally.inc(m.tallied_counter)  # a later turn schedules its own write
+    await asyncio.sleep(0)
     assert m.value("tallied", "counter_total") == sum(VALUES) + 1
-
-
-async def test_a_reader_flushes_at_once_and_the_timer_then_writes_nothing_twice():
-    m, tally = Metrics(), Tally()
-    tally.inc(m.tallied_counter, 3)
-    tally.flush()  # what a scrape in this worker does before reading the files
-    assert m.value("tallied", "counter_total") == 3
-    await asyncio.sleep(FLUSH_INTERVAL_S * 1.5)
-    assert m.value("tallied", "counter_total") == 3
 
 
 def test_without_a_running_loop_updates_are_written_at_once():
@@ -84,7 +74,7 @@ def test_a_write_due_in_a_loop_that_stopped_is_made_by_the_next_loop():
     m, tally = Metrics(), Tally()
     loop = asyncio.new_event_loop()
     loop.call_soon(tally.inc, m.tallied_counter)
-    loop.call_soon(loop.stop)  # the loop stops before the write it scheduled
+    loop.call_soon(loop.stop)  # the loop stops before the end-of-turn write it was given
     loop.run_forever()
     loop.close()
     assert m.value("tallied", "counter_total") == 0
@@ -93,6 +83,13 @@ def test_a_write_due_in_a_loop_that_stopped_is_made_by_the_next_loop():
         tally.inc(m.tallied_counter)
 
     asyncio.run(one_more())
-    assert m.value("tallied", "counter_total") == 1  # the stopped loop's update, written by the next one
-    tally.flush()
     assert m.value("tallied", "counter_total") == 2
+
+
+async def test_a_reader_writes_at_once_and_the_turn_then_writes_nothing_twice():
+    m, tally = Metrics(), Tally()
+    tally.inc(m.tallied_counter, 3)
+    tally.flush()  # what a scrape or a statistics read in this worker does before reading the files
+    assert m.value("tallied", "counter_total") == 3
+    await asyncio.sleep(0)
+    assert m.value("tallied", "counter_total") == 3
