@@ -214,7 +214,7 @@ class Runtime:
             await self.parts.jobs.stop()
         if self.exporter is not None:
             self.exporter.stop()
-        self.parts.metrics_current()  # the last updates this worker held back
+        self.parts.metrics_current()  # the gateway's counters since the exporter's last copy
         if self.controller is not None:
             await self.controller.stop()
         if self.sync is not None:

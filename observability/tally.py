@@ -50,7 +50,7 @@ class _Observed:
 class Tally:
     """Counter increments, histogram observations and gauge settings, written once per loop turn."""
 
-    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_thread", "_write")
+    __slots__ = ("_counts", "_gauges", "_loop", "_observed", "_thread")
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
@@ -58,7 +58,6 @@ class Tally:
         self._gauges: dict[Any, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # set while a write is due in that loop
         self._thread = 0  # the thread of `_loop`
-        self._write: asyncio.Handle | None = None  # the end-of-turn write, while one is due
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
         if self._deferred():
@@ -84,9 +83,6 @@ class Tally:
 
     def flush(self) -> None:
         """Write everything gathered so far (the end-of-turn callback; a reader of the metrics calls it first)."""
-        if self._write is not None:
-            self._write.cancel()
-            self._write = None
         self._loop = None
         counts, observed, gauges = self._counts, self._observed, self._gauges
         self._counts, self._observed, self._gauges = {}, {}, {}
@@ -111,5 +107,5 @@ class Tally:
             if self._loop is not None:  # a write was due in a loop that stopped before it ran
                 self.flush()
             self._loop, self._thread = loop, threading.get_ident()
-            self._write = loop.call_soon(self.flush)
+            loop.call_soon(self.flush)
         return True

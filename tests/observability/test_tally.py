@@ -86,7 +86,7 @@ def test_a_write_due_in_a_loop_that_stopped_is_made_by_the_next_loop():
     assert m.value("tallied", "counter_total") == 2
 
 
-async def test_a_reader_writes_at_once_and_the_turn_then_writes_nothing_twice():
+async def test_a_reader_writes_at_once_and_the_end_of_the_turn_adds_nothing():
     m, tally = Metrics(), Tally()
     tally.inc(m.tallied_counter, 3)
     tally.flush()  # what a scrape or a statistics read in this worker does before reading the files
