@@ -1,8 +1,14 @@
 """One exception hierarchy: each class carries its HTTP status and a machine-readable code.
 
 A single handler turns any `ServingError` into `{"error": ..., "code": ...}` (the Open
-Inference Protocol's error shape plus a code). Anything else is a server fault: logged
+Inference Protocol's error shape plus a code). Anything else is an internal error: logged
 with its traceback, answered 500 without one.
+
+Blame says whose doing an outcome is. Only `ModelFailed`, which the batcher raises when the
+model's own call fails, is "model": the one blame that counts against a model version (canary
+and experiment numbers). An exception nobody anticipated on the request path (a decoder or
+validator bug) is "internal": counted and logged like every error, never judged against the
+version the router happened to choose, so no client can roll back a canary by finding one.
 """
 
 from __future__ import annotations
@@ -10,15 +16,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import ClassVar, Literal
 
-Blame = Literal["server", "client", "shed"]
+Blame = Literal["model", "internal", "client", "shed"]
 
 
 class ServingError(Exception):
     status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
     code: ClassVar[str] = "internal_error"
-    blame: ClassVar[Blame] = "server"
-    """Whose doing the outcome is: only "server" faults count against a version in canary numbers;
-    "client" mistakes and "shed" load (refused to protect latency) are counted apart."""
+    blame: ClassVar[Blame] = "internal"
+    """Whose doing the outcome is: only "model" faults count against a version in canary numbers;
+    "internal" faults of the request path, "client" mistakes and "shed" load (refused to protect
+    latency) are counted apart."""
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -123,9 +130,11 @@ class DeadlineExceeded(ServingError):
 
 
 class ModelFailed(ServingError):
-    """The model raised while running a batch; every request of the batch gets this."""
+    """The model raised while running a batch; every request of the batch gets this. Only the batcher's
+    model call raises it: the marker that a failure was the version's own."""
 
     code = "model_error"
+    blame = "model"
 
 
 class LoadFailed(ServingError):
@@ -150,8 +159,8 @@ class Conflict(ServingError):
 
 
 def blame_of(code: str) -> Blame:
-    """The blame of an error code, as recorded in metrics; unknown codes count as server faults."""
-    return _BLAME.get(code, "server")
+    """The blame of an error code, as recorded in metrics; an unknown code is an internal fault, never the model's."""
+    return _BLAME.get(code, "internal")
 
 
 def _subclasses(cls: type[ServingError]) -> list[type[ServingError]]:

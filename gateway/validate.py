@@ -12,18 +12,21 @@ from models.signature import Signature, TensorSpec
 
 
 def check_shape(shape: tuple[int, ...], limits: LimitSettings, where: str) -> None:
-    """Refuse a declared shape over the limits before anything of that size is allocated."""
+    """Refuse a declared shape over the limits before anything of that size is allocated.
+
+    Every dimension is bounded on its own, and an empty one refused here: a zero would keep the
+    element count at 0 whatever the other dimensions claim, and no model takes an empty tensor."""
     if len(shape) > limits.max_dims:
         raise InvalidInput(f"{where}: {len(shape)} dimensions is over the limit of {limits.max_dims}")
     if shape and shape[0] > limits.max_rows:
         raise InvalidInput(f"{where}: {shape[0]} rows is over the limit of {limits.max_rows}")
+    if 0 in shape:
+        raise InvalidInput(f"{where}: empty tensor (shape {list(shape)})")
     elements = 1
     for d in shape:
         elements *= d
         if elements > limits.max_elements:
-            break
-    if elements > limits.max_elements:
-        raise InvalidInput(f"{where}: shape {list(shape)} is over the limit of {limits.max_elements} elements")
+            raise InvalidInput(f"{where}: shape {list(shape)} is over the limit of {limits.max_elements} elements")
 
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:

@@ -153,7 +153,7 @@ def from_upload(spec: TensorSpec, body: bytes, max_rows: int, limits: LimitSetti
                 arr = archive[name]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise BadRequest(f"not a readable .npy or .npz file: {exc}") from None
-    if arr.ndim == 0 or len(arr) == 0:
+    if arr.ndim == 0 or arr.size == 0:  # no rows, or rows of no values (shape (n, 0))
         raise InvalidInput("the upload holds no rows")
     if len(arr) > max_rows:
         raise InvalidInput(f"{len(arr)} rows is over the job limit of {max_rows}")

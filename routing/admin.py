@@ -76,10 +76,11 @@ class RoutingAdmin:
 
     async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
         """Per version, this machine's routed requests since start by outcome: what canary status shows
-        beside the decisions (server faults are judged; client errors and shed requests are not)."""
+        beside the decisions (the model's faults are judged; internal errors, client errors and shed requests are not)."""
         snapshot = await self._snapshot(name)
         return {
-            version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed}
+            version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed,
+                      "internal_errors": w.internal}
             for version, w in sorted(snapshot.items())
         }
 

@@ -36,7 +36,7 @@ class VersionWindow:
 
     requests: int = 0
     errors: int = 0
-    """Server faults only (the model raised, an internal error): what the canary is judged on."""
+    """The model's own faults only (it raised while running a batch): what the canary is judged on."""
     bucket_bounds: tuple[float, ...] = ()
     bucket_counts: tuple[int, ...] = ()
     agree: int = 0
@@ -45,6 +45,8 @@ class VersionWindow:
     """Outcomes a client caused (bad input, its own deadline, leaving early): shown, never judged."""
     shed: int = 0
     """Requests refused to protect latency (queue full, budget, not ready): shown, never judged."""
+    internal: int = 0
+    """Faults of the request path, not of the model (an exception nobody anticipated): shown, never judged."""
 
     def __post_init__(self) -> None:
         if len(self.bucket_bounds) != len(self.bucket_counts):
@@ -125,6 +127,7 @@ class VersionWindow:
             (self.disagree, earlier.disagree),
             (self.client_errors, earlier.client_errors),
             (self.shed, earlier.shed),
+            (self.internal, earlier.internal),
             *zip(self.bucket_counts, earlier_counts, strict=True),
         ]
         if any(now < then for now, then in pairs):
@@ -138,6 +141,7 @@ class VersionWindow:
             disagree=self.disagree - earlier.disagree,
             client_errors=self.client_errors - earlier.client_errors,
             shed=self.shed - earlier.shed,
+            internal=self.internal - earlier.internal,
         )
 
 
@@ -160,6 +164,7 @@ class _Tally:
     disagree: int = 0
     client_errors: int = 0
     shed: int = 0
+    internal: int = 0
 
     def window(self) -> VersionWindow:
         bounds = tuple(sorted(self.buckets))
@@ -172,6 +177,7 @@ class _Tally:
             disagree=self.disagree,
             client_errors=self.client_errors,
             shed=self.shed,
+            internal=self.internal,
         )
 
 
@@ -207,10 +213,12 @@ class MetricsSnapshotSource:
                 elif sample.name == ERRORS + "_total" and routed:
                     t = tally(labels["version"])
                     blame = blame_of(labels.get("code", ""))
-                    if blame == "server":
+                    if blame == "model":
                         t.errors += value
                     elif blame == "shed":
                         t.shed += value
+                    elif blame == "internal":
+                        t.internal += value
                     else:
                         t.client_errors += value
                 elif sample.name == DURATION + "_bucket" and routed:

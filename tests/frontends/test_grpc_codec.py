@@ -75,6 +75,11 @@ def test_raw_contents_are_read_in_input_order_and_copied():
             "one per input",
         ),
         (pb.ModelInferRequest(inputs=[typed("x", "FP32", [-1], fp32_contents=[1.0])]), BadRequest, "non-negative"),
+        # a zero keeps the element count at 0 whatever the huge dimension claims: refused, never a reshape error
+        (pb.ModelInferRequest(inputs=[typed("x", "FP32", [1, 0, 2**63 - 1])]), InvalidInput, "empty tensor"),
+        (pb.ModelInferRequest(inputs=[Tensor(name="x", datatype="FP32", shape=[0, 2**63 - 1])], raw_input_contents=[b""]),
+         InvalidInput, "empty tensor"),
+        (pb.ModelInferRequest(inputs=[typed("x", "FP32", [2**40, 2**40, 2**40])]), InvalidInput, "over the limit"),
     ],
 )
 def test_malformed_tensors_are_client_errors_naming_the_problem(request_, error, words):

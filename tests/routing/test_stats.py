@@ -90,16 +90,17 @@ def two_workers(tmp_path_factory) -> Path:
     return directory
 
 
-def test_sums_both_workers_and_counts_only_routed_server_faults(two_workers):
+def test_sums_both_workers_and_counts_only_routed_model_faults(two_workers):
     snap = MetricsSnapshotSource(two_workers).snapshot("iris")
     assert set(snap) == {"v1", "v2"}
     v1, v2 = snap["v1"], snap["v2"]
     # a 404 is a client error and a 503 shed load: counted apart, never as the version's faults
     assert (v1.requests, v1.errors, v1.client_errors, v1.shed) == (60 + 30 + 2 + 40 + 1 + 3, 1, 3, 2)
-    # shadow and pinned requests are left out; a client's 504 is a routed request but not a fault
-    assert (v2.requests, v2.errors, v2.client_errors, v2.shed) == (10 + 3 + 7 + 2 + 6, 5, 6, 0)
+    # shadow and pinned requests are left out; a client's 504 is a routed request but not a fault, and an
+    # internal error (502 here) is the request path's, shown but never the version's fault
+    assert (v2.requests, v2.errors, v2.client_errors, v2.shed, v2.internal) == (10 + 3 + 7 + 2 + 6, 3, 6, 0, 2)
     assert v1.observations == v1.requests and v2.observations == v2.requests  # no shadow or pinned latency either
-    assert v2.error_rate() == pytest.approx(5 / 28)
+    assert v2.error_rate() == pytest.approx(3 / 28)
     assert (v2.agree, v2.disagree) == (45, 15) and v2.disagreement() == pytest.approx(0.25)
     assert (v1.agree, v1.disagree) == (0, 0) and v1.disagreement() is None
     assert v1.bucket_bounds == (*LATENCY_BUCKETS, math.inf)
