@@ -21,12 +21,16 @@ import bentoml
 from app.config import Config, ConfigError, load_config
 from app.drain import install as install_drain
 from app.front_door import install as install_front_door
+from app.head_limit import HeadLimitedProtocol
+from app.head_limit import install as install_head_limit
 from app.wiring import Runtime
+from core.errors import HeaderTooLarge
 from frontends.grpc.port_guard import PortTaken, reserve
 from frontends.grpc.server import GrpcFrontend
 from frontends.rest import InferenceApp
 from observability.gcpauses import install_from_environment as record_gc_pauses
 from observability.logs import setup_logging
+from observability.metrics import UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,11 @@ class InferenceService:
         # Fewer, cheaper collections: the long-lived heap is frozen once the models are loaded.
         gc.set_threshold(50_000, 50, 100)
         self.runtime = Runtime.from_config(configuration())
+        metrics = self.runtime.metrics
+        HeadLimitedProtocol.configure(  # a refused head is counted as an error of no model, by its code
+            configuration().limits.max_header_bytes,
+            None if metrics is None else functools.partial(metrics.count_error, UNKNOWN, "", "stable", HeaderTooLarge.code),
+        )
         record_gc_pauses()  # opt-in: RTSERVE_GC_PAUSES_ENABLED
         oip_app.bind(self.runtime.parts)
         self.runtime.start()
@@ -123,3 +132,5 @@ class InferenceService:
 
 # Our HTTP paths in front of BentoML's per-request middleware (app/front_door.py).
 install_front_door(InferenceService, oip_app)
+# A request's line and headers limited while they arrive (app/head_limit.py).
+install_head_limit()

@@ -20,7 +20,8 @@ own loop, which stays fair to every connection when the worker is saturated by r
 suspend (uvloop then leaves a few connections unread for up to a second; README, "A tail at
 saturation, from uvloop").
 
-This is the one module that reaches into BentoML's and uvicorn's internals; it is pinned to the
+This is the one module that reaches into BentoML's internals (app/head_limit.py also subclasses
+uvicorn's HTTP protocol, to limit request heads); it is pinned to the
 BentoML and uvicorn minor versions below (it refuses to start on another BentoML, and serves
 as uvicorn does on another uvicorn), and
 tests/app/test_front_door.py fails loudly when BentoML's worker no longer builds its app through

@@ -89,6 +89,14 @@ class PayloadTooLarge(ServingError):
     code = "payload_too_large"
 
 
+class HeaderTooLarge(ServingError):
+    """The request line and headers exceed their limit; answered by the connection, before any app sees it."""
+
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    blame = "client"
+    code = "request_header_too_large"
+
+
 class RequestTimeout(ServingError):
     """The client took longer than the body read timeout to send its body."""
 

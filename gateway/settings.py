@@ -14,6 +14,9 @@ class LimitSettings(BaseSettings):
 
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body; larger ones get 413 before they are read."""
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest request line and headers together; past it, while they arrive, the connection is answered
+    431 and closed (app/head_limit.py)."""
     max_rows: int = 1024
     """Most rows (first dimension) in one request."""
     max_elements: int = 1_000_000
