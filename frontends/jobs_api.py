@@ -22,6 +22,7 @@ from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
 from frontends.predict_codec import rows_request
 from gateway.admission import Admitted
+from jobs import npy
 from jobs import rows as job_rows
 from jobs.model import Job
 from jobs.runner import JobRunner
@@ -72,7 +73,7 @@ async def _submit(
 ) -> Job:
     settings = jobs.settings
     body = await read_body(receive, headers, settings.max_body_bytes, settings.upload_timeout_s)
-    upload = job_rows.is_upload(body)
+    upload = npy.is_upload(body)
     if upload:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         model, version = _one(query, "model"), _one(query, "version")
@@ -85,7 +86,8 @@ async def _submit(
     entry = jobs.choose(model, version, admitted.user)
     spec = entry.runner.input_spec
     if upload:
-        rows = await asyncio.to_thread(job_rows.from_upload, spec, body, settings.max_rows, served.limits)
+        rows = await asyncio.to_thread(job_rows.from_upload, spec, body, settings.max_rows, served.limits,
+                                       settings.max_body_bytes)
     else:
         rows = await asyncio.to_thread(job_rows.from_json, spec, inputs, settings.max_rows, served.limits)
     return await jobs.submit(entry, admitted.tenant, admitted.user, rows)
@@ -103,7 +105,7 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
 async def _owned(jobs: JobRunner, job_id: str, tenant: str) -> Job:
     job = await jobs.get(job_id)
     if job is None or job.tenant != tenant:
-        raise NotFound(f"no job '{job_id}'")
+        raise NotFound(f"no job '{job_id[:64]}'")
     return job
 
 

@@ -7,6 +7,9 @@ instead of spending its budget on bodies that fail at the first check.
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +90,49 @@ def predict_body(model: ServedModel, batch: np.ndarray, version: str | None = No
     if version is not None:
         doc["version"] = version
     return orjson.dumps(doc)
+
+
+def npy_header(shape: tuple[int, ...], dtype: str = "<f4", fortran: bool = False, version: int = 1) -> bytes:
+    """The header alone of an .npy file declaring `shape`: what np.load would allocate for before reading data."""
+    out = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": fortran, "shape": shape}
+    (np.lib.format.write_array_header_1_0 if version == 1 else np.lib.format.write_array_header_2_0)(out, header)
+    return out.getvalue()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, arr)
+    return out.getvalue()
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)
+    return out.getvalue()
+
+
+def npz_bomb(name: str, shape: tuple[int, ...], dtype: str, inflated_bytes: int) -> bytes:
+    """An .npz whose member `name` declares `shape` and inflates to `inflated_bytes` (under 4 GiB): an .npy
+    header, then zeros, from about a thousandth of that. Built without compressing the zeros: after a full
+    flush, deflate writes the same bytes for the same block, so one compressed MiB is repeated."""
+    block = bytes(1 << 20)
+    header = npy_header(shape, dtype)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = deflate.compress(header) + deflate.flush(zlib.Z_FULL_FLUSH)
+    zeros = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    blocks = (inflated_bytes - len(header)) // len(block)
+    data = head + zeros * blocks + deflate.flush()
+    crc = zlib.crc32(header)
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    size = len(header) + blocks * len(block)
+    filename = f"{name}.npy".encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(data), size, len(filename), 0) + filename
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(data), size, len(filename),
+                          0, 0, 0, 0, 0, 0) + filename
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    return local + data + central + end
 
 
 def corpus(kind: str) -> list[bytes]:

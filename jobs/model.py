@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,9 +25,17 @@ class JobState(str, enum.Enum):
 WORKER_LOST = "the worker running this job stopped; submit it again"
 
 
+JOB_ID = re.compile(r"[0-9a-f]{24}")
+"""The ids `new_job_id` makes; anything else names no job and is refused before it reaches a file name or a key."""
+
+
 def new_job_id() -> str:
     """Unguessable: an id is not a credential (jobs are checked against the tenant), but it should not leak counts."""
     return secrets.token_hex(12)
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID.fullmatch(text) is not None
 
 
 @dataclass

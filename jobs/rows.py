@@ -8,19 +8,15 @@ or type, or with values outside the signature's range or not finite, becomes tha
 
 from __future__ import annotations
 
-import io
 import math
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import BadRequest, InvalidInput
+from core.errors import InvalidInput
 from gateway.settings import LimitSettings
+from jobs import npy
 from models.signature import TensorSpec
-
-NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass
@@ -139,36 +135,26 @@ def _cast(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
-def from_upload(spec: TensorSpec, body: bytes, max_rows: int, limits: LimitSettings) -> Rows:
-    """An .npy array of the input ([n, *row] or [n, row elements]), or an .npz holding it under the input's name."""
-    try:
-        if body.startswith(NPY_MAGIC):
-            arr = np.load(io.BytesIO(body), allow_pickle=False)
-        else:
-            with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-                names = list(archive.files)
-                name = spec.name if spec.name in names else (names[0] if len(names) == 1 else None)
-                if name is None:
-                    raise InvalidInput(f"the .npz holds {names}; name the array '{spec.name}'")
-                arr = archive[name]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadRequest(f"not a readable .npy or .npz file: {exc}") from None
-    if arr.ndim == 0 or arr.size == 0:  # no rows, or rows of no values (shape (n, 0))
-        raise InvalidInput("the upload holds no rows")
-    if len(arr) > max_rows:
-        raise InvalidInput(f"{len(arr)} rows is over the job limit of {max_rows}")
+def from_upload(spec: TensorSpec, body: bytes, max_rows: int, limits: LimitSettings, max_bytes: int) -> Rows:
+    """An .npy array of the input ([n, *row] or [n, row elements]), or an .npz holding it under the input's name.
+
+    The header's shape and dtype are checked against the limits before any array exists (jobs/npy.py)."""
+    arr = npy.load(body, spec.name, lambda shape, dtype: _check_shape(spec, shape, max_rows, limits), max_bytes)
     arr = _cast(arr, spec)
     if -1 in spec.row_shape:
-        if arr.ndim != 2:
-            raise InvalidInput(f"shape {list(arr.shape)} does not match {list(spec.shape)} (rows right-padded with 0)")
-        if arr.shape[1] > limits.max_sequence_length:
-            raise InvalidInput(f"length {arr.shape[1]} is over the limit of {limits.max_sequence_length}")
         return Rows(spec, ragged=list(arr))
-    per_row = math.prod(spec.row_shape)
-    if arr[0].size != per_row:
-        raise InvalidInput(f"shape {list(arr.shape)} does not match {list(spec.shape)}")
     return Rows(spec, fixed=arr.reshape(len(arr), *spec.row_shape))
 
 
-def is_upload(body: bytes) -> bool:
-    return body.startswith((NPY_MAGIC, ZIP_MAGIC))
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], max_rows: int, limits: LimitSettings) -> None:
+    if not shape or math.prod(shape) == 0:  # no rows, or rows of no values (shape (n, 0))
+        raise InvalidInput("the upload holds no rows")
+    if shape[0] > max_rows:
+        raise InvalidInput(f"{shape[0]} rows is over the job limit of {max_rows}")
+    if -1 in spec.row_shape:
+        if len(shape) != 2:
+            raise InvalidInput(f"shape {list(shape)[:8]} does not match {list(spec.shape)} (rows right-padded with 0)")
+        if shape[1] > limits.max_sequence_length:
+            raise InvalidInput(f"length {shape[1]} is over the limit of {limits.max_sequence_length}")
+    elif math.prod(shape[1:]) != math.prod(spec.row_shape):
+        raise InvalidInput(f"shape {list(shape)[:8]} does not match {list(spec.shape)}")

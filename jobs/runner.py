@@ -27,7 +27,7 @@ import orjson
 from core.errors import BudgetExceeded, ModelFailed, ModelNotReady, QueueFull, RateLimited, ServingError
 from gateway.settings import LimitSettings
 from jobs.metrics import JobMetrics
-from jobs.model import Job, JobState, new_job_id
+from jobs.model import Job, JobState, is_job_id, new_job_id
 from jobs.rows import Rows
 from jobs.settings import JobSettings
 from jobs.store import JobStore
@@ -104,7 +104,10 @@ class JobRunner:
         return job
 
     async def get(self, job_id: str) -> Job | None:
-        """The freshest view: this worker's own copy of a job it runs, else the store's."""
+        """The freshest view: this worker's own copy of a job it runs, else the store's; None for an id
+        that is not one this server makes (it never reaches the store)."""
+        if not is_job_id(job_id):
+            return None
         job = self._mine.get(job_id) or await self.store.get(job_id)
         return job.seen_at(time.time(), self.settings.heartbeat_s) if job is not None else None
 

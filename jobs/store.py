@@ -21,7 +21,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from core.errors import Unavailable
-from jobs.model import Job
+from jobs.model import Job, is_job_id
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -94,7 +94,7 @@ class LocalJobStore(JobStore):
             self._path(job_id, suffix).unlink(missing_ok=True)
 
     async def get(self, job_id: str) -> Job | None:
-        if not job_id.isalnum():  # ids are hex; anything else could name another file
+        if not is_job_id(job_id):  # anything else could name another file, or one too long to open
             return None
         return await asyncio.to_thread(self._read, job_id)
 

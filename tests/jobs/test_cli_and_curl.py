@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +19,11 @@ RTSERVE = str(Path(sys.executable).parent / "rtserve")
 
 
 @pytest.fixture(scope="module")
-def served(model_store, tmp_path_factory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
-    """Auth on, no Redis: jobs in a folder of the test's own."""
-    tmp = tmp_path_factory.mktemp("jobs-server")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
-    auth = {"RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret)}
-    server = ServerProcess(env={"REDIS_URL": "", "RTSERVE_JOBS_STATE_DIR": str(tmp / "jobs"), **auth},
-                           log_path=tmp / "serve.log")
-    try:
-        yield server.start(), {**os.environ, **auth, "RTSERVE_URL": server.url, "RTSERVE_TENANT": "cli-test"}
-    finally:
-        server.stop()
+def served(jobs_server) -> tuple[ServerProcess, dict[str, str]]:
+    """The CLI's environment: the server's key, its URL, a tenant."""
+    secret = str(jobs_server.auth.hs256_secret_file)
+    auth = {"RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": secret}
+    return jobs_server.server, {**os.environ, **auth, "RTSERVE_URL": jobs_server.url, "RTSERVE_TENANT": "cli-test"}
 
 
 def rtserve(env: dict[str, str], *args: str) -> str:

@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 
+from fuzz.seeds import npy_header, npz_bomb
 from gateway.settings import LimitSettings
 from jobs.rows import from_json
 from jobs.runner import JobRunner
@@ -71,11 +72,24 @@ async def test_submissions_that_cannot_be_rows_are_refused(app):
         ({"json": {"model": "digits-sklearn", "inputs": []}}, 422, "invalid_input"),
         ({"json": {"model": "nope", "inputs": [[0] * 64]}}, 404, "model_not_found"),
         ({"content": np.lib.format.MAGIC_PREFIX + b"garbage"}, 400, "bad_request"),
+        ({"content": npy_header((10**12, 64))}, 422, "invalid_input"),  # np.load allocated it: 500
+        ({"content": npz_bomb("pixels", (1_000_000, 64), "<f8", 512 << 20)}, 413, "payload_too_large"),
         ({"json": {"model": "digits-ensemble", "inputs": [[0] * 64]}}, 422, "mode_not_supported"),
     ]
     for kwargs, status, code in cases:
         r = await app.client.post("/v2/jobs", headers=batch, params={"model": "digits-sklearn"}, **kwargs)
         assert (r.status_code, r.json()["code"]) == (status, code), r.text
+
+
+async def test_ids_the_server_never_makes_are_not_found_before_any_file_is_touched(app, monkeypatch):
+    batch = app.headers("batch")
+    store = app.runtime.parts.jobs.store
+    monkeypatch.setattr(store, "get", None)  # reaching the store at all would now raise
+    for job_id in ("a" * 300, "A" * 24, "0" * 23, "g" * 24, "%2e%2e", "%00"):
+        for method, path in (("GET", ""), ("GET", "/results"), ("POST", "/cancel")):
+            r = await app.client.request(method, f"/v2/jobs/{job_id}{path}", headers=batch)
+            assert (r.status_code, r.json()["code"]) == (404, "not_found"), (job_id, path, r.text)
+            assert len(r.json()["error"]) < 100
 
 
 async def test_scope_and_tenant_ownership(app, digits):

@@ -1,0 +1,98 @@
+"""Reading an `.npy` or `.npz` upload with its header checked before any array exists.
+
+`np.load` allocates the shape an `.npy` header declares before it reads a byte of data, and an
+`.npz` member can inflate one megabyte of upload into a gigabyte. Here the header is read on its
+own and handed to the caller's check (shape, dtype, rows); only then are the data read: an `.npy`
+as a view of the upload itself, an `.npz` member no further than the bytes its checked header
+declares, and never more than `max_bytes`, the most an `.npy` upload could hold.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
+from typing import IO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from core.errors import BadRequest, InvalidInput, PayloadTooLarge
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+MAX_CENTRAL_DIRECTORY = 64 * 1024
+"""Bytes of an .npz's table of members: room for about a thousand, where ZipFile would otherwise
+build one object per entry of a table as large as the upload."""
+
+Check = Callable[[tuple[int, ...], np.dtype], None]
+"""Raises when the declared shape and dtype are not acceptable; called before any data are read."""
+
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+               KeyError, struct.error)
+"""What the zip and .npy readers raise on a damaged, encrypted or exotic file."""
+
+
+def is_upload(body: bytes) -> bool:
+    return body.startswith((NPY_MAGIC, ZIP_MAGIC))
+
+
+def load(body: bytes, name: str, check: Check, max_bytes: int) -> np.ndarray:
+    """The array of an .npy upload, or the member `name` (or the only member) of an .npz upload."""
+    if body.startswith(NPY_MAGIC):
+        stream = io.BytesIO(body)
+        shape, order, dtype = _header(stream, check)
+        offset, nbytes = stream.tell(), math.prod(shape) * dtype.itemsize
+        if len(body) - offset != nbytes:
+            raise BadRequest(f"the .npy holds {len(body) - offset} bytes of data, its header declares {nbytes}")
+        return np.frombuffer(body, dtype, count=math.prod(shape), offset=offset).reshape(shape, order=order)
+    try:
+        return _member(body, name, check, max_bytes)
+    except _UNREADABLE as exc:
+        raise BadRequest(f"not a readable .npy or .npz file: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _member(body: bytes, name: str, check: Check, max_bytes: int) -> np.ndarray:
+    stream = io.BytesIO(body)
+    end = zipfile._EndRecData(stream)  # the record ZipFile itself reads next: how large its table is
+    if end is None:
+        raise BadRequest("not a readable .npy or .npz file")
+    if end[zipfile._ECD_SIZE] > MAX_CENTRAL_DIRECTORY:
+        raise BadRequest(f"the .npz lists more members than the {MAX_CENTRAL_DIRECTORY} bytes of its table allow")
+    with zipfile.ZipFile(stream) as archive:
+        members = {n.removesuffix(".npy"): n for n in archive.namelist()}
+        chosen = name if name in members else (next(iter(members)) if len(members) == 1 else None)
+        if chosen is None:
+            raise InvalidInput(f"the .npz holds {sorted(members)[:20]}; name the array '{name}'")
+        with archive.open(members[chosen]) as member:
+            shape, order, dtype = _header(member, check)
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > max_bytes:
+                raise PayloadTooLarge(f"the .npz member '{chosen}' declares {nbytes} bytes of data, over the limit of {max_bytes}")
+            data = member.read(nbytes)  # inflates no further than the declared, checked size
+    if len(data) != nbytes:
+        raise BadRequest(f"the .npz member '{chosen}' holds {len(data)} bytes of data, its header declares {nbytes}")
+    return np.frombuffer(data, dtype).reshape(shape, order=order)
+
+
+def _header(stream: IO[bytes], check: Check) -> tuple[tuple[int, ...], str, np.dtype]:
+    """(shape, order, dtype) from an .npy header, accepted by `check`; the stream is left at the data."""
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise BadRequest(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadRequest(f"not a readable .npy header: {str(exc)[:200]}") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        raise InvalidInput(f"the array's dtype '{dtype.str}' is not numbers")
+    if any(d < 0 for d in shape):
+        raise BadRequest(f"the .npy header declares a negative dimension: {list(shape)[:8]}")
+    check(shape, dtype)
+    return shape, "F" if fortran else "C", dtype
