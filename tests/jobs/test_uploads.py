@@ -69,7 +69,7 @@ def test_dtypes_that_are_not_numbers_are_refused(dtype):
 
 
 def test_shapes_that_do_not_fit_the_input_are_refused():
-    for shape, message in (((0, 64), "no rows"), ((), "no rows"), ((3, 65), "does not match"), ((3, 8, 9), "does not match")):
+    for shape, message in (((0, 64), "no rows"), ((3, 0), "no rows"), ((), "no rows"), ((3, 65), "does not match"), ((3, 8, 9), "does not match")):
         with pytest.raises(InvalidInput, match=message):
             load(npy_header(shape))
     with pytest.raises(InvalidInput, match="over the limit"):
