@@ -192,26 +192,32 @@ class BatchMetrics:
             child = self._levels[level] = self._metrics.by_priority.labels(*self._mv, str(level + 1))
         self._tally.inc(child)
 
-    def batch_done(self, rows: int, seconds: float, waits: list[float], input_seconds: float, output_seconds: float) -> None:
-        """A batch of `rows` ran in `seconds` (collating its inputs took `input_seconds`), and handing each
-        request its outputs took `output_seconds`; `waits` are its requests' queue waits."""
+    def batch_done(self, calls: list[tuple[int, float, float]], waits: list[float], output_seconds: float) -> None:
+        """A batch ran as `calls` (rows, seconds, seconds of those collating its inputs; one call unless its one
+        request was larger than the model's batches), and handing each request its outputs took `output_seconds`;
+        `waits` are its requests' queue waits."""
         tally = self._tally
-        tally.inc(self.batches)
-        tally.observe(self.batch_size, rows)
-        tally.observe(self.execution, seconds)
         for w in waits:
             tally.observe(self.queue_wait, w)
-        spent = (input_seconds, seconds - input_seconds, output_seconds)
+        rows = sum(c[0] for c in calls)
+        total = [0.0, 0.0, output_seconds]
+        for n, seconds, input_seconds in calls:
+            tally.inc(self.batches)
+            tally.observe(self.batch_size, n)
+            tally.observe(self.execution, seconds)
+            spent = (input_seconds, seconds - input_seconds, output_seconds * n / rows)  # the hand-off, by rows
+            total[0] += input_seconds
+            total[1] += seconds - input_seconds
+            children = self._by_size.get(n) or self._size_children(n)
+            tally.inc(children[0])
+            for child, phase in zip(children[1:], spent, strict=True):
+                tally.inc(child, phase)
         requests = len(waits)
-        for child, phase in zip(self.phases, spent, strict=True):
+        for child, phase in zip(self.phases, total, strict=True):
             tally.inc(child, phase * requests)
-        children = self._by_size.get(rows) or self._size_children(rows)
-        tally.inc(children[0])
-        for child, phase in zip(children[1:], spent, strict=True):
-            tally.inc(child, phase)
 
     def _size_children(self, rows: int) -> tuple[Any, ...]:
-        """Labelled once per batch size; sizes are bounded by the largest request the limits allow."""
+        """Labelled once per batch size; the batcher keeps sizes within 1..max_batch_size."""
         m, size = self._metrics, str(rows)
         children = (m.batch_executions.labels(*self._mv, size), *(m.batch_phase_seconds.labels(*self._mv, size, p) for p in PHASES))
         self._by_size[rows] = children

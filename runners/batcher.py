@@ -9,6 +9,11 @@ Everything is driven by callbacks on the event loop (enqueue, batch done, one ti
 there is no polling. Scheduling runs once per loop turn, after the requests parsed in that
 turn have been queued, so requests that arrive together share a batch.
 
+A request of more rows than `max_batch_size` leaves as a batch of its own and runs as several model
+calls of at most `max_batch_size` rows, whose outputs are joined: every model call, and so every
+batch size the metrics and the statistics extension count, stays within 1..`max_batch_size`
+whatever clients send.
+
 The model call runs on the version's thread pool, except for batches expected to take less
 than `inline_max_ms`: those run on the event loop itself, because handing a batch to a
 thread and back (and the thread waiting for the GIL while the loop is busy) costs far more
@@ -31,7 +36,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
     from observability.metrics import BatchMetrics
 
 Outputs = dict[str, np.ndarray]
+Call = tuple[int, float, float]
+"""One model call: (rows, seconds, seconds of those spent collating its inputs)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -267,14 +274,20 @@ class AdaptiveBatcher:
         work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
-    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, float, int, float]:
-        """(outputs, seconds, wall-clock start in ns, seconds of those spent collating the inputs)."""
+    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, list[Call], int]:
+        """(outputs, each model call, wall-clock start in ns): one call per `max_batch_size` rows."""
         start_ns = time.time_ns()  # wall clock, for spans; perf_counter below for the cost model
-        start = time.perf_counter()
-        collated = self.runner.collate(arrays)
-        collated_at = time.perf_counter()
-        outputs = self.runner.run(collated)
-        return outputs, time.perf_counter() - start, start_ns, collated_at - start
+        calls: list[Call] = []
+        parts: list[Outputs] = []
+        for chunk in _chunks(arrays, self.max_batch_size):
+            start = time.perf_counter()
+            collated = self.runner.collate(chunk)
+            collated_at = time.perf_counter()
+            parts.append(self.runner.run(collated))
+            calls.append((sum(len(a) for a in chunk), time.perf_counter() - start, collated_at - start))
+        if len(parts) == 1:
+            return parts[0], calls, start_ns
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, calls, start_ns
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
@@ -284,14 +297,14 @@ class AdaptiveBatcher:
         self._schedule(loop)
 
     def _complete(
-        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, float, int, float]]
+        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, list[Call], int]]
     ) -> None:
         """Hand each request its rows of `outcome()` (the batch run now, or a finished thread's result), or its error."""
         self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
         try:
-            outputs, seconds, start_ns, input_seconds = outcome()
+            outputs, calls, start_ns = outcome()
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
@@ -303,9 +316,10 @@ class AdaptiveBatcher:
                 if not p.future.done():
                     p.future.set_exception(ModelFailed(message))
         else:
-            self.cost.observe(rows, seconds)
+            for n, seconds, _ in calls:
+                self.cost.observe(n, seconds)
             if self.tracer.enabled:
-                self._trace(batch, rows, start_ns, seconds)
+                self._trace(batch, rows, start_ns, sum(c[1] for c in calls))
             split_from = time.perf_counter()
             start = 0
             for p in batch:
@@ -316,7 +330,7 @@ class AdaptiveBatcher:
                 start = end
             if self.metrics is not None:
                 waits = [started - p.enqueued for p in batch]
-                self.metrics.batch_done(rows, seconds, waits, input_seconds, time.perf_counter() - split_from)
+                self.metrics.batch_done(calls, waits, time.perf_counter() - split_from)
         if self.metrics is not None:
             self.metrics.load(self._queued_rows, self._inflight)
         self._notify_idle()
@@ -334,6 +348,26 @@ class AdaptiveBatcher:
         if self._idle is not None and not self._queued and not self._running:
             self._idle.set()
             self._idle = None
+
+
+def _chunks(arrays: list[np.ndarray], limit: int) -> Iterator[list[np.ndarray]]:
+    """The batch's requests in model calls of at most `limit` rows. Only a batch of one request exceeds
+    it (dispatch adds no request past it), so its calls are slices of one array, padded alike."""
+    if sum(len(a) for a in arrays) <= limit:
+        yield arrays
+        return
+    chunk: list[np.ndarray] = []
+    room = limit
+    for a in arrays:
+        while len(a):
+            piece, a = a[:room], a[room:]
+            chunk.append(piece)
+            room -= len(piece)
+            if room == 0:
+                yield chunk
+                chunk, room = [], limit
+    if chunk:
+        yield chunk
 
 
 def _stop_timer(pending: _Pending) -> None:

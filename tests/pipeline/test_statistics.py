@@ -3,8 +3,12 @@ Triton's format. Counters live in this process's metric files, so each test comp
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
 import time
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -22,6 +26,12 @@ def infer(rows: int) -> dict:
 async def served(model_store, tmp_path_factory):
     async with serve_in_process(tmp_path_factory.mktemp("statistics"), metrics=True) as s:
         yield s
+
+
+async def scrape(served) -> bytes:
+    served.runtime.parts.metrics_current()
+    body, _ = await asyncio.to_thread(served.runtime.metrics.exposition)
+    return body
 
 
 async def stats(served, path: str = "/v2/models/digits-sklearn/versions/v1/stats") -> dict:
@@ -62,6 +72,32 @@ async def test_requests_batches_and_failures_are_counted_in_tritons_format(serve
         assert sizes_after[size]["compute_infer"]["count"] - old["compute_infer"]["count"] == added
         assert sizes_after[size]["compute_infer"]["ns"] > old["compute_infer"]["ns"]
         assert sizes_after[size]["compute_input"]["count"] == sizes_after[size]["compute_output"]["count"] == sizes_after[size]["compute_infer"]["count"]
+
+
+async def test_requests_larger_than_a_batch_keep_batch_sizes_within_max_batch_size(served):
+    """Clients choose their row counts; the batch sizes the metrics and statistics count must not follow them."""
+    entry = served.runtime.registry.get("digits-sklearn", "v1")
+    limit = entry.batcher.max_batch_size
+    before = await stats(served)
+    sizes = range(limit + 1, limit + 41)  # forty distinct counts above the batch size
+    for rows in sizes:
+        r = await served.client.post("/v2/models/digits-sklearn/versions/v1/infer", json=infer(rows), headers=served.headers())
+        assert r.status_code == 200, r.text
+        request = infer(rows)["inputs"][0]
+        pixels = np.asarray(request["data"], dtype=np.float32).reshape(request["shape"])
+        labels = next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
+        assert labels == entry.runner.run(pixels)["label"].tolist()  # the answer of one unchunked call
+    after = await stats(served)
+
+    assert after["inference_count"] - before["inference_count"] == sum(sizes)
+    assert after["execution_count"] - before["execution_count"] == sum(math.ceil(n / limit) for n in sizes)
+    assert max(batches(after)) <= limit
+    counted = {n: b["compute_infer"]["count"] - batches(before).get(n, {"compute_infer": {"count": 0}})["compute_infer"]["count"]
+               for n, b in batches(after).items()}
+    assert sum(n * c for n, c in counted.items()) == sum(sizes)  # Triton's batch_stats add up to the rows
+    series = re.findall(r'^rtserve_batch_executions_total\{batch_size="(\d+)",model="digits-sklearn",version="v1"\}',
+                        (await scrape(served)).decode(), re.MULTILINE)
+    assert 0 < len(series) <= limit and max(map(int, series)) <= limit
 
 
 async def test_a_model_lists_its_versions_and_all_models_every_version(served):

@@ -125,6 +125,18 @@ async def test_max_batch_size_splits_batches(sk):
     assert model.calls == [1, 4, 4, 2]
 
 
+async def test_a_request_larger_than_a_batch_runs_in_calls_of_at_most_max_batch_size(sk):
+    model = Gated(sk)
+    batcher = make(model, max_batch_size=64)
+    big = rows(150)
+    out = await batcher.submit(big)
+    assert model.calls == [64, 64, 22]
+    whole = sk.run(big)  # the same rows in one call
+    assert out.keys() == whole.keys()
+    for name in whole:
+        np.testing.assert_allclose(out[name], whole[name], rtol=1e-6)
+
+
 async def test_a_failed_batch_fails_every_caller(sk):
     model = Gated(sk, fail=True)
     batcher = make(model)
@@ -153,9 +165,10 @@ async def test_outputs_with_the_wrong_row_count_fail_the_batch(sk):
 async def test_budget_that_cannot_be_met_is_refused_at_once(sk):
     batcher = make(Gated(sk, delay=0.2), max_latency_ms=50)
     batcher.learn([(1, 0.2), (64, 0.2)])  # the model has shown it needs 200 ms a batch
+    one = rows(1)  # loading the data set is not the batcher's time
     start = time.perf_counter()
     with pytest.raises(BudgetExceeded):
-        await batcher.submit(rows(1))
+        await batcher.submit(one)
     assert time.perf_counter() - start < 0.05
     assert batcher.stats.refused == 1
 
