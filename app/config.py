@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings
 from app.drain import DrainSettings
 from app.front_door import LoopSettings
 from frontends.grpc.settings import GrpcSettings
+from gateway.access import AccessSettings
 from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
 from gateway.ratelimit import RateLimitSettings
@@ -51,6 +52,7 @@ class Config:
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
 
 
@@ -72,8 +74,10 @@ def load_config() -> Config:
         stream=_settings(StreamSettings),
         drain=_settings(DrainSettings),
         loop=_settings(LoopSettings),
+        access=_settings(AccessSettings),
     )
     _check_auth(config.auth)
+    _check_access(config.access, config.ratelimit)
     return config
 
 
@@ -114,6 +118,13 @@ def _check_auth(auth: AuthSettings) -> None:
         Authenticator(auth)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"authentication keys: {exc}") from None
+
+
+def _check_access(access: AccessSettings, ratelimit: RateLimitSettings) -> None:
+    """Permissions name tiers that the rate limit defines (where tenants are assigned to them)."""
+    unknown = sorted(set(access.tiers) - set(ratelimit.tiers))
+    if unknown:
+        raise ConfigError(f"environment RTSERVE_ACCESS_TIERS: tiers not defined in RTSERVE_RATELIMIT_TIERS: {', '.join(unknown)}")
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -137,6 +137,7 @@ class Runtime:
     @classmethod
     def from_config(cls, config: Config) -> Runtime:
         """The service's runtime, from the configuration validated at start-up."""
+        from gateway.access import Grants
         from gateway.auth import Authenticator
         from gateway.ratelimit import RateLimiter
         from observability.metrics import Metrics
@@ -150,6 +151,7 @@ class Runtime:
             Authenticator(config.auth) if config.auth.enabled else None,
             RateLimiter(config.ratelimit, redis) if config.ratelimit.enabled else None,
             tracer,
+            Grants(config.access, config.ratelimit.tenants),
         )
         cache = PredictionCache(config.cache, redis) if config.cache.enabled else None
         metrics = Metrics() if gateway.metrics_enabled else None

@@ -10,6 +10,7 @@ import orjson
 
 from core.errors import ClientDisconnected, PayloadTooLarge, RequestTimeout
 from frontends.deadlines import deadlines
+from gateway.auth import combine_credentials
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -20,7 +21,11 @@ OCTETS = b"application/octet-stream"
 
 
 def header_map(scope: Scope) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
+    raw = scope["headers"]
+    headers = dict(raw)
+    if len(headers) != len(raw):
+        combine_credentials(headers, raw)
+    return headers
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeout_s: float) -> bytes:

@@ -36,13 +36,16 @@ async def route(
     stats = _stats_route(parts)
     if stats is None:
         return None
-    if not served.open_paths.fullmatch(path):
-        served.pipeline.admission.authorize(headers.get(b"authorization"), "predict")
+    admitted = None if served.open_paths.fullmatch(path) else served.pipeline.admission.authorize(headers.get(b"authorization"), "predict")
+    if admitted is not None and stats[0] is not None:
+        admitted.permit(stats[0])
     _allow(scope["method"], "GET", "HEAD")
     if served.statistics is None:
         raise Unavailable("statistics are not served by this front end's parts")
     served.metrics_current()
     found = await asyncio.to_thread(served.statistics.read, *stats)
+    if admitted is not None:
+        found = [s for s in found if admitted.may_use(s.name)]
     return 200, dumps({"model_stats": [_triton_stats(s) for s in found]}), JSON
 
 

@@ -83,6 +83,7 @@ async def _submit(
     else:
         doc = await asyncio.to_thread(parse_json, body) if len(body) > 65536 else parse_json(body)
         model, version, inputs = rows_request(doc, "a job (or an .npy / .npz upload)")
+    admitted.permit(model)
     entry = jobs.choose(model, version, admitted.user)
     spec = entry.runner.input_spec
     if upload:

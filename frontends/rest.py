@@ -109,8 +109,7 @@ class InferenceApp:
             return await self._infer(*infer, receive, headers, extra, request_id)
         if parts[:2] == ["v2", "jobs"]:
             return await jobs_api.handle(served, method, parts[2:], scope, receive, headers, extra)
-        if not served.open_paths.fullmatch(path):
-            admission.authorize(headers.get(b"authorization"), "predict")
+        admitted = None if served.open_paths.fullmatch(path) else admission.authorize(headers.get(b"authorization"), "predict")
         _expect(method, "GET")
         if parts == ["openapi.json"]:
             return 200, openapi.document_json(), JSON
@@ -123,6 +122,8 @@ class InferenceApp:
         rest = parts[1:]
         if rest and rest[0] == "models" and len(rest) >= 2:
             name, tail = rest[1], rest[2:]
+            if admitted is not None:
+                admitted.permit(name)
             version = None
             if len(tail) >= 2 and tail[0] == "versions":
                 version, tail = tail[1], tail[2:]
@@ -138,7 +139,10 @@ class InferenceApp:
             return _json({"live": True})
         if rest == ["health", "ready"]:
             ready = served.is_ready()
-            return (200 if ready else 503), dumps({"ready": ready, "background": served.health.report()}), JSON
+            doc: dict[str, Any] = {"ready": ready}
+            if admitted is not None or admission.shows_detail(headers.get(b"authorization")):  # open: a status only
+                doc["background"] = served.health.report()
+            return (200 if ready else 503), dumps(doc), JSON
         raise NotFound(f"no route for {path}")
 
     async def _infer(
@@ -156,7 +160,7 @@ class InferenceApp:
         async with pipeline.request(extra) as req:
             with tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
                 admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
-                entry = req.route(name, version, admitted.user)
+                entry = req.route(name, version, admitted)
                 span.set("version", entry.version)
                 with tracer.span("decode"):
                     body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
@@ -189,7 +193,7 @@ class InferenceApp:
                     body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
                     model, version, rows = rows_request(parse_json(body), "request")
                 span.set("model", model)
-                entry = req.route(model, version, admitted.user)
+                entry = req.route(model, version, admitted)
                 span.set("version", entry.version)
                 tensors = rows_to_inputs(entry.runner.input_spec, rows, limits)
                 outputs = await req.infer(entry, tensors, deadline=_deadline(headers), use_cache=_use_cache(headers))

@@ -69,7 +69,7 @@ async def serve(
     pipeline = served.pipeline
     admitted = pipeline.admission.identify(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
     opening = start_request()
-    entry = pipeline.resolve(name, asked, admitted.user, "streaming")  # 404, 503, 422 mode_not_supported
+    entry = pipeline.resolve(name, asked, admitted, "streaming")  # 404, 503, 422 mode_not_supported
     variant = opening.variant
     opening.release()
     receive = await _with_first_item(receive, served.stream.idle_timeout_s)
@@ -208,7 +208,7 @@ class _Stream:
         async with pipeline.request() as req:
             request = decode_infer(line, served.limits)
             await pipeline.admission.limit(self.admitted)
-            entry = req.route(self.name, self.version, self.admitted.user, "streaming")
+            entry = req.route(self.name, self.version, self.admitted, "streaming")
             current().variant = self.variant
             deadline = deadline_after(self._timeout_ms) if self._timeout_ms is not None else None
             outputs = await req.infer(entry, request.inputs, deadline=deadline, use_cache=self._use_cache)

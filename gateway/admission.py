@@ -1,9 +1,12 @@
-"""Who may call, and how often: authentication, scope, and the tenant's rate limit, in that order."""
+"""Who may call, and how often: authentication, scope, and the tenant's rate limit, in that order;
+then what the caller may ask for (models, priority), which every front end checks through `Admitted`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.errors import Forbidden, Unauthorized
+from gateway.access import Grants, allowed_models, check_model, check_priority
 from gateway.auth import Authenticator, require_scope
 from gateway.ratelimit import RateLimiter
 from observability.tracing import DISABLED, Tracer
@@ -14,13 +17,31 @@ class Admitted:
     tenant: str
     user: str | None  # for sticky routing: the token's subject, else the X-User-Id header
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # RateLimit-* for the response
+    models: frozenset[str] | None = None
+    """The only models this caller may use (its tier's and its token's allow-lists); None: every one."""
+    top_priority: int = 1
+    """The highest priority level it may ask for (1 is the highest); 0: none above a model's default."""
+
+    def permit(self, model: str) -> None:
+        """403, the same for every model it may not use, before anything tells whether the model exists."""
+        check_model(self.models, model)
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def permit_priority(self, priority: int, default_level: int) -> None:
+        check_priority(self.top_priority, priority, default_level)
 
 
 class Admission:
-    def __init__(self, auth: Authenticator | None, limiter: RateLimiter | None, tracer: Tracer = DISABLED) -> None:
+    def __init__(
+        self, auth: Authenticator | None, limiter: RateLimiter | None, tracer: Tracer = DISABLED, grants: Grants | None = None
+    ) -> None:
         self.auth = auth
         self.limiter = limiter
         self.tracer = tracer
+        self.grants = grants
+        """Per-tier permissions; without authentication there is no tenant to hold any, and nothing is limited."""
 
     async def admit(self, authorization: bytes | None, user_header: bytes | None, scope: str) -> Admitted:
         """Raises 401/403 for credentials, 429 (or 503 with Redis down and failing closed) for limits."""
@@ -34,7 +55,8 @@ class Admission:
             with self.tracer.span("auth"):
                 principal = self.auth.authenticate(authorization)
                 require_scope(principal, scope)
-            return Admitted(principal.tenant, principal.subject)
+            top, models = self.grants.of(principal.tenant) if self.grants is not None else (0, None)
+            return Admitted(principal.tenant, principal.subject, models=allowed_models(models, principal.models), top_priority=top)
         return Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
 
     async def limit(self, admitted: Admitted) -> None:
@@ -44,7 +66,18 @@ class Admission:
                 decision = await self.limiter.enforce(admitted.tenant)
             admitted.headers = decision.header_fields()
 
-    def authorize(self, authorization: bytes | None, scope: str) -> None:
+    def authorize(self, authorization: bytes | None, scope: str) -> Admitted:
         """Credentials only, for metadata requests that are not rate limited."""
-        if self.auth is not None:
-            require_scope(self.auth.authenticate(authorization), scope)
+        return self.identify(authorization, None, scope)
+
+    def shows_detail(self, authorization: bytes | None) -> bool:
+        """Whether an open path may add what names models or tasks: only for a caller with scope predict."""
+        if self.auth is None:
+            return True
+        if authorization is None:
+            return False
+        try:
+            require_scope(self.auth.authenticate(authorization), "predict")
+        except (Unauthorized, Forbidden):
+            return False
+        return True

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +44,8 @@ _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": ("ES256",), "secp384r1": ("ES384",), "secp521r1": ("ES512", "ES521"), "secp256k1": ("ES256K",)}
 _EDDSA_ALGORITHMS = ("EdDSA",)
 _FAR_FUTURE = 2**53
+MAX_SUBJECT_CHARS = 255
+"""Longest `sub` accepted, OpenID Connect's bound: it becomes a sticky-routing key and a job's owner."""
 
 
 class AuthSettings(BaseSettings):
@@ -66,6 +70,9 @@ class AuthSettings(BaseSettings):
     """Required `aud` claim, when set; when unset `aud` is not checked."""
     leeway_s: float = Field(30.0, ge=0)
     """Clock skew tolerated on `exp`, `nbf` and `iat`."""
+    max_lifetime_s: float = Field(86400.0, gt=0)
+    """Longest a token may be valid: `exp - iat` (or, without `iat`, `exp` minus now) above this is refused,
+    so a leaked token cannot stay valid for years; raise it for long-lived service tokens."""
     max_token_bytes: int = Field(8192, gt=0)
     """Longest token accepted; longer ones are refused before any parsing."""
     cache_size: int = Field(10_000, ge=0)
@@ -109,6 +116,8 @@ class Principal:
     tenant: str
     scopes: frozenset[str]
     expires_at: float
+    models: frozenset[str] | None = None
+    """The token's `models` claim: the only models it may use; None when it names none."""
 
 
 @dataclass(slots=True)
@@ -239,6 +248,7 @@ class Authenticator:
         self._issuer = settings.issuer
         self._audience = settings.audience
         self._leeway = settings.leeway_s
+        self._max_lifetime = settings.max_lifetime_s
         self._max_token = settings.max_token_bytes
         self._max_header = settings.max_token_bytes + 64
         self._cache_size = settings.cache_size
@@ -309,6 +319,8 @@ class Authenticator:
                 raise _Rejected("malformed", "authorization header is not ASCII") from None
         if len(authorization) > self._max_header:
             raise _Rejected("too_large", "token too large")
+        if b"," in authorization:  # no bearer token has one: two headers, combined by the front end (RFC 9110)
+            raise _Rejected("malformed", "send one bearer token in one Authorization header")
         scheme, _, token = authorization.strip().partition(b" ")
         if not scheme:
             raise _Rejected("missing", "missing bearer token")
@@ -339,8 +351,20 @@ class Authenticator:
             raise _classify(exc) from None
         except (ValueError, TypeError, OverflowError, RecursionError):
             raise _Rejected("malformed", "token is not a well-formed JWT") from None
-        exp = min(int(claims["exp"]), _FAR_FUTURE)  # truncated as PyJWT compares it; capped to fit a float
+        exp = self._lifetime_checked(claims)
         return self._principal(claims, float(exp)), exp + self._leeway
+
+    def _lifetime_checked(self, claims: dict[str, Any]) -> int:
+        """`exp` as PyJWT compared it (truncated), once the token's lifetime is within the maximum."""
+        exp, iat = claims["exp"], claims.get("iat")
+        for name, value in (("exp", exp), ("iat", iat)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or (isinstance(value, float) and not math.isfinite(value))):
+                raise _Rejected("claims", f"{name} must be a finite number")
+        start = time.time() if iat is None else iat
+        if exp - start > self._max_lifetime:  # exact for ints of any size; no float conversion to overflow
+            raise _Rejected("claims", f"token lifetime is over the maximum of {self._max_lifetime:g} s")
+        return min(int(exp), _FAR_FUTURE)
 
     def _key_for(self, header: dict[str, Any]) -> _Key:
         alg = header.get("alg")
@@ -361,31 +385,68 @@ class Authenticator:
 
     @staticmethod
     def _principal(claims: dict[str, Any], expires_at: float) -> Principal:
+        _well_formed(claims)
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise _Rejected("claims", "sub must be a non-empty string")
+        if len(subject) > MAX_SUBJECT_CHARS or not subject.isprintable():
+            raise _Rejected("claims", f"sub must be printable text of at most {MAX_SUBJECT_CHARS} characters")
         tenant = claims.get("tenant")
         if tenant is None:
             tenant = subject_tenant(subject)
         elif not isinstance(tenant, str) or not TENANT_NAME.fullmatch(tenant):
             raise _Rejected("claims", "tenant must be a name of letters, digits and . _ @ - (at most 128)")
-        return Principal(subject, tenant, _scopes(claims), expires_at)
+        models = _names(claims, "models")
+        return Principal(subject, tenant, _scopes(claims), expires_at, frozenset(models) if models is not None else None)
+
+
+def combine_credentials(headers: dict[bytes, bytes], raw: Iterable[tuple[bytes, bytes]]) -> None:
+    """Repeated `authorization` fields joined with commas (RFC 9110's combination), which `authenticate`
+    refuses: two credentials must never pass as whichever came last. For front ends whose header map
+    (`headers`, built from `raw`) came out shorter than the fields sent."""
+    sent = [value for name, value in raw if name == b"authorization"]
+    if len(sent) > 1:
+        headers[b"authorization"] = b", ".join(sent)
+
+
+def _well_formed(claims: dict[str, Any]) -> None:
+    """Every string in the claims (names and values, at any depth) encodes as UTF-8.
+
+    JSON's `\\ud800` escapes decode to lone surrogates, which are not text: a claim holding one
+    would fail later, wherever it is written out (a job record, a log line, a routing key)."""
+    pending: list[Any] = [claims]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Rejected("claims", "token claims are not well-formed text") from None
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     """Scopes from `scope` (space-separated, RFC 8693) and `scp` (a list, as some issuers send)."""
     scopes: set[str] = set()
     for name in ("scope", "scp"):
-        value = claims.get(name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            scopes.update(value.split())
-        elif isinstance(value, list) and all(isinstance(s, str) for s in value):
-            scopes.update(value)
-        else:
-            raise _Rejected("claims", f"{name} claim must be a string or a list of strings")
+        scopes.update(_names(claims, name) or ())
     return frozenset(scopes)
+
+
+def _names(claims: dict[str, Any], name: str) -> list[str] | None:
+    """A claim of names: space-separated in a string, or a list of strings; None when absent."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    raise _Rejected("claims", f"{name} claim must be a string or a list of strings")
 
 
 def require_scope(principal: Principal, scope: str) -> None:

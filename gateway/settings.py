@@ -45,8 +45,9 @@ class GatewaySettings(BaseSettings):
     """Shared state (rate-limit buckets, cache, routes). Unset or empty: everything in-process."""
     metrics_enabled: bool = True
     """Prometheus metrics on /metrics; off only to measure what they cost (the canary controller needs them)."""
-    open_paths: list[str] = ["/v2", "/v2/health/*", "/v2/models/*/ready", "/v2/models/*/versions/*/ready", "/metrics", "/openapi.json"]
-    """Paths (shell patterns) answered without a token when auth is on: health, readiness, metrics."""
+    open_paths: list[str] = ["/v2", "/v2/health/*", "/metrics", "/openapi.json"]
+    """Paths (shell patterns) answered without a token when auth is on: server liveness and readiness (a
+    status only), metrics. A model's readiness names the model, so it needs a token unless listed here."""
 
     def open_path_pattern(self) -> re.Pattern[str]:
         return re.compile("|".join(fnmatch.translate(p) for p in self.open_paths) or "(?!)")

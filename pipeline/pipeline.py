@@ -44,6 +44,8 @@ class RequestScope:
     code: str = ""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     """Response headers the pipeline adds (rate-limit state, version, cache outcome)."""
+    admitted: Admitted | None = None
+    """Who asked, once routed: what it may ask for is checked at each step."""
 
     async def __aenter__(self) -> RequestScope:
         self.pipeline.in_flight += 1
@@ -66,8 +68,9 @@ class RequestScope:
         self.headers.extend(admitted.headers)
         return admitted
 
-    def route(self, name: str, version: str | None, user: str | None, mode: str = "real_time") -> LoadedVersion:
-        return self.pipeline.resolve(name, version, user, mode)
+    def route(self, name: str, version: str | None, admitted: Admitted, mode: str = "real_time") -> LoadedVersion:
+        self.admitted = admitted
+        return self.pipeline.resolve(name, version, admitted, mode)
 
     async def infer(
         self,
@@ -78,6 +81,8 @@ class RequestScope:
         use_cache: bool = True,
         priority: int = 0,
     ) -> Outputs:
+        if priority and self.admitted is not None:
+            self.admitted.permit_priority(priority, entry.batcher.default_priority)
         outputs, hit = await self.pipeline.infer(entry, inputs, deadline=deadline, use_cache=use_cache, priority=priority)
         self.headers.append((b"x-cache", b"hit" if hit else b"miss"))
         self.headers.append((b"x-model-version", entry.version.encode()))
@@ -147,10 +152,15 @@ class Pipeline:
             if scope.code:
                 self.metrics.count_error(labels.model, labels.version, labels.variant, scope.code)
 
-    def resolve(self, name: str, version: str | None, user: str | None = None, mode: str = "real_time") -> LoadedVersion:
+    def resolve(self, name: str, version: str | None, admitted: Admitted | None = None, mode: str = "real_time") -> LoadedVersion:
         """The version that answers: the one asked for ("pinned"), else the route's choice (or, while the
         chosen one is not ready in this worker yet, the heaviest-weighted one that is). Counts the request
-        as active on it until the request scope ends."""
+        as active on it until the request scope ends. A model the caller may not use is 403 before
+        anything is looked up, so the answer is the same whether it exists or not."""
+        user = None
+        if admitted is not None:
+            admitted.permit(name)
+            user = admitted.user
         labels = current()
         labels.model = name if name in self.served else UNKNOWN
         if version is None:

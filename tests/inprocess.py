@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
+from app.wiring import Runtime
+from frontends.rest import InferenceApp
+from gateway.access import AccessSettings, Grants
 from gateway.admission import Admission
 from gateway.auth import Authenticator, AuthSettings
-from frontends.rest import InferenceApp
 from gateway.ratelimit import RateLimiter, RateLimitSettings
-from app.wiring import Runtime
-from gateway.settings import LimitSettings
+from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tokens import mint
 from observability.metrics import Metrics
 from routing.settings import RoutingSettings
@@ -58,6 +59,8 @@ async def serve_in_process(
     routing: bool = False,
     ratelimit: RateLimitSettings | None = None,
     limits: LimitSettings | None = None,
+    access: AccessSettings | None = None,
+    gateway: GatewaySettings | None = None,
 ) -> AsyncIterator[InProcess]:
     """The app over the session's model store, models loaded; with `routing`, the admin API and the
     route sync on a state file in `tmp_path` (polled every 0.1 s)."""
@@ -68,13 +71,15 @@ async def serve_in_process(
         settings = AuthSettings(enabled=True, hs256_secret_file=secret)
     admission = Admission(
         Authenticator(settings) if settings is not None else None,
-        RateLimiter(ratelimit) if ratelimit is not None else None,
+        RateLimiter(ratelimit) if ratelimit is not None and ratelimit.enabled else None,
+        grants=Grants(access or AccessSettings(), ratelimit.tenants if ratelimit is not None else {}),
     )
     runtime = Runtime(
         ServingConfig.model_validate({"models": models or MODELS}),
         limits=limits or LimitSettings(),
         admission=admission,
         metrics=Metrics(CollectorRegistry()) if metrics else None,
+        gateway=gateway,
     )
     await asyncio.to_thread(runtime.start().join)
     if routing:

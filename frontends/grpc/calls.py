@@ -11,6 +11,7 @@ import grpc
 
 from core.errors import ServingError
 from frontends.grpc.status import error_metadata, status_of
+from gateway.auth import combine_credentials
 from pipeline.pipeline import deadline_after
 
 log = logging.getLogger("frontends.grpc")
@@ -18,9 +19,11 @@ log = logging.getLogger("frontends.grpc")
 
 def metadata_map(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
     """The call's metadata as lower-case header bytes, the shape the pipeline and the tracer read."""
-    found: dict[bytes, bytes] = {}
-    for key, value in context.invocation_metadata() or ():
-        found[key.encode("latin-1")] = value if isinstance(value, bytes) else value.encode("latin-1")
+    pairs = [(key.encode("latin-1"), value if isinstance(value, bytes) else value.encode("latin-1"))
+             for key, value in context.invocation_metadata() or ()]
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        combine_credentials(found, pairs)
     return found
 
 

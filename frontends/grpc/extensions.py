@@ -3,13 +3,13 @@
 
 Repository calls need the `admin` scope, and loads and unloads need authentication on, as over
 REST; versions come in the load or unload parameters (`version`, or tritonclient's `config` with
-a version policy). Statistics need a token unless their REST path is open.
+a version policy). Statistics need a token unless their RPC is open, and show the models the caller may use.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tritonclient.grpc import service_pb2 as pb
 
@@ -41,12 +41,15 @@ async def unload(parts: FrontendParts, request: pb.RepositoryModelUnloadRequest)
     return pb.RepositoryModelUnloadResponse()
 
 
-async def statistics(parts: FrontendParts, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+async def statistics(
+    parts: FrontendParts, request: pb.ModelStatisticsRequest, shown: Callable[[str], bool] | None = None
+) -> pb.ModelStatisticsResponse:
+    """`shown`: which models the caller may see (None: every one)."""
     if parts.statistics is None:
         raise Unavailable("statistics are not served by this front end's parts")
     parts.metrics_current()
     found = await asyncio.to_thread(parts.statistics.read, request.name or None, request.version or None)
-    return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in found])
+    return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in found if shown is None or shown(s.name)])
 
 
 def _repository(parts: FrontendParts, repository_name: str) -> ModelRepository:

@@ -1,8 +1,8 @@
 """KServe V2 `GRPCInferenceService` on the one request pipeline: the servicer `tritonclient.grpc` generates,
 with each RPC answered as its REST twin answers (frontends/rest.py).
 
-Metadata RPCs need a token unless their REST path is an open path (health, readiness, server
-metadata by default), so both protocols open the same doors. `ModelInfer` runs admit -> route ->
+Metadata RPCs need a token unless their REST twin's route is an open path (server liveness,
+readiness and metadata by default), decided by the RPC's name, so both protocols open the same doors. `ModelInfer` runs admit -> route ->
 decode -> infer -> encode inside `pipeline.request()`, so metrics, limits, request ids and canary
 numbers are the same as over HTTP; the request's deadline is the earliest of the call's gRPC
 deadline, its `timeout` parameter and the request timeout, and its `priority` parameter picks its
@@ -15,6 +15,7 @@ RPCs are extensions.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ from frontends.grpc.stream import serve_stream
 from frontends.parts import FrontendParts
 from frontends.request_ids import request_id_of
 from frontends.rest import EXTENSIONS, SERVER_NAME, SERVER_VERSION
+from gateway.admission import Admitted
 
 SERVICE = "inference.GRPCInferenceService"
 INFER_SPAN = f"{SERVICE}/ModelInfer"
@@ -47,31 +49,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, parts: FrontendParts, settings: GrpcSettings) -> None:
         self.parts = parts
         self.settings = settings
+        self.open_rpcs = open_rpcs(parts.open_paths)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
-        return await self._call(context, "ServerLive", self._open("/v2/health/live", lambda: pb.ServerLiveResponse(live=True)))
+        return await self._call(context, "ServerLive", self._open("ServerLive", lambda _: pb.ServerLiveResponse(live=True)))
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        ready = self._open("/v2/health/ready", lambda: pb.ServerReadyResponse(ready=self.parts.is_ready()))
+        ready = self._open("ServerReady", lambda _: pb.ServerReadyResponse(ready=self.parts.is_ready()))
         return await self._call(context, "ServerReady", ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        path = _model_path(request.name, request.version) + "/ready"
-        ready = self._open(
-            path, lambda: pb.ModelReadyResponse(ready=self.parts.catalog.ready(request.name, request.version or None))
-        )
-        return await self._call(context, "ModelReady", ready)
+        def answer(admitted: Admitted | None) -> pb.ModelReadyResponse:
+            if admitted is not None:
+                admitted.permit(request.name)
+            return pb.ModelReadyResponse(ready=self.parts.catalog.ready(request.name, request.version or None))
+
+        return await self._call(context, "ModelReady", self._open("ModelReady", answer))
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         answer = pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=GRPC_EXTENSIONS)
-        return await self._call(context, "ServerMetadata", self._open("/v2", lambda: answer))
+        return await self._call(context, "ServerMetadata", self._open("ServerMetadata", lambda _: answer))
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        def answer() -> pb.ModelMetadataResponse:
+        def answer(admitted: Admitted | None) -> pb.ModelMetadataResponse:
+            if admitted is not None:
+                admitted.permit(request.name)
             doc = self.parts.catalog.metadata(request.name, request.version or None)
             return pb.ModelMetadataResponse(
                 name=doc["name"],
@@ -81,13 +87,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in doc.get("outputs", [])],
             )
 
-        return await self._call(context, "ModelMetadata", self._open(_model_path(request.name, request.version), answer))
+        return await self._call(context, "ModelMetadata", self._open("ModelMetadata", answer))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        path = f"{_model_path(request.name, request.version)}/stats" if request.name else "/v2/models/stats"
-        return await self._call(context, "ModelStatistics", self._open(path, lambda: extensions.statistics(self.parts, request)))
+        def answer(admitted: Admitted | None) -> Awaitable[pb.ModelStatisticsResponse]:
+            if admitted is not None and request.name:
+                admitted.permit(request.name)
+            return extensions.statistics(self.parts, request, admitted.may_use if admitted is not None else None)
+
+        return await self._call(context, "ModelStatistics", self._open("ModelStatistics", answer))
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
@@ -117,7 +127,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             async with pipeline.request(headers) as req:
                 with tracer.request(INFER_SPAN, metadata, model=request.model_name, request_id=request_id) as span:
                     admitted = await req.admit(metadata.get(b"authorization"), metadata.get(b"x-user-id"), "predict")
-                    entry = req.route(request.model_name, request.model_version or None, admitted.user)
+                    entry = req.route(request.model_name, request.model_version or None, admitted)
                     span.set("version", entry.version)
                     with tracer.span("decode"):
                         decoded = decode_request(request, parts.limits)
@@ -141,13 +151,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         await serve_stream(self.parts, self.settings.stream_max_in_flight, request_iterator, context)
 
-    def _open(self, rest_path: str, answer: Callable[[], T | Awaitable[T]]) -> Answer[T]:
-        """An answer that needs a token (scope predict) unless its REST twin's path is open."""
+    def _open(self, rpc: str, answer: Callable[[Admitted | None], T | Awaitable[T]]) -> Answer[T]:
+        """An answer that needs a token (scope predict) unless the RPC is open; the answer gets the caller
+        (None on an open RPC) to check what it asks for."""
 
         def answer_for(metadata: dict[bytes, bytes]) -> T | Awaitable[T]:
-            if not self.parts.open_paths.fullmatch(rest_path):
-                self.parts.pipeline.admission.authorize(metadata.get(b"authorization"), "predict")
-            return answer()
+            admitted = None
+            if rpc not in self.open_rpcs:
+                admitted = self.parts.pipeline.admission.authorize(metadata.get(b"authorization"), "predict")
+            return answer(admitted)
 
         return answer_for
 
@@ -178,5 +190,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return result
 
 
-def _model_path(name: str, version: str) -> str:
-    return f"/v2/models/{name}/versions/{version}" if version else f"/v2/models/{name}"
+REST_TWINS: dict[str, tuple[str, ...]] = {
+    "ServerLive": ("/v2/health/live",),
+    "ServerReady": ("/v2/health/ready",),
+    "ServerMetadata": ("/v2",),
+    "ModelReady": ("/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"),
+    "ModelMetadata": ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"),
+    "ModelStatistics": ("/v2/models/stats", "/v2/models/{name}/stats", "/v2/models/{name}/versions/{version}/stats"),
+}
+"""The REST routes each metadata RPC answers as: fixed templates, never built from a request's fields."""
+
+
+def open_rpcs(open_paths: re.Pattern[str]) -> frozenset[str]:
+    """The RPCs served without a token: those whose every REST twin is an open path. Decided once, by RPC
+    name, so no model name or version a client sends can make a call look like an open one."""
+    return frozenset(rpc for rpc, routes in REST_TWINS.items() if all(open_paths.fullmatch(r) for r in routes))

@@ -111,7 +111,7 @@ class _Stream:
         async with pipeline.request() as req:
             with tracer.request(STREAM_SPAN, self.metadata, model=item.model_name, request_id=request_id) as span:
                 await pipeline.admission.limit(self.admitted)
-                entry = req.route(item.model_name, item.model_version or None, self.admitted.user, "streaming")
+                entry = req.route(item.model_name, item.model_version or None, self.admitted, "streaming")
                 span.set("version", entry.version)
                 with tracer.span("decode"):
                     decoded = decode_request(item, parts.limits)

@@ -69,6 +69,20 @@ def test_an_environment_mistake_names_the_variable(clean_env, monkeypatch):
     assert load_config().loop.event_loop == "asyncio"
 
 
+def test_permissions_name_tiers_the_rate_limit_defines(clean_env, monkeypatch):
+    monkeypatch.setenv("RTSERVE_AUTH_ENABLED", "false")
+    monkeypatch.setenv("RTSERVE_ACCESS_TIERS", '{"gold": {"top_priority": 1}}')
+    with pytest.raises(ConfigError, match="RTSERVE_ACCESS_TIERS: tiers not defined in RTSERVE_RATELIMIT_TIERS: gold"):
+        load_config()
+    monkeypatch.setenv("RTSERVE_RATELIMIT_TIERS", '{"gold": {"rate": 10, "burst": 10}}')
+    monkeypatch.setenv("RTSERVE_ACCESS_DEFAULT", '{"models": ["digits-onnx"]}')
+    config = load_config()
+    assert config.access.tiers["gold"].top_priority == 1 and config.access.default.models == ["digits-onnx"]
+    monkeypatch.setenv("RTSERVE_ACCESS_TIERS", '{"gold": {"top_priority": 17}}')
+    with pytest.raises(ConfigError, match="environment RTSERVE_ACCESS_TIERS"):
+        load_config()
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -98,8 +98,9 @@ def file_gateway(fault_versions, fault_secret, tmp_path_factory) -> Iterator[Gat
     try:
         # Never ready as a whole (a configured version cannot load): wait for the version that can.
         server.start(wait_ready=False)
-        server.wait_until(lambda r: r.status_code == 200, "/v2/models/digits-sklearn/versions/v1/ready", 180)
         gateway = Gateway(server, AuthSettings(hs256_secret_file=fault_secret), "")
+        server.wait_until(lambda r: r.status_code == 200, "/v2/models/digits-sklearn/versions/v1/ready", 180,
+                          headers=gateway.headers(ttl=3600))
         # Admin answers once the worker has read the routing state (after its models are loaded).
         admin = gateway.headers(scopes="admin")
         wait_for(

@@ -33,13 +33,14 @@ def test_a_version_loaded_through_the_admin_api_fails_and_the_others_keep_servin
         assert metric(url, "rtserve_model_version_state", model=MODEL, version="corrupt", state="failed") == 1
         described = admin(fault_gateway, "GET", "/admin/models").json()[MODEL]["versions"]["corrupt"]
         assert described["state"] == "failed" and described["error"], described
-        assert httpx.get(f"{url}/v2/models/{MODEL}/versions/corrupt/ready").status_code == 503
+        assert httpx.get(f"{url}/v2/models/{MODEL}/versions/corrupt/ready", headers=fault_gateway.headers()).status_code == 503
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # versions loaded later never make the process unready
         assert_refused_not_ready(fault_gateway, rows)
         no_traffic = admin(fault_gateway, "PUT", f"/admin/models/{MODEL}/weights", {"weights": {"v1": 50, "corrupt": 50}})
         assert no_traffic.status_code == 409 and no_traffic.json()["code"] == "conflict", no_traffic.text
         assert admin(fault_gateway, "POST", f"/admin/models/{MODEL}/versions/corrupt/unload").status_code == 202
-        wait_for(lambda: httpx.get(f"{url}/v2/models/{MODEL}/versions/corrupt/ready").status_code == 404, 10, "unloaded")
+        wait_for(lambda: httpx.get(f"{url}/v2/models/{MODEL}/versions/corrupt/ready", headers=fault_gateway.headers()).status_code == 404,
+                 10, "unloaded")
         load.wait_for_answers(40)
     s = load.summary()
     print(f"\nfailed load through the admin API: {described['error']}; {s}")

@@ -89,7 +89,7 @@ def test_metadata_and_answers_match_rest_on_every_demo_model(gateway, clients):
             k: http_doc[k] for k in ("name", "versions", "platform", "inputs", "outputs")
         }
     for name, version in VERSIONS:
-        assert over_grpc.is_model_ready(name, version)
+        assert over_grpc.is_model_ready(name, version, headers=headers)
         spec = over_http.get_model_metadata(name, version, headers=headers)["inputs"][0]
         data = example(spec)
         got = over_grpc.infer(
@@ -177,9 +177,13 @@ def test_metadata_needs_a_token_where_rest_does(gateway, stub):
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelMetadata(pb.ModelMetadataRequest(name="digits-sklearn"))
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    assert stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v2")).ready
+    with pytest.raises(grpc.RpcError) as caught:  # names a model: not open, as its REST twin is not
+        stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v2"))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    token = (("authorization", gateway.headers()["Authorization"]),)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v2"), metadata=token).ready
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v9"))
+        stub.ModelReady(pb.ModelReadyRequest(name="digits-sklearn", version="v9"), metadata=token)
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits-sklearn"))
@@ -256,7 +260,7 @@ def test_the_repository_and_statistics_extensions_answer_over_grpc(gateway, clie
     index = over_grpc.get_model_repository_index(headers=admin, as_json=True)["models"]
     assert {(m["name"], m["version"]) for m in index} >= set(VERSIONS)
     over_grpc.load_model("digits-onnx", headers=admin, config='{"version_policy": {"specific": {"versions": ["v2-int8"]}}}')
-    assert over_grpc.is_model_ready("digits-onnx", "v2-int8")
+    assert over_grpc.is_model_ready("digits-onnx", "v2-int8", headers=admin)
     with pytest.raises(InferenceServerException) as caught:
         over_grpc.get_model_repository_index(headers=grpc_headers(gateway))  # predict alone may not see the repository
     assert "PERMISSION_DENIED" in caught.value.status()

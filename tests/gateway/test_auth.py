@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.errors import Forbidden, Unauthorized
-from gateway.auth import FAILURE_REASONS, Authenticator, AuthSettings, Principal, require_scope
+from gateway.auth import FAILURE_REASONS, Authenticator, AuthSettings, Principal, combine_credentials, require_scope
 from gateway.tokens import ensure_dev_secret, mint
 
 SECRET = secrets.token_hex(32)
@@ -191,10 +191,11 @@ def test_without_a_tenant_claim_the_subject_is_its_own_tenant_apart_from_named_o
     assert authn.authenticate(f"Bearer {hs256(claims(sub='carol', scope=None))}").scopes == frozenset()
 
 
-def test_far_future_exp_is_accepted_not_a_server_error():
-    authn = authenticator()
-    token = forge({"alg": "HS256", "typ": "JWT"}, claims(exp=10**400), SECRET.encode())
-    assert authn.authenticate(f"Bearer {token}").expires_at == 2.0**53
+def test_a_lifetime_up_to_the_maximum_is_accepted():
+    authn = authenticator(max_lifetime_s=3600)
+    now = int(time.time())
+    assert authn.authenticate(f"Bearer {hs256(claims(iat=now - 3000, exp=now + 600))}").expires_at == now + 600
+    assert authn.authenticate(f"Bearer {hs256(claims(iat=None, exp=now + 3500))}").subject == "alice"
 
 
 # --- algorithm attacks ------------------------------------------------------------------
@@ -316,6 +317,53 @@ def test_audience_is_not_checked_when_unset():
     assert authenticator().authenticate(f"Bearer {hs256(claims(aud='anyone'))}").subject == "alice"
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": 10**400},  # once accepted, valid for ever
+        {"exp": 1e300},
+        {"exp": 10**6 * 86400 + int(time.time())},
+        {"iat": None, "exp": int(time.time()) + 7200},  # without iat, counted from now
+        {"iat": int(time.time()) - 10**9},  # an old iat makes an overlong lifetime even when exp is near
+    ],
+)
+def test_a_lifetime_over_the_maximum_is_refused(changes):
+    exc = reject(authenticator(max_lifetime_s=3600), f"Bearer {forge({'alg': 'HS256'}, claims(**changes), SECRET.encode())}", "claims")
+    assert exc.message == "token lifetime is over the maximum of 3600 s"
+
+
+@pytest.mark.parametrize("bad", ["true", "1e400", "Infinity", "NaN", '"1"'])
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_a_time_that_is_not_a_finite_number_is_refused(claim, bad):
+    doc = json.dumps(claims(**{claim: 0})).replace(f'"{claim}": 0', f'"{claim}": {bad}')
+    with pytest.raises(Unauthorized):
+        authenticator().authenticate(f"Bearer {signed(doc.encode())}")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"sub": "\ud800x"},
+        {"sub": "x\udfff"},
+        {"tenant": "\ud800"},
+        {"scope": "predict \ud800"},
+        {"scp": ["predict", "\udc00"]},
+        {"note": {"deep": ["fine", {"\ud800": 1}]}},  # a claim nothing reads yet is still text or refused
+    ],
+)
+def test_claims_that_are_not_well_formed_text_are_refused(changes):
+    payload = json.dumps(claims(**changes)).encode()  # JSON escapes: the token itself is ASCII
+    assert b"\\ud" in payload
+    exc = reject(authenticator(), f"Bearer {signed(payload)}", "claims")
+    assert exc.message == "token claims are not well-formed text"
+
+
+@pytest.mark.parametrize("sub", ["a\nb", "a\u0000", "a\u001b[31m", "x" * 256])
+def test_a_subject_must_be_printable_and_short(sub):
+    exc = reject(authenticator(), f"Bearer {hs256(claims(sub=sub))}", "claims")
+    assert exc.message == "sub must be printable text of at most 255 characters"
+
+
 @pytest.mark.parametrize("bad", [{"scope": 7}, {"scp": [1, 2]}, {"tenant": ["a"]}])
 def test_claims_of_the_wrong_type_are_rejected(bad):
     reject(authenticator(), f"Bearer {hs256(claims(**bad))}", "claims")
@@ -360,6 +408,18 @@ def test_missing_token_gets_a_plain_challenge(header):
 )
 def test_malformed_headers_are_rejected(header):
     reject(authenticator(), header, "malformed")
+
+
+def test_two_authorization_headers_are_refused_even_when_both_are_valid():
+    authn = authenticator()
+    token = hs256(claims())
+    headers = {b"x": b"1"}
+    combine_credentials(headers, [(b"authorization", f"Bearer {token}".encode()), (b"x", b"1"),
+                                  (b"authorization", f"Bearer {token}".encode())])
+    assert headers[b"authorization"] == f"Bearer {token}, Bearer {token}".encode()
+    exc = reject(authn, headers[b"authorization"], "malformed")
+    assert exc.message == "send one bearer token in one Authorization header"
+    reject(authn, f"Bearer {token},", "malformed")
 
 
 def test_deeply_nested_header_is_malformed_not_a_crash():

@@ -58,8 +58,14 @@ def test_expired_token_is_401(http, gateway):
 
 
 def test_health_readiness_and_metrics_stay_open(http):
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits-sklearn/ready", "/metrics", "/v2"):
+    for path in ("/v2/health/live", "/v2/health/ready", "/metrics", "/v2"):
         assert http.get(path).status_code == 200, path
+    assert http.get("/v2/health/ready").json() == {"ready": True}  # a status only, without a token
+
+
+def test_model_readiness_needs_a_token(http, gateway):
+    assert http.get("/v2/models/digits-sklearn/ready").status_code == 401
+    assert http.get("/v2/models/digits-sklearn/ready", headers=gateway.headers()).status_code == 200
 
 
 def test_model_metadata_needs_a_token(http, gateway):

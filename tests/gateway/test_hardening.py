@@ -185,7 +185,8 @@ async def test_a_percent_encoded_newline_cannot_forge_a_log_line(served):
     stream = io.StringIO()
     setup_logging(LogSettings(level="INFO"), stream)
     try:
-        r = await served.client.get("/v2/models/x%0A2026-01-01 00:00:00,000 ERROR frontends.rest: forged/ready")
+        r = await served.client.get("/v2/models/x%0A2026-01-01 00:00:00,000 ERROR frontends.rest: forged/ready",
+                                    headers=served.headers())
         assert r.status_code == 404
     finally:
         setup_logging(LogSettings())
@@ -195,7 +196,7 @@ async def test_a_percent_encoded_newline_cannot_forge_a_log_line(served):
 
 
 async def test_the_health_document_lists_background_tasks(served):
-    doc = (await served.client.get("/v2/health/ready")).json()
+    doc = (await served.client.get("/v2/health/ready", headers=served.headers())).json()
     assert doc["ready"] is True and doc["background"].get("route_watcher") == "ok"
 
 

@@ -75,9 +75,12 @@ def test_model_repository_index_unload_and_load(client, server):
         client.unload_model(MODEL, headers=dict(headers))
 
 
-def test_schedule_policy_priority_and_timeout(client, server):
+def test_schedule_policy_priority_and_timeout(client, server, gateway):
     headers = server[1]  # tritonclient adds its own headers to the dict it is given: each call gets a copy
-    result = client.infer(MODEL, [pixels(2)], model_version=VERSION, headers=dict(headers), priority=1, timeout=10_000_000)
+    with pytest.raises(InferenceServerException, match="priority 1 is not allowed"):  # a per-tier permission
+        client.infer(MODEL, [pixels(2)], model_version=VERSION, headers=dict(headers), priority=1)
+    gold = gateway.headers(tenant="gold-tenant")  # its tier may ask for level 1
+    result = client.infer(MODEL, [pixels(2)], model_version=VERSION, headers=dict(gold), priority=1, timeout=10_000_000)
     assert result.as_numpy("label").shape == (2,)
     low = client.infer(MODEL, [pixels(2)], model_version=VERSION, headers=dict(headers), priority=3)
     np.testing.assert_array_equal(low.as_numpy("label"), result.as_numpy("label"))

@@ -138,7 +138,7 @@ def test_sticky_experiment_holds_weights_over_many_users(gateway):
 
 def test_canary_of_a_broken_version_rolls_back_by_itself(gateway, broken_versions):
     assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/broken/load").status_code == 202
-    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready").status_code == 200, 60, "broken loaded")
+    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready", headers=gateway.headers()).status_code == 200, 60, "broken loaded")
     with Load(gateway, "digits-sklearn") as load:
         time.sleep(0.5)
         r = admin(gateway, "POST", "/admin/models/digits-sklearn/canary",
@@ -156,12 +156,12 @@ def test_canary_of_a_broken_version_rolls_back_by_itself(gateway, broken_version
     assert rollback["at"] - first_error < 10
     assert not [r for r in load.results if r[0] > tail_start and r[1] != 200], "errors after the rollback"
     # The rolled-back version is drained and unloaded.
-    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready").status_code == 404, 10, "unload")
+    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready", headers=gateway.headers()).status_code == 404, 10, "unload")
 
 
 def test_canary_of_a_slow_version_rolls_back_by_itself(gateway, broken_versions):
     assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/slow/load").status_code == 202
-    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/slow/ready").status_code == 200, 60, "slow loaded")
+    wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/slow/ready", headers=gateway.headers()).status_code == 200, 60, "slow loaded")
     with Load(gateway, "digits-sklearn") as load:
         r = admin(gateway, "POST", "/admin/models/digits-sklearn/canary",
                   {"version": "slow", "steps": [30, 100], "hold_s": 2, "min_requests": 20})
@@ -178,9 +178,9 @@ def test_zero_failed_requests_through_load_canary_promote_unload(gateway):
     with Load(gateway, model) as load:
         time.sleep(0.5)
         assert admin(gateway, "POST", f"/admin/models/{model}/versions/v2/unload").status_code == 202
-        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready").status_code == 404, 20, "v2 unloaded")
+        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready", headers=gateway.headers()).status_code == 404, 20, "v2 unloaded")
         assert admin(gateway, "POST", f"/admin/models/{model}/versions/v2/load").status_code == 202
-        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready").status_code == 200, 60, "v2 loaded")
+        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready", headers=gateway.headers()).status_code == 200, 60, "v2 loaded")
         time.sleep(1.0)  # both workers have it
         # A good version on a busy, shared machine: enough requests per step for a stable p95, and
         # latency slack for scheduling noise; the slow-version test keeps the default slack.
@@ -190,7 +190,7 @@ def test_zero_failed_requests_through_load_canary_promote_unload(gateway):
         status = wait_for(lambda: (s := admin(gateway, "GET", f"/admin/models/{model}/canary").json())["status"] != "running" and s,
                           90, "the canary to finish")
         assert status["status"] == "promoted", [(d["action"], d["reason"]) for d in status["decisions"]]
-        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v1/ready").status_code == 404, 20, "v1 unloaded")
+        wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v1/ready", headers=gateway.headers()).status_code == 404, 20, "v1 unloaded")
         time.sleep(1.0)
     versions = {v for _, _, v in load.results}
     print(f"\nzero-downtime cycle: {len(load.results)} requests, {len(load.failures())} failed, versions {sorted(versions)}")
