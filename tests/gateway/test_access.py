@@ -180,7 +180,7 @@ async def test_model_readiness_needs_a_token_and_answers_alike_for_any_name(serv
     assert ready.ready is True
 
 
-def test_only_the_server_rpcs_are_open_by_default():
+async def test_only_the_server_rpcs_are_open_by_default():
     assert open_rpcs(GatewaySettings().open_path_pattern()) == {"ServerLive", "ServerReady", "ServerMetadata"}
     opened = GatewaySettings(open_paths=["/v2", "/v2/health/*", "/v2/models/*/ready", "/v2/models/*/versions/*/ready"])
     assert open_rpcs(opened.open_path_pattern()) == {"ServerLive", "ServerReady", "ServerMetadata", "ModelReady"}
