@@ -8,7 +8,9 @@ instead of spending its budget on bodies that fail at the first check.
 from __future__ import annotations
 
 import io
+import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -135,8 +137,26 @@ def npz_bomb(name: str, shape: tuple[int, ...], dtype: str, inflated_bytes: int)
     return local + data + central + end
 
 
+def claims() -> list[bytes]:
+    """Token payloads: valid claim sets of every shape the server reads, and the ones once accepted or crashing."""
+    now = int(time.time())
+    base = {"sub": "alice", "iat": now, "exp": now + 600}
+    docs = [
+        base,
+        {**base, "tenant": "acme", "scope": "predict batch"},
+        {**base, "scp": ["predict", "admin"], "models": ["digits-onnx", "seq-torch"]},
+        {**base, "models": "digits-sklearn", "iss": "https://idp.example", "aud": ["rtserve"]},
+        {**base, "sub": "\ud800x"},
+        {**base, "note": {"deep": [1, {"\udc00": None}]}},
+    ]
+    out = [orjson.dumps(d) for d in docs[:4]] + [json.dumps(d).encode() for d in docs[4:]]
+    return out + [f'{{"sub":"a","exp":{exp}}}'.encode() for exp in ("1e400", str(10**400), "NaN", "true")]
+
+
 def corpus(kind: str) -> list[bytes]:
     """Seed inputs for one atheris target: every model, one and several rows, both encodings."""
+    if kind == "claims":
+        return claims()
     out: list[bytes] = []
     for model in served_models():
         spec = model.spec

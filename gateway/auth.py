@@ -362,9 +362,10 @@ class Authenticator:
                                       or (isinstance(value, float) and not math.isfinite(value))):
                 raise _Rejected("claims", f"{name} must be a finite number")
         start = time.time() if iat is None else iat
-        if exp - start > self._max_lifetime:  # exact for ints of any size; no float conversion to overflow
+        # Past 2**53 s either way a time is no date (and int - float could overflow): too long a life.
+        if abs(exp) > _FAR_FUTURE or abs(start) > _FAR_FUTURE or exp - start > self._max_lifetime:
             raise _Rejected("claims", f"token lifetime is over the maximum of {self._max_lifetime:g} s")
-        return min(int(exp), _FAR_FUTURE)
+        return int(exp)
 
     def _key_for(self, header: dict[str, Any]) -> _Key:
         alg = header.get("alg")

@@ -321,6 +321,9 @@ def test_audience_is_not_checked_when_unset():
     "changes",
     [
         {"exp": 10**400},  # once accepted, valid for ever
+        {"exp": 10**400, "iat": None},  # once a 500: a huge int minus the float of now overflows
+        {"iat": -(10**400)},
+        {"exp": 1e300, "iat": None},
         {"exp": 1e300},
         {"exp": 10**6 * 86400 + int(time.time())},
         {"iat": None, "exp": int(time.time()) + 7200},  # without iat, counted from now
