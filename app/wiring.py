@@ -32,7 +32,7 @@ from routing.document import ModelRoutes
 from routing.lease import FileLease, RedisLease
 from routing.router import Router
 from routing.settings import RoutingSettings
-from routing.stats import MetricsSnapshotSource
+from routing.stats import ExperimentCounts, MetricsSnapshotSource
 from routing.stores import FileStateStore, RedisStateStore
 from routing.sync import RouteSync
 from runners.registry import ModelRegistry
@@ -191,8 +191,10 @@ class Runtime:
             settings.state_file.parent.mkdir(parents=True, exist_ok=True)
             store = FileStateStore(settings.state_file)
             lease = FileLease(settings.state_file.with_name(settings.state_file.name + ".controller.lock"))
+        stats = MetricsSnapshotSource(self.metrics.directory) if self.metrics is not None else None
         sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, health=self.health,
-                         on_unloaded=self.cache.drop_model_version if self.cache is not None else None)
+                         on_unloaded=self.cache.drop_model_version if self.cache is not None else None,
+                         experiments=ExperimentCounts(stats) if stats is not None else None)
         while True:
             try:
                 await sync.start(default_routes(self.config))
@@ -201,7 +203,6 @@ class Runtime:
                 log.warning("routing state unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
         self.sync = sync
-        stats = MetricsSnapshotSource(self.metrics.directory) if self.metrics is not None else None
         defaults = settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"})
         self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats)
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)

@@ -13,10 +13,31 @@ version the router happened to choose, so no client can roll back a canary by fi
 
 from __future__ import annotations
 
+import reprlib
 from http import HTTPStatus
 from typing import ClassVar, Literal
 
 Blame = Literal["model", "internal", "client", "shed"]
+
+ECHO_CHARS = 80
+"""Most characters of one client-chosen value (a name, a datatype, a list of unknown fields) that an
+error message or a log line repeats."""
+MESSAGE_CHARS = 1000
+"""Most characters of an error message; longer ones are cut (a backstop for anything `shown` missed)."""
+
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel = 2
+_ECHO.maxstring = _ECHO.maxother = ECHO_CHARS
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxset = _ECHO.maxfrozenset = _ECHO.maxdict = 8
+
+
+def shown(value: object) -> str:
+    """`value`, quoted as `repr` quotes it, as an error message or log line may repeat it.
+
+    A client chooses it, so its length and depth are capped: a name of a megabyte, or a list nested a
+    thousand deep (where `repr` itself raises RecursionError), becomes at most ECHO_CHARS characters."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 
 class ServingError(Exception):
@@ -28,6 +49,8 @@ class ServingError(Exception):
     latency) are counted apart."""
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        if len(message) > MESSAGE_CHARS:
+            message = message[: MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.message = message
         self.headers = headers or {}

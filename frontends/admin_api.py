@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from core.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable
+from core.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable, shown
 from frontends.oip_codec import parse_json
 from routing.admin import CanaryRequest, ExperimentRequest
 
@@ -63,7 +63,7 @@ async def _handle(admin: RoutingAdmin | None, method: str, parts: list[str], bod
         if method == "GET":
             routes = await admin.store.get(name)
             if routes is None or routes.canary is None:
-                raise NotFound(f"no canary of '{name}'")
+                raise NotFound(f"no canary of {shown(name)}")
             outcomes = await admin.outcomes(name)
             return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
         if method == "POST":

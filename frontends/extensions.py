@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
 
-from core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unavailable
+from core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unavailable, shown
 from frontends.asgi import JSON, Receive, Scope, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
@@ -116,7 +116,7 @@ def _query_version(scope: Scope, parameters: dict) -> dict[str, str]:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     unknown = set(query) - {"version"}
     if unknown:
-        raise BadRequest(f"unknown query parameter(s) {sorted(unknown)}; accepted: version")
+        raise BadRequest(f"unknown query parameter(s) {shown(sorted(unknown))}; accepted: version")
     if "version" not in query:
         return {}
     if len(query["version"]) > 1 or ("version" in parameters and parameters["version"] != query["version"][0]):
@@ -134,7 +134,7 @@ def _object(body: bytes) -> dict[str, Any]:
 def _only(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}; accepted: {', '.join(sorted(allowed))}")
+        raise BadRequest(f"unknown field(s) {shown(sorted(unknown))}; accepted: {', '.join(sorted(allowed))}")
 
 
 def _allow(method: str, *allowed: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.errors import BadRequest, InvalidInput
+from core.errors import BadRequest, InvalidInput, shown
 from gateway.settings import LimitSettings
-from gateway.validate import check_shape
+from gateway.validate import check_shape, check_tensor_count
 from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
 
 _NUMERIC_KINDS = {"b", "i", "u", "f"}
@@ -45,7 +45,7 @@ def to_array(data: Any, datatype: str, where: str) -> np.ndarray:
     """JSON numbers (flat or nested) to a numpy array of `datatype`, refusing anything lossy."""
     dtype = OIP_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
-        raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
+        raise InvalidInput(f"{where}: unsupported datatype {shown(datatype)}")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
@@ -88,13 +88,15 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
     items = doc.get("inputs")
     if not isinstance(items, list) or not items:
         raise BadRequest("'inputs' must be a non-empty list")
+    outputs = doc.get("outputs")
+    check_tensor_count(len(items), len(outputs) if isinstance(outputs, list) else 0, limits)
     inputs: dict[str, tuple[str, np.ndarray]] = {}
     offset = 0
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest(f"inputs[{i}] must be an object with a string 'name'")
         name = item["name"]
-        where = f"input '{name}'"
+        where = f"input {shown(name)}"
         if name in inputs:
             raise BadRequest(f"{where} appears twice")
         shape = _shape(item.get("shape"), where)
@@ -124,7 +126,7 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
     return InferRequest(
         id=doc.get("id") if isinstance(doc.get("id"), str) else None,
         inputs=inputs,
-        outputs=_requested_outputs(doc.get("outputs")),
+        outputs=_requested_outputs(outputs),
         binary_outputs=_binary_outputs(doc),
         priority=_schedule_parameter(params, "priority", 2**63),
         timeout_us=timeout_us or None,
@@ -142,7 +144,7 @@ def _schedule_parameter(params: dict, name: str, bound: int) -> int:
 def _from_binary(binary: memoryview, offset: int, size: Any, datatype: Any, where: str) -> tuple[np.ndarray, int]:
     dtype = OIP_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
-        raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
+        raise InvalidInput(f"{where}: unsupported datatype {shown(datatype)}")
     if not isinstance(size, int) or size < 0 or offset + size > len(binary) or size % dtype.itemsize:
         raise BadRequest(f"{where}: binary_data_size does not match the binary data")
     arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).copy()

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BadRequest, InvalidInput
+from core.errors import BadRequest, InvalidInput, shown
 from frontends.oip_codec import to_array
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape
@@ -23,6 +23,7 @@ def rows_to_inputs(spec: TensorSpec, rows: Any, limits: LimitSettings) -> dict[s
     if not isinstance(rows, list) or not rows:
         raise InvalidInput("'inputs' must be a non-empty list of rows")
     where = f"input '{spec.name}'"
+    check_shape((len(rows),), limits, where)  # the row count first: nothing is done per row before it
     if -1 in spec.row_shape:
         if not all(isinstance(r, list) and r for r in rows):
             raise InvalidInput(f"{where}: each row must be a non-empty list")
@@ -37,7 +38,6 @@ def rows_to_inputs(spec: TensorSpec, rows: Any, limits: LimitSettings) -> dict[s
                 raise InvalidInput(f"{where} row {i}: must be a flat list of numbers")
             arr[i, : len(values)] = values
         return {spec.name: (spec.datatype, arr)}
-    check_shape((len(rows),), limits, where)
     arr = to_array(rows, spec.datatype, where)
     per_row = math.prod(spec.row_shape)
     if arr.ndim == 0 or arr.size != len(arr) * per_row:
@@ -54,7 +54,7 @@ def rows_request(doc: Any, what: str) -> tuple[str, str | None, Any]:
         raise BadRequest(f"{what} must be a JSON object")
     unknown = set(doc) - {"model", "inputs", "version"}
     if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}; expected model, inputs and optionally version")
+        raise BadRequest(f"unknown field(s) {shown(sorted(unknown))}; expected model, inputs and optionally version")
     model, version = doc.get("model"), doc.get("version")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a model name")

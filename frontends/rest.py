@@ -14,7 +14,16 @@ import asyncio
 import logging
 from typing import Any
 
-from core.errors import BadRequest, ClientDisconnected, DeadlineExceeded, MethodNotAllowed, NotFound, ServingError, Unavailable
+from core.errors import (
+    BadRequest,
+    ClientDisconnected,
+    DeadlineExceeded,
+    MethodNotAllowed,
+    NotFound,
+    ServingError,
+    Unavailable,
+    shown,
+)
 from frontends import admin_api, extensions, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from frontends.deadlines import deadlines
@@ -68,13 +77,13 @@ class InferenceApp:
             extra.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
             # One line per error, with the request id; client mistakes at INFO so they do not page anyone.
             level = logging.WARNING if exc.status >= 500 else logging.INFO
-            log.log(level, "request %s %s %s: %d %s: %s", request_id, scope["method"], scope["path"],
+            log.log(level, "request %s %s %s: %d %s: %s", request_id, scope["method"], shown(scope["path"]),
                     exc.status.value, exc.code, exc.message)
         except ClientDisconnected:
-            log.info("request %s %s %s: client disconnected", request_id, scope["method"], scope["path"])
+            log.info("request %s %s %s: client disconnected", request_id, scope["method"], shown(scope["path"]))
             return
         except Exception:
-            log.exception("request %s %s failed", request_id, scope["path"])
+            log.exception("request %s %s failed", request_id, shown(scope["path"]))
             status, body, content_type = 500, dumps({"error": "internal error", "code": "internal_error"}), JSON
         await send_response(send, status, body, extra, content_type)
 
@@ -170,7 +179,7 @@ class InferenceApp:
                 if request.outputs is not None:
                     unknown = set(request.outputs) - set(outputs)
                     if unknown:
-                        raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+                        raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
                     outputs = {k: outputs[k] for k in request.outputs}
                 with tracer.span("encode"):
                     payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)

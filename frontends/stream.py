@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
+from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError, shown
 from frontends.asgi import Receive, Scope, Send, dumps
 from frontends.oip_codec import decode_infer, encode_infer
 from frontends.parts import FrontendParts
@@ -215,7 +215,7 @@ class _Stream:
             if request.outputs is not None:
                 unknown = set(request.outputs) - set(outputs)
                 if unknown:
-                    raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+                    raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
                 outputs = {k: outputs[k] for k in request.outputs}
             payload, _ = encode_infer(self.name, entry.version, request.id or fallback_id, outputs, set())
             return payload

@@ -25,6 +25,9 @@ class LimitSettings(BaseSettings):
     """Longest variable dimension of an input (e.g. tokens per sequence)."""
     allow_non_finite: bool = False
     """Accept NaN and infinity in float inputs (no demo model does)."""
+    max_tensors: int = Field(64, ge=1)
+    """Most named inputs in one request, and most outputs it may ask for by name. Checked before any
+    input is decoded, so a request of 60,000 one-value inputs is refused as cheaply as a bad header."""
     max_dims: int = Field(8, ge=1, le=32)
     """Most dimensions of one input tensor; no served model needs more, and numpy allows at most 64."""
     request_timeout_s: float = Field(10.0, gt=0)

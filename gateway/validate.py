@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, shown
 from gateway.settings import LimitSettings
 from models.signature import Signature, TensorSpec
 
@@ -27,6 +27,14 @@ def check_shape(shape: tuple[int, ...], limits: LimitSettings, where: str) -> No
         elements *= d
         if elements > limits.max_elements:
             raise InvalidInput(f"{where}: shape {list(shape)} is over the limit of {limits.max_elements} elements")
+
+
+def check_tensor_count(inputs: int, outputs: int, limits: LimitSettings) -> None:
+    """Refuse a request naming more inputs or outputs than the limit, before any per-input work."""
+    if inputs > limits.max_tensors:
+        raise InvalidInput(f"{inputs} inputs is over the limit of {limits.max_tensors}")
+    if outputs > limits.max_tensors:
+        raise InvalidInput(f"{outputs} requested outputs is over the limit of {limits.max_tensors}")
 
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:
@@ -62,7 +70,7 @@ def check_inputs(signature: Signature, inputs: dict[str, tuple[str, np.ndarray]]
     spec = signature.inputs[0]
     unknown = set(inputs) - {s.name for s in signature.inputs}
     if unknown:
-        raise InvalidInput(f"unknown input(s) {sorted(unknown)}; the model takes {[s.name for s in signature.inputs]}")
+        raise InvalidInput(f"unknown input(s) {shown(sorted(unknown))}; the model takes {[s.name for s in signature.inputs]}")
     if spec.name not in inputs:
         raise InvalidInput(f"missing input '{spec.name}'")
     datatype, arr = inputs[spec.name]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import NotFound
+from core.errors import NotFound, shown
 from routing.router import Router
 from runners.registry import ModelRegistry, VersionState
 
@@ -36,5 +36,5 @@ class Catalog:
             return any(v.state is VersionState.READY for v in versions.values())
         entry = versions.get(version)
         if entry is None:
-            raise NotFound(f"model '{name}' has no version '{version}'")
+            raise NotFound(f"model {shown(name)} has no version {shown(version)}")
         return entry.state is VersionState.READY

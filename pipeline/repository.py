@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import BadRequest, Conflict, LoadFailed, ModelNotFound, RepositoryTimeout, Unavailable
+from core.errors import BadRequest, Conflict, LoadFailed, ModelNotFound, RepositoryTimeout, Unavailable, shown
 from routing.admin import RoutingAdmin
 from runners.registry import ModelRegistry, VersionState
 
@@ -78,7 +79,7 @@ def requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> l
     if load and "config" in params:
         from_config = _config_versions(params.pop("config"))
         if versions is not None and from_config is not None and from_config != versions:
-            raise BadRequest(f"parameters.version {versions} and the config's versions {from_config} differ")
+            raise BadRequest(f"parameters.version {shown(versions)} and the config's versions {shown(from_config)} differ")
         versions = versions or from_config
     if not load and params.pop("unload_dependents", False) is not False:
         raise BadRequest("unload_dependents is not supported: an ensemble's members are models of their own")
@@ -86,7 +87,7 @@ def requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> l
         raise BadRequest("model files are not accepted: versions are loaded from the model store")
     if params:
         allowed = "version, config" if load else "version, unload_dependents"
-        raise BadRequest(f"unknown parameter(s) {sorted(params)}; accepted: {allowed}")
+        raise BadRequest(f"unknown parameter(s) {shown(sorted(params))}; accepted: {allowed}")
     return versions
 
 
@@ -97,15 +98,15 @@ def _version(value: Any, where: str) -> str:
 
 
 def _config_versions(raw: Any) -> list[str] | None:
-    try:
-        config = json.loads(raw) if isinstance(raw, str | bytes) else raw
-    except ValueError:
-        raise BadRequest("parameters.config must be a model configuration in JSON") from None
+    try:  # orjson, not json: it refuses documents nested over 1024 deep, where json recurses until RecursionError
+        config = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"parameters.config must be a model configuration in JSON ({exc})") from None
     if not isinstance(config, dict):
         raise BadRequest("parameters.config must be a JSON object")
     unknown = set(config) - {"name", "version_policy"}
     if unknown:
-        raise BadRequest(f"parameters.config: only 'version_policy' (and 'name') can be set, not {sorted(unknown)}")
+        raise BadRequest(f"parameters.config: only 'version_policy' (and 'name') can be set, not {shown(sorted(unknown))}")
     policy = config.get("version_policy")
     if policy is None:
         return None
@@ -211,7 +212,7 @@ class ModelRepository:
         if versions is None:
             configured = self.registry.config.models.get(name)
             if configured is None:
-                raise ModelNotFound(f"model '{name}' is not served here")
+                raise ModelNotFound(f"model {shown(name)} is not served here")
             versions = list(configured.versions)
         for version in versions:
             await self.admin.load(name, version)
@@ -222,7 +223,7 @@ class ModelRepository:
         """Unload `versions` (drained: in-flight requests finish); returns once no worker holds them."""
         if not versions:
             self.registry.versions(name)  # an unknown model is 404 before anything else
-            raise Conflict(f"a served model keeps at least one version: name the version(s) of '{name}' to unload "
+            raise Conflict(f"a served model keeps at least one version: name the version(s) of {shown(name)} to unload "
                            '(parameters {"version": "v1"}, or ?version=v1)')
         for version in versions:
             await self.admin.unload(name, version)

@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import ModelNotFound, Unavailable
+from core.errors import ModelNotFound, Unavailable, shown
 from runners.registry import ModelRegistry
 
 
@@ -173,5 +173,5 @@ class ModelStatistics:
         if version is None:
             return [(name, v) for v in sorted(known)]
         if version not in known:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+            raise ModelNotFound(f"model {shown(name)} has no version {shown(version)}")
         return [(name, version)]

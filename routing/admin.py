@@ -8,20 +8,17 @@ reaches every worker and replica; each worker then loads, drains or re-weights o
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound
+from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound, shown
+from models.versions import version_problem
 from routing.document import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow
-from routing.stats import MetricsSnapshotSource, VersionWindow
+from routing.stats import ExperimentCounts, MetricsSnapshotSource, VersionWindow
 from routing.stores import StateStore
 from runners.registry import ModelRegistry, VersionState
-
-VERSION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
-"""A BentoML tag version: what `load` accepts before asking the store."""
 
 
 class _Request(BaseModel):
@@ -58,11 +55,12 @@ class RoutingAdmin:
         self.registry = registry
         self.defaults = defaults  # canary_steps, canary_hold_s, canary_min_requests
         self.stats = stats  # this machine's numbers per version, for experiment and canary status
+        self.experiments = ExperimentCounts(stats) if stats is not None else None
 
     async def _update(self, name: str, change) -> ModelRoutes:
         """Apply `change` to a copy of the model's routes; the store validates and writes it atomically."""
         if name not in self.registry.names():
-            raise ModelNotFound(f"model '{name}' is not served here")
+            raise ModelNotFound(f"model {shown(name)} is not served here")
 
         def apply(current: ModelRoutes | None) -> ModelRoutes:
             if current is None:
@@ -85,12 +83,12 @@ class RoutingAdmin:
         }
 
     async def experiment_summary(self, name: str) -> dict[str, Any]:
-        """Per variant of the running experiment: requests, errors, p50/p95, agreement with the control."""
+        """Per variant of the running experiment, since it started: requests, errors, p50/p95, agreement with the control."""
         routes = await self.store.get(name)
         if routes is None or routes.experiment is None:
-            raise NotFound(f"no experiment on '{name}'")
+            raise NotFound(f"no experiment on {shown(name)}")
         exp = routes.experiment
-        snapshot = await self._snapshot(name)
+        snapshot = await asyncio.to_thread(self.experiments.since_start, name, exp) if self.experiments is not None else {}
         variants = {}
         for version, weight in exp.variants.items():
             w = snapshot.get(version)
@@ -127,8 +125,8 @@ class RoutingAdmin:
         import bentoml
         from bentoml.exceptions import BentoMLException
 
-        if not VERSION_NAME.fullmatch(version):
-            raise InvalidInput(f"'{version}' is not a version name (letters, digits, _ . -)")
+        if (problem := version_problem(version)) is not None:
+            raise InvalidInput(f"version {shown(version)} {problem}")
         try:
             bentoml.models.get(f"{name}:{version}")
         except (BentoMLException, ValueError):
@@ -144,7 +142,7 @@ class RoutingAdmin:
     async def unload(self, name: str, version: str) -> ModelRoutes:
         def change(r: ModelRoutes) -> ModelRoutes:
             if version not in r.loaded:
-                raise ModelNotFound(f"model '{name}' has no version '{version}' loaded")
+                raise ModelNotFound(f"model {shown(name)} has no version {shown(version)} loaded")
             if _in_use(r, version):
                 raise Conflict(f"'{name}:{version}' is part of a running canary, experiment or shadow; stop it first")
             if r.weights.get(version, 0) > 0 and not any(w > 0 for v, w in r.weights.items() if v != version):

@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from core.errors import ModelNotFound
+from core.errors import ModelNotFound, shown
 from routing.document import ModelRoutes
 from routing.table import RouteTable
 
@@ -52,7 +52,7 @@ class Router:
         try:
             return self._compiled[name]
         except KeyError:
-            raise ModelNotFound(f"model '{name}' is not served here") from None
+            raise ModelNotFound(f"model {shown(name)} is not served here") from None
 
     def route(self, name: str, user: str | None = None) -> tuple[str, str]:
         """(version, variant): an experiment assigns users sticky by hash; otherwise weights, at random."""

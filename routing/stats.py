@@ -10,11 +10,15 @@ what clients of the version saw, only how often it agreed with the primary.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import blame_of
+from routing.document import Experiment
 
 REQUESTS = "rtserve_requests"
 ERRORS = "rtserve_errors"
@@ -23,6 +27,8 @@ COMPARISONS = "rtserve_shadow_comparisons"
 ROUTED = frozenset({"stable", "canary", "experiment"})
 """Variants the router chose. Pinned requests (the client named the version) and mirrored ones say
 nothing about how the route's choice fared, and a client must not be able to move canary numbers."""
+EXPERIMENT = frozenset({"experiment"})
+"""The variant of requests an experiment routed: all that its status counts."""
 
 
 @dataclass(frozen=True)
@@ -192,8 +198,9 @@ class MetricsSnapshotSource:
         self._registry = CollectorRegistry()
         MultiProcessCollector(self._registry, path=str(self.directory))  # re-reads the files on every collect
 
-    def snapshot(self, model: str) -> dict[str, VersionWindow]:
-        """version -> counts since the files were created; versions without any sample are absent."""
+    def snapshot(self, model: str, variants: frozenset[str] = ROUTED) -> dict[str, VersionWindow]:
+        """version -> counts since the files were created of requests routed as one of `variants`;
+        versions without any sample are absent."""
         tallies: dict[str, _Tally] = {}
 
         def tally(version: str) -> _Tally:
@@ -207,7 +214,7 @@ class MetricsSnapshotSource:
                 if labels.get("model") != model:
                     continue
                 value = round(sample.value)
-                routed = labels.get("variant") in ROUTED
+                routed = labels.get("variant") in variants
                 if sample.name == REQUESTS + "_total" and routed:
                     tally(labels["version"]).requests += value
                 elif sample.name == ERRORS + "_total" and routed:
@@ -232,3 +239,38 @@ class MetricsSnapshotSource:
                     elif labels.get("outcome") == "disagree":
                         t.disagree += value
         return {version: t.window() for version, t in tallies.items()}
+
+
+class ExperimentCounts:
+    """An experiment's numbers on this machine, starting at zero when it starts.
+
+    Only requests the experiment routed count, less what the counters held when it began (an earlier
+    experiment's traffic, mirrored comparisons of a canary): the first worker here to see a new experiment,
+    before it routes by it, records the counters in a file beside the metrics, and every worker subtracts
+    that record. A record names its experiment, so a later one is measured afresh."""
+
+    def __init__(self, source: MetricsSnapshotSource) -> None:
+        self.source = source
+
+    def since_start(self, model: str, experiment: Experiment) -> dict[str, VersionWindow]:
+        now = self.source.snapshot(model, EXPERIMENT)
+        start = self.mark(model, experiment)
+        return {version: w.minus(start[version]) if version in start else w for version, w in now.items()}
+
+    def mark(self, model: str, experiment: Experiment) -> dict[str, VersionWindow]:
+        """The counters when `experiment` started here, recorded now if no worker has yet (the first record stays)."""
+        key = json.dumps([model, experiment.name, experiment.started_at])
+        path = self.source.directory / f"experiment-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+        if not path.exists():
+            start = self.source.snapshot(model, EXPERIMENT)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{id(start)}.tmp")
+            tmp.write_text(json.dumps({v: asdict(w) for v, w in start.items()}))
+            try:
+                os.link(tmp, path)  # fails if another worker recorded it first: theirs is the earlier one
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        windows = json.loads(path.read_text())
+        return {v: VersionWindow(**{**w, "bucket_bounds": tuple(w["bucket_bounds"]), "bucket_counts": tuple(w["bucket_counts"])})
+                for v, w in windows.items()}

@@ -22,6 +22,7 @@ from runners.registry import VersionState
 if TYPE_CHECKING:
     from observability.metrics import Metrics
     from routing.router import Router
+    from routing.stats import ExperimentCounts
     from runners.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class RouteSync:
         metrics: Metrics | None = None,
         on_unloaded: Callable[[str, str], object] | None = None,
         health: BackgroundHealth | None = None,
+        experiments: ExperimentCounts | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -45,6 +47,7 @@ class RouteSync:
         self.metrics = metrics
         self.on_unloaded = on_unloaded  # e.g. the prediction cache forgetting the version's entries
         self.health = health
+        self.experiments = experiments  # records where each new experiment's counts start, before it routes here
         self.interval_s = interval_s
         self._busy: set[tuple[str, str]] = set()  # versions being loaded or unloaded by this worker
         self._tasks: set[asyncio.Task] = set()
@@ -64,6 +67,11 @@ class RouteSync:
     async def apply(self, routes: dict[str, ModelRoutes]) -> None:
         known = {name: r for name, r in routes.items() if name in self.registry.names()}
         before = self.router.all_routes()
+        if self.experiments is not None:
+            for name, r in known.items():
+                previous = before[name].experiment if name in before else None
+                if r.experiment is not None and r.experiment != previous:
+                    await asyncio.to_thread(self.experiments.mark, name, r.experiment)
         self.router.apply(known)
         for name, r in known.items():
             if name not in before or before[name].weights != r.weights:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.errors import ModeNotSupported, ModelNotFound, ModelNotReady
+from core.errors import ModelNotFound, ModelNotReady, ModeNotSupported, shown
 from models.store import modes_of
 from observability.logs import event
 from observability.tracing import DISABLED, Tracer
@@ -157,12 +157,12 @@ class ModelRegistry:
         try:
             return self._models[name]
         except KeyError:
-            raise ModelNotFound(f"model '{name}' is not served here") from None
+            raise ModelNotFound(f"model {shown(name)} is not served here") from None
 
     def get(self, name: str, version: str) -> LoadedVersion:
         entry = self.versions(name).get(version)
         if entry is None:
-            raise ModelNotFound(f"model '{name}' has no version '{version}'")
+            raise ModelNotFound(f"model {shown(name)} has no version {shown(version)}")
         return entry
 
     def serving(self, name: str, version: str, mode: str = "real_time") -> LoadedVersion:

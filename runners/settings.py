@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.versions import version_problem
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serving.yaml"
 
 
@@ -71,6 +73,9 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _weights_name_loaded_versions(self) -> ModelConfig:
+        for version in self.versions:
+            if (problem := version_problem(version)) is not None:
+                raise ValueError(f"version {version!r} {problem}")
         unknown = set(self.weights) - set(self.versions)
         if unknown:
             raise ValueError(f"weights name versions that are not loaded: {sorted(unknown)}")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from core.errors import BadRequest, InvalidInput
+from core.errors import BadRequest, InvalidInput, shown
 from gateway.settings import LimitSettings
-from gateway.validate import check_shape
+from gateway.validate import check_shape, check_tensor_count
 from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
 
 # The typed `InferTensorContents` field of each datatype; FP16 has none (raw only).
@@ -54,10 +54,11 @@ def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Deco
     raw = len(raw_contents) > 0
     if raw and len(raw_contents) != len(request.inputs):
         raise BadRequest(f"{len(raw_contents)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+    check_tensor_count(len(request.inputs), len(request.outputs), limits)
     inputs: dict[str, tuple[str, np.ndarray]] = {}
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
-        where = f"input '{name}'"
+        where = f"input {shown(name)}"
         if name in inputs:
             raise BadRequest(f"{where} appears twice")
         shape = tuple(tensor.shape)
@@ -67,7 +68,7 @@ def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Deco
         datatype = tensor.datatype
         dtype = OIP_TO_NUMPY.get(datatype)
         if dtype is None:
-            raise InvalidInput(f"{where}: unsupported datatype {datatype!r}")
+            raise InvalidInput(f"{where}: unsupported datatype {shown(datatype)}")
         expected = math.prod(shape)
         if raw:
             if tensor.HasField("contents"):
@@ -131,7 +132,7 @@ def select_outputs(outputs: dict[str, np.ndarray], requested: list[str] | None) 
         return outputs
     unknown = set(requested) - set(outputs)
     if unknown:
-        raise BadRequest(f"unknown output(s) {sorted(unknown)}")
+        raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
     return {k: outputs[k] for k in requested}
 
 
