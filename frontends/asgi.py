@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -63,8 +63,16 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, t
 
 
 async def send_response(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], content_type: bytes = JSON
+    send: Send, status: int, body: bytes | AsyncIterator[bytes], headers: list[tuple[bytes, bytes]], content_type: bytes = JSON
 ) -> None:
+    """One response; a body given as pieces goes out chunked, each piece once the server took the one before
+    (uvicorn's `send` waits while the client is not reading), so a slow reader holds one piece, not the body."""
+    if not isinstance(body, bytes):
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type), *headers]})
+        async for piece in body:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send(
         {
             "type": "http.response.start",

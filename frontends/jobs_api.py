@@ -5,7 +5,7 @@
     GET  /v2/jobs/{id}/results         one NDJSON line per row, once the job has finished (409 before)
     POST /v2/jobs/{id}/cancel          stop after the rows in flight; results so far are kept -> 202
 
-Submissions count against the tenant's rate limit; reads need the scope only. Another tenant's
+Submissions, results and cancels count against the tenant's rate limit; status reads need the scope only. Another tenant's
 job answers 404, as if it did not exist.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,7 +35,7 @@ SCOPE = "batch"
 async def handle(
     served: FrontendParts, method: str, parts: list[str], scope: Scope, receive: Receive,
     headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]],
-) -> tuple[int, bytes, bytes]:
+) -> tuple[int, bytes | AsyncIterator[bytes], bytes]:
     """`parts`: the path after /v2/jobs."""
     jobs = served.jobs
     if jobs is None:
@@ -58,8 +59,10 @@ async def handle(
         if action == "results":
             if not job.state.finished:
                 raise Conflict(f"job '{job.id}' is {job.state.value}; its results are ready when it finishes")
+            await admission.limit(admitted)
+            extra.extend(admitted.headers)
             extra.append((b"x-job-state", job.state.value.encode()))
-            return 200, await jobs.store.results(job.id), NDJSON
+            return 200, jobs.store.results(job.id), NDJSON  # sent a piece at a time
         if job.state.finished:
             raise Conflict(f"job '{job.id}' already {job.state.value}")
         await admission.limit(admitted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from core.errors import (
@@ -89,7 +90,7 @@ class InferenceApp:
 
     async def _route(
         self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
-    ) -> tuple[int, bytes, bytes]:
+    ) -> tuple[int, bytes | AsyncIterator[bytes], bytes]:
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):

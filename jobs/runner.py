@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable
 import numpy as np
 import orjson
 
-from core.errors import BudgetExceeded, ModelFailed, ModelNotReady, QueueFull, RateLimited, ServingError
+from core.errors import BudgetExceeded, ModelFailed, ModelNotReady, QueueFull, ServingError
 from gateway.settings import LimitSettings
 from jobs.metrics import JobMetrics
 from jobs.model import Job, JobState, is_job_id, new_job_id
 from jobs.rows import Rows
 from jobs.settings import JobSettings
-from jobs.store import JobStore
+from jobs.store import JobStore, Quota
 from observability.logs import event
 from routing.router import Router
 from runners.batcher import Outputs
@@ -85,17 +85,17 @@ class JobRunner:
         return self.registry.serving(name, version, "batch")
 
     async def submit(self, entry: LoadedVersion, tenant: str, subject: str | None, rows: Rows) -> Job:
-        """Record the job and start it here; 429 when the tenant already has its limit of jobs queued or running."""
-        now = time.time()
-        active = [j for j in await self.store.of_tenant(tenant) if not j.seen_at(now, self.settings.heartbeat_s).state.finished]
-        if len(active) >= self.settings.max_active_per_tenant:
-            raise RateLimited(f"tenant has {len(active)} jobs queued or running, the limit is "
-                              f"{self.settings.max_active_per_tenant}", headers={"Retry-After": "5"})
+        """Record the job and start it here; 429 when the tenant already has its limit of jobs queued or running,
+        of jobs kept, or of result bytes kept (counted and recorded in one step of the store)."""
+        settings = self.settings
+        quota = Quota(settings.max_active_per_tenant, settings.max_stored_per_tenant, settings.max_result_bytes_per_tenant,
+                      stale_s=10 * settings.heartbeat_s)
         job = Job(new_job_id(), tenant, entry.name, entry.version, len(rows), subject=subject)
-        await self.store.save(job)
+        usage = await self.store.create(job, quota)
         self._mine[job.id] = job
         self._count(job, JobState.QUEUED, +1)
-        task = asyncio.get_running_loop().create_task(self._run(job, rows), name=f"job-{job.id}")
+        budget = settings.max_result_bytes_per_tenant - usage.result_bytes
+        task = asyncio.get_running_loop().create_task(self._run(job, rows, budget), name=f"job-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self._heartbeat is None or self._heartbeat.done():
@@ -124,7 +124,8 @@ class JobRunner:
         if not state.finished:
             self.metrics.active.labels(state.value).inc(delta)
 
-    async def _run(self, job: Job, rows: Rows) -> None:
+    async def _run(self, job: Job, rows: Rows, budget: int) -> None:
+        """`budget`: the result bytes the job may write, what its tenant had left when it was submitted."""
         self._slots = self._slots or asyncio.Semaphore(self.settings.max_running)
         try:
             async with self._slots:
@@ -136,7 +137,7 @@ class JobRunner:
                 self._count(job, JobState.RUNNING, +1)
                 await self.store.save(job)
                 try:
-                    state, error = await self._rows(job, rows)
+                    state, error = await self._rows(job, rows, budget)
                 finally:
                     self._count(job, JobState.RUNNING, -1)
                 await self._finish(job, state, error)
@@ -148,8 +149,8 @@ class JobRunner:
         finally:
             self._mine.pop(job.id, None)
 
-    async def _rows(self, job: Job, rows: Rows) -> tuple[JobState, str | None]:
-        """Every row in order, a batch at a time; returns how the job ended."""
+    async def _rows(self, job: Job, rows: Rows, budget: int) -> tuple[JobState, str | None]:
+        """Every row in order, a batch at a time, until the results outgrow `budget`; returns how the job ended."""
         entry = self.registry.get(job.model, job.version)
         step = entry.batcher.max_batch_size
         pending: list[bytes] = []
@@ -173,8 +174,12 @@ class JobRunner:
                 self._done(job, end - start, failed)
                 start = end
                 if pending_rows >= self.settings.flush_rows:
-                    await self.store.append_results(job.id, b"".join(pending))
-                    pending, pending_rows = [], 0
+                    chunk = b"".join(pending)
+                    await self.store.append_results(job.id, chunk)
+                    pending, pending_rows, budget = [], 0, budget - len(chunk)
+                    if budget < 0:
+                        return JobState.FAILED, (f"results reached the tenant's limit of {self.settings.max_result_bytes_per_tenant} "
+                                                 f"bytes kept after {job.rows_done} of {job.rows} rows")
                     if await self.store.cancel_requested(job.id):
                         return JobState.CANCELLED, f"cancelled after {job.rows_done} of {job.rows} rows"
             return JobState.SUCCEEDED, None

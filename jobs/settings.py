@@ -28,6 +28,11 @@ class JobSettings(BaseSettings):
     """Jobs a worker runs at once; later ones wait (state `queued`)."""
     max_active_per_tenant: int = Field(8, ge=1)
     """Queued and running jobs a tenant may have; another submission is refused with 429."""
+    max_stored_per_tenant: int = Field(1000, ge=1)
+    """Jobs a tenant may keep, in any state, until their retention ends; another submission is refused with 429."""
+    max_result_bytes_per_tenant: int = Field(1024**3, gt=0)
+    """Result bytes a tenant may keep; past it a submission is refused with 429, and a running job whose results
+    outgrow what its tenant had left when it was submitted stops, `failed`, with the rows written so far."""
     retention_s: float = Field(24 * 3600.0, gt=0)
     """How long a job's status and results are kept after it finished."""
     flush_rows: int = Field(8192, gt=0)

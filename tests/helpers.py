@@ -110,6 +110,7 @@ def gateway_env(secret_file, prefix: str, redis_url: str = REDIS_URL, workers: i
         "RTSERVE_CACHE_KEY_PREFIX": f"{prefix}cache:",
         "RTSERVE_CACHE_REDIS_MIN_COST_MS": "0",  # the demo models are cheaper than a round trip; share them anyway
         "RTSERVE_ROUTING_REDIS_PREFIX": f"{prefix}routes:",
+        "RTSERVE_JOBS_REDIS_PREFIX": f"{prefix}jobs:",
     }
 
 

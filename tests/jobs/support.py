@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,3 +34,8 @@ async def predict(client: httpx.AsyncClient, headers: dict[str, str], model: str
     r = await client.post("/predict", headers=headers, json={"model": model, "version": version, "inputs": rows})
     assert r.status_code == 200, r.text
     return r.json()["outputs"]
+
+
+async def read_all(pieces: AsyncIterator[bytes]) -> bytes:
+    """A job's results as the store hands them out, a piece at a time, joined."""
+    return b"".join([piece async for piece in pieces])

@@ -161,6 +161,47 @@ async def test_a_tenant_has_a_bounded_number_of_active_jobs(app, digits, monkeyp
     assert third.status_code == 202
 
 
+async def test_a_job_stops_when_its_results_outgrow_what_its_tenant_may_keep(app, digits, monkeypatch):
+    batch = app.headers("batch", tenant="thrifty")
+    monkeypatch.setattr(app.runtime.parts.jobs.settings, "max_result_bytes_per_tenant", 50_000)
+    r = await app.client.post("/v2/jobs", headers=batch, json={"model": "digits-sklearn", "inputs": digits.tolist()})
+    job = await wait_finished(app.client, r.json()["id"], batch)
+    assert job["state"] == "failed" and "results reached the tenant's limit of 50000 bytes" in job["error"]
+    assert 0 < job["rows_done"] < len(digits)
+    got = lines((await app.client.get(f"/v2/jobs/{job['id']}/results", headers=batch)).content)
+    assert [g["row"] for g in got] == list(range(job["rows_done"]))
+    r = await app.client.post("/v2/jobs", headers=batch, json={"model": "digits-sklearn", "inputs": digits[:5].tolist()})
+    assert (r.status_code, r.json()["code"]) == (429, "rate_limited") and "bytes of results" in r.json()["error"]
+
+
+async def test_results_are_sent_in_pieces_and_count_against_the_rate_limit(app, digits, monkeypatch):
+    batch = app.headers("batch")
+    r = await app.client.post("/v2/jobs", headers=batch, json={"model": "digits-sklearn", "inputs": digits.tolist()})
+    job = await wait_finished(app.client, r.json()["id"], batch)
+    limited: list[str] = []
+    admission = app.runtime.pipeline.admission
+    original = admission.limit
+    monkeypatch.setattr(admission, "limit", lambda admitted: limited.append(admitted.tenant) or original(admitted))
+    monkeypatch.setattr("jobs.store.READ_CHUNK_BYTES", 4096)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": f"/v2/jobs/{job['id']}/results", "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in batch.items()]}
+    await app.app(scope, receive, send)  # the ASGI messages themselves: httpx's in-process transport joins the body
+    start, *bodies = sent
+    assert start["status"] == 200 and b"content-length" not in dict(start["headers"])
+    assert limited == ["acme"]
+    assert len(bodies) > 10 and max(len(b["body"]) for b in bodies) <= 4096
+    assert [b.get("more_body", False) for b in bodies] == [True] * (len(bodies) - 1) + [False]
+    assert [g["row"] for g in lines(b"".join(b["body"] for b in bodies))] == list(range(len(digits)))
+
+
 async def test_metrics_count_jobs_by_state_and_rows(app, digits):
     batch = app.headers("batch")
     r = await app.client.post("/v2/jobs", headers=batch, json={"model": "digits-sklearn", "version": "v1", "inputs": digits[:50].tolist()})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
-from fuzz.seeds import npy_header, npz_bomb
+from fuzz.seeds import npy, npy_header, npz_bomb
 
 
 def peak_rss(process: psutil.Process) -> int:
@@ -41,3 +43,44 @@ def test_a_zip_bomb_is_refused_with_the_worker_memory_flat(jobs_server):
     print(f"zip bomb ({len(bomb):,} bytes, 1 GiB inflated): worker RSS {before / 2**20:.0f} MiB before, "
           f"peak {peak / 2**20:.0f} MiB, {after / 2**20:.0f} MiB after")
     assert peak - before < 64 << 20, (before, peak)
+
+
+def submit_in_parallel(url: str, headers: dict[str, str], body: bytes, n: int) -> list[httpx.Response]:
+    """`n` submissions at once, each on a connection of its own (so a two-worker server spreads them)."""
+    def one(_: int) -> httpx.Response:
+        with httpx.Client(timeout=120) as client:
+            return client.post(f"{url}/v2/jobs?model=digits-sklearn&version=v1", headers=headers, content=body)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def held_to_the_active_limit(url: str, headers: dict[str, str], limit: int) -> tuple[int, int]:
+    """30 parallel submissions of jobs long enough to stay queued or running: when they have all been answered, at
+    most `limit` are queued or running (a job that already finished freed its place); the rest got 429.
+    Returns (accepted, active when all had been answered)."""
+    rows = np.tile(np.arange(64, dtype=np.uint8) % 17, (50_000, 1))  # 3.2 MB, 50,000 rows: seconds of work each
+    responses = submit_in_parallel(url, headers, npy(rows), 30)
+    accepted = [r.json()["id"] for r in responses if r.status_code == 202]
+    with httpx.Client(timeout=60) as client:
+        states = [client.get(f"{url}/v2/jobs/{job_id}", headers=headers).json()["state"] for job_id in accepted]
+        for job_id in accepted:  # leave nothing running for the tests after this one
+            client.post(f"{url}/v2/jobs/{job_id}/cancel", headers=headers)
+    refused = [r for r in responses if r.status_code != 202]
+    assert all((r.status_code, r.json()["code"]) == (429, "rate_limited") for r in refused), [r.text for r in refused]
+    active = sum(state in ("queued", "running") for state in states)
+    assert 0 < active <= limit, (len(accepted), states)
+    return len(accepted), active
+
+
+def test_parallel_submissions_are_held_to_the_active_limit_in_the_folder(jobs_server):
+    headers = jobs_server.headers(scopes="batch", tenant=f"burst-{uuid.uuid4().hex[:8]}")
+    accepted, active = held_to_the_active_limit(jobs_server.url, headers, 8)
+    print(f"folder: 30 parallel submissions, {accepted} accepted, {30 - accepted} refused, {active} active after (limit 8)")
+
+
+def test_parallel_submissions_to_two_workers_are_held_to_the_active_limit_in_redis(gateway):
+    headers = gateway.headers(scopes="batch", tenant=f"burst-{uuid.uuid4().hex[:8]}")
+    accepted, active = held_to_the_active_limit(gateway.url, headers, 8)
+    print(f"redis, two workers: 30 parallel submissions, {accepted} accepted, {30 - accepted} refused, {active} active after "
+          "(limit 8)")

@@ -17,6 +17,7 @@ from jobs.runner import JobRunner
 from jobs.settings import JobSettings
 from jobs.store import RedisJobStore
 from tests.helpers import REDIS_URL
+from tests.jobs.support import read_all
 
 
 @pytest.fixture
@@ -48,8 +49,8 @@ async def test_another_worker_reads_status_and_results_and_cancels(app, digits, 
     small = await a.submit(entry, "acme", "alice", from_json(entry.runner.input_spec, digits[:1000].tolist(), 10_000, LimitSettings()))
     await asyncio.wait_for(finished(b, small.id), 30)
     seen = await b.get(small.id)
-    assert (seen.state, seen.rows_done, seen.tenant) == (JobState.SUCCEEDED, 1000, "acme")
-    assert (await b.store.results(small.id)).count(b"\n") == 1000
+    assert (seen.state, seen.rows_done, seen.tenant) == (JobState.SUCCEEDED, 1000, "acme"), seen.error
+    assert (await read_all(b.store.results(small.id))).count(b"\n") == 1000
     assert [j.id for j in await b.store.of_tenant("acme")] == [small.id]
     ttl = await b.store.redis.pttl(f"{redis_prefix}job:{small.id}:results")
     assert 0 < ttl <= 60_000
@@ -62,7 +63,7 @@ async def test_another_worker_reads_status_and_results_and_cancels(app, digits, 
     await asyncio.wait_for(finished(b, big.id), 30)
     seen = await b.get(big.id)
     assert seen.state is JobState.CANCELLED and seen.rows_done < seen.rows
-    assert (await b.store.results(big.id)).count(b"\n") == seen.rows_done
+    assert (await read_all(b.store.results(big.id))).count(b"\n") == seen.rows_done
 
 
 async def test_a_job_whose_worker_stopped_reads_as_failed(app, digits, redis_prefix):
