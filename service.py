@@ -1,7 +1,8 @@
 """The BentoML service: models run in-process behind our adaptive batcher.
 
 The HTTP API (Open Inference Protocol, `/predict`, admin) is a raw ASGI app (frontends/rest.py)
-served in front of BentoML's own middleware (app/front_door.py). BentoML keeps what it is good
+served in front of BentoML's own middleware (app/front_door.py), or with the front door off
+(`RTSERVE_FRONT_DOOR_ENABLED=false`) mounted behind it with `mount_asgi_app`. BentoML keeps what it is good
 at: the model store, the server and its workers, `bentoml build`. The configuration is validated
 in `bentoml serve`'s own process before any worker starts (a deployment hook), so a mistake stops
 the server once with one line instead of making BentoML respawn failing workers.
@@ -13,12 +14,13 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import bentoml
 
-from app.config import Config, ConfigError, load_config
+from app.config import Config, ConfigError, load_config, load_server_settings
 from app.drain import install as install_drain
 from app.front_door import install as install_front_door
 from app.head_limit import HeadLimitedProtocol
@@ -35,17 +37,28 @@ from observability.metrics import UNKNOWN
 log = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+
+
+def _or_exit(load: Callable[[], T]) -> T:
+    """A configuration mistake stops the process with one line, not a traceback."""
+    try:
+        return load()
+    except ConfigError as exc:
+        print(f"rtserve: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @functools.cache
 def configuration() -> Config:
     """The whole configuration, validated once per process: in `bentoml serve`'s own process by the
     deployment hook, before any worker starts (a mistake stops the server there, once, with one line,
     where a worker failing in its constructor would be respawned); in each worker by the service.
     Not on import, so `bentoml build` needs no serving secrets."""
-    try:
-        return load_config()
-    except ConfigError as exc:
-        print(f"rtserve: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return _or_exit(load_config)
+
+
+server = _or_exit(load_server_settings)  # what the declaration below needs, on import
 
 
 oip_app = InferenceApp()
@@ -53,9 +66,9 @@ oip_app = InferenceApp()
 
 @bentoml.service(
     name="rtserve",
-    workers=int(os.environ.get("RTSERVE_WORKERS", "1")),
+    workers=server.workers,
     # BentoML's request timeout, for what its own stack still serves (its probes); our paths have ours.
-    traffic={"timeout": float(os.environ.get("RTSERVE_TRAFFIC_TIMEOUT_S", "10"))},
+    traffic={"timeout": server.traffic_timeout_s},
     # Our own Prometheus metrics replace BentoML's per-request middleware metrics.
     metrics={"enabled": False},
     logging={"access": {"enabled": False}},
@@ -130,7 +143,9 @@ class InferenceService:
         return self.runtime.ready
 
 
-# Our HTTP paths in front of BentoML's per-request middleware (app/front_door.py).
-install_front_door(InferenceService, oip_app)
+if server.front_door_enabled:  # our HTTP paths in front of BentoML's per-request middleware (app/front_door.py)
+    install_front_door(InferenceService, oip_app)
+else:  # BentoML's supported way, behind its middleware: its probes and routes first, then ours
+    InferenceService.mount_asgi_app(oip_app, path="/")
 # A request's line and headers limited while they arrive (app/head_limit.py).
 install_head_limit()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.drain import DrainSettings
 from app.front_door import LoopSettings
@@ -36,6 +36,22 @@ class ConfigError(Exception):
     """The configuration cannot be served; the message is the one line to show."""
 
 
+class ServerSettings(BaseSettings):
+    """What the service's declaration needs (service.py), read when `bentoml serve` or `bentoml build` imports
+    it: no secrets, so a build needs none. Validated again with the rest of the configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_")
+
+    workers: int = Field(1, ge=1)
+    """Worker processes of the API server; each loads every model."""
+    traffic_timeout_s: float = Field(10.0, gt=0)
+    """BentoML's request timeout: what its own stack serves (its probes), and with the front door off our
+    paths too, streams included."""
+    front_door_enabled: bool = True
+    """Serve our HTTP paths in front of BentoML's middleware (app/front_door.py, about a third more
+    throughput); off: through BentoML's supported `mount_asgi_app`, with its middleware."""
+
+
 @dataclass(frozen=True)
 class Config:
     serving: ServingConfig
@@ -54,6 +70,7 @@ class Config:
     drain: DrainSettings = field(default_factory=DrainSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def load_config() -> Config:
@@ -75,10 +92,16 @@ def load_config() -> Config:
         drain=_settings(DrainSettings),
         loop=_settings(LoopSettings),
         access=_settings(AccessSettings),
+        server=load_server_settings(),
     )
     _check_auth(config.auth)
     _check_access(config.access, config.ratelimit)
     return config
+
+
+def load_server_settings() -> ServerSettings:
+    """The settings the service's declaration reads on import; raises ConfigError."""
+    return _settings(ServerSettings)
 
 
 def load_serving(path: Path) -> ServingConfig:

@@ -21,11 +21,13 @@ suspend (uvloop then leaves a few connections unread for up to a second; README,
 saturation, from uvloop").
 
 This is the one module that reaches into BentoML's internals (app/head_limit.py also subclasses
-uvicorn's HTTP protocol, to limit request heads); it is pinned to the
-BentoML and uvicorn minor versions below (it refuses to start on another BentoML, and serves
-as uvicorn does on another uvicorn), and
-tests/app/test_front_door.py fails loudly when BentoML's worker no longer builds its app through
-`Service.to_asgi` or uvicorn's HTTP protocol no longer creates its request cycles as patched here.
+uvicorn's HTTP protocol, to limit request heads). It is pinned to the exact BentoML and uvicorn
+releases below, which pyproject.toml and the bentofiles pin too: it refuses to start on another
+BentoML, and serves as uvicorn does on another uvicorn. tests/app/test_front_door.py checks the
+behaviour each patch exists for (our app answers what BentoML's router would not match, one socket
+write per response, the loop `RTSERVE_EVENT_LOOP` names), so a release that moves the internals fails
+there. `RTSERVE_FRONT_DOOR_ENABLED=false` leaves all three alone and mounts our app with BentoML's
+supported `mount_asgi_app` instead (service.py), behind BentoML's middleware.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from uvicorn.protocols.http import httptools_impl
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_BENTOML = "1.4."
-SUPPORTED_UVICORN = "0.55."
+SUPPORTED_BENTOML = "1.4.40"
+SUPPORTED_UVICORN = "0.55.0"
 BENTOML_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 """BentoML's own probe endpoints, answered by its stack; everything else HTTP is ours."""
 
@@ -124,16 +126,16 @@ class OneWriteCycle(httptools_impl.RequestResponseCycle):
 
 def install(service: Service, ours: ASGIApp) -> None:
     """Serve `ours` in front of BentoML's stack in every worker of `service`."""
-    if not bentoml.__version__.startswith(SUPPORTED_BENTOML):
+    if bentoml.__version__ != SUPPORTED_BENTOML:
         raise RuntimeError(
-            f"app/front_door.py supports BentoML {SUPPORTED_BENTOML}x, not {bentoml.__version__}: "
-            "check how the worker builds its ASGI app (_bentoml_impl/worker/service.py) before changing the pin"
+            f"app/front_door.py supports BentoML {SUPPORTED_BENTOML}, not {bentoml.__version__}: check how the worker "
+            "builds its ASGI app (_bentoml_impl/worker/service.py) before changing the pin, or set RTSERVE_FRONT_DOOR_ENABLED=false"
         )
-    if uvicorn.__version__.startswith(SUPPORTED_UVICORN):
+    if uvicorn.__version__ == SUPPORTED_UVICORN:
         httptools_impl.RequestResponseCycle = OneWriteCycle
         _choose_loop()
     else:  # a speed-up, not a need: serve as uvicorn does
-        log.warning("app/front_door.py: uvicorn %s is not %sx; responses are written as uvicorn writes them, "
+        log.warning("app/front_door.py: uvicorn %s is not %s; responses are written as uvicorn writes them, "
                     "on the loop uvicorn picks (RTSERVE_EVENT_LOOP is not applied)", uvicorn.__version__, SUPPORTED_UVICORN)
     _doors[id(service)] = ours
     if getattr(Service.to_asgi, "front_door", False):

@@ -67,6 +67,11 @@ def test_an_environment_mistake_names_the_variable(clean_env, monkeypatch):
         load_config()
     monkeypatch.setenv("RTSERVE_EVENT_LOOP", "asyncio")
     assert load_config().loop.event_loop == "asyncio"
+    for name, value in (("RTSERVE_WORKERS", "0"), ("RTSERVE_TRAFFIC_TIMEOUT_S", "-1"), ("RTSERVE_FRONT_DOOR_ENABLED", "maybe")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=f"environment {name}"):
+            load_config()
+        monkeypatch.delenv(name)
 
 
 def test_permissions_name_tiers_the_rate_limit_defines(clean_env, monkeypatch):
@@ -88,6 +93,7 @@ def test_permissions_name_tiers_the_rate_limit_defines(clean_env, monkeypatch):
     [
         ({}, "authentication is on but no key is configured"),
         ({"RTSERVE_AUTH_ENABLED": "false", "RTSERVE_CONFIG": "typo.yaml"}, "typo.yaml: cannot be read"),
+        ({"RTSERVE_AUTH_ENABLED": "false", "RTSERVE_WORKERS": "none"}, "environment RTSERVE_WORKERS"),  # read on import
     ],
 )
 def test_bentoml_serve_stops_once_with_one_line(model_store, tmp_path, env, expected):

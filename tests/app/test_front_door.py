@@ -1,38 +1,40 @@
-"""Our HTTP paths are served in front of BentoML's middleware; the module that does it fails loudly on another BentoML."""
+"""Our HTTP paths are served in front of BentoML's middleware. Each of the front door's three patches is checked
+by the behaviour it exists for, so a BentoML or uvicorn release that moves the internals it patches fails here."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
+import tomllib
 
 import bentoml
+import httptools
 import httpx
 import pytest
 import uvicorn
-from _bentoml_impl.worker import service as bentoml_worker
-from uvicorn import config as uvicorn_config
+import yaml
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
-from app.front_door import SUPPORTED_BENTOML, SUPPORTED_UVICORN, OneWriteCycle
+from app.front_door import SUPPORTED_BENTOML, SUPPORTED_UVICORN, OneWriteCycle, _choose_loop
 from gateway.settings import LimitSettings
-from tests.helpers import ServerProcess
+from tests.helpers import ROOT, ServerProcess
 from tests.inprocess import serve_in_process
 from tests.routing.broken import build_broken_versions
 
 ROW = [1.0] * 63 + [3.0]
 
 
-def test_bentoml_still_builds_the_worker_app_where_the_front_door_hooks_in():
-    assert bentoml.__version__.startswith(SUPPORTED_BENTOML), "re-check app/front_door.py against this BentoML"
-    assert "service.to_asgi(" in inspect.getsource(bentoml_worker), "BentoML's worker no longer builds its app with Service.to_asgi"
-
-
-def test_uvicorn_still_creates_the_request_cycles_the_front_door_replaces():
-    assert uvicorn.__version__.startswith(SUPPORTED_UVICORN), "re-check app/front_door.py's OneWriteCycle against this uvicorn"
-    source = inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
-    assert "self.cycle = RequestResponseCycle(" in source, "uvicorn no longer creates its cycles from the module's class"
+def test_the_pins_are_the_releases_the_front_door_was_checked_against():
+    """pyproject.toml pins BentoML, uvicorn and httptools exactly, to the releases app/front_door.py names."""
+    pins = dict(dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                if "==" in dep)
+    assert pins["bentoml"] == SUPPORTED_BENTOML == bentoml.__version__
+    assert pins["uvicorn"] == SUPPORTED_UVICORN == uvicorn.__version__
+    assert pins["httptools"] == httptools.__version__
+    for bentofile in ("bentofile.yaml", "deploy/container/bentofile.gpu.yaml"):
+        packages = yaml.safe_load((ROOT / bentofile).read_text())["python"]["packages"]
+        assert {f"uvicorn=={SUPPORTED_UVICORN}", f"httptools=={httptools.__version__}"} <= set(packages), bentofile
 
 
 class CountingTransport:
@@ -77,11 +79,12 @@ async def app_streaming_two_parts(scope, receive, send) -> None:
     [
         (b"GET / HTTP/1.1", [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]),
         (b"HEAD / HTTP/1.1", [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"]),
-        (b"GET /stream HTTP/1.1", [b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
-                                   b"2\r\n1\n\r\n", b"2\r\n2\n\r\n0\r\n\r\n"]),
+        (b"GET /stream HTTP/1.1", [(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+                                    b"2\r\n1\n\r\n"), b"2\r\n2\n\r\n0\r\n\r\n"]),
     ],
 )
 async def test_a_response_head_goes_out_with_the_first_body_write(monkeypatch, request_line, writes):
+    """uvicorn's protocol creates its cycles from the module's class, which the front door replaces."""
     monkeypatch.setattr(httptools_impl, "RequestResponseCycle", OneWriteCycle)
     config = uvicorn.Config(app_streaming_two_parts, lifespan="off", log_level="warning")
     config.load()
@@ -103,6 +106,8 @@ def test_the_worker_answers_in_one_write(server):
 
 
 def test_every_path_reaches_our_app_and_bentomls_probes_stay_bentomls(server):
+    """The worker builds its app through `Service.to_asgi`, which the front door wraps: BentoML's router would
+    answer these in plain text (tests/app/test_front_door_off.py)."""
     # a newline in a path parameter never matched BentoML's mount, which answered in plain text
     r = httpx.get(server.url + "/v2/models/a%0Ab/ready")
     assert r.status_code == 404 and r.json()["code"] == "model_not_found", r.text
@@ -122,10 +127,18 @@ async def test_a_request_past_its_time_is_cancelled_and_answered_504(model_store
         assert s.runtime.registry.get("digits-sklearn", "stuck").active == 0
 
 
-def test_uvicorn_still_picks_the_loop_where_the_front_door_hooks_in():
-    assert uvicorn.__version__.startswith(SUPPORTED_UVICORN), "re-check app/front_door.py's loop choice against this uvicorn"
-    assert "LOOP_FACTORIES[self.loop]" in inspect.getsource(uvicorn_config.Config.get_loop_factory)
-    assert {"asyncio", "uvloop"} <= set(uvicorn_config.LOOP_FACTORIES)
+@pytest.mark.parametrize(("name", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_uvicorns_auto_loop_becomes_the_one_rtserve_event_loop_names(monkeypatch, name, module):
+    """What BentoML's worker asks uvicorn for (`auto`) gets the loop the setting names."""
+    monkeypatch.setattr(uvicorn.Config, "get_loop_factory", uvicorn.Config.get_loop_factory)  # undone after the test
+    monkeypatch.setenv("RTSERVE_EVENT_LOOP", name)
+    _choose_loop()
+    factory = uvicorn.Config(app_streaming_two_parts, loop="auto").get_loop_factory()
+    loop = factory()
+    try:
+        assert type(loop).__module__.split(".")[0] == module, type(loop)
+    finally:
+        loop.close()
 
 
 def test_the_worker_serves_on_the_loop_rtserve_event_loop_names(model_store, tmp_path):
