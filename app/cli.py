@@ -2,30 +2,24 @@
 
 The server is RTSERVE_URL (default http://localhost:3000); the token is RTSERVE_TOKEN, or one
 minted with an `admin` scope from the configured key (the development key of `make serve`
-when none is configured). One handler per command; `rtserve COMMAND --help` for each.
+when none is configured; app/cli_client.py). One handler per command; `rtserve COMMAND --help` for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
+from app import job_cli
+from app.cli_client import CommandError, command, group, request, signing_settings
 from gateway.auth import AuthSettings
-from gateway.tokens import DEV_SECRET_FILE, ensure_dev_secret, mint
-
-Handler = Callable[[argparse.Namespace], None]
-
-
-class CommandError(Exception):
-    """What a command prints instead of a traceback; exit status 2."""
+from gateway.tokens import mint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,31 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from app import job_cli
-
     for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands,
                      job_cli.register):
         register(sub)
     return p
 
 
-def _command(sub: argparse._SubParsersAction, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-    command = sub.add_parser(name, help=help_text, description=help_text)
-    command.set_defaults(handler=handler)
-    return command
-
-
-def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
-    """A command with actions of its own (rtserve canary start|status|abort)."""
-    command = sub.add_parser(name, help=help_text, description=help_text)
-    return command.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-
 # -- tokens
 
 
 def _token_command(sub: argparse._SubParsersAction) -> None:
-    t = _command(sub, "token", _token, "print a signed JWT for calling the server")
+    t = command(sub, "token", _token, "print a signed JWT for calling the server")
     t.add_argument("--sub", default="dev", help="subject (default: dev)")
     t.add_argument("--scope", default="predict", help='space-separated scopes, e.g. "predict admin"')
     t.add_argument("--tenant", default=None, help="tenant (default: none, the subject is its own tenant)")
@@ -77,21 +57,12 @@ def _token_command(sub: argparse._SubParsersAction) -> None:
 
 def _token(a: argparse.Namespace) -> None:
     try:
-        settings = _signing_settings() if a.algorithm.startswith("HS") else AuthSettings()
+        settings = signing_settings() if a.algorithm.startswith("HS") else AuthSettings()
         pem = a.private_key.read_bytes() if a.private_key else None
         print(mint(settings, subject=a.sub, scopes=a.scope, tenant=a.tenant, ttl_s=a.ttl, kid=a.kid, private_key_pem=pem,
                    algorithm=a.algorithm))
     except (ValueError, OSError, ValidationError) as exc:
         raise CommandError(f"token: {exc}") from None
-
-
-def _signing_settings() -> AuthSettings:
-    """The configured HMAC key, else the development key (created on first use, as `make serve` does)."""
-    settings = AuthSettings()
-    if all(v is None for v in (settings.hs256_secret, settings.hs256_secret_file, settings.hs256_keys_file)):
-        ensure_dev_secret(DEV_SECRET_FILE)
-        settings = settings.model_copy(update={"hs256_secret_file": DEV_SECRET_FILE})
-    return settings
 
 
 def _positive_int(text: str) -> int:
@@ -105,18 +76,9 @@ def _positive_int(text: str) -> int:
 
 
 def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """One admin API call with an admin token; an error answer becomes a CommandError with the server's message."""
-    token = os.environ.get("RTSERVE_TOKEN") or mint(_signing_settings(), subject="rtserve-cli", scopes="admin predict",
-                                                    tenant="admin", ttl_s=300)
-    url = os.environ.get("RTSERVE_URL", "http://localhost:3000").rstrip("/")
-    try:
-        r = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach {url}: {exc}") from None
-    doc = r.json() if r.content else {}
-    if r.status_code >= 400:
-        raise CommandError(f"{r.status_code} {doc.get('error', r.text) if isinstance(doc, dict) else r.text}")
-    return doc
+    """One admin API call with an admin token; its JSON answer."""
+    r = request(method, path, scopes="admin predict", tenant="admin", ttl_s=300, timeout=30, json=body)
+    return r.json() if r.content else {}
 
 
 def _weights(pairs: Sequence[str]) -> dict[str, float]:
@@ -127,9 +89,9 @@ def _weights(pairs: Sequence[str]) -> dict[str, float]:
 
 
 def _model_commands(sub: argparse._SubParsersAction) -> None:
-    _command(sub, "models", _models, "models, loaded versions, states and weights")
+    command(sub, "models", _models, "models, loaded versions, states and weights")
     for verb, handler in (("load", _load), ("unload", _unload)):
-        c = _command(sub, verb, handler, f"{verb} a version in every worker")
+        c = command(sub, verb, handler, f"{verb} a version in every worker")
         c.add_argument("model")
         c.add_argument("version")
 
@@ -156,8 +118,8 @@ def _unload(a: argparse.Namespace) -> None:
 
 
 def _route_commands(sub: argparse._SubParsersAction) -> None:
-    route = _group(sub, "route", "route weights")
-    s = _command(route, "set", _route_set, "set a model's weights: rtserve route set digits-sklearn v1=90 v2=10")
+    route = group(sub, "route", "route weights")
+    s = command(route, "set", _route_set, "set a model's weights: rtserve route set digits-sklearn v1=90 v2=10")
     s.add_argument("model")
     s.add_argument("weights", nargs="+", help="VERSION=PERCENT")
 
@@ -168,14 +130,14 @@ def _route_set(a: argparse.Namespace) -> None:
 
 
 def _experiment_commands(sub: argparse._SubParsersAction) -> None:
-    exp = _group(sub, "experiment", "sticky A/B experiments")
-    s = _command(exp, "start", _experiment_start, "split users across versions, each user sticking to one")
+    exp = group(sub, "experiment", "sticky A/B experiments")
+    s = command(exp, "start", _experiment_start, "split users across versions, each user sticking to one")
     s.add_argument("model")
     s.add_argument("weights", nargs="+", help="VERSION=PERCENT; the first is the control")
     s.add_argument("--name")
     s.add_argument("--mirror", type=float, default=0.0, help="fraction of control requests mirrored to the others")
-    _command(exp, "status", _experiment_status, "per variant: requests, errors, p50/p95, agreement").add_argument("model")
-    _command(exp, "stop", _experiment_stop, "end the experiment").add_argument("model")
+    command(exp, "status", _experiment_status, "per variant: requests, errors, p50/p95, agreement").add_argument("model")
+    command(exp, "stop", _experiment_stop, "end the experiment").add_argument("model")
 
 
 def _experiment_start(a: argparse.Namespace) -> None:
@@ -195,8 +157,8 @@ def _experiment_stop(a: argparse.Namespace) -> None:
 
 
 def _canary_commands(sub: argparse._SubParsersAction) -> None:
-    can = _group(sub, "canary", "canary rollouts")
-    s = _command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself")
+    can = group(sub, "canary", "canary rollouts")
+    s = command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself")
     s.add_argument("model")
     s.add_argument("version")
     s.add_argument("--steps", help="comma-separated percentages, e.g. 5,25,50,100")
@@ -205,8 +167,8 @@ def _canary_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--mirror", type=float, default=0.0, help="fraction of stable requests mirrored to the canary")
     s.add_argument("--stable", help="version to judge against (default: the one taking the most traffic)")
     s.add_argument("--max-disagreement", type=float)
-    _command(can, "status", _canary_status, "steps, decisions with their numbers, outcomes per version").add_argument("model")
-    _command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable").add_argument("model")
+    command(can, "status", _canary_status, "steps, decisions with their numbers, outcomes per version").add_argument("model")
+    command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable").add_argument("model")
 
 
 def _canary_start(a: argparse.Namespace) -> None:
@@ -244,12 +206,12 @@ def _canary_abort(a: argparse.Namespace) -> None:
 
 
 def _shadow_commands(sub: argparse._SubParsersAction) -> None:
-    sh = _group(sub, "shadow", "mirror traffic to a version")
-    s = _command(sh, "set", _shadow_set, "mirror a fraction of a model's requests to a version; answers compared, never returned")
+    sh = group(sub, "shadow", "mirror traffic to a version")
+    s = command(sh, "set", _shadow_set, "mirror a fraction of a model's requests to a version; answers compared, never returned")
     s.add_argument("model")
     s.add_argument("version")
     s.add_argument("fraction", type=float)
-    _command(sh, "clear", _shadow_clear, "stop mirroring").add_argument("model")
+    command(sh, "clear", _shadow_clear, "stop mirroring").add_argument("model")
 
 
 def _shadow_set(a: argparse.Namespace) -> None:

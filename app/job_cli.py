@@ -17,51 +17,37 @@ from typing import Any
 import httpx
 import orjson
 
-from app import cli
-from gateway.tokens import mint
+from app.cli_client import CommandError, command, group, request
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    job = cli._group(sub, "job", "batch jobs: rows in, results kept for a while")
-    s = cli._command(job, "submit", _submit, "submit rows (.json list of rows, .npy or .npz) to a model")
+    job = group(sub, "job", "batch jobs: rows in, results kept for a while")
+    s = command(job, "submit", _submit, "submit rows (.json list of rows, .npy or .npz) to a model")
     s.add_argument("model")
     s.add_argument("file", type=Path)
     s.add_argument("--version", help="pin a version (default: the route's choice, fixed for the job)")
     s.add_argument("--wait", action="store_true", help="watch the job until it finishes")
-    st = cli._command(job, "status", _status, "state, rows done and failed, rows per second")
+    st = command(job, "status", _status, "state, rows done and failed, rows per second")
     st.add_argument("id")
     st.add_argument("--watch", action="store_true", help="print progress until the job finishes")
-    g = cli._command(job, "get", _get, "the results: one JSON line per row, in row order")
+    g = command(job, "get", _get, "the results: one JSON line per row, in row order")
     g.add_argument("id")
     g.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
-    cli._command(job, "cancel", _cancel, "stop a job after the rows in flight; results so far are kept").add_argument("id")
+    command(job, "cancel", _cancel, "stop a job after the rows in flight; results so far are kept").add_argument("id")
 
 
 def _request(method: str, path: str, **kwargs: Any) -> httpx.Response:
-    token = os.environ.get("RTSERVE_TOKEN") or mint(cli._signing_settings(), subject="rtserve-cli", scopes="batch",
-                                                    tenant=os.environ.get("RTSERVE_TENANT", "rtserve-cli"), ttl_s=3600)
-    url = os.environ.get("RTSERVE_URL", "http://localhost:3000").rstrip("/")
-    headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
-    try:
-        r = httpx.request(method, url + path, headers=headers, timeout=120, **kwargs)
-    except httpx.HTTPError as exc:
-        raise cli.CommandError(f"cannot reach {url}: {exc}") from None
-    if r.status_code >= 400:
-        try:
-            message = r.json().get("error", r.text)
-        except ValueError:
-            message = r.text
-        raise cli.CommandError(f"{r.status_code} {message}")
-    return r
+    return request(method, path, scopes="batch", tenant=os.environ.get("RTSERVE_TENANT", "rtserve-cli"), ttl_s=3600,
+                   timeout=120, **kwargs)
 
 
 def _submit(a: argparse.Namespace) -> None:
     try:
         data = a.file.read_bytes()
     except OSError as exc:
-        raise cli.CommandError(f"{a.file}: {exc.strerror}") from None
+        raise CommandError(f"{a.file}: {exc.strerror}") from None
     if a.file.suffix in (".npy", ".npz"):
         params = {"model": a.model, **({"version": a.version} if a.version else {})}
         r = _request("POST", "/v2/jobs", params=params, content=data, headers={"Content-Type": "application/octet-stream"})
@@ -69,7 +55,7 @@ def _submit(a: argparse.Namespace) -> None:
         try:
             rows = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise cli.CommandError(f"{a.file}: not JSON ({exc})") from None
+            raise CommandError(f"{a.file}: not JSON ({exc})") from None
         rows = rows["inputs"] if isinstance(rows, dict) and "inputs" in rows else rows
         body = {"model": a.model, "inputs": rows, **({"version": a.version} if a.version else {})}
         r = _request("POST", "/v2/jobs", content=orjson.dumps(body), headers={"Content-Type": "application/json"})

@@ -72,7 +72,8 @@ class _Pending:
 
 @dataclass(slots=True)
 class BatchStats:
-    """Counters the metrics layer reads; plain ints so the hot path pays nothing for them."""
+    """What this batcher has done, in plain ints so the hot path pays nothing for them: for tests and debugging
+    (the metrics layer counts through `BatchMetrics`, observability/metrics.py)."""
 
     batches: int = 0
     rows: int = 0

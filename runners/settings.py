@@ -7,9 +7,9 @@ with a `defaults` block and per-model overrides; the field docstrings are the re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from models.versions import version_problem
 
@@ -46,19 +46,17 @@ class BatchSettings(BaseModel):
         return self
 
 
-class BatchOverrides(BaseModel):
-    """Per-model changes to the `defaults` batching fields; a field not named here keeps the default."""
+def _overrides_of(settings: type[BaseModel], name: str) -> type[BaseModel]:
+    """`settings`' fields, each optional (None: keep the default) with its own type and bounds."""
+    fields: dict[str, Any] = {
+        field: (Annotated[(info.annotation, *info.metadata)] | None if info.metadata else info.annotation | None, None)
+        for field, info in settings.model_fields.items()
+    }
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
-    model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int | None = Field(None, ge=1)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_queue_rows: int | None = Field(None, ge=1)
-    inline_max_ms: float | None = Field(None, ge=0)
-    workers: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] | None = None
-    priority_levels: int | None = Field(None, ge=1, le=16)
-    default_priority: int | None = Field(None, ge=1, le=16)
+BatchOverrides = _overrides_of(BatchSettings, "BatchOverrides")
+"""Per-model changes to the `defaults` batching fields; a field not named here keeps the default."""
 
 
 class ModelConfig(BaseModel):

@@ -1,0 +1,27 @@
+"""Per-model batching overrides take every `defaults` field, with the same bounds, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from runners.settings import BatchSettings, ServingConfig
+
+
+def serving(batching: dict) -> ServingConfig:
+    return ServingConfig.model_validate({"models": {"m": {"versions": ["v1"], "batching": batching}}})
+
+
+def test_every_default_can_be_overridden_per_model():
+    changed = {"max_batch_size": 8, "max_latency_ms": 5.0, "max_queue_rows": 16, "inline_max_ms": 0.0, "workers": 2,
+               "device": "cpu", "priority_levels": 4, "default_priority": 4}
+    assert set(changed) == set(BatchSettings.model_fields)
+    assert serving(changed).batch_settings("m") == BatchSettings(**changed)
+    assert serving({}).batch_settings("m") == BatchSettings()
+
+
+@pytest.mark.parametrize("batching", [{"max_batch_size": 0}, {"max_latency_ms": 0}, {"device": "tpu"}, {"priority_levels": 17},
+                                      {"max_batch_siz": 4}, {"default_priority": 5}])
+def test_an_override_is_held_to_the_defaults_bounds(batching):
+    with pytest.raises(ValidationError):
+        serving(batching)
