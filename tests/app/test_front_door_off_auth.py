@@ -13,6 +13,7 @@ from tests.gateway.test_gateway_http import (  # noqa: F401 - collected here, ag
     test_inference_needs_a_token,
     test_missing_scope_is_403,
     test_model_metadata_needs_a_token,
+    test_model_readiness_needs_a_token,
     test_simple_predict_needs_a_token,
 )
 
