@@ -181,6 +181,36 @@ class RepositoryTimeout(ServingError):
     code = "repository_timeout"
 
 
+class ModelRefused(ServingError):
+    """A model file or directory offered for deployment cannot be served as it is (corrupt, an
+    untrusted type, a refused archive, a probe load that failed); nothing was loaded into a worker."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    blame = "client"
+    code = "model_refused"
+
+
+class SignatureRequired(ModelRefused):
+    """The model's inputs or outputs cannot be read from the file; the message names what to declare."""
+
+    code = "signature_required"
+
+
+class ProbeFailed(ModelRefused):
+    """The throw-away probe load crashed, ran out of time or went over its memory limit."""
+
+    code = "probe_failed"
+
+
+class CodeFormatNotAllowed(ServingError):
+    """A format that can run code when loaded (pickle, joblib, TorchScript, torch.export, a runtime by
+    import string) was offered while the operator's setting or the deploy's own flag does not allow it."""
+
+    status = HTTPStatus.FORBIDDEN
+    blame = "client"
+    code = "code_format_not_allowed"
+
+
 class Conflict(ServingError):
     """The change does not fit the current state (e.g. unloading the version that takes all traffic)."""
 

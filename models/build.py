@@ -232,7 +232,7 @@ def build_ensemble(version: str) -> float:
     probs = 0.0
     for tag, weight in members.items():
         runner = load_runner(tag)
-        probs = probs + weight * runner.predict_rows(split.x_test.reshape(-1, *runner.input_spec.row_shape))
+        probs = probs + weight * runner.run(split.x_test.reshape(-1, *runner.input_spec.row_shape))["probabilities"]
     acc = float((np.asarray(probs).argmax(-1) == split.y_test).mean())
     store.save(
         f"digits-ensemble:{version}",

@@ -2,6 +2,8 @@
 
 The model store carries each model's input and output signature, so the server needs no
 per-model code to validate requests or describe models in the Open Inference Protocol.
+Signatures are read from the model itself where its format carries them (see
+`models.formats`); `models.config` declares or overrides what it does not.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ OIP_TO_NUMPY: dict[str, np.dtype] = {
     "FP64": np.dtype(np.float64),
 }
 NUMPY_TO_OIP: dict[np.dtype, str] = {v: k for k, v in OIP_TO_NUMPY.items()}
+SPEC_DTYPES: dict[str, np.dtype] = {**OIP_TO_NUMPY, "BYTES": np.dtype(object)}
+"""Every datatype a signature may declare: the numeric ones, and BYTES (strings) held as numpy object arrays."""
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The signature datatype of a numpy dtype; strings, bytes and objects are BYTES."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OUS":
+        return "BYTES"
+    try:
+        return NUMPY_TO_OIP[dtype]
+    except KeyError:
+        raise ValueError(f"no Open Inference Protocol datatype for numpy {dtype}") from None
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
-        return OIP_TO_NUMPY[self.datatype]
+        return SPEC_DTYPES[self.datatype]
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -87,9 +102,15 @@ class Signature:
         }
 
 
-def classifier_outputs(n_classes: int) -> tuple[TensorSpec, ...]:
-    """Every demo model is a classifier: probabilities first, then the arg-max label."""
+def classifier_outputs(n_classes: int, label_datatype: str = "INT64") -> tuple[TensorSpec, ...]:
+    """A classifier's outputs: probabilities first, then the label (the class of the arg-max; BYTES when
+    classes are named by strings)."""
     return (
         TensorSpec("probabilities", "FP32", (-1, n_classes)),
-        TensorSpec("label", "INT64", (-1,)),
+        TensorSpec("label", label_datatype, (-1,)),
     )
+
+
+def regressor_outputs(n_targets: int = 1) -> tuple[TensorSpec, ...]:
+    """A regressor's one output: a value per row, or a row of values for several targets."""
+    return (TensorSpec("predictions", "FP32", (-1,) if n_targets == 1 else (-1, n_targets)),)

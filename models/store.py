@@ -15,10 +15,10 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
+from models.declared import MODES
 from models.signature import Signature
 
-MODES = ("real_time", "batch", "streaming")
-"""Every inference mode, in the order metadata lists them."""
+__all__ = ["MODES", "create", "delete", "exists", "modes_of", "save"]
 
 
 def modes_of(metadata: Mapping[str, Any]) -> tuple[str, ...]:
@@ -60,7 +60,12 @@ def save(
         **signature.to_metadata(),
         **(extra or {}),
     }
-    labels = {"framework": framework, "task": task, "project": "rtserve"}
+    return create(tag, metadata, write)
+
+
+def create(tag: str, metadata: dict[str, Any], write: Callable[[Path], None]) -> bentoml.Model:
+    """Create `tag` with `metadata` (which names its framework and task); `write` fills its directory."""
+    labels = {"framework": metadata["framework"], "task": metadata["task"], "project": "rtserve"}
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="rtserve") as model:
         write(Path(model.path))
     return bentoml.models.get(tag)

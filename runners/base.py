@@ -1,8 +1,12 @@
-"""The runner interface: a loaded model version that runs batches of rows.
+"""The runner interface: a loaded model version that runs batches of named inputs.
 
-Runners take and return arrays only; HTTP, queues and routing live elsewhere. Every demo
-model is a classifier, so `run` adds the arg-max label to the probabilities the framework
-returns.
+A runner serves one version from the BentoML store. Subclasses implement `predict`: named
+input arrays in, the model's own named outputs out. `run` makes the served outputs of them
+for the version's task (probabilities and label, predictions, or the raw tensors: see
+`models.outputs`) and checks every one against the version's signature, so a mismatch is a
+`model_error` naming the output. Runners take and return arrays only; HTTP, queues and routing
+live elsewhere. `runners.loader` chooses the runner class by the version's format; a new format
+needs a runner class listing it in `formats` and a reader in `models.formats`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ from typing import ClassVar
 import bentoml
 import numpy as np
 
+from models.outputs import Head
 from models.signature import Signature, TensorSpec
+from models.spec import sample_inputs
+
+Inputs = dict[str, np.ndarray]
 
 
 def resolve_device(device: str) -> str:
@@ -29,7 +37,8 @@ def resolve_device(device: str) -> str:
 
 
 class Runner(ABC):
-    framework: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+    """The version formats (metadata `format`, or `framework` for versions saved before formats) it runs."""
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         self.model = model
@@ -39,21 +48,42 @@ class Runner(ABC):
         self.metadata: dict = dict(model.info.metadata)
         self.signature = Signature.from_metadata(self.metadata)
         self.device = device
+        self.head = Head(self.metadata, self.signature)
+
+    @property
+    def framework(self) -> str:
+        """The framework the version was made with (sklearn, pytorch, onnx, xgboost, lightgbm, ...)."""
+        return str(self.metadata.get("framework", "unknown"))
 
     @property
     def input_spec(self) -> TensorSpec:
+        """The first input: the only one of a single-input model."""
         return self.signature.inputs[0]
 
-    @abstractmethod
-    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities [n, classes] as float32 for a collated batch."""
+    @property
+    def batching(self) -> bool:
+        """False when the model takes a fixed batch size: each request is then run on its own."""
+        return bool(self.metadata.get("batching", True))
 
-    def collate(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """Stack requests into one batch, right-padding variable dimensions with 0 (the padding value)."""
+    @abstractmethod
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """The model's own named outputs for a collated batch of named inputs."""
+
+    def collate(self, arrays: list[np.ndarray] | list[Inputs]) -> np.ndarray | Inputs:
+        """Stack requests into one batch (per input name for several inputs)."""
+        if isinstance(arrays[0], dict):
+            return {name: self._stack([a[name] for a in arrays]) for name in arrays[0]}
+        return self._stack(arrays)
+
+    @staticmethod
+    def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+        """Concatenate; numeric variable dimensions are right-padded with 0. Strings (object arrays) are never padded."""
         if len(arrays) == 1:
             return arrays[0]
         if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
             return np.concatenate(arrays)
+        if arrays[0].dtype == object:
+            raise ValueError("string inputs of different shapes cannot share a batch")
         dims = tuple(max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim))
         out = np.zeros((sum(len(a) for a in arrays), *dims), dtype=arrays[0].dtype)
         start = 0
@@ -62,21 +92,22 @@ class Runner(ABC):
             start += len(a)
         return out
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        probs = self.predict_rows(batch)
-        return {"probabilities": probs, "label": probs.argmax(axis=-1).astype(np.int64)}
+    def run(self, batch: np.ndarray | Inputs) -> dict[str, np.ndarray]:
+        """The served outputs for a batch: one array (a single-input model) or named arrays."""
+        inputs = batch if isinstance(batch, dict) else {self.input_spec.name: batch}
+        rows = len(next(iter(inputs.values())))
+        return self.head(self.predict(inputs), rows)
 
-    def sample(self, n: int) -> np.ndarray:
-        """A valid input of n rows, for warm-up; variable dimensions get length 8."""
-        spec = self.input_spec
-        shape = (n, *(8 if d < 0 else d for d in spec.row_shape))
-        value = max(1.0, spec.min_value or 0.0)
-        return np.full(shape, value, dtype=spec.dtype)
+    def sample(self, n: int) -> np.ndarray | Inputs:
+        """A valid input of n rows (or the fixed batch size), for warm-up; variable dimensions get length 8."""
+        inputs = sample_inputs(self.signature.inputs, n)
+        return inputs if len(inputs) > 1 else next(iter(inputs.values()))
 
     def warmup(self, sizes: tuple[int, ...]) -> list[tuple[int, float]]:
         """Run a few batches so first requests pay no lazy initialisation; returns (rows, seconds) per call."""
         timings: list[tuple[int, float]] = []
-        for n in sizes:
+        fixed = self.input_spec.shape[0]
+        for n in (fixed,) if fixed > 0 else sizes:
             for _ in range(3):
                 start = time.perf_counter()
                 self.run(self.sample(n))

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import bentoml
 import numpy as np
 
-from runners.base import Runner
+from runners.base import Inputs, Runner
 
 
 class EnsembleRunner(Runner):
-    framework = "ensemble"
+    formats = ("ensemble",)
 
     def __init__(self, model: bentoml.Model, device: str, member_runner: Callable[[str], Runner]) -> None:
         super().__init__(model, device)
@@ -19,10 +19,11 @@ class EnsembleRunner(Runner):
         total = sum(members.values())
         self.members = [(member_runner(tag), weight / total) for tag, weight in members.items()]
 
-    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        (batch,) = inputs.values()
         probs = None
         for runner, weight in self.members:
             # Members may want another layout of the same pixels (e.g. [n, 1, 8, 8] against [n, 64]).
-            part = weight * runner.predict_rows(batch.reshape(len(batch), *runner.input_spec.row_shape))
+            part = weight * runner.run(batch.reshape(len(batch), *runner.input_spec.row_shape))["probabilities"]
             probs = part if probs is None else probs + part
-        return probs.astype(np.float32, copy=False)
+        return {"probabilities": probs.astype(np.float32, copy=False)}

@@ -1,15 +1,18 @@
-"""ONNX models run by onnxruntime, on the CUDA provider when the device is a GPU and it is installed."""
+"""ONNX models run by onnxruntime, on the CUDA provider when the device is a GPU and it is installed;
+any number of named inputs and outputs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import bentoml
 import numpy as np
 import onnxruntime as ort
 
-from runners.base import Runner
+from models.formats.onnx import OnnxFormat
+from runners.base import Inputs, Runner
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -47,18 +50,19 @@ class SessionSettings:
 
 
 class OnnxRunner(Runner):
-    framework = "onnx"
+    formats = ("onnx",)
 
     def __init__(self, model: bentoml.Model, device: str = "cpu", settings: SessionSettings | None = None) -> None:
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        else:
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             device = "cpu"
         super().__init__(model, device)
         self.settings = settings or SessionSettings.for_model(self.metadata)
-        self.session = ort.InferenceSession(model.path_of("model.onnx"), self.settings.to_ort(), providers=providers)
-        self._input_name = self.session.get_inputs()[0].name
+        file = Path(model.path) / self.metadata.get("file", "model.onnx")
+        self.session = OnnxFormat().load(file, self.metadata, device, self.settings.to_ort())
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        if "model_outputs" not in self.metadata:  # versions saved before formats: the first output is the probabilities
+            self._outputs = self._outputs[:1]
 
-    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input_name: np.ascontiguousarray(batch)})[0].astype(np.float32, copy=False)
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        values = self.session.run(self._outputs, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        return dict(zip(self._outputs, values))

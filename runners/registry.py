@@ -76,6 +76,8 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             runner = load_runner(entry.tag, settings.device, self._runners)
+            if not runner.batching:  # a fixed batch size: every request runs on its own
+                settings = settings.model_copy(update={"max_batch_size": max(runner.input_spec.shape[0], 1)})
             timings = runner.warmup((1, settings.max_batch_size))
             batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows), self.tracer)
             batcher.learn(timings)

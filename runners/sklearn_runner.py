@@ -1,4 +1,4 @@
-"""scikit-learn estimators saved with joblib; the device setting does not apply.
+"""The demo's scikit-learn classifiers saved with joblib by `models.build`; the device setting does not apply.
 
 Linear pipelines run folded into one matrix product (see `runners.sklearn_affine`): the
 same probabilities without scikit-learn's per-call validation.
@@ -10,12 +10,12 @@ import bentoml
 import joblib
 import numpy as np
 
-from runners.base import Runner
+from runners.base import Inputs, Runner
 from runners.sklearn_affine import compile_classifier
 
 
 class SklearnRunner(Runner):
-    framework = "sklearn"
+    formats = ("sklearn",)
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         super().__init__(model, "cpu")
@@ -32,5 +32,6 @@ class SklearnRunner(Runner):
         rows = np.random.default_rng(0).uniform(low, high, size=(width + 1, *spec.row_shape))
         return rows.astype(spec.dtype)
 
-    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
-        return self._predict(batch).astype(np.float32, copy=False)
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        (batch,) = inputs.values()
+        return {"probabilities": self._predict(batch).astype(np.float32, copy=False)}

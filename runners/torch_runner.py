@@ -1,4 +1,4 @@
-"""PyTorch modules stored as architecture name, constructor arguments and a state dict (float, or dynamic int8)."""
+"""The demo's PyTorch modules, stored as architecture name, constructor arguments and a state dict (float, or dynamic int8)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from models.nets import ARCHITECTURES
 from models.quantize import quantize_torch
-from runners.base import Runner
+from runners.base import Inputs, Runner
 
 
 def load_torch_module(model: bentoml.Model | str, device: str) -> torch.nn.Module:
@@ -25,7 +25,7 @@ def load_torch_module(model: bentoml.Model | str, device: str) -> torch.nn.Modul
 
 
 class TorchRunner(Runner):
-    framework = "pytorch"
+    formats = ("pytorch",)
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         if model.info.metadata.get("quantization"):
@@ -33,7 +33,8 @@ class TorchRunner(Runner):
         super().__init__(model, device)
         self.module = load_torch_module(model, device)
 
-    def predict_rows(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        (batch,) = inputs.values()
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-            return out.to(torch.float32).cpu().numpy()
+            return {"probabilities": out.to(torch.float32).cpu().numpy()}

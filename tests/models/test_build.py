@@ -52,7 +52,7 @@ def test_versions_are_trained_differently(model_store):
     for name in ("digits-sklearn", "digits-torch"):
         v1, v2 = load_runner(f"{name}:v1"), load_runner(f"{name}:v2")
         x = split.x_test.reshape(len(split.x_test), *v1.input_spec.row_shape)
-        assert not np.allclose(v1.predict_rows(x), v2.predict_rows(x), atol=1e-3)
+        assert not np.allclose(v1.run(x)["probabilities"], v2.run(x)["probabilities"], atol=1e-3)
 
 
 def test_ensemble_metadata_names_served_members(model_store):

@@ -56,7 +56,7 @@ def test_torch_int8_runs_its_linear_layers_in_int8(model_store):
     assert quantized == ["head.2"] and runner.metadata["quantized_layers"] == ["head.2 (Linear 768->10)"]
     assert runner.device == "cpu"  # quantized kernels exist for the CPU only, whatever `auto` finds
     x, _ = held_out(runner)
-    assert not np.allclose(runner.predict_rows(x), load_runner("digits-torch:v2", "cpu").predict_rows(x), atol=1e-7)
+    assert not np.allclose(runner.run(x)["probabilities"], load_runner("digits-torch:v2", "cpu").run(x)["probabilities"], atol=1e-7)
 
 
 def test_onnx_variants_carry_the_rewritten_graphs(model_store):

@@ -42,8 +42,8 @@ def test_collate_pads_variable_dimensions_with_zero(runners):
 def test_ensemble_is_the_weighted_vote_of_its_members(runners):
     ens = runners["digits-ensemble"]
     x = digit_rows(ens, 10)
-    expected = sum(w * m.predict_rows(x.reshape(10, *m.input_spec.row_shape)) for m, w in ens.members)
-    np.testing.assert_allclose(ens.predict_rows(x), expected, rtol=1e-5)
+    expected = sum(w * m.run(x.reshape(10, *m.input_spec.row_shape))["probabilities"] for m, w in ens.members)
+    np.testing.assert_allclose(ens.run(x)["probabilities"], expected, rtol=1e-5)
     # Members are the runners the service also serves directly, not private copies.
     assert ens.members[0][0] is runners["digits-sklearn"]
 
@@ -57,4 +57,4 @@ def test_warmup_times_each_size(runners, name):
 
 def test_onnx_matches_the_torch_network_it_was_exported_from(runners):
     x = digit_rows(runners["digits-torch"], 20)
-    np.testing.assert_allclose(runners["digits-onnx"].predict_rows(x), runners["digits-torch"].predict_rows(x), atol=1e-5)
+    np.testing.assert_allclose(runners["digits-onnx"].run(x)["probabilities"], runners["digits-torch"].run(x)["probabilities"], atol=1e-5)

@@ -24,7 +24,7 @@ def test_stored_pipelines_run_folded_with_the_estimators_answers(model_store, di
     runner = load_runner(f"digits-sklearn:{version}", "cpu")
     assert runner.folded is not None
     x = digits.x_test
-    np.testing.assert_allclose(runner.predict_rows(x), runner.estimator.predict_proba(x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(runner.run(x)["probabilities"], runner.estimator.predict_proba(x), rtol=0, atol=1e-5)
     labels = runner.run(x)["label"]
     np.testing.assert_array_equal(labels, runner.estimator.predict(x))
     assert float((labels == digits.y_test).mean()) == pytest.approx(runner.metadata["accuracy"], abs=1e-4)  # stored rounded

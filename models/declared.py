@@ -1,0 +1,72 @@
+"""What a short `model.yaml` beside a model file declares, in the spirit of MLServer's model-settings.
+
+A format that carries no signature (TorchScript) needs `inputs` here, or a sample input; any other
+format may override what was read from the model. Every field is optional:
+
+    task: classification          # classification | regression | tensors
+    inputs:
+      - {name: x, datatype: FP32, shape: [-1, 4], min_value: 0, max_value: 10}
+    outputs:                      # the model's own outputs; recorded from one sample call when left out
+      - {name: logits, datatype: FP32, shape: [-1, 3]}
+    class_names: [setosa, versicolor, virginica]
+    softmax: true                 # the model returns logits: apply softmax to make probabilities
+    batching: true                # false: one request per model call (a fixed batch dimension)
+    device: cpu                   # auto | cpu | cuda
+    modes: [real_time, batch]
+    implementation: mypkg.runtime:MyRuntime   # a runtime of your own (runs code: operator opt-in)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import ModelRefused
+from models.signature import SPEC_DTYPES, TensorSpec
+
+TASKS = ("classification", "regression", "tensors")
+MODES = ("real_time", "batch", "streaming")
+"""Every inference mode, in the order metadata lists them."""
+
+
+class TensorDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    datatype: Literal[tuple(SPEC_DTYPES)]  # type: ignore[valid-type]
+    shape: list[int] = Field(min_length=1)
+    """-1 marks a variable dimension; the first is the batch."""
+    min_value: float | None = None
+    max_value: float | None = None
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.datatype, tuple(self.shape), self.min_value, self.max_value)
+
+
+class Declared(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str | None = None
+    """The file's format, when its name does not say it (see `models.formats.FORMATS`)."""
+    task: Literal[TASKS] | None = None  # type: ignore[valid-type]
+    inputs: list[TensorDecl] | None = None
+    outputs: list[TensorDecl] | None = None
+    """The model's own outputs (before a classifier's probabilities and label are made of them)."""
+    class_names: list[str | int] | None = None
+    softmax: bool | None = None
+    batching: bool | None = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    modes: list[Literal[MODES]] | None = None  # type: ignore[valid-type]
+    implementation: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """`package.module:Class`, a runtime of the user's own (see `models.formats.custom`)."""
+
+    @classmethod
+    def read(cls, path: Path) -> Declared:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            return cls.model_validate(data)
+        except (yaml.YAMLError, ValidationError, UnicodeDecodeError, TypeError) as exc:
+            raise ModelRefused(f"{path.name}: not a valid model configuration: {exc}") from None

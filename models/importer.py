@@ -1,0 +1,228 @@
+"""One way in for a user's model: a file, a directory, or a model already in the BentoML store.
+
+    import_model("iris", "v1", Path("iris.skops"))
+    import_model("net", "v1", Path("net.pt"), ImportOptions(allow_code=True, config=Path("model.yaml")))
+    import_model("bento-iris", "v1", "iris-from-bentoml:latest")       # saved by bentoml.sklearn.save_model
+
+In order, before anything is written to the store:
+1. the name and version are checked (no path characters) and must not exist yet;
+2. the format is chosen: `implementation` or `format` in the model.yaml, else the `module` of a
+   BentoML model's own model.yaml, else the file's name (`models.formats.detect`);
+3. formats that can run code are refused unless the operator allows them
+   (`RTSERVE_IMPORT_ALLOW_CODE_FORMATS`) and the deploy asks (`allow_code`); symlinks are refused;
+   the format's own checks run (skops' trusted types, ONNX external data, AOTInductor archives);
+4. every file's SHA-256 is taken;
+5. the probe load runs in a throw-away subprocess (`models.probe`): signature, one sample call,
+   outputs checked, memory measured;
+6. the files are copied into the store as NAME:VERSION with the metadata every runner reads:
+   format, framework, task, signature, the model's own outputs, source, sha256, trusted types,
+   memory, batching, modes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import yaml
+
+from core.errors import CodeFormatNotAllowed, Conflict, Forbidden, ModelRefused
+from models import formats, store
+from models.declared import Declared
+from models.formats.base import ModelFormat, Trust
+from models.probe import run_probe
+from models.settings import ImportSettings
+
+NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
+"""Model names and versions: BentoML's tag rules (lowercase letters, digits, `_`, `-`, `.`), no path characters."""
+CONFIG_NAMES = ("model.yaml", "model.yml")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What one deploy asks for, within what the operator's `ImportSettings` allow."""
+
+    allow_code: bool = False
+    """Accept a format that can run code when loaded (the operator must allow it too)."""
+    trust: tuple[str, ...] = ()
+    """Extra skops types to trust (the operator must allow deploys to trust types)."""
+    config: Path | None = None
+    """A model.yaml (see `models.declared`); a directory's own model.yaml is read when this is None."""
+    sample: Path | None = None
+    """A sample input (.npy, or .npz by input name) run once to record the outputs."""
+    origin: str = "deploy"
+    """Where the deploy came from, recorded in the version's `source` (deploy, triton, bentoml, demo)."""
+
+
+@dataclass(frozen=True)
+class Located:
+    """What to import: the model file, the files to copy (relative to `root`), and a BentoML module if any."""
+
+    root: Path
+    file: Path
+    files: tuple[Path, ...]
+    source: dict[str, Any]
+    module: str | None = None
+
+
+def check_name(kind: str, value: str) -> None:
+    if not NAME.fullmatch(value or ""):
+        raise ModelRefused(f"{kind} '{value}' is not allowed: use lowercase letters, digits, '_', '-' and '.' "
+                           "(at most 63, starting with a letter or digit)")
+
+
+def import_model(
+    name: str, version: str, source: Path | str, options: ImportOptions = ImportOptions(),
+    settings: ImportSettings | None = None,
+) -> bentoml.Model:
+    """Probe `source` and save it as NAME:VERSION; ModelRefused (or a subclass), CodeFormatNotAllowed,
+    Forbidden or Conflict when it cannot be."""
+    settings = settings or ImportSettings()
+    check_name("model name", name)
+    check_name("version", version)
+    tag = f"{name}:{version}"
+    if store.exists(tag):
+        raise Conflict(f"{tag} already exists; deploy a new version")
+    if options.trust and not settings.allow_deploy_trust:
+        raise Forbidden("this server does not let a deploy trust types; the operator keeps the list "
+                        "(RTSERVE_IMPORT_TRUSTED_TYPES, RTSERVE_IMPORT_ALLOW_DEPLOY_TRUST)")
+    located = locate(source)
+    declared = _declared(options, located)
+    fmt = choose_format(located, declared)
+    allow_code = settings.allow_code_formats and options.allow_code
+    if fmt.runs_code and not allow_code:
+        where = "the operator has not turned them on (RTSERVE_IMPORT_ALLOW_CODE_FORMATS)" \
+            if not settings.allow_code_formats else "this deploy did not ask for it (--allow-code)"
+        raise CodeFormatNotAllowed(f"{located.file.name}: the {fmt.name} format can run code when loaded, and {where}. "
+                                   "Formats that load without running code: ONNX, XGBoost, LightGBM, skops")
+    trust = Trust(allow_code, tuple(settings.trusted_types) + tuple(options.trust))
+    checked = fmt.check(located.file, trust)
+    hashes = {str(p): sha256(located.root / p) for p in located.files}
+    partial = {**checked}
+    if declared.implementation:
+        partial["implementation"] = declared.implementation
+    request = {"format": fmt.name, "file": str(located.file), "metadata": partial,
+               "declared": declared.model_dump(exclude_none=True), "sample": str(options.sample) if options.sample else None}
+    probed = run_probe(request, settings.probe_timeout_s, settings.probe_memory_mb)
+    metadata = {
+        **probed,
+        **partial,
+        "framework": fmt.framework,
+        "format": fmt.name,
+        "file": str(located.file.relative_to(located.root)),
+        "sha256": hashes,
+        "source": {**located.source, "origin": options.origin},
+        "declared": declared.model_dump(exclude_none=True),
+    }
+    if options.trust:
+        metadata["trusted_by_deploy"] = sorted(options.trust)
+    return store.create(tag, metadata, lambda d: _copy(located, d))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate(source: Path | str) -> Located:
+    """The model file and the files that go with it, from a path or a BentoML store tag."""
+    path = Path(source)
+    if isinstance(source, str) and not path.exists() and ":" in source:
+        return _from_store(source)
+    if path.is_symlink():
+        raise ModelRefused(f"{path.name} is a symlink; symlinks are refused")
+    if path.is_file():
+        return Located(path.parent, path, (Path(path.name),), {"kind": "file", "name": path.name})
+    if not path.is_dir():
+        raise ModelRefused(f"{source}: no such file or directory")
+    files = []
+    for p in sorted(path.rglob("*")):
+        if p.is_symlink():
+            raise ModelRefused(f"{p.relative_to(path)} is a symlink; symlinks are refused")
+        if p.is_file():
+            files.append(p.relative_to(path))
+    module = _bentoml_module(path)
+    if module:
+        return _bentoml_layout(path, module, {"kind": "directory", "name": path.name})
+    candidates = [f for f in files if f.name not in CONFIG_NAMES and _format_of(path / f) is not None]
+    if len(candidates) != 1:
+        raise ModelRefused(f"{path.name}: expected one model file in the directory, found "
+                           f"{[str(c) for c in candidates] or 'none'}")
+    return Located(path, path / candidates[0], tuple(f for f in files if f.name not in CONFIG_NAMES),
+                   {"kind": "directory", "name": path.name})
+
+
+def _format_of(file: Path) -> ModelFormat | None:
+    try:
+        return formats.detect(file)
+    except ModelRefused:
+        return None
+
+
+def _from_store(tag: str) -> Located:
+    try:
+        model = bentoml.models.get(tag)
+    except (bentoml.exceptions.NotFound, ValueError) as exc:
+        raise ModelRefused(f"{tag}: not in the BentoML model store ({exc})") from None
+    module = model.info.module
+    if module not in formats.BENTOML_MODULES:
+        raise ModelRefused(f"{tag} was saved by '{module}', which is not served here; "
+                           f"served: {sorted(formats.BENTOML_MODULES)}")
+    return _bentoml_layout(Path(model.path), module, {"kind": "bentoml", "name": str(model.tag)})
+
+
+def _bentoml_module(folder: Path) -> str | None:
+    """The `module` of a BentoML model folder's own model.yaml (a user's model.yaml has none)."""
+    config = folder / "model.yaml"
+    if not config.is_file():
+        return None
+    try:
+        data = yaml.safe_load(config.read_text())
+    except yaml.YAMLError:
+        return None
+    module = data.get("module") if isinstance(data, dict) else None
+    return module if isinstance(module, str) and module.startswith("bentoml.") else None
+
+
+def _bentoml_layout(folder: Path, module: str, source: dict[str, Any]) -> Located:
+    if module not in formats.BENTOML_MODULES:
+        raise ModelRefused(f"a model saved by '{module}' is not served; served: {sorted(formats.BENTOML_MODULES)}")
+    _, filename = formats.BENTOML_MODULES[module]
+    file = folder / filename
+    if file.is_symlink() or not file.is_file():
+        raise ModelRefused(f"{source['name']}: {filename} is missing (or a symlink)")
+    return Located(folder, file, (Path(filename),), {**source, "module": module}, module)
+
+
+def _declared(options: ImportOptions, located: Located) -> Declared:
+    if options.config is not None:
+        return Declared.read(options.config)
+    if located.module is None and located.source["kind"] == "directory":
+        for name in CONFIG_NAMES:
+            if (located.root / name).is_file():
+                return Declared.read(located.root / name)
+    return Declared()
+
+
+def choose_format(located: Located, declared: Declared) -> ModelFormat:
+    if declared.implementation:
+        return formats.get("custom")
+    if declared.format:
+        return formats.get(declared.format)
+    if located.module:
+        return formats.get(formats.BENTOML_MODULES[located.module][0])
+    return formats.detect(located.file)
+
+
+def _copy(located: Located, target: Path) -> None:
+    for rel in located.files:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(located.root / rel, target / rel)

@@ -1,0 +1,32 @@
+"""What the operator allows a deploy to bring in: formats that run code, trusted types, probe limits."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TRUSTED_TYPES = [
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+"""scikit-learn's own tree structures, which skops does not trust by default: every tree model and
+gradient-boosting ensemble holds them."""
+
+
+class ImportSettings(BaseSettings):
+    """Read when the service starts; a deploy can narrow these, never widen them."""
+
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_IMPORT_")
+
+    allow_code_formats: bool = False
+    """Let deploys bring formats that can run code when loaded (pickle, joblib, TorchScript, torch.export,
+    BentoML's sklearn and pytorch saves, a runtime named by import string). A deploy must also ask for it."""
+    trusted_types: list[str] = Field(default_factory=lambda: list(DEFAULT_TRUSTED_TYPES))
+    """Types a skops file may hold beyond skops' own defaults."""
+    allow_deploy_trust: bool = False
+    """Let a deploy name further skops types to trust (`--trust TYPE`); the version's metadata records them."""
+    probe_timeout_s: float = Field(120.0, gt=0)
+    """Longest the probe load (load, describe, one sample call) may take before the file is refused."""
+    probe_memory_mb: int = Field(2048, ge=64)
+    """Most resident memory the probe process may reach, interpreter and frameworks included; past it the
+    file is refused. Watched, not enforced by an address-space limit, which breaks torch and onnxruntime."""

@@ -1,0 +1,43 @@
+"""Runs a version through its format's reader (`models.formats`): boosters, scikit-learn files, PyTorch
+files and runtimes named by import string.
+
+A format that can run code was let in by the operator with its files' SHA-256 recorded; the
+runner checks the file against that hash before opening it, so what a worker loads is the file
+the probe load checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from core.errors import LoadFailed
+from models import formats
+from models.importer import sha256
+from runners.base import Inputs, Runner
+
+CPU_ONLY = ("xgboost", "lightgbm", "skops", "pickle")
+
+
+class FileRunner(Runner):
+    formats = ("xgboost", "lightgbm", "skops", "pickle", "torchscript", "torch_export", "torch_pickle", "custom")
+
+    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+        fmt = formats.get(model.info.metadata["format"])
+        super().__init__(model, "cpu" if fmt.name in CPU_ONLY else device)
+        self.reader = fmt
+        self.file = Path(model.path) / self.metadata["file"]
+        if fmt.runs_code:
+            self.verify()
+        self.loaded: Any = fmt.load(self.file, self.metadata, self.device)
+
+    def verify(self) -> None:
+        expected = self.metadata.get("sha256", {}).get(self.metadata["file"])
+        if expected is None or sha256(self.file) != expected:
+            raise LoadFailed(f"{self.tag}: {self.metadata['file']} does not match the SHA-256 recorded when it was deployed")
+
+    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        return self.reader.predict(self.loaded, inputs)

@@ -1,0 +1,27 @@
+"""Runtimes of a user's own, named by import string in a model.yaml (`implementation`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class WeightedSum:
+    """Multiplies each row by weights read from the version's file."""
+
+    def __init__(self, path: Path, metadata: dict) -> None:
+        self.weights = np.load(path)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        return {"score": (x @ self.weights).astype(np.float32)[:, None]}
+
+
+class Drifting(WeightedSum):
+    """Answers as declared for small batches, and with a column too many from four rows on."""
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().predict(inputs)["score"]
+        (x,) = inputs.values()
+        return {"score": np.hstack([out, out]) if len(x) >= 4 else out}
