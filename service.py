@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import bentoml
 
-from app.config import Config, ConfigError, load_config, load_server_settings
+from app.config import Config, ConfigError, load_config, load_server_settings, load_tls_settings
 from app.drain import install as install_drain
 from app.front_door import install as install_front_door
 from app.head_limit import HeadLimitedProtocol
@@ -59,6 +59,7 @@ def configuration() -> Config:
 
 
 server = _or_exit(load_server_settings)  # what the declaration below needs, on import
+tls = _or_exit(load_tls_settings)
 
 
 oip_app = InferenceApp()
@@ -74,6 +75,8 @@ oip_app = InferenceApp()
     logging={"access": {"enabled": False}},
     # Our own spans (observability/tracing.py) cover our paths, which do not pass BentoML's middleware.
     tracing={"sample_rate": 0.0},
+    # TLS on the HTTP port through BentoML's own SSL settings, when a certificate is configured (gateway/tls.py).
+    **({"ssl": tls.bentoml_ssl()} if tls.enabled else {}),
 )
 class InferenceService:
     def __init__(self) -> None:
@@ -111,7 +114,8 @@ class InferenceService:
     async def start_grpc(self) -> None:
         """The gRPC front end on the worker's own loop, beside the HTTP app, on the same parts."""
         grpc = configuration().grpc
-        self.grpc = GrpcFrontend(self.runtime.parts, grpc) if grpc.enabled else None
+        credentials = configuration().tls.grpc_credentials()
+        self.grpc = GrpcFrontend(self.runtime.parts, grpc, credentials) if grpc.enabled else None
         if self.grpc is not None:
             await self.grpc.start()
 

@@ -24,6 +24,7 @@ from gateway.auth import Authenticator, AuthSettings
 from gateway.cache import CacheSettings
 from gateway.ratelimit import RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
+from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
 from observability.logs import LogSettings
 from observability.tracing import TracingSettings
@@ -71,6 +72,7 @@ class Config:
     access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 def load_config() -> Config:
@@ -93,6 +95,7 @@ def load_config() -> Config:
         loop=_settings(LoopSettings),
         access=_settings(AccessSettings),
         server=load_server_settings(),
+        tls=load_tls_settings(),
     )
     _check_auth(config.auth)
     _check_access(config.access, config.ratelimit)
@@ -102,6 +105,11 @@ def load_config() -> Config:
 def load_server_settings() -> ServerSettings:
     """The settings the service's declaration reads on import; raises ConfigError."""
     return _settings(ServerSettings)
+
+
+def load_tls_settings() -> TlsSettings:
+    """The certificate and key both ports serve TLS with, if any; read on import too (BentoML's `ssl`)."""
+    return _settings(TlsSettings)
 
 
 def load_serving(path: Path) -> ServingConfig:
@@ -123,7 +131,7 @@ def _settings(cls: type[BaseSettings]) -> BaseSettings:
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err.get("loc") else ""
+        field = str(err["loc"][0]) if err.get("loc") else "*"  # no field: a check across the class's fields
         raise ConfigError(f"environment {(prefix + field).upper()}: {err['msg']}") from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,10 +49,13 @@ class Server:
     log_path: Path | None = None
     port: int = field(default_factory=lambda: free_port())
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
+    verify: ssl.SSLContext | bool = True
+    """How the readiness poll checks the certificate of an https server."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180.0, wait_ready: bool = True) -> Self:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
@@ -75,7 +79,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                if check(httpx.get(self.url + path, timeout=2.0, headers=headers)):
+                if check(httpx.get(self.url + path, timeout=2.0, headers=headers, verify=self.verify)):
                     return
             except httpx.HTTPError:
                 pass

@@ -29,9 +29,11 @@ READINESS_POLL_S = 0.5
 
 
 class GrpcFrontend:
-    def __init__(self, parts: FrontendParts, settings: GrpcSettings) -> None:
+    def __init__(self, parts: FrontendParts, settings: GrpcSettings, credentials: grpc.ServerCredentials | None = None) -> None:
+        """`credentials`: serve TLS with them (gateway/tls.py); None serves the port in the clear."""
         self.parts = parts
         self.settings = settings
+        self.credentials = credentials
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self._health = health.aio.HealthServicer()
@@ -54,11 +56,15 @@ class GrpcFrontend:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.parts, settings), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        self.port = server.add_insecure_port(f"{host}:{settings.port}")
+        address = f"{host}:{settings.port}"
+        if self.credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, self.credentials)
         await server.start()
         self.server = server
         self._tracking = asyncio.get_running_loop().create_task(self._track_readiness())
-        log.info("gRPC (KServe V2 GRPCInferenceService) on %s:%d", settings.host, self.port)
+        log.info("gRPC (KServe V2 GRPCInferenceService) on %s:%d%s", settings.host, self.port, " (TLS)" if self.credentials else "")
         return self.port
 
     async def stop(self) -> None:

@@ -72,6 +72,12 @@ def test_an_environment_mistake_names_the_variable(clean_env, monkeypatch):
         with pytest.raises(ConfigError, match=f"environment {name}"):
             load_config()
         monkeypatch.delenv(name)
+    monkeypatch.setenv("RTSERVE_TLS_CERTFILE", str(clean_env))
+    with pytest.raises(ConfigError, match="environment RTSERVE_TLS_\\*: .*set both RTSERVE_TLS_CERTFILE and RTSERVE_TLS_KEYFILE"):
+        load_config()
+    monkeypatch.setenv("RTSERVE_TLS_KEYFILE", str(clean_env.with_name("missing")))
+    with pytest.raises(ConfigError, match="is not a readable file"):
+        load_config()
 
 
 def test_permissions_name_tiers_the_rate_limit_defines(clean_env, monkeypatch):
