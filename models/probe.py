@@ -108,8 +108,9 @@ def _rss_mb() -> float:
 def probe(request: dict[str, Any]) -> dict[str, Any]:
     """In the child: load, describe, run a sample, check. The metadata and the model's memory."""
     from models import formats
-    from models.declared import Declared
+    from models.declared import Declared, TensorDecl
     from models.outputs import Head
+    from models.signature import datatype_of
     from models.spec import record_outputs, resolve, sample_inputs, served_outputs
 
     fmt = formats.get(request["format"])
@@ -123,10 +124,14 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
     if declared.outputs:
         partial["declared_outputs"] = [o.model_dump() for o in declared.outputs]
     model = fmt.load(file, partial, "cpu")
-    meta = resolve(fmt.describe(model, file), declared, f"{file.name} ({fmt.name})")
-    inputs = sample_inputs(tuple(_specs(meta["inputs"])))
-    if request.get("sample"):
-        inputs = _read_sample(Path(request["sample"]), list(inputs))
+    described = fmt.describe(model, file)
+    sample = _read_sample(Path(request["sample"])) if request.get("sample") else None
+    if sample and not declared.inputs and not described.inputs:  # the sample says the inputs' datatypes and shapes
+        declared = declared.model_copy(update={"inputs": [
+            TensorDecl(name=n, datatype=datatype_of(a.dtype), shape=[-1, *a.shape[1:]]) for n, a in sample.items()]})
+    meta = resolve(described, declared, f"{file.name} ({fmt.name})")
+    names = [t["name"] for t in meta["inputs"]]
+    inputs = _match(sample, names) if sample else sample_inputs(tuple(_specs(meta["inputs"])))
     if "model_outputs" not in meta:
         meta["model_outputs"] = record_outputs(fmt.predict(model, inputs))
     signature = served_outputs(meta)
@@ -146,22 +151,28 @@ def _specs(data: list[dict[str, Any]]) -> list[Any]:
     return [TensorSpec.from_metadata(t) for t in data]
 
 
-def _read_sample(path: Path, names: list[str]) -> dict[str, Any]:
-    """A sample input: one `.npy` array for a model with one input, or an `.npz` with an array per input name."""
+def _read_sample(path: Path) -> dict[str, Any]:
+    """A sample input: one `.npy` array (named `input`), or an `.npz` with an array per input name."""
     import numpy as np
 
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ModelRefused(f"sample input {path.name}: {exc}") from None
-    if isinstance(loaded, np.ndarray):
-        if len(names) != 1:
-            raise ModelRefused(f"the model takes {names}: give the sample as an .npz with one array per input")
-        return {names[0]: loaded}
-    missing = sorted(set(names) - set(loaded.files))
+    arrays = {"input": loaded} if isinstance(loaded, np.ndarray) else {n: loaded[n] for n in loaded.files}
+    if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
+        raise ModelRefused(f"sample input {path.name}: give at least one row per input")
+    return arrays
+
+
+def _match(sample: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The sample's arrays under the model's input names (a lone `.npy` array goes to a lone input)."""
+    if list(sample) == ["input"] and len(names) == 1:
+        return {names[0]: sample["input"]}
+    missing = sorted(set(names) - set(sample))
     if missing:
-        raise ModelRefused(f"the sample input lacks {missing}")
-    return {n: loaded[n] for n in names}
+        raise ModelRefused(f"the sample input lacks {missing}; the model takes {names} (give an .npz by input name)")
+    return {n: sample[n] for n in names}
 
 
 def main(argv: list[str]) -> int:

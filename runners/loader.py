@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bentoml
+import psutil
 
+from core.errors import LoadFailed
 from runners.base import Runner, resolve_device
 from runners.ensemble_runner import EnsembleRunner
 from runners.file_runner import FileRunner
@@ -23,12 +25,20 @@ def format_of(metadata: dict) -> str | None:
     return metadata.get("format") or metadata.get("framework")
 
 
+def check_memory(tag: str, needed_mb: float | None) -> None:
+    """Refuse to load a version whose probe measured more memory than this machine has free."""
+    available = psutil.virtual_memory().available / 2**20
+    if needed_mb is not None and needed_mb > available:
+        raise LoadFailed(f"{tag} needs {needed_mb:.0f} MB (measured by its probe load); {available:.0f} MB are free")
+
+
 def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None = None) -> Runner:
     """Load `tag` from the BentoML store; `cache` shares member runners between ensembles and direct serving."""
     cache = {} if cache is None else cache
     if tag in cache:
         return cache[tag]
     model = bentoml.models.get(tag)
+    check_memory(str(model.tag), model.info.metadata.get("memory_mb"))
     fmt = format_of(model.info.metadata)
     resolved = resolve_device(model.info.metadata.get("device", device))
     if fmt in EnsembleRunner.formats:

@@ -129,12 +129,11 @@ def test_torchscript_with_model_yaml_declares_input_softmax_and_classes(tmp_path
 
 
 def test_torchscript_from_a_sample_input(tmp_path, name, settings):
-    """A sample input names no datatypes by itself; with declared inputs the sample is what is run."""
+    """With no model.yaml, a sample input says the input's datatype and shape; one call records the outputs."""
     made = makers.iris_torchscript(tmp_path)
     np.save(tmp_path / "sample.npy", made.x[:3])
-    (tmp_path / "tensors.yaml").write_text("inputs:\n  - {name: x, datatype: FP32, shape: [-1, 4]}\n")
-    meta, _, out = served(name, made, settings, ImportOptions(allow_code=True, config=tmp_path / "tensors.yaml",
-                                                              sample=tmp_path / "sample.npy"))
+    meta, runner, out = served(name, made, settings, ImportOptions(allow_code=True, sample=tmp_path / "sample.npy"))
+    assert runner.input_spec.describe() == {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
     assert meta["task"] == "tensors" and list(out) == ["output_0"]  # raw logits, no softmax undeclared
     logits = out["output_0"]
     softmax = np.exp(logits - logits.max(1, keepdims=True))
@@ -181,3 +180,18 @@ def test_a_changed_file_is_not_loaded(tmp_path, name, settings):
     (Path(model.path) / "diabetes.joblib").write_bytes(made.path.read_bytes() + b"\0")
     with pytest.raises(LoadFailed, match="SHA-256"):
         load_runner(f"{name}:v1", "cpu")
+
+
+def test_a_version_needing_more_memory_than_is_free_is_not_loaded(tmp_path, name, settings):
+    import shutil
+    from pathlib import Path
+
+    from core.errors import LoadFailed
+    from models import store
+
+    made = makers.iris_skops(tmp_path)
+    model = import_model(name, "v1", made.path, PLAIN, settings)
+    huge = {**model.info.metadata, "memory_mb": 10**9}
+    store.create(f"{name}:v2", huge, lambda d: shutil.copyfile(Path(model.path) / "iris.skops", d / "iris.skops"))
+    with pytest.raises(LoadFailed, match="needs 1000000000 MB"):
+        load_runner(f"{name}:v2", "cpu")
