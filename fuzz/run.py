@@ -25,7 +25,8 @@ from fuzz import seeds
 from fuzz.common import SIGNATURES_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"decode_json": "json", "decode_binary": "binary", "predict_rows": "rows", "token_claims": "claims"}  # target -> seed corpus kind
+TARGETS = {"decode_json": "json", "decode_binary": "binary", "predict_rows": "rows", "token_claims": "claims",
+           "job_upload": "upload"}  # target -> seed corpus kind
 RSS_LIMIT_MB = 512
 
 

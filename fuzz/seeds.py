@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import time
 import zlib
@@ -153,6 +154,25 @@ def claims() -> list[bytes]:
     return out + [f'{{"sub":"a","exp":{exp}}}'.encode() for exp in ("1e400", str(10**400), "NaN", "true")]
 
 
+def job_uploads(spec: TensorSpec) -> list[bytes]:
+    """Job uploads for the input: real ones in every layout, and headers that declare what must be refused
+    before any array exists (a huge shape, object dtype, a zip bomb, fewer bytes than declared)."""
+    batch = rows(spec, 3, seed=5)
+    width = math.prod(batch.shape[1:])
+    return [
+        npy(batch), npz(**{spec.name: batch}), npy(np.asfortranarray(batch.reshape(3, -1))),
+        npy(batch.astype(batch.dtype.newbyteorder(">"))), npy_header(batch.shape, batch.dtype.str, version=2) + batch.tobytes(),
+        npy_header((10**12, width)), npy_header((2, width), "|O") + bytes(16 * width), npy_header((3, width))[:-8],
+        npy_header((3, width + 1)) + bytes(4 * 3 * (width + 1)), npz_bomb(spec.name, (4_000_000, width), "<f4", 8 << 20),
+    ]
+
+
+def job_ids() -> list[str]:
+    """Job ids in the format the server makes (none of them a job), and strings that must not reach a file name."""
+    return ["0123456789abcdef01234567", "ffffffffffffffffffffffff", "a" * 300, "A" * 24, "0" * 23, "..", "%2e%2e", "a b",
+            "\u00e9" * 24, "0123456789abcdef0123456g"]
+
+
 def corpus(kind: str) -> list[bytes]:
     """Seed inputs for one atheris target: every model, one and several rows, both encodings."""
     if kind == "claims":
@@ -169,6 +189,8 @@ def corpus(kind: str) -> list[bytes]:
                 out.append(length.to_bytes(4, "little") + body)
             elif kind == "rows":
                 out.append(model.name.encode() + b"\0" + orjson.dumps(predict_rows(spec, batch)))
+            elif kind == "upload":
+                out.extend(model.name.encode() + b"\0" + body for body in job_uploads(spec) if len(body) < 64 * 1024)
             else:
                 raise ValueError(f"unknown corpus kind {kind!r}")
     return out

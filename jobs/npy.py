@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from typing import IO
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from core.errors import BadRequest, InvalidInput, PayloadTooLarge
+from core.errors import BadRequest, InvalidInput, PayloadTooLarge, ServingError
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -31,9 +29,6 @@ build one object per entry of a table as large as the upload."""
 Check = Callable[[tuple[int, ...], np.dtype], None]
 """Raises when the declared shape and dtype are not acceptable; called before any data are read."""
 
-_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
-               KeyError, struct.error)
-"""What the zip and .npy readers raise on a damaged, encrypted or exotic file."""
 
 
 def is_upload(body: bytes) -> bool:
@@ -51,7 +46,9 @@ def load(body: bytes, name: str, check: Check, max_bytes: int) -> np.ndarray:
         return np.frombuffer(body, dtype, count=math.prod(shape), offset=offset).reshape(shape, order=order)
     try:
         return _member(body, name, check, max_bytes)
-    except _UNREADABLE as exc:
+    except ServingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile and zlib raise many kinds on a bad file: all mean unreadable
         raise BadRequest(f"not a readable .npy or .npz file: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
@@ -82,14 +79,15 @@ def _header(stream: IO[bytes], check: Check) -> tuple[tuple[int, ...], str, np.d
     """(shape, order, dtype) from an .npy header, accepted by `check`; the stream is left at the data."""
     try:
         version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-        else:
-            raise BadRequest(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+    except ValueError as exc:
         raise BadRequest(f"not a readable .npy header: {str(exc)[:200]}") from None
+    if version not in ((1, 0), (2, 0)):
+        raise BadRequest(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+    try:
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TokenError...: all mean unreadable
+        raise BadRequest(f"not a readable .npy header: {type(exc).__name__}: {str(exc)[:200]}") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
         raise InvalidInput(f"the array's dtype '{dtype.str}' is not numbers")
     if any(d < 0 for d in shape):

@@ -65,7 +65,7 @@ class Fuzzer:
         self.session = requests.Session()
         self.session.hooks["response"].append(lambda r, *args, **kwargs: TALLY.response(r.status_code))
         self.credentials = {
-            "full": gateway.headers(scopes="predict admin", sub="fuzzer", tenant="fuzz", ttl=7200),
+            "full": gateway.headers(scopes="predict admin batch", sub="fuzzer", tenant="fuzz", ttl=7200),
             "none": {},
             "scope": gateway.headers(scopes=wrong_scope, sub="fuzzer", tenant="fuzz", ttl=7200),
         }

@@ -3,8 +3,10 @@
 Purely generated cases almost never name a served model or fill a tensor's shape, so they stop
 at the first check. Half the cases here get real model names and versions in their path, and
 infer and /predict cases real bodies (bent a little), so fuzzing also reaches validation,
-routing, the batcher and the models. The models are read from the store when the first case
-is drawn, after the session's `model_store` fixture has built them.
+routing, the batcher and the models; job submissions get real rows and real `.npy` / `.npz` uploads (and
+headers that must be refused before any array exists), job paths ids of the server's format and others.
+The models are read from the store when the first case is drawn, after the session's `model_store`
+fixture has built them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from fuzz import seeds
 @functools.cache
 def _models() -> tuple[seeds.ServedModel, ...]:
     return tuple(seeds.served_models())
+
+
+@functools.cache
+def _uploads(name: str) -> tuple[bytes, ...]:
+    return tuple(seeds.job_uploads(next(m for m in _models() if m.name == name).spec))
 
 
 def _real_infer_input(model: seeds.ServedModel) -> st.SearchStrategy[tuple[dict, bytes]]:
@@ -81,6 +88,17 @@ def _with_real_parts(case: schemathesis.Case, draw) -> schemathesis.Case:
             case.headers = {**(case.headers or {}), "Inference-Header-Content-Length": str(len(header))}
         else:
             case.body = {"inputs": [entry]}
+    elif case.operation.path == "/v2/jobs":
+        if case.media_type == "application/octet-stream":
+            case.body = draw(st.sampled_from(_uploads(model.name)))
+            query = {"model": model.name}
+            if draw(st.booleans()):
+                query["version"] = draw(st.sampled_from(model.versions))
+            case.query = query
+        else:
+            case.body = {"model": model.name, "inputs": draw(_real_rows(model))}
+    elif case.operation.path.startswith("/v2/jobs/"):
+        path["job"] = draw(st.sampled_from(seeds.job_ids()))
     elif case.operation.path == "/predict":
         body = {"model": model.name, "inputs": draw(_real_rows(model))}
         if draw(st.booleans()):

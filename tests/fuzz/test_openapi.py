@@ -20,7 +20,7 @@ DOC = document()
 SCHEMA = schemathesis.openapi.from_dict(DOC)
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 DOCUMENTED = {(method.upper(), path) for path, item in DOC["paths"].items() for method in item if method.upper() in METHODS}
-EXAMPLE = {"name": "digits-sklearn", "version": "v1", "job": "0123456789abcdef"}
+EXAMPLE = {"name": "digits-sklearn", "version": "v1", "job": "0123456789abcdef01234567"}
 
 
 def concrete(template: str) -> str:
@@ -113,6 +113,11 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     jobs("GET", f"/v2/jobs/{job['id']}/results", 200, wait_s=30)
     jobs("GET", f"/v2/jobs/{job['id']}", 200)
     jobs("POST", f"/v2/jobs/{job['id']}/cancel", 409)
+    upload = seeds.npy(seeds.rows(seeds.served_models()[0].spec, 3))
+    jobs("POST", "/v2/jobs", 202, params={"model": seeds.served_models()[0].name}, content=upload,
+         headers={"Content-Type": "application/octet-stream"})
+    jobs("POST", "/v2/jobs", 422, params={"model": "digits-sklearn"}, content=seeds.npy_header((10**12, 64)),
+         headers={"Content-Type": "application/octet-stream"})
     oip.seen |= jobs.seen
 
     routing_reset.ensure_initial()

@@ -87,6 +87,7 @@ def test_damaged_files_are_bad_requests():
         np.lib.format.MAGIC_PREFIX + b"garbage",
         npy_header((2, 64))[:20],
         b"\x93NUMPY\x03\x00" + npy_header((2, 64))[8:],  # format 3.0
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_" + bytes(92),  # numpy raised tokenize.TokenError (atheris)
         good[: len(good) // 2],  # cut short
         good.replace(b"PK\x01\x02", b"PK\x01\x03"),  # no central directory
         stored.getvalue().replace(b"'shape': (2, 64)", b"'shape': (-2, 64)"),
