@@ -42,7 +42,7 @@ def _real_infer_input(model: seeds.ServedModel) -> st.SearchStrategy[tuple[dict,
         doc = {"name": spec.name, "shape": list(batch.shape), "datatype": spec.datatype}
         bend = draw(st.sampled_from(["none", "none", "value", "shape", "datatype", "name"]))
         if bend == "value":
-            values[draw(st.integers(0, len(values) - 1))] = draw(st.one_of(st.floats(allow_nan=False), st.integers(), st.booleans()))
+            values[draw(st.integers(0, len(values) - 1))] = draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.booleans()))
         elif bend == "shape":
             doc["shape"] = draw(st.lists(st.integers(0, 70), min_size=1, max_size=5))
         elif bend == "datatype":
@@ -60,7 +60,7 @@ def _real_rows(model: seeds.ServedModel) -> st.SearchStrategy[list]:
         out = seeds.predict_rows(model.spec, seeds.rows(model.spec, draw(st.integers(1, 4)), seed=draw(st.integers(0, 200))))
         if draw(st.booleans()):
             row = out[draw(st.integers(0, len(out) - 1))]
-            row[draw(st.integers(0, len(row) - 1))] = draw(st.one_of(st.floats(allow_nan=False), st.integers(), st.text(max_size=3)))
+            row[draw(st.integers(0, len(row) - 1))] = draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.text(max_size=3)))
         return out
 
     return rows()
