@@ -9,7 +9,7 @@ PORT ?= 3000
 GRPC_PORT ?= 3001
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: setup models serve test bench system-deps redis bento clean cluster
+.PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,12 @@ serve: setup
 
 test: setup system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py
+	$(MAKE) --no-print-directory test-cache-off
 	$(MAKE) --no-print-directory container-test
+
+## The in-process tests again with the prediction cache off (production runs with it on, as the suite does).
+test-cache-off: setup system-deps redis
+	RTSERVE_CACHE_ENABLED=false $(BIN)/python -m pytest -q $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
 
 ## CLUSTER_REPLICAS replicas of two workers behind nginx on 127.0.0.1:$(CLUSTER_PORT), sharing the Redis on
 ## :6379 and the development key; prints the URL and a token; Ctrl-C or SIGTERM stops nginx and every replica.

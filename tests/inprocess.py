@@ -22,6 +22,8 @@ from frontends.rest import InferenceApp
 from gateway.access import AccessSettings, Grants
 from gateway.admission import Admission
 from gateway.auth import Authenticator, AuthSettings
+from gateway.cache import PredictionCache
+from gateway.cache.settings import CacheSettings
 from gateway.ratelimit import RateLimiter, RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tokens import mint
@@ -61,9 +63,14 @@ async def serve_in_process(
     limits: LimitSettings | None = None,
     access: AccessSettings | None = None,
     gateway: GatewaySettings | None = None,
+    cache: CacheSettings | None = None,
 ) -> AsyncIterator[InProcess]:
     """The app over the session's model store, models loaded; with `routing`, the admin API and the
-    route sync on a state file in `tmp_path` (polled every 0.1 s)."""
+    route sync on a state file in `tmp_path` (polled every 0.1 s).
+
+    The prediction cache is on, in memory, as in production; `RTSERVE_CACHE_ENABLED=false` runs the
+    same tests with it off (`make test-cache-off`)."""
+    cache = cache or CacheSettings()
     settings = None
     if auth:
         secret = tmp_path / "jwt-secret"
@@ -80,6 +87,7 @@ async def serve_in_process(
         admission=admission,
         metrics=Metrics(CollectorRegistry()) if metrics else None,
         gateway=gateway,
+        cache=PredictionCache(cache) if cache.enabled else None,
     )
     await asyncio.to_thread(runtime.start().join)
     if routing:

@@ -1,7 +1,8 @@
 """The cache a request sees: memory, then Redis, then one computation shared by identical misses.
 
 Each caller waits for a shared computation until its own deadline, so one caller's deadline
-or departure never fails the others. Versions cheaper to run than a Redis round trip
+or departure never fails the others; once every caller has left, the computation is cancelled,
+which drops its rows from the batcher's queue if their batch has not left yet. Versions cheaper to run than a Redis round trip
 (`redis_min_cost_ms`, judged from the batcher's learned cost) skip Redis and keep to memory.
 """
 
@@ -23,8 +24,17 @@ from gateway.cache.stats import CacheStats
 from gateway.cache.wire import Outputs
 
 T = TypeVar("T")
-_Flight = list[asyncio.Future]
-"""One shared computation's waiters, a future each: a caller that leaves cancels only its own."""
+
+
+class _Flight(list[asyncio.Future]):
+    """One shared computation's waiters, a future each (a caller that leaves cancels only its own), and
+    the computation, cancelled when the last waiter leaves before it is done."""
+
+    __slots__ = ("work",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.work: asyncio.Future | None = None
 
 
 class PredictionCache:
@@ -102,13 +112,26 @@ class PredictionCache:
             self.stats.coalesced += 1
         waiter = asyncio.get_running_loop().create_future()
         flight.append(waiter)
-        outputs, hit = await (waiter if deadline is None else _until(deadline, waiter))
+        try:
+            outputs, hit = await (waiter if deadline is None else _until(deadline, waiter))
+        except BaseException:
+            self._left(key, flight)
+            raise
         return dict(outputs), hit
+
+    def _left(self, key: bytes, flight: _Flight) -> None:
+        """A waiter left early (its deadline, a disconnect): when none is left, nobody wants the computation."""
+        work = flight.work
+        if work is None or work.done() or not all(w.done() for w in flight):
+            return
+        if self._inflight.get(key) is flight:  # a caller arriving now starts afresh, never joins a cancelled flight
+            del self._inflight[key]
+        work.cancel()
 
     def _start(self, key: bytes, compute: Callable[[], Awaitable[Outputs]], shared: bool) -> _Flight:
         """The shared computation of a miss, registered until it ends: a Redis read first when `shared`,
         else `compute()` at once (a batcher's future needs no task), its outputs kept in memory."""
-        flight: _Flight = []
+        flight = _Flight()
         self._inflight[key] = flight
         if shared:
             work = asyncio.get_running_loop().create_task(self._fill(key, compute))
@@ -117,8 +140,9 @@ class PredictionCache:
             if self._redis.redis is not None:
                 self.stats.redis_not_worth += 1
             self.stats.computes += 1
-            computed = asyncio.ensure_future(compute())
-            computed.add_done_callback(functools.partial(self._computed, key, flight))
+            work = asyncio.ensure_future(compute())
+            work.add_done_callback(functools.partial(self._computed, key, flight))
+        flight.work = work
         return flight
 
     def drop_model_version(self, model: str, version: str) -> int:
