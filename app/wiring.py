@@ -23,7 +23,7 @@ from jobs.store import LocalJobStore, RedisJobStore
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
-from pipeline.pipeline import Pipeline
+from pipeline.dataplane import DataPlane
 from pipeline.repository import ModelRepository, RepositorySettings, WorkerStates
 from pipeline.statistics import ModelStatistics
 from routing.admin import RoutingAdmin
@@ -92,7 +92,7 @@ class Runtime:
         self.loaded = threading.Event()
         self.draining = False  # set on SIGTERM (app/drain.py): not ready while in-flight requests finish
         self.health = BackgroundHealth(metrics)
-        self.pipeline = Pipeline(
+        self.pipeline = DataPlane(
             registry=self.registry,
             router=self.router,
             admission=self.admission,

@@ -15,7 +15,7 @@ from gateway.settings import LimitSettings
 from jobs.settings import StreamSettings
 from observability.health import BackgroundHealth
 from pipeline.catalog import Catalog
-from pipeline.pipeline import Pipeline
+from pipeline.dataplane import DataPlane
 
 if TYPE_CHECKING:
     from jobs.runner import JobRunner
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class FrontendParts:
-    pipeline: Pipeline
+    pipeline: DataPlane
     catalog: Catalog
     limits: LimitSettings
     health: BackgroundHealth

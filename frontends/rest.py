@@ -2,8 +2,8 @@
 mounted into the BentoML service.
 
 Raw ASGI rather than a framework because every microsecond here is paid on every request;
-routing is a split of the path and a match on its parts. Inference goes through the one
-request pipeline (pipeline/pipeline.py); this module only reads HTTP and writes HTTP.
+routing is a split of the path and a match on its parts. Inference goes through the data plane
+(pipeline/dataplane.py); this module only reads HTTP and writes HTTP.
 Authentication is decided by the route: inference and admin routes always need a token
 (when auth is on), other routes unless they match the configured open paths.
 """
@@ -28,11 +28,12 @@ from core.errors import (
 from frontends import admin_api, extensions, jobs_api, openapi, stream
 from frontends.asgi import JSON, OCTETS, Receive, Scope, Send, dumps, header_map, read_body, send_response
 from frontends.deadlines import deadlines
-from frontends.oip_codec import decode_infer, encode_infer, parse_json
+from frontends.oip_codec import InferRequest, decode_infer, encode_infer, parse_json
 from frontends.parts import FrontendParts
 from frontends.predict_codec import outputs_to_json, rows_request, rows_to_inputs
 from frontends.request_ids import request_id_of
-from pipeline.pipeline import deadline_after
+from pipeline.dataplane import Answer, InferenceRequest, Tensors, earliest
+from runners.registry import LoadedVersion
 
 log = logging.getLogger(__name__)
 
@@ -164,26 +165,22 @@ class InferenceApp:
         extra: list[tuple[bytes, bytes]],
         request_id: str,
     ) -> tuple[int, bytes, bytes]:
-        pipeline = self.parts.pipeline
-        tracer = pipeline.tracer
         limits = self.parts.limits
-        async with pipeline.request(extra) as req:
-            with tracer.request(INFER_SPAN, headers, model=name, request_id=request_id) as span:
-                admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
-                entry = req.route(name, version, admitted)
-                span.set("version", entry.version)
-                with tracer.span("decode"):
-                    body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
-                    request = decode_infer(body, limits, _int_header(headers, b"inference-header-content-length"))
-                outputs = await req.infer(entry, request.inputs, deadline=_deadline(headers, request.timeout_us),
-                                          use_cache=_use_cache(headers), priority=request.priority)
-                if request.outputs is not None:
-                    unknown = set(request.outputs) - set(outputs)
-                    if unknown:
-                        raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
-                    outputs = {k: outputs[k] for k in request.outputs}
-                with tracer.span("encode"):
-                    payload, header_length = encode_infer(name, entry.version, request.id, outputs, request.binary_outputs)
+        decoded: InferRequest | None = None
+
+        async def decode(entry: LoadedVersion) -> Tensors:
+            nonlocal decoded
+            body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
+            decoded = decode_infer(body, limits, _int_header(headers, b"inference-header-content-length"))
+            timeout_ms = earliest(_timeout_ms(headers), decoded.timeout_us and decoded.timeout_us / 1000)
+            return Tensors(decoded.inputs, decoded.outputs, decoded.priority, timeout_ms)
+
+        def encode(answer: Answer) -> tuple[bytes, int | None]:
+            return encode_infer(name, answer.version, decoded.id, answer.outputs, decoded.binary_outputs)
+
+        payload, header_length = await self.parts.pipeline.infer(InferenceRequest(
+            decode, encode, name, version, credentials=headers.get(b"authorization"), user=headers.get(b"x-user-id"),
+            use_cache=_use_cache(headers), span=INFER_SPAN, trace=headers, request_id=request_id, headers=extra))
         if header_length is None:
             return 200, payload, JSON
         extra.append((b"inference-header-content-length", str(header_length).encode()))
@@ -193,22 +190,24 @@ class InferenceApp:
         self, receive: Receive, headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]], request_id: str
     ) -> tuple[int, bytes, bytes]:
         """`{"model": ..., "inputs": [[...], ...], "version": optional}`: rows in, named outputs as lists out."""
-        pipeline = self.parts.pipeline
-        tracer = pipeline.tracer
         limits = self.parts.limits
-        async with pipeline.request(extra) as req:
-            with tracer.request(PREDICT_SPAN, headers, request_id=request_id) as span:
-                admitted = await req.admit(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
-                with tracer.span("decode"):
-                    body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
-                    model, version, rows = rows_request(parse_json(body), "request")
-                span.set("model", model)
-                entry = req.route(model, version, admitted)
-                span.set("version", entry.version)
-                tensors = rows_to_inputs(entry.runner.input_spec, rows, limits)
-                outputs = await req.infer(entry, tensors, deadline=_deadline(headers), use_cache=_use_cache(headers))
-                with tracer.span("encode"):
-                    return 200, dumps({"model": model, "version": entry.version, "outputs": outputs_to_json(outputs)}), JSON
+        rows = None
+
+        async def target() -> tuple[str, str | None]:
+            nonlocal rows
+            body = await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
+            model, version, rows = rows_request(parse_json(body), "request")
+            return model, version
+
+        async def decode(entry: LoadedVersion) -> Tensors:
+            return Tensors(rows_to_inputs(entry.runner.input_spec, rows, limits), timeout_ms=_timeout_ms(headers))
+
+        def encode(answer: Answer) -> bytes:
+            return dumps({"model": answer.model, "version": answer.version, "outputs": outputs_to_json(answer.outputs)})
+
+        return 200, await self.parts.pipeline.infer(InferenceRequest(
+            decode, encode, target=target, credentials=headers.get(b"authorization"), user=headers.get(b"x-user-id"),
+            use_cache=_use_cache(headers), span=PREDICT_SPAN, trace=headers, request_id=request_id, headers=extra)), JSON
 
 
 def _infer_route(parts: list[str]) -> tuple[str, str | None] | None:
@@ -240,10 +239,8 @@ def _int_header(headers: dict[bytes, bytes], name: bytes) -> int | None:
     return int(raw)
 
 
-def _deadline(headers: dict[bytes, bytes], timeout_us: int | None = None) -> float | None:
-    """The earlier of the X-Request-Timeout-Ms header and the request's own `parameters.timeout`."""
-    timeouts_ms = [t for t in (_int_header(headers, b"x-request-timeout-ms"), timeout_us and timeout_us / 1000) if t is not None]
-    return deadline_after(min(timeouts_ms)) if timeouts_ms else None
+def _timeout_ms(headers: dict[bytes, bytes]) -> int | None:
+    return _int_header(headers, b"x-request-timeout-ms")
 
 
 def _use_cache(headers: dict[bytes, bytes]) -> bool:

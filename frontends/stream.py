@@ -5,7 +5,7 @@ JSON line per item, written as each completes (not in order): the infer response
 the item's `id` (the client's, else `<X-Request-ID>-<n>`), or `{"id", "error", "code"}`. A bad
 item fails alone. Credentials are checked and the version chosen once per stream (the user's
 sticky choice holds for the whole stream); each item counts against the tenant's rate limit and
-goes through the pipeline like any request (validation, cache, batcher, metrics).
+goes through the data plane like any request (validation, cache, batcher, metrics).
 
 At most `max_in_flight` items are served at once: the body is not read further until one
 completes, so a fast sender is slowed by TCP rather than queued here. The stream is exempt from
@@ -25,17 +25,18 @@ from typing import Any
 
 import orjson
 
-from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError, shown
+from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
 from frontends.asgi import Receive, Scope, Send, dumps
-from frontends.oip_codec import decode_infer, encode_infer
+from frontends.oip_codec import InferRequest, decode_infer, encode_infer
 from frontends.parts import FrontendParts
-from observability.context import current, start_request
-from pipeline.pipeline import deadline_after
+from pipeline.dataplane import Answer, InferenceRequest, Tensors
+from runners.registry import LoadedVersion
 
 log = logging.getLogger(__name__)
 
 NDJSON = b"application/x-ndjson"
 SPAN = "POST /v2/models/{name}/infer/stream"
+ITEM_SPAN = "POST /v2/models/{name}/infer/stream item"
 
 
 def target(scope: Scope) -> tuple[str, str | None] | None:
@@ -68,10 +69,7 @@ async def serve(
     name, asked = where
     pipeline = served.pipeline
     admitted = pipeline.admission.identify(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
-    opening = start_request()
-    entry = pipeline.resolve(name, asked, admitted, "streaming")  # 404, 503, 422 mode_not_supported
-    variant = opening.variant
-    opening.release()
+    entry, variant = pipeline.route(name, asked, admitted, "streaming")  # 403, 404, 503, 422 mode_not_supported
     receive = await _with_first_item(receive, served.stream.idle_timeout_s)
     stream = _Stream(served, name, entry.version, variant, admitted, request_id, send, headers)
     await send({"type": "http.response.start", "status": 200,
@@ -116,6 +114,7 @@ class _Stream:
         self._tasks: set[asyncio.Task] = set()
         self._count = 0
         self._use_cache = b"no-cache" not in headers.get(b"cache-control", b"")
+        self._trace = headers  # each item's span joins the client's trace, as a gRPC stream's items do
         timeout = headers.get(b"x-request-timeout-ms")
         self._timeout_ms = int(timeout) if timeout and timeout.isdigit() and len(timeout) <= 12 else None
 
@@ -203,22 +202,20 @@ class _Stream:
         await self._write(out)
 
     async def _infer(self, line: bytes, fallback_id: str) -> bytes:
-        served = self.served
-        pipeline = served.pipeline
-        async with pipeline.request() as req:
-            request = decode_infer(line, served.limits)
-            await pipeline.admission.limit(self.admitted)
-            entry = req.route(self.name, self.version, self.admitted, "streaming")
-            current().variant = self.variant
-            deadline = deadline_after(self._timeout_ms) if self._timeout_ms is not None else None
-            outputs = await req.infer(entry, request.inputs, deadline=deadline, use_cache=self._use_cache)
-            if request.outputs is not None:
-                unknown = set(request.outputs) - set(outputs)
-                if unknown:
-                    raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
-                outputs = {k: outputs[k] for k in request.outputs}
-            payload, _ = encode_infer(self.name, entry.version, request.id or fallback_id, outputs, set())
-            return payload
+        limits = self.served.limits
+        decoded: InferRequest | None = None
+
+        async def decode(entry: LoadedVersion) -> Tensors:
+            nonlocal decoded
+            decoded = decode_infer(line, limits)
+            return Tensors(decoded.inputs, decoded.outputs, timeout_ms=self._timeout_ms)
+
+        def encode(answer: Answer) -> bytes:
+            return encode_infer(self.name, answer.version, decoded.id or fallback_id, answer.outputs, set())[0]
+
+        return await self.served.pipeline.infer(InferenceRequest(
+            decode, encode, self.name, self.version, admitted=self.admitted, variant=self.variant, mode="streaming",
+            use_cache=self._use_cache, span=ITEM_SPAN, trace=self._trace, request_id=fallback_id))
 
     async def _write(self, line: bytes) -> None:
         async with self._send_lock:

@@ -58,7 +58,7 @@ class JobRunner:
         pause: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         """`pause(timeout_s)` returns once no real-time request is in flight (or after `timeout_s`): the
-        gaps a job runs in (Pipeline.pause); without it a job only yields to the event loop between batches."""
+        gaps a job runs in (DataPlane.pause); without it a job only yields to the event loop between batches."""
         self.registry = registry
         self.pause = pause
         self.router = router

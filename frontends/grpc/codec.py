@@ -126,16 +126,6 @@ def _from_contents(
     return wide.astype(dtype, copy=False)
 
 
-def select_outputs(outputs: dict[str, np.ndarray], requested: list[str] | None) -> dict[str, np.ndarray]:
-    """The outputs the request named, in its order; all of them when it named none."""
-    if requested is None:
-        return outputs
-    unknown = set(requested) - set(outputs)
-    if unknown:
-        raise BadRequest(f"unknown output(s) {shown(sorted(unknown))}")
-    return {k: outputs[k] for k in requested}
-
-
 def encode_response(
     model: str, version: str, request_id: str, outputs: dict[str, np.ndarray], raw: bool
 ) -> pb.ModelInferResponse:

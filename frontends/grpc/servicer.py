@@ -1,10 +1,9 @@
-"""KServe V2 `GRPCInferenceService` on the one request pipeline: the servicer `tritonclient.grpc` generates,
+"""KServe V2 `GRPCInferenceService` on the data plane: the servicer `tritonclient.grpc` generates,
 with each RPC answered as its REST twin answers (frontends/rest.py).
 
 Metadata RPCs need a token unless their REST twin's route is an open path (server liveness,
-readiness and metadata by default), decided by the RPC's name, so both protocols open the same doors. `ModelInfer` runs admit -> route ->
-decode -> infer -> encode inside `pipeline.request()`, so metrics, limits, request ids and canary
-numbers are the same as over HTTP; the request's deadline is the earliest of the call's gRPC
+readiness and metadata by default), decided by the RPC's name, so both protocols open the same doors. `ModelInfer` hands its
+message to `DataPlane.infer`, so metrics, limits, request ids and canary numbers are the same as over HTTP; the request's deadline is the earliest of the call's gRPC
 deadline, its `timeout` parameter and the request timeout, and its `priority` parameter picks its
 queue, as over REST. Metadata in: `authorization`, `x-user-id`, `x-request-id`, `cache-control`,
 `traceparent`; out, in trailing metadata (sent with the status, so it costs no write of its own):
@@ -25,14 +24,14 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from core.errors import ServingError
 from frontends.grpc import extensions
-from frontends.grpc.calls import deadline_of, fail, fail_internal, metadata_map, response_metadata
-from frontends.grpc.codec import decode_request, encode_response, select_outputs
+from frontends.grpc.calls import Coder, fail, fail_internal, metadata_map, response_metadata
 from frontends.grpc.settings import GrpcSettings
 from frontends.grpc.stream import serve_stream
 from frontends.parts import FrontendParts
 from frontends.request_ids import request_id_of
 from frontends.rest import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.admission import Admitted
+from pipeline.dataplane import InferenceRequest
 
 SERVICE = "inference.GRPCInferenceService"
 INFER_SPAN = f"{SERVICE}/ModelInfer"
@@ -120,25 +119,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         parts = self.parts
         if parts.on_request is not None:
             parts.on_request()
-        pipeline = parts.pipeline
-        tracer = pipeline.tracer
         headers = [(b"x-request-id", request_id.encode("ascii"))]
+        coder = Coder(request, context, parts.limits)
         try:
-            async with pipeline.request(headers) as req:
-                with tracer.request(INFER_SPAN, metadata, model=request.model_name, request_id=request_id) as span:
-                    admitted = await req.admit(metadata.get(b"authorization"), metadata.get(b"x-user-id"), "predict")
-                    entry = req.route(request.model_name, request.model_version or None, admitted)
-                    span.set("version", entry.version)
-                    with tracer.span("decode"):
-                        decoded = decode_request(request, parts.limits)
-                    use_cache = b"no-cache" not in metadata.get(b"cache-control", b"")
-                    deadline = deadline_of(context, parts.limits.request_timeout_s, decoded.timeout_us)
-                    outputs = await req.infer(
-                        entry, decoded.inputs, deadline=deadline, use_cache=use_cache, priority=decoded.priority
-                    )
-                    outputs = select_outputs(outputs, decoded.outputs)
-                    with tracer.span("encode"):
-                        response = encode_response(request.model_name, entry.version, request.id, outputs, decoded.raw)
+            response = await parts.pipeline.infer(InferenceRequest(
+                coder.decode, coder.encode, request.model_name, request.model_version or None,
+                credentials=metadata.get(b"authorization"), user=metadata.get(b"x-user-id"),
+                use_cache=b"no-cache" not in metadata.get(b"cache-control", b""), span=INFER_SPAN, trace=metadata,
+                request_id=request_id, headers=headers))
         except ServingError as exc:
             await fail(context, exc, request_id, "ModelInfer")
         except Exception:  # noqa: BLE001 - logged by fail_internal, answered INTERNAL without a traceback

@@ -1,4 +1,4 @@
-"""Triton's `ModelStreamInfer`: a bidirectional stream of infer requests, each through the one pipeline.
+"""Triton's `ModelStreamInfer`: a bidirectional stream of infer requests, each through the data plane.
 
 The stream authenticates once, from its own metadata; each item is then rate limited, routed
 (sticky for the stream's user, in the `streaming` mode), cached, batched and counted like any
@@ -20,11 +20,11 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from core.errors import ServingError
-from frontends.grpc.calls import deadline_of, fail, metadata_map
-from frontends.grpc.codec import decode_request, encode_response, select_outputs
+from frontends.grpc.calls import Coder, fail, metadata_map
 from frontends.parts import FrontendParts
 from frontends.request_ids import request_id_of
 from gateway.admission import Admitted
+from pipeline.dataplane import InferenceRequest
 
 log = logging.getLogger("frontends.grpc")
 
@@ -105,24 +105,10 @@ class _Stream:
             await self.context.write(response)
 
     async def _infer(self, item: pb.ModelInferRequest, request_id: str) -> pb.ModelInferResponse:
-        parts = self.parts
-        pipeline = parts.pipeline
-        tracer = pipeline.tracer
-        async with pipeline.request() as req:
-            with tracer.request(STREAM_SPAN, self.metadata, model=item.model_name, request_id=request_id) as span:
-                await pipeline.admission.limit(self.admitted)
-                entry = req.route(item.model_name, item.model_version or None, self.admitted, "streaming")
-                span.set("version", entry.version)
-                with tracer.span("decode"):
-                    decoded = decode_request(item, parts.limits)
-                deadline = deadline_of(self.context, parts.limits.request_timeout_s, decoded.timeout_us)
-                outputs = await req.infer(
-                    entry, decoded.inputs, deadline=deadline, use_cache=self.use_cache, priority=decoded.priority
-                )
-                with tracer.span("encode"):
-                    return encode_response(
-                        item.model_name, entry.version, item.id, select_outputs(outputs, decoded.outputs), decoded.raw
-                    )
+        coder = Coder(item, self.context, self.parts.limits)
+        return await self.parts.pipeline.infer(InferenceRequest(
+            coder.decode, coder.encode, item.model_name, item.model_version or None, admitted=self.admitted,
+            mode="streaming", use_cache=self.use_cache, span=STREAM_SPAN, trace=self.metadata, request_id=request_id))
 
 
 def _error(item: pb.ModelInferRequest, message: str, code: str) -> pb.ModelStreamInferResponse:

@@ -9,8 +9,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from core.errors import BadRequest, InvalidInput
-from frontends.grpc.codec import decode_request, encode_response, select_outputs
+from frontends.grpc.codec import decode_request, encode_response
 from gateway.settings import LimitSettings
+from pipeline.dataplane import select_outputs
 
 LIMITS = LimitSettings()
 Tensor = pb.ModelInferRequest.InferInputTensor

@@ -73,7 +73,9 @@ async def served(model_store, tmp_path_factory) -> AsyncIterator[Served]:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         try:
             yield Served(
-                s.runtime, pb_grpc.GRPCInferenceServiceStub(channel), channel, (("authorization", f"Bearer {s.token()}"),)
+                s.runtime, pb_grpc.GRPCInferenceServiceStub(channel), channel,
+                # identical requests must each reach the batcher, which the cache (on, as in production) would answer
+                (("authorization", f"Bearer {s.token()}"), ("cache-control", "no-cache")),
             )
         finally:
             await channel.close()

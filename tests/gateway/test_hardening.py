@@ -124,7 +124,7 @@ async def test_client_caused_outcomes_never_count_against_a_canary(served):
     runtime = served.runtime
     source = MetricsSnapshotSource(runtime.metrics.directory)
     before = source.snapshot("digits-sklearn").get("v2")
-    headers = {**served.headers(tenant="big"), "X-Request-Timeout-Ms": "0"}
+    headers = {**served.headers(tenant="big"), "X-Request-Timeout-Ms": "0", "Cache-Control": "no-cache"}
     for _ in range(10):  # pinned to the canary, timed out by the client: 504 each
         r = await served.client.post("/v2/models/digits-sklearn/versions/v2/infer", json=oip([1, 64], ROW), headers=headers)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"

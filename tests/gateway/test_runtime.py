@@ -17,7 +17,7 @@ def test_ready_only_after_every_configured_version_is_loaded(model_store):
     assert not runtime.ready
     runtime.start().join(60)
     assert runtime.ready
-    assert runtime.pipeline.resolve("digits-sklearn", None).version == "v2"  # no weights: the last listed version
+    assert runtime.pipeline.route("digits-sklearn", None).entry.version == "v2"  # no weights: the last listed version
     assert runtime.registry.get("digits-sklearn", "v1").load_seconds > 0
 
 
@@ -26,11 +26,11 @@ def test_a_version_that_fails_to_load_leaves_the_others_serving(model_store):
     runtime.start().join(60)
     assert not runtime.ready
     assert runtime.registry.get("digits-sklearn", "v7").state is VersionState.FAILED
-    assert runtime.pipeline.resolve("digits-sklearn", None).version == "v1"
+    assert runtime.pipeline.route("digits-sklearn", None).entry.version == "v1"
     with pytest.raises(ModelNotReady, match="failed to load"):
-        runtime.pipeline.resolve("digits-sklearn", "v7")
+        runtime.pipeline.route("digits-sklearn", "v7")
     with pytest.raises(ModelNotFound):
-        runtime.pipeline.resolve("digits-sklearn", "v3")
+        runtime.pipeline.route("digits-sklearn", "v3")
 
 
 def test_weights_must_name_configured_versions():

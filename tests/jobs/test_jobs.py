@@ -234,7 +234,7 @@ async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tm
     patient = runner(busy_step_s=60)
     entry = patient.choose("digits-sklearn", "v1", None)
     rows = from_json(entry.runner.input_spec, digits[:640].tolist(), 10_000, LimitSettings())
-    async with pipeline.request():  # a real-time request in flight: no gap
+    with pipeline.record():  # a real-time request in flight: no gap
         job = await patient.submit(entry, "acme", None, rows)
         await asyncio.sleep(0.3)
         assert (await patient.get(job.id)).rows_done == 0
@@ -245,7 +245,7 @@ async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tm
     assert (await patient.get(job.id)).rows_done == 640
 
     steady = runner(busy_step_s=0.1)
-    async with pipeline.request():  # real-time traffic without a gap: still one batch (64 rows) per busy_step_s
+    with pipeline.record():  # real-time traffic without a gap: still one batch (64 rows) per busy_step_s
         job = await steady.submit(entry, "acme", None, rows)
         await asyncio.sleep(0.45)
         done = (await steady.get(job.id)).rows_done

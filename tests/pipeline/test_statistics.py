@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from gateway.cache.settings import CacheSettings
 from tests.inprocess import serve_in_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -24,7 +25,8 @@ def infer(rows: int) -> dict:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def served(model_store, tmp_path_factory):
-    async with serve_in_process(tmp_path_factory.mktemp("statistics"), metrics=True) as s:
+    # The cache off: every request's rows reach the batcher, whose counts these tests read exactly.
+    async with serve_in_process(tmp_path_factory.mktemp("statistics"), metrics=True, cache=CacheSettings(enabled=False)) as s:
         yield s
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-import pipeline.pipeline
+import pipeline.dataplane
 from gateway.settings import LimitSettings
 from tests.inprocess import InProcess, serve_in_process
 from tests.routing.support import eventually
@@ -64,7 +64,7 @@ ATTACKS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("binary length past the body", INFER, oip([1, 64], ROW), {"Inference-Header-Content-Length": "999999"}, 400),
     ("bad timeout header", INFER, oip([1, 64], ROW), {"X-Request-Timeout-Ms": "soon"}, 400),
     ("bad schedule parameter", INFER, oip([1, 64], ROW, parameters={"priority": -1}), {}, 400),
-    ("its own deadline already passed", INFER, oip([1, 64], ROW), {"X-Request-Timeout-Ms": "0"}, 504),
+    ("its own deadline already passed", INFER, oip([1, 64], ROW), {"X-Request-Timeout-Ms": "0", "Cache-Control": "no-cache"}, 504),
     ("/predict: an empty row", "/predict", orjson.dumps({"model": MODEL, "inputs": [[]]}), {}, 422),
     ("/predict: short rows", "/predict", orjson.dumps({"model": MODEL, "inputs": [ROW[:63]]}), {}, 422),
     ("/predict: strings", "/predict", orjson.dumps({"model": MODEL, "inputs": [["a"] * 64]}), {}, 422),
@@ -142,7 +142,7 @@ async def test_a_request_path_bug_is_an_internal_error_never_the_canarys_fault(s
     def broken(*args, **kwargs):
         raise ValueError("a validator bug")
 
-    monkeypatch.setattr(pipeline.pipeline, "check_inputs", broken)
+    monkeypatch.setattr(pipeline.dataplane, "check_inputs", broken)
     _, before = await canary_outcomes(served)
     for _ in range(15):
         r = await served.client.post(INFER, content=oip([1, 64], ROW), headers=served.headers())
@@ -164,7 +164,7 @@ async def test_a_model_fault_still_rolls_the_canary_back(served, canary, monkeyp
     monkeypatch.setattr(runner, "run", broken)
     codes = set()
     for _ in range(200):
-        r = await served.client.post(INFER, content=oip([1, 64], ROW), headers=served.headers())
+        r = await served.client.post(INFER, content=oip([1, 64], ROW), headers={**served.headers(), "Cache-Control": "no-cache"})
         served.runtime.parts.metrics_current()
         if r.status_code == 200:  # rolled back: the route chose v1 again
             break
