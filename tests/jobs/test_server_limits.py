@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
+import termios
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,3 +89,52 @@ def test_parallel_submissions_to_two_workers_are_held_to_the_active_limit_in_red
     accepted, active = held_to_the_active_limit(gateway.url, headers, 8)
     print(f"redis, two workers: 30 parallel submissions, {accepted} accepted, {30 - accepted} refused, {active} active after "
           "(limit 8)")
+
+
+def test_results_held_by_clients_that_do_not_read_cost_the_worker_no_memory(jobs_server):
+    """Four clients ask for a large result and do not read it: the worker sends a piece at a time as the socket
+    takes it, so its memory stays flat (it read the whole file per client before: +1.2 GiB for four)."""
+    headers = jobs_server.headers(scopes="batch", tenant=f"reader-{uuid.uuid4().hex[:8]}")
+    rows = np.tile(np.arange(64, dtype=np.uint8) % 17, (60_000, 1))
+    with httpx.Client(base_url=jobs_server.url, headers=headers, timeout=120) as client:
+        job_id = client.post("/v2/jobs?model=digits-sklearn&version=v1", content=npy(rows)).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v2/jobs/{job_id}").json()["state"] != "succeeded":
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.1)
+        with client.stream("GET", f"/v2/jobs/{job_id}/results") as response:
+            assert "content-length" not in response.headers
+            size = sum(len(piece) for piece in response.iter_bytes())
+    assert size > 15 << 20
+    worker = jobs_server.server.worker()
+    before = worker.memory_info().rss
+    reset_peak(worker)
+    host, port = jobs_server.url.removeprefix("http://").split(":")
+    request = (f"GET /v2/jobs/{job_id}/results HTTP/1.1\r\nHost: {host}\r\nAuthorization: {headers['Authorization']}\r\n"
+               "\r\n").encode()
+    sockets = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((host, int(port)))
+            s.sendall(request)
+            sockets.append(s)
+        for s in sockets:  # the response has started on each: the worker is sending, and the client does not read
+            deadline = time.monotonic() + 30
+            while _unread(s) == 0:
+                assert time.monotonic() < deadline, "no response started"
+                time.sleep(0.02)
+        assert b"transfer-encoding: chunked" in sockets[0].recv(4096).lower()
+        peak = peak_rss(worker)
+    finally:
+        for s in sockets:
+            s.close()
+    print(f"4 clients not reading {size / 2**20:.0f} MiB of results: worker RSS {before / 2**20:.0f} MiB before, "
+          f"peak {peak / 2**20:.0f} MiB")
+    assert peak - before < 16 << 20, (before, peak)
+
+
+def _unread(s: socket.socket) -> int:
+    """Bytes waiting in the socket's receive buffer."""
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
