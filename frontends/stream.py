@@ -9,8 +9,10 @@ goes through the data plane like any request (validation, cache, batcher, metric
 
 At most `max_in_flight` items are served at once: the body is not read further until one
 completes, so a fast sender is slowed by TCP rather than queued here. The stream is exempt from
-the whole-body read timeout and bounded instead by `idle_timeout_s` between items. A client that
+the whole-body read timeout and bounded instead by `idle_timeout_s` between items. It serves no
+item past its token's expiry: a last `unauthorized` line ends it then, idle or not. A client that
 disconnects has its items in flight cancelled (the batcher drops them) and nothing more is read.
+Every item counts against the rate limit, one that fails to decode or is over the size limit too.
 
     curl -N -H "Authorization: Bearer $TOKEN" --data-binary @items.ndjson \\
          localhost:3000/v2/models/digits-sklearn/infer/stream
@@ -25,7 +27,14 @@ from typing import Any
 
 import orjson
 
-from core.errors import BadRequest, ClientDisconnected, MethodNotAllowed, PayloadTooLarge, RequestTimeout, ServingError
+from core.errors import (
+    BadRequest,
+    ClientDisconnected,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServingError,
+)
 from frontends.asgi import Receive, Scope, Send, dumps
 from frontends.oip_codec import InferRequest, decode_infer, encode_infer
 from frontends.parts import FrontendParts
@@ -132,13 +141,15 @@ class _Stream:
         buffer = b""
         skipping = False  # inside a line over the limit: drop it up to its newline
         limit = self.settings.max_line_bytes
+        idle_s = self.settings.idle_timeout_s
         while True:
+            token_s = self.admitted.seconds_left()
             try:
-                async with asyncio.timeout(self.settings.idle_timeout_s):
+                async with asyncio.timeout(min(idle_s, token_s)):
                     message = await receive()
             except TimeoutError:
-                await self._write(dumps(RequestTimeout(
-                    f"no item within {self.settings.idle_timeout_s:g} s; stream closed").body()))
+                ended = self.admitted.expired() if token_s < idle_s else RequestTimeout(f"no item within {idle_s:g} s; stream closed")
+                await self._write(dumps(ended.body()))
                 return True
             if message["type"] == "http.disconnect":
                 return False
@@ -149,17 +160,34 @@ class _Stream:
                 if skipping:
                     skipping = False
                     continue
-                await self._start(line)
+                if not await self._start(line):
+                    return True
             if len(buffer) > limit and not skipping:
                 skipping, buffer = True, b""
-                await self._write(dumps({"id": self._next_id(), **PayloadTooLarge(
-                    f"item is over the limit of {limit} bytes").body()}))
+                await self._write(dumps({"id": self._next_id(), **(await self._refusal(
+                    PayloadTooLarge(f"item is over the limit of {limit} bytes"))).body()}))
             elif skipping:
                 buffer = b""
             if not message.get("more_body", False):
                 if buffer and not skipping:
                     await self._start(buffer)
                 return True
+
+    async def _still_admitted(self) -> bool:
+        """Whether the stream's token is still valid; once it is not, a last line says so and nothing more is served."""
+        if self.admitted.seconds_left() > 0:
+            return True
+        await self._write(dumps(self.admitted.expired().body()))
+        return False
+
+    async def _refusal(self, error: ServingError) -> ServingError:
+        """What an item refused before it reaches the data plane answers: it counts against the tenant's rate
+        like any item (a flood of bad items is no cheaper than good ones), so past the limit it is that."""
+        try:
+            await self.served.pipeline.admission.limit(self.admitted)
+        except ServingError as exc:
+            return exc
+        return error
 
     async def _finish(self, receive: Receive) -> None:
         """Wait for the items in flight, unless the client leaves first."""
@@ -177,13 +205,18 @@ class _Stream:
         self._count += 1
         return f"{self.request_id}-{n}"
 
-    async def _start(self, line: bytes) -> None:
+    async def _start(self, line: bytes) -> bool:
+        """Start serving a line; False when the stream's token has expired and the stream must end."""
         if not line.strip():
-            return
+            return True
         await self._slots.acquire()  # back-pressure: no more reading while max_in_flight items run
+        if not await self._still_admitted():
+            self._slots.release()
+            return False
         task = asyncio.get_running_loop().create_task(self._item(line, self._next_id()))
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return True
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)

@@ -3,6 +3,8 @@ then what the caller may ask for (models, priority), which every front end check
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 from core.errors import Forbidden, Unauthorized
@@ -21,6 +23,17 @@ class Admitted:
     """The only models this caller may use (its tier's and its token's allow-lists); None: every one."""
     top_priority: int = 1
     """The highest priority level it may ask for (1 is the highest); 0: none above a model's default."""
+    expires_at: float | None = None
+    """When its token expires (`exp`, Unix seconds); None without authentication. A stream, admitted once,
+    serves no item past it."""
+
+    def seconds_left(self) -> float:
+        """Until its token expires (0 once it has; infinite without one): how long a stream may still serve it."""
+        return math.inf if self.expires_at is None else max(0.0, self.expires_at - time.time())
+
+    def expired(self) -> Unauthorized:
+        """What a stream, admitted once at its start, ends with once this caller's token has expired."""
+        return Unauthorized("token expired; stream closed: open a new stream with a fresh token")
 
     def permit(self, model: str) -> None:
         """403, the same for every model it may not use, before anything tells whether the model exists."""
@@ -56,7 +69,8 @@ class Admission:
                 principal = self.auth.authenticate(authorization)
                 require_scope(principal, scope)
             top, models = self.grants.of(principal.tenant) if self.grants is not None else (0, None)
-            return Admitted(principal.tenant, principal.subject, models=allowed_models(models, principal.models), top_priority=top)
+            return Admitted(principal.tenant, principal.subject, models=allowed_models(models, principal.models), top_priority=top,
+                            expires_at=principal.expires_at)
         return Admitted("anonymous", user_header.decode("latin-1")[:256] if user_header else None)
 
     async def limit(self, admitted: Admitted) -> None:

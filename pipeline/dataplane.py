@@ -197,7 +197,7 @@ class DataPlane:
                 admitted.permit_priority(tensors.priority, entry.batcher.default_priority)
             rows = check_inputs(entry.runner.signature, tensors.inputs, self.limits)
             deadline = deadline_after(tensors.timeout_ms) if tensors.timeout_ms is not None else None
-            outputs = await self._compute(record, entry, rows, deadline, request.use_cache, tensors.priority)
+            outputs = await self._compute(record, entry, rows, deadline, request.use_cache, tensors.priority, admitted.tenant)
             request.headers.append((b"x-cache", b"hit" if record.cache == "hit" else b"miss"))
             request.headers.append((b"x-model-version", entry.version.encode()))
             self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
@@ -230,14 +230,16 @@ class DataPlane:
 
     async def _compute(
         self, record: RequestRecord, entry: LoadedVersion, rows: np.ndarray, deadline: float | None, use_cache: bool,
-        priority: int,
+        priority: int, tenant: str,
     ) -> Outputs:
-        """The cache, else the version's batcher. A caller that leaves (its deadline, a disconnect) takes its
-        rows out of the queue; a computation shared by identical requests only once every caller has left."""
+        """The cache (the tenant's own entries, with tenant isolation), else the version's batcher. A caller
+        that leaves (its deadline, a disconnect) takes its rows out of the queue; a computation shared by
+        identical requests only once every caller has left."""
         batcher = entry.batcher
         if self.cache is None:
             return await batcher.submit(rows, deadline, priority)
-        key = cache_key(entry.name, version_token(entry.version, entry.generation), rows)
+        key = cache_key(entry.name, version_token(entry.version, entry.generation), rows,
+                        tenant if self.cache.settings.tenant_isolation else None)
         shared = self.cache.worth_sharing(batcher.cost.expected(len(rows)))
         if use_cache:
             with self.tracer.span("cache") as span:

@@ -137,7 +137,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        await serve_stream(self.parts, self.settings.stream_max_in_flight, request_iterator, context)
+        await serve_stream(self.parts, self.settings.stream_max_in_flight, self.settings.stream_idle_timeout_s,
+                           request_iterator, context)
 
     def _open(self, rpc: str, answer: Callable[[Admitted | None], T | Awaitable[T]]) -> Answer[T]:
         """An answer that needs a token (scope predict) unless the RPC is open; the answer gets the caller

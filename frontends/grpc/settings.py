@@ -22,6 +22,10 @@ class GrpcSettings(BaseSettings):
     """Largest request or response message; larger ones are refused with RESOURCE_EXHAUSTED by gRPC itself."""
     stream_max_in_flight: int = Field(64, ge=1)
     """Items of one ModelStreamInfer stream being served at once; the stream is not read further until one is done."""
+    stream_idle_timeout_s: float = Field(30.0, gt=0)
+    """Longest a ModelStreamInfer stream may go without an item (it authenticated once, at its start): past it,
+    once the items in flight are answered, the call ends with DEADLINE_EXCEEDED, as an HTTP stream ends
+    past RTSERVE_STREAM_IDLE_TIMEOUT_S."""
     shutdown_grace_s: float = Field(5.0, ge=0)
     """How long calls in progress may finish when the worker stops."""
     lock_dir: Path = Path(tempfile.gettempdir())

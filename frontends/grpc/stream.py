@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from core.errors import ServingError
+from core.errors import RequestTimeout, ServingError
 from frontends.grpc.calls import Coder, fail, metadata_map
 from frontends.parts import FrontendParts
 from frontends.request_ids import request_id_of
@@ -34,9 +34,12 @@ STREAM_SPAN = "inference.GRPCInferenceService/ModelStreamInfer"
 async def serve_stream(
     parts: FrontendParts,
     max_in_flight: int,
+    idle_timeout_s: float,
     requests: AsyncIterator[pb.ModelInferRequest],
     context: grpc.aio.ServicerContext,
 ) -> None:
+    """Serve the stream's items until the client is done, goes `idle_timeout_s` without an item, or its token
+    expires; in the last two cases the items in flight are answered, then the call ends with the reason."""
     metadata = metadata_map(context)
     stream_id = request_id_of(metadata)
     if parts.on_request is not None:
@@ -50,19 +53,50 @@ async def serve_stream(
     slots = asyncio.Semaphore(max_in_flight)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
+    items = aiter(requests)
+    ended: ServingError | None = None
     try:
         index = 0
-        async for item in requests:
+        while True:
+            try:
+                item = await _next_item(items, admitted, idle_timeout_s)
+            except ServingError as exc:
+                ended = exc
+                break
+            if item is None:
+                break
             await slots.acquire()
             task = loop.create_task(stream.serve(item, f"{stream_id}.{index}"))
             tasks.add(task)
             task.add_done_callback(functools.partial(_item_done, tasks, slots))
             index += 1
-        if tasks:  # the client is done sending: answer what is still in flight
+        if tasks:  # the client is done sending, or the stream is over: answer what is still in flight
             await asyncio.wait(set(tasks))
+        if ended is not None:
+            await fail(context, ended, stream_id, "ModelStreamInfer")
     finally:
         for task in tasks:  # the client went away (the call was cancelled): nobody wants these answers
             task.cancel()
+
+
+async def _next_item(
+    items: AsyncIterator[pb.ModelInferRequest], admitted: Admitted, idle_timeout_s: float
+) -> pb.ModelInferRequest | None:
+    """The stream's next item, None at its end; RequestTimeout after an idle spell, Unauthorized once the token
+    the stream was opened with has expired (it was checked once, at the start)."""
+    token_s = admitted.seconds_left()
+    try:
+        async with asyncio.timeout(min(idle_timeout_s, token_s)):
+            item = await anext(items)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        if token_s < idle_timeout_s:
+            raise admitted.expired() from None
+        raise RequestTimeout(f"no item within {idle_timeout_s:g} s; stream closed") from None
+    if admitted.seconds_left() <= 0:
+        raise admitted.expired()
+    return item
 
 
 def _item_done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:

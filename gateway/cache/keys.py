@@ -1,7 +1,9 @@
-"""Cache keys: `model:version_token:hash(input)`, from the decoded tensor, never the request's text.
+"""Cache keys: `model:version_token:hash(tenant, input)`, from the decoded tensor, never the request's text.
 
 The version token is the resolved version plus its load generation (`version_token("v1", 3)
-== "v1#3"`), so a reloaded or replaced version never reads entries of the one before it.
+== "v1#3"`), so a reloaded or replaced version never reads entries of the one before it. With
+tenant isolation (the default) the tenant is hashed in too, so one tenant never reads, or learns of,
+another's entries; the key's shape stays the same, so a version's entries are still found by prefix.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def version_token(version: str, generation: int) -> str:
     return f"{version}#{generation}"
 
 
-def cache_key(model: str, version_token: str, arr: np.ndarray) -> bytes:
-    """Key of one input: canonical bytes (dtype, shape, C-order data), never the request's JSON text."""
+def cache_key(model: str, version_token: str, arr: np.ndarray, tenant: str | None = None) -> bytes:
+    """Key of one input: canonical bytes (dtype, shape, C-order data), never the request's JSON text;
+    `tenant` (None: shared by every tenant) is part of the digest."""
     if SEP in model or SEP in version_token:
         raise ValueError(f"model {model!r} and version token {version_token!r} must not contain {SEP!r}")
     if arr.dtype.hasobject:
@@ -29,6 +32,9 @@ def cache_key(model: str, version_token: str, arr: np.ndarray) -> bytes:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     h = hashlib.blake2b(digest_size=16)
+    if tenant is not None:
+        scope = tenant.encode("utf-8", "surrogatepass")
+        h.update(len(scope).to_bytes(8, "little") + scope)
     h.update(arr.dtype.str.encode())
     h.update(orjson.dumps(arr.shape))
     h.update(np.asarray(arr, order="C"))

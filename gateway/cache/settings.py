@@ -29,5 +29,9 @@ class CacheSettings(BaseSettings):
     redis_min_cost_ms: float = 0.5
     """Versions whose requests are expected to cost less than this keep to the in-process tier: running
     them again is cheaper than a Redis round trip and its client's CPU on the event loop. 0 shares all."""
+    tenant_isolation: bool = True
+    """Each tenant has cache entries of its own: a tenant never gets another's answer, so neither
+    `X-Cache: hit` nor the speed of a hit tells it that another tenant sent the same input. Off, tenants
+    share entries (more hits when they send the same inputs), and a hit can tell them so."""
     key_prefix: str = "rtserve:cache:"
     """Prefix of every Redis key of the cache."""

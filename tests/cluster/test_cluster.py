@@ -80,7 +80,7 @@ def test_a_cache_entry_written_by_one_replica_is_a_hit_on_the_other(cluster, dig
     a, b = cluster.replicas
     predict = cluster.headers()
     row = np.minimum(rows[7] + np.float32(0.25), 16)  # an input no one has sent (pixels are 0-16): in no worker's memory
-    digest = cache_key(MODEL, "v1#0", row.reshape(1, 64)).decode().rsplit(":", 1)[1]
+    digest = cache_key(MODEL, "v1#0", row.reshape(1, 64), "acme").decode().rsplit(":", 1)[1]  # the tenant of cluster.headers()
     client = redis_lib.Redis.from_url(cluster.redis.url)
     with SteadyLoad(cluster.url, predict, rows, expected, rate=40, clients=2) as load:
         load.wait_for_answers(10)
