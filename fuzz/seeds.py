@@ -173,6 +173,17 @@ def job_ids() -> list[str]:
             "\u00e9" * 24, "0123456789abcdef0123456g"]
 
 
+ATTACK_SHAPES = ([1, 0, 2**63 - 1], [0, 2**63 - 1], [2**62, 0], [2**40, 2**40, 2**40], [1, 0])
+"""Zero-size and overflowing dimensions: a zero keeps the element count at 0 whatever the others claim."""
+
+
+def shape_attacks(spec: TensorSpec, binary: bool = False) -> list[bytes]:
+    """Requests declaring `ATTACK_SHAPES` with no data: each must be refused as the client's mistake."""
+    where = {"parameters": {"binary_data_size": 0}} if binary else {"data": []}
+    return [orjson.dumps({"inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype, **where}]})
+            for shape in ATTACK_SHAPES]
+
+
 def corpus(kind: str) -> list[bytes]:
     """Seed inputs for one atheris target: every model, one and several rows, both encodings."""
     if kind == "claims":
@@ -184,9 +195,11 @@ def corpus(kind: str) -> list[bytes]:
             batch = rows(spec, n, seed)
             if kind == "json":
                 out.append(infer_json(spec, batch, binary_outputs=seed == 7))
+                out.extend(shape_attacks(spec) if n == 1 else [])
             elif kind == "binary":
                 body, length = infer_binary(spec, batch)
                 out.append(length.to_bytes(4, "little") + body)
+                out.extend(length.to_bytes(4, "little") + h for h in (shape_attacks(spec, binary=True) if n == 1 else []))
             elif kind == "rows":
                 out.append(model.name.encode() + b"\0" + orjson.dumps(predict_rows(spec, batch)))
             elif kind == "upload":
