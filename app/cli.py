@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands,
-                     job_cli.register):
+                     _audit_command, job_cli.register):
         register(sub)
     return p
 
@@ -76,9 +76,12 @@ def _positive_int(text: str) -> int:
 
 
 def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """One admin API call with an admin token; its JSON answer."""
+    """One admin API call with an admin token; its JSON answer (an error answer is a CommandError, see request)."""
     r = request(method, path, scopes="admin predict", tenant="admin", ttl_s=300, timeout=30, json=body)
-    return r.json() if r.content else {}
+    try:
+        return r.json() if r.content else {}
+    except ValueError:  # not ours (a proxy's page): said, not a traceback
+        raise CommandError(f"{r.status_code} from {path} is not JSON: {r.text.strip()[:200]}") from None
 
 
 def _weights(pairs: Sequence[str]) -> dict[str, float]:
@@ -89,7 +92,8 @@ def _weights(pairs: Sequence[str]) -> dict[str, float]:
 
 
 def _model_commands(sub: argparse._SubParsersAction) -> None:
-    command(sub, "models", _models, "models, loaded versions, states and weights")
+    command(sub, "models", _models, "models, where each came from (serving.yaml's configuration, or loaded at runtime), "
+            "loaded versions, states and weights")
     for verb, handler in (("load", _load), ("unload", _unload)):
         c = command(sub, verb, handler, f"{verb} a version in every worker")
         c.add_argument("model")
@@ -99,7 +103,8 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 def _models(a: argparse.Namespace) -> None:
     for name, m in call("GET", "/admin/models").items():
         extras = [k for k in ("experiment", "canary", "shadow") if m.get(k)]
-        print(f"{name}  weights {m.get('weights')}" + (f"  ({', '.join(extras)})" if extras else ""))
+        print(f"{name}  from {m.get('origin', 'configuration')}  weights {m.get('weights')}"
+              + (f"  ({', '.join(extras)})" if extras else ""))
         for v, info in m["versions"].items():
             print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
                   + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
@@ -108,8 +113,8 @@ def _models(a: argparse.Namespace) -> None:
 
 
 def _load(a: argparse.Namespace) -> None:
-    doc = call("POST", f"/admin/models/{a.model}/versions/{a.version}/load")
-    print(f"load: {a.model}:{a.version}; loaded {doc['loaded']}, weights {doc['weights']}")
+    doc = call("POST", f"/admin/models/{a.model}/versions/{a.version}/load")  # answers once every worker serves it
+    print(f"load: {a.model}:{a.version} ready in every worker; loaded {doc['loaded']}, weights {doc['weights']}")
 
 
 def _unload(a: argparse.Namespace) -> None:
@@ -118,15 +123,22 @@ def _unload(a: argparse.Namespace) -> None:
 
 
 def _route_commands(sub: argparse._SubParsersAction) -> None:
-    route = group(sub, "route", "route weights")
+    route = group(sub, "route", "route weights, and the way back to serving.yaml's")
     s = command(route, "set", _route_set, "set a model's weights: rtserve route set digits-sklearn v1=90 v2=10")
     s.add_argument("model")
     s.add_argument("weights", nargs="+", help="VERSION=PERCENT")
+    command(route, "reset", _route_reset, "return a model to serving.yaml's versions and weights, ending its experiment, "
+            "shadow and canary; versions loaded at runtime are unloaded").add_argument("model")
 
 
 def _route_set(a: argparse.Namespace) -> None:
     doc = call("PUT", f"/admin/models/{a.model}/weights", {"weights": _weights(a.weights)})
     print(f"{a.model}: weights {doc['weights']}")
+
+
+def _route_reset(a: argparse.Namespace) -> None:
+    doc = call("POST", f"/admin/models/{a.model}/reset")
+    print(f"{a.model}: back to serving.yaml; loaded {doc['loaded']}, weights {doc['weights']}")
 
 
 def _experiment_commands(sub: argparse._SubParsersAction) -> None:
@@ -222,6 +234,25 @@ def _shadow_set(a: argparse.Namespace) -> None:
 def _shadow_clear(a: argparse.Namespace) -> None:
     doc = call("DELETE", f"/admin/models/{a.model}/shadow")
     print(f"{a.model}: shadow {doc.get('shadow')}")
+
+
+def _audit_command(sub: argparse._SubParsersAction) -> None:
+    c = command(sub, "audit", _audit, "who changed routes, loads, experiments, canaries and shadows, and what changed, "
+                "newest first ('system' for the canary controller and the start-up merge of serving.yaml)")
+    c.add_argument("--model", help="only this model's changes (default: every model)")
+    c.add_argument("--limit", type=int, default=50, help="at most this many lines (default: 50)")
+    c.add_argument("--json", action="store_true", help="one JSON document per line, as stored (default: a line for people)")
+
+
+def _audit(a: argparse.Namespace) -> None:
+    query = f"?limit={a.limit}" + (f"&model={a.model}" if a.model else "")
+    for e in call("GET", "/admin/audit" + query):
+        if a.json:
+            print(json.dumps(e))
+            continue
+        changed = "; ".join(f"{k} {json.dumps(c['from'])} -> {json.dumps(c['to'])}" for k, c in e["changes"].items())
+        print(f"{e['time']}  {e['who']}@{e['tenant']}  {e['action']}  {e.get('model') or '-'}"
+              + (f"  {changed}" if changed else "") + (f"  ({e['detail']})" if e.get("detail") else ""))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ def _watch(job_id: str) -> dict[str, Any]:
     while True:
         doc = _request("GET", f"/v2/jobs/{job_id}").json()
         print(_line(doc), flush=True)
+        if doc["state"] == "failed":  # the server reports a failure: the command fails with it
+            raise CommandError(f"job {job_id} failed" + (f": {doc['error']}" if doc.get("error") else ""))
         if doc["state"] in FINISHED:
             return doc
         time.sleep(1.0)

@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.stats_exporter import StatsExporter
 from frontends.parts import FrontendParts
@@ -27,9 +27,10 @@ from pipeline.dataplane import DataPlane
 from pipeline.repository import ModelRepository, RepositorySettings, WorkerStates
 from pipeline.statistics import ModelStatistics
 from routing.admin import RoutingAdmin
+from routing.audit import AuditLog, FileAuditLog, RedisAuditLog
 from routing.controller import CanaryController
-from routing.document import ModelRoutes
 from routing.lease import FileLease, RedisLease
+from routing.reconcile import configured_routes
 from routing.router import Router
 from routing.settings import RoutingSettings
 from routing.stats import ExperimentCounts, MetricsSnapshotSource
@@ -56,14 +57,6 @@ def redis_client(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0, retry=Retry(NoBackoff(), 0))
 
 
-def default_routes(config: ServingConfig) -> dict[str, ModelRoutes]:
-    """Routes from serving.yaml: what a fresh deployment starts with, before any admin change."""
-    return {
-        name: ModelRoutes(loaded=list(cfg.versions), weights=config.initial_weights(name))
-        for name, cfg in config.models.items()
-    }
-
-
 class Runtime:
     def __init__(
         self,
@@ -88,7 +81,7 @@ class Runtime:
         self.metrics = metrics
         self.tracer = tracer
         self.registry = ModelRegistry(config, metrics, tracer)
-        self.router = Router(default_routes(config))
+        self.router = Router(configured_routes(config))
         self.loaded = threading.Event()
         self.draining = False  # set on SIGTERM (app/drain.py): not ready while in-flight requests finish
         self.health = BackgroundHealth(metrics)
@@ -109,6 +102,7 @@ class Runtime:
             limits=self.limits,
             health=self.health,
             is_ready=lambda: self.ready,
+            readiness=lambda: self.readiness(),
             open_paths=self.open_paths,
             metrics=metrics,
             on_request=exporter.ensure_running if exporter is not None else None,
@@ -185,31 +179,33 @@ class Runtime:
         await asyncio.to_thread(self.loaded.wait)
         if self.redis is not None:
             store = RedisStateStore(self.redis, prefix=settings.redis_prefix)
+            audit: AuditLog = RedisAuditLog(self.redis, settings.redis_prefix, settings.audit_max_entries)
             lease = RedisLease(self.redis, settings.redis_prefix + "controller", ttl_s=settings.lease_ttl_s,
                                holder_id=f"{os.getpid()}-{id(self)}")
         else:
             settings.state_file.parent.mkdir(parents=True, exist_ok=True)
             store = FileStateStore(settings.state_file)
+            audit = FileAuditLog(settings.state_file.with_name(settings.state_file.stem + ".audit.jsonl"), settings.audit_max_entries)
             lease = FileLease(settings.state_file.with_name(settings.state_file.name + ".controller.lock"))
         stats = MetricsSnapshotSource(self.metrics.directory) if self.metrics is not None else None
         sync = RouteSync(store, self.router, self.registry, settings.sync_interval_s, metrics=self.metrics, health=self.health,
                          on_unloaded=self.cache.drop_model_version if self.cache is not None else None,
-                         experiments=ExperimentCounts(stats) if stats is not None else None)
+                         experiments=ExperimentCounts(stats) if stats is not None else None, audit=audit)
         while True:
             try:
-                await sync.start(default_routes(self.config))
+                await sync.start(configured_routes(self.config))
                 break
             except Exception as exc:  # noqa: BLE001 - keep serving the configured routes meanwhile
                 log.warning("routing state unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
         self.sync = sync
         defaults = settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"})
-        self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats)
+        self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats, audit)
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
-                                               metrics=self.metrics, health=self.health)
+                                               metrics=self.metrics, health=self.health, audit=audit)
             self.controller.start()
 
     async def stop_routing(self) -> None:
@@ -228,4 +224,16 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.loaded.is_set() and self.registry.ready and not self.draining
+        return self.readiness()[0]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, why not). Strict, as Triton's: not ready while a model has traffic that no ready version
+        can take, or a version serving.yaml lists is not ready. Over the configured models, or every model
+        served (runtime ones too) when RTSERVE_ROUTING_READINESS_SCOPE=all."""
+        if self.draining:
+            return False, {"server": "draining"}
+        if not self.loaded.is_set():
+            return False, {"server": "loading the configured models"}
+        names = self.registry.names() if self.routing_settings.readiness_scope == "all" else list(self.config.models)
+        models = {name: why for name in sorted(names) if (why := self.parts.catalog.why_not_ready(name)) is not None}
+        return not models, ({"models": models} if models else {})

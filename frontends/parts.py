@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.settings import LimitSettings
 from jobs.settings import StreamSettings
@@ -32,7 +32,9 @@ class FrontendParts:
     limits: LimitSettings
     health: BackgroundHealth
     is_ready: Callable[[], bool]
-    """Every configured version loaded and warmed up."""
+    """Every configured version loaded and warmed up, and every model's traffic taken by a ready version."""
+    readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    """(ready, why not: each model that is not ready and why), for callers allowed to see model names."""
     open_paths: re.Pattern[str]
     """Paths answered without a token (health, readiness, metrics)."""
     metrics: Metrics | None = None

@@ -107,7 +107,8 @@ class InferenceApp:
                 raise NotFound(f"no route for {path}")
             admission.authorize(headers.get(b"authorization"), "admin")
             body = await read_body(receive, headers, served.limits.max_body_bytes, served.limits.body_read_timeout_s)
-            status, doc = await admin_api.handle(served.admin, method, parts[1:], body)
+            status, doc = await admin_api.handle(served.admin, method, parts[1:], body, served.repository,
+                                                 scope.get("query_string", b""))
             return status, dumps(doc), JSON
         if (answer := await extensions.route(served, scope, receive, headers, path, parts)) is not None:
             return answer
@@ -149,10 +150,14 @@ class InferenceApp:
         if rest == ["health", "live"]:
             return _json({"live": True})
         if rest == ["health", "ready"]:
-            ready = served.is_ready()
+            ready, why = served.readiness()
             doc: dict[str, Any] = {"ready": ready}
-            if admitted is not None or admission.shows_detail(headers.get(b"authorization")):  # open: a status only
-                doc["background"] = served.health.report()
+            authorization = headers.get(b"authorization")
+            if admitted is None and admission.shows_detail(authorization):
+                admitted = admission.identify(authorization, None, "predict")
+            if admitted is not None:  # open without a token: the status only; a caller sees only the models it may use
+                models = {m: reason for m, reason in why.pop("models", {}).items() if admitted.may_use(m)}
+                doc |= {**why, **({"models": models} if models else {}), "background": served.health.report()}
             return (200 if ready else 503), dumps(doc), JSON
         raise NotFound(f"no route for {path}")
 

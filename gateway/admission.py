@@ -11,6 +11,7 @@ from core.errors import Forbidden, Unauthorized
 from gateway.access import Grants, allowed_models, check_model, check_priority
 from gateway.auth import Authenticator, require_scope
 from gateway.ratelimit import RateLimiter
+from observability.actor import acting_as
 from observability.tracing import DISABLED, Tracer
 
 
@@ -81,8 +82,12 @@ class Admission:
             admitted.headers = decision.header_fields()
 
     def authorize(self, authorization: bytes | None, scope: str) -> Admitted:
-        """Credentials only, for metadata requests that are not rate limited."""
-        return self.identify(authorization, None, scope)
+        """Credentials only, for metadata and admin requests that are not rate limited; the caller is
+        remembered for the audit log of what an admin request changes (routing/audit.py)."""
+        admitted = self.identify(authorization, None, scope)
+        if self.auth is not None and admitted.user is not None:
+            acting_as(admitted.user, admitted.tenant)
+        return admitted
 
     def shows_detail(self, authorization: bytes | None) -> bool:
         """Whether an open path may add what names models or tasks: only for a caller with scope predict."""

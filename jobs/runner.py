@@ -81,7 +81,7 @@ class JobRunner:
             chosen = versions.get(version)
             if chosen is None or chosen.state is not VersionState.READY:
                 ready = {v for v, e in versions.items() if e.state is VersionState.READY}
-                version = self.router.fallback(name, ready) or version
+                version = self.router.fallback(name, ready, chosen is not None and chosen.state is VersionState.FAILED) or version
         return self.registry.serving(name, version, "batch")
 
     async def submit(self, entry: LoadedVersion, tenant: str, subject: str | None, rows: Rows) -> Job:

@@ -223,7 +223,8 @@ class DataPlane:
             chosen = versions.get(version)
             if chosen is None or chosen.state is not VersionState.READY:
                 ready = {v for v, e in versions.items() if e.state is VersionState.READY}
-                version, variant = self.router.fallback(name, ready) or version, "stable"
+                failed = chosen is not None and chosen.state is VersionState.FAILED
+                version, variant = self.router.fallback(name, ready, failed) or version, "stable"
         else:
             variant = "pinned"
         return Route(self.registry.serving(name, version, mode), variant)

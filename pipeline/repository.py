@@ -216,7 +216,14 @@ class ModelRepository:
             versions = list(configured.versions)
         for version in versions:
             await self.admin.load(name, version)
-        await self._wait(name, versions, self._loaded)
+        try:
+            await self._wait(name, versions, self._loaded)
+        except LoadFailed:
+            workers = await asyncio.to_thread(self.states.read)
+            for version in versions:  # what failed leaves the routes, so no worker retries it on every restart
+                if any(w.get((name, version)) == VersionState.FAILED.value for w in workers):
+                    await self.admin.forget_failed(name, version)
+            raise
         return versions
 
     async def unload(self, name: str, versions: list[str] | None) -> list[str]:
@@ -230,11 +237,15 @@ class ModelRepository:
         await self._wait(name, versions, _gone)
         return versions
 
-    def _loaded(self, name: str, version: str, states: list[str | None]) -> bool:
-        entry = self.registry.versions(name).get(version)
+    def _loaded(self, name: str, version: str, states: list[str | None], last: bool = False) -> bool:
+        """Whether every worker serves it; LoadFailed once one failed. The reason is this worker's error: when
+        another worker failed first, this one's own attempt is awaited (until the `last` look) to tell why."""
+        entry = self.registry.versions(name).get(version) if name in self.registry.names() else None  # a new model
         state, reason = replica_state(states, True, entry.error if entry is not None else None)
         if state == UNAVAILABLE:
-            raise LoadFailed(f"'{name}:{version}' {reason}; unload it and load it again to retry")
+            if not last and (entry is None or entry.state is VersionState.LOADING):
+                return False
+            raise LoadFailed(f"'{name}:{version}' {reason}")
         return state == READY
 
     async def _wait(self, name: str, versions: list[str], done: Callable[[str, str, list[str | None]], bool]) -> None:
@@ -246,6 +257,9 @@ class ModelRepository:
             if not pending:
                 return
             if loop.time() >= deadline:
+                if done == self._loaded:  # a failure seen while this worker still loaded is the answer
+                    for v in pending:
+                        self._loaded(name, v, [w.get((name, v)) for w in workers], last=True)
                 raise RepositoryTimeout(
                     f"'{name}' version(s) {pending} not done in every worker after {self.settings.wait_timeout_s:g} s; "
                     "it goes on in the background (see POST /v2/repository/index)"

@@ -8,6 +8,7 @@ reaches every worker and replica; each worker then loads, drains or re-weights o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -15,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound, shown
 from models.versions import version_problem
+from routing.audit import AuditLog, record
 from routing.document import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow
+from routing.reconcile import configured_routes
 from routing.stats import ExperimentCounts, MetricsSnapshotSource, VersionWindow
 from routing.stores import StateStore
 from runners.registry import ModelRegistry, VersionState
@@ -49,15 +52,21 @@ class CanaryRequest(_Request):
 
 class RoutingAdmin:
     def __init__(
-        self, store: StateStore, registry: ModelRegistry, defaults: dict[str, Any], stats: MetricsSnapshotSource | None = None
+        self,
+        store: StateStore,
+        registry: ModelRegistry,
+        defaults: dict[str, Any],
+        stats: MetricsSnapshotSource | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit  # every change is recorded there, with who made it (routing/audit.py)
         self.store = store
         self.registry = registry
         self.defaults = defaults  # canary_steps, canary_hold_s, canary_min_requests
         self.stats = stats  # this machine's numbers per version, for experiment and canary status
         self.experiments = ExperimentCounts(stats) if stats is not None else None
 
-    async def _update(self, name: str, change) -> ModelRoutes:
+    async def _update(self, name: str, change, action: str) -> ModelRoutes:
         """Apply `change` to a copy of the model's routes; the store validates and writes it atomically."""
         if name not in self.registry.names():
             raise ModelNotFound(f"model {shown(name)} is not served here")
@@ -67,10 +76,22 @@ class RoutingAdmin:
                 raise ModelNotFound(f"model '{name}' has no routes")
             return change(current.model_copy(deep=True))
 
+        return await self._write(name, apply, action)
+
+    async def _write(self, name: str, apply, action: str) -> ModelRoutes:
+        """The store's atomic update, then one audit line from the document it replaced to the one it wrote."""
+        before: list[ModelRoutes | None] = [None]
+
+        def keeping(current: ModelRoutes | None) -> ModelRoutes:
+            before[0] = current  # the last attempt's: a store retries `apply` when another writer came first
+            return apply(current)
+
         try:
-            return await self.store.update(name, apply)
+            written = await self.store.update(name, keeping)
         except ValidationError as exc:
             raise InvalidInput(_first_error(exc)) from None
+        await record(self.audit, action, name, before[0], written)
+        return written
 
     async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
         """Per version, this machine's routed requests since start by outcome: what canary status shows
@@ -118,7 +139,8 @@ class RoutingAdmin:
             }
             for v in (r.loaded if r else []):
                 versions.setdefault(v, {"state": "loading", "load_seconds": None, "error": None, "active": 0})
-            out[name] = {"versions": versions, **(r.model_dump(mode="json") if r else {})}
+            origin = r.origin if r is not None else ("configuration" if name in self.registry.config.models else "runtime")
+            out[name] = {"versions": versions, **(r.model_dump(mode="json") if r else {}), "origin": origin}
         return out
 
     async def load(self, name: str, version: str) -> ModelRoutes:
@@ -132,17 +154,48 @@ class RoutingAdmin:
         except (BentoMLException, ValueError):
             raise ModelNotFound(f"'{name}:{version}' is not in the model store") from None
 
-        def change(r: ModelRoutes) -> ModelRoutes:
+        def change(r: ModelRoutes | None) -> ModelRoutes:
+            if r is None:  # a model serving.yaml does not list: served from now on, kept by the saved state alone
+                if name in self.registry.config.models:
+                    raise ModelNotFound(f"model '{name}' has no routes yet")
+                return ModelRoutes(loaded=[version], weights={version: 100.0}, origin="runtime")
+            if r.origin == "configuration" and name not in self.registry.config.models:
+                raise ModelNotFound(f"model '{name}' is not served here: serving.yaml no longer lists it")
             if version not in r.loaded:
                 r.loaded.append(version)
             return r
 
-        return await self._update(name, change)
+        return await self._write(name, change, "load")
+
+    async def reset(self, name: str) -> ModelRoutes:
+        """Back to serving.yaml: its versions and weights; experiment and shadow stopped, a running canary aborted.
+        Versions loaded at runtime are unloaded (drained first)."""
+        configured = configured_routes(self.registry.config).get(name)
+        if configured is None:
+            self.registry.versions(name)  # 404 for a model not served at all
+            raise Conflict(f"model '{name}' was loaded at runtime: serving.yaml has no routes for it to return to")
+        now = time.time()
+
+        def change(r: ModelRoutes) -> ModelRoutes:
+            c = r.canary
+            if c is not None and c.status == "running":
+                c.status = "aborted"
+                c.decisions.append(CanaryDecision(at=now, action="abort", step=c.step, weight=0, numbers={},
+                                                  reason="routes reset to serving.yaml"))
+            return configured.model_copy(update={"canary": c})
+
+        return await self._update(name, change, "reset")
 
     async def unload(self, name: str, version: str) -> ModelRoutes:
+        """Drop a version from the routes. One that failed to load always goes: its canary is aborted, its
+        experiment stopped, its shadow cleared and its weight handed to versions that can take it."""
+        failed = self.failed(name, version)
+
         def change(r: ModelRoutes) -> ModelRoutes:
             if version not in r.loaded:
                 raise ModelNotFound(f"model {shown(name)} has no version {shown(version)} loaded")
+            if failed:
+                return self._without_failed(name, r, version)
             if _in_use(r, version):
                 raise Conflict(f"'{name}:{version}' is part of a running canary, experiment or shadow; stop it first")
             if r.weights.get(version, 0) > 0 and not any(w > 0 for v, w in r.weights.items() if v != version):
@@ -151,7 +204,70 @@ class RoutingAdmin:
             r.weights.pop(version, None)
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "unload")
+
+    async def forget_failed(self, name: str, version: str) -> None:
+        """After a load failed: the version leaves the routes (it would fail again in every worker on every
+        restart) unless serving.yaml lists it or it takes traffic, roles or weight (then an unload removes it)."""
+        configured = self.registry.config.models.get(name)
+        if configured is not None and version in configured.versions:
+            return
+        only: list[ModelRoutes | None] = [None]
+
+        def alone(r: ModelRoutes | None) -> bool:
+            """A model loaded at runtime whose one version failed goes altogether."""
+            only[0] = r
+            return r is not None and r.origin == "runtime" and r.loaded == [version] and not _in_use(r, version)
+
+        if await self.store.remove(name, alone):
+            await record(self.audit, "unload_failed", name, only[0], None)
+            return
+
+        def change(r: ModelRoutes | None) -> ModelRoutes:
+            if r is None or version not in r.loaded or r.weights.get(version, 0) > 0 or _in_use(r, version):
+                raise _Unchanged()
+            r.loaded.remove(version)
+            return r
+
+        with contextlib.suppress(_Unchanged, InvalidInput):
+            await self._write(name, change, "unload_failed")
+
+    def failed(self, name: str, version: str) -> bool:
+        entry = self.registry.versions(name).get(version) if name in self.registry.names() else None
+        return entry is not None and entry.state is VersionState.FAILED
+
+    def _without_failed(self, name: str, r: ModelRoutes, version: str) -> ModelRoutes:
+        now = time.time()
+        c = r.canary
+        if c is not None and c.status == "running" and version in (c.version, c.stable):
+            c.status = "aborted"
+            c.decisions.append(CanaryDecision(at=now, action="abort", step=c.step, weight=0, numbers={},
+                                              reason=f"{version} failed to load and was unloaded"))
+        if r.experiment is not None and version in r.experiment.variants:
+            r.experiment = None
+        if r.shadow is not None and r.shadow.version == version:
+            r.shadow = None
+        r.loaded.remove(version)
+        r.weights.pop(version, None)
+        if c is not None and c.status == "aborted" and c.stable in r.loaded and c.stable != version:
+            r.weights = {c.stable: 100.0}
+        if not any(w > 0 for w in r.weights.values()):
+            r.weights = self._heirs(name, r.loaded, version)
+        return r
+
+    def _heirs(self, name: str, loaded: list[str], version: str) -> dict[str, float]:
+        """Who takes a failed version's traffic: serving.yaml's weights where they fit, else every loaded version
+        that has not failed, in equal parts."""
+        configured = self.registry.config.models.get(name)
+        if configured is not None:
+            weights = self.registry.config.initial_weights(name)
+            if all(v in loaded and not self.failed(name, v) for v in weights):
+                return weights
+        heirs = [v for v in loaded if not self.failed(name, v)]
+        if not heirs:
+            raise Conflict(f"'{name}:{version}' failed to load and no other version of '{name}' can take its traffic; "
+                           "load one, then unload this one")
+        return {v: 100.0 / len(heirs) for v in heirs}
 
     async def set_weights(self, name: str, weights: dict[str, float]) -> ModelRoutes:
         self._require_ready(name, [v for v, w in weights.items() if w > 0])
@@ -162,7 +278,7 @@ class RoutingAdmin:
             r.weights = dict(weights)
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "weights")
 
     async def start_experiment(self, name: str, request: ExperimentRequest) -> ModelRoutes:
         variants = request.variants
@@ -180,14 +296,14 @@ class RoutingAdmin:
             )
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "experiment_start")
 
     async def stop_experiment(self, name: str) -> ModelRoutes:
         def change(r: ModelRoutes) -> ModelRoutes:
             r.experiment = None
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "experiment_stop")
 
     async def start_canary(self, name: str, request: CanaryRequest) -> ModelRoutes:
         version = request.version
@@ -222,7 +338,7 @@ class RoutingAdmin:
                 r.shadow = Shadow(version=version, fraction=request.mirror_fraction)
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "canary_start")
 
     async def abort_canary(self, name: str) -> ModelRoutes:
         def change(r: ModelRoutes) -> ModelRoutes:
@@ -237,7 +353,7 @@ class RoutingAdmin:
                 r.shadow = None
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "canary_abort")
 
     async def set_shadow(self, name: str, version: str | None, fraction: float) -> ModelRoutes:
         if version is not None:
@@ -247,7 +363,7 @@ class RoutingAdmin:
             r.shadow = Shadow(version=version, fraction=fraction) if version is not None else None
             return r
 
-        return await self._update(name, change)
+        return await self._update(name, change, "shadow")
 
     def _require_ready(self, name: str, versions: list[str]) -> None:
         """Traffic only goes to versions this worker has loaded and warmed; others still catch up within a second."""
@@ -268,6 +384,10 @@ def _in_use(r: ModelRoutes, version: str) -> bool:
     running = r.canary is not None and r.canary.status == "running" and version in (r.canary.version, r.canary.stable)
     in_experiment = r.experiment is not None and version in r.experiment.variants
     return running or in_experiment or (r.shadow is not None and r.shadow.version == version)
+
+
+class _Unchanged(Exception):
+    """Nothing to write."""
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from observability.health import BackgroundHealth
 from observability.logs import event
 from routing.admin import canary_weights
+from routing.audit import AuditLog, record
 from routing.canary import CanaryPolicy, judge
 from routing.document import CanaryDecision, ModelRoutes
 from routing.stats import MetricsSnapshotSource, VersionWindow
@@ -44,7 +45,9 @@ class CanaryController:
         metrics: Metrics | None = None,
         health: BackgroundHealth | None = None,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit  # its decisions are recorded as the system's
         self.store = store
         self.router = router
         self.clock = clock  # wall-clock seconds: hold times run from step_started_at, which any replica may have written
@@ -104,8 +107,10 @@ class CanaryController:
 
     async def _decide(self, name: str, verdict) -> None:
         now = self.clock()
+        before: list[ModelRoutes | None] = [None]
 
         def change(r: ModelRoutes | None) -> ModelRoutes:
+            before[0] = r.model_copy(deep=True) if r is not None else None
             c = r.canary
             if c is None or c.status != "running":
                 raise _Stale()
@@ -132,6 +137,7 @@ class CanaryController:
             routes = await self.store.update(name, change)
         except _Stale:
             return
+        await record(self.audit, f"canary_{verdict.action}", name, before[0], routes, verdict.reason)
         level = logging.WARNING if verdict.action == "rollback" else logging.INFO
         event(log, "canary_decision", level=level, model=name, action=verdict.action, reason=verdict.reason, **verdict.numbers)
         if self.metrics is not None:

@@ -101,6 +101,15 @@ class Canary(_Doc):
         return self
 
 
+class Configured(_Doc):
+    """What serving.yaml said about a model when its document was last reconciled with it: a later start
+    tells from this which fields the file changed since (those take the file's value) and which only an
+    admin changed (those keep the saved value). See routing/reconcile.py."""
+
+    versions: list[str]
+    weights: dict[str, float]
+
+
 class ModelRoutes(_Doc):
     """Everything about one model's routing that all workers must agree on."""
 
@@ -109,6 +118,10 @@ class ModelRoutes(_Doc):
     experiment: Experiment | None = None
     shadow: Shadow | None = None
     canary: Canary | None = None
+    origin: Literal["configuration", "runtime"] = "configuration"
+    """Where the model came from: serving.yaml, or loaded at runtime (then only the saved state keeps it)."""
+    configured: Configured | None = None
+    """serving.yaml's versions and weights for the model at the last start; None for a runtime model."""
     revision: int = Field(0, ge=0)
     """The store's global revision when this document was last written; set by the store."""
 

@@ -42,6 +42,10 @@ class Router:
     def apply(self, routes: Mapping[str, ModelRoutes]) -> None:
         self._compiled = {**self._compiled, **{name: compile_routes(name, r) for name, r in routes.items()}}
 
+    def forget(self, name: str) -> None:
+        """A model loaded at runtime whose document was removed is no longer routed."""
+        self._compiled = {n: c for n, c in self._compiled.items() if n != name}
+
     def routes(self, name: str) -> ModelRoutes:
         return self._get(name).routes
 
@@ -62,10 +66,14 @@ class Router:
         version = compiled.table.choose(None)
         return version, "canary" if version == compiled.canary else "stable"
 
-    def fallback(self, name: str, ready: set[str]) -> str | None:
-        """The heaviest-weighted version that is ready here, for when the chosen one is not (yet)."""
+    def fallback(self, name: str, ready: set[str], failed: bool = False) -> str | None:
+        """The heaviest-weighted version that is ready here, for when the chosen one is not (yet).
+
+        While the chosen one loads, any ready version stands in; once it has `failed`, only a version that
+        takes traffic already does: one given no weight on purpose is not made to take it, and the request
+        answers 503 with the failure until an admin moves the weight."""
         weights = self._get(name).routes.weights
-        candidates = [v for v in ready if weights.get(v, 0) > 0] or sorted(ready)
+        candidates = [v for v in ready if weights.get(v, 0) > 0] or ([] if failed else sorted(ready))
         return max(candidates, key=lambda v: weights.get(v, 0)) if candidates else None
 
     def shadow(self, name: str) -> tuple[str, float] | None:

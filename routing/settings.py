@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,11 @@ class RoutingSettings(BaseSettings):
     """How often the canary controller looks at the numbers."""
     lease_ttl_s: float = Field(5.0, gt=0)
     """The controller lease expires this long after its holder stops renewing (e.g. it died)."""
+    readiness_scope: Literal["configured", "all"] = "configured"
+    """Which models /v2/health/ready answers for: those serving.yaml lists, or every model served, runtime-loaded
+    ones included (then one broken runtime load takes every replica out of service)."""
+    audit_max_entries: int = Field(10_000, ge=1)
+    """Audit lines kept (a Redis stream under the routing prefix, or a JSON-lines file beside the state file)."""
     canary_steps: list[float] = [5, 25, 50, 100]
     """Default weight schedule of a canary, in percent."""
     canary_hold_s: float = Field(30.0, ge=0)

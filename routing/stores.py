@@ -40,7 +40,13 @@ class StateStore(Protocol):
     async def update(self, model: str, fn: Updater) -> ModelRoutes: ...
     async def revision(self) -> int: ...
     async def initialize(self, defaults: dict[str, ModelRoutes]) -> list[str]: ...
+    async def merge(self, decide: Merge) -> dict[str, ModelRoutes]: ...
+    async def remove(self, model: str, when: Callable[[ModelRoutes | None], bool]) -> bool: ...
     def changes(self) -> AsyncIterator[None] | None: ...
+
+
+Merge = Callable[[dict[str, ModelRoutes]], dict[str, ModelRoutes]]
+"""Every document -> the ones to write, in one transaction (routing/reconcile.py at start-up)."""
 
 
 def _text(value: bytes | str) -> str:
@@ -79,7 +85,7 @@ class RedisStateStore:
         return int(await self.redis.get(self.revision_key) or 0)
 
     async def put(self, model: str, routes: ModelRoutes) -> int:
-        written = await self._transact(lambda current: {model: routes})
+        written = await self._transact(lambda current: {model: routes}, [])
         return written[model].revision
 
     async def update(self, model: str, fn: Updater) -> ModelRoutes:
@@ -93,24 +99,39 @@ class RedisStateStore:
         written = await self._transact(lambda current: {m: defaults[m] for m in names if current.get(m) is None}, names)
         return sorted(written)
 
+    async def merge(self, decide: Merge) -> dict[str, ModelRoutes]:
+        """Read every document, write what `decide` returns; retried from the read if anyone wrote in between."""
+        return await self._transact(decide, None)
+
+    async def remove(self, model: str, when: Callable[[ModelRoutes | None], bool]) -> bool:
+        """Delete the model's document if `when` holds for it (read in the same transaction); True when deleted."""
+        return bool(await self._transact(lambda current: {model: None} if when(current.get(model)) else {}, [model]))
+
     async def _transact(
-        self, decide: Callable[[dict[str, ModelRoutes | None]], dict[str, ModelRoutes]], read: list[str] | None = None
+        self, decide: Callable[[dict[str, ModelRoutes | None]], dict[str, ModelRoutes]], read: list[str] | None
     ) -> dict[str, ModelRoutes]:
-        read, attempt = read or [], 0
+        """`read`: the documents `decide` sees; None: all of them."""
+        attempt = 0
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(self.docs_key, self.revision_key)
                     rev = int(await pipe.get(self.revision_key) or 0)
-                    raws = await pipe.hmget(self.docs_key, read) if read else []
-                    current = {m: None if r is None else ModelRoutes.model_validate_json(r) for m, r in zip(read, raws)}
-                    docs = {m: stamped(r, rev + 1) for m, r in decide(current).items()}
+                    if read is None:
+                        current = {_text(m): ModelRoutes.model_validate_json(r) for m, r in (await pipe.hgetall(self.docs_key)).items()}
+                    else:
+                        raws = await pipe.hmget(self.docs_key, read) if read else []
+                        current = {m: None if r is None else ModelRoutes.model_validate_json(r) for m, r in zip(read, raws)}
+                    docs = {m: None if r is None else stamped(r, rev + 1) for m, r in decide(current).items()}
                     if not docs:
                         await pipe.unwatch()
                         return {}
                     pipe.multi()
                     pipe.incr(self.revision_key)
-                    pipe.hset(self.docs_key, mapping={m: d.model_dump_json() for m, d in docs.items()})
+                    if written := {m: d.model_dump_json() for m, d in docs.items() if d is not None}:
+                        pipe.hset(self.docs_key, mapping=written)
+                    if deleted := [m for m, d in docs.items() if d is None]:
+                        pipe.hdel(self.docs_key, *deleted)
                     pipe.publish(self.channel, orjson.dumps({"revision": rev + 1, "models": sorted(docs)}))
                     await pipe.execute()
                     return docs
@@ -172,6 +193,12 @@ class FileStateStore:
         written = await asyncio.to_thread(self._transact, lambda current: {m: r for m, r in defaults.items() if m not in current})
         return sorted(written)
 
+    async def merge(self, decide: Merge) -> dict[str, ModelRoutes]:
+        return await asyncio.to_thread(self._transact, decide)
+
+    async def remove(self, model: str, when: Callable[[ModelRoutes | None], bool]) -> bool:
+        return bool(await asyncio.to_thread(self._transact, lambda current: {model: None} if when(current.get(model)) else {}))
+
     def changes(self) -> None:
         return None  # nothing pushes; the watcher polls the revision
 
@@ -205,9 +232,10 @@ class FileStateStore:
         with self._locked():
             rev, raw = self._read()
             current = {m: ModelRoutes.model_validate(d) for m, d in raw.items()}
-            docs = {m: stamped(r, rev + 1) for m, r in decide(current).items()}
+            docs = {m: None if r is None else stamped(r, rev + 1) for m, r in decide(current).items()}
             if docs:
-                raw |= {m: d.model_dump(mode="json") for m, d in docs.items()}
+                raw = {m: d for m, d in raw.items() if docs.get(m, True) is not None}  # None: the document is removed
+                raw |= {m: d.model_dump(mode="json") for m, d in docs.items() if d is not None}
                 self._replace(orjson.dumps({"revision": rev + 1, "models": raw}, option=orjson.OPT_INDENT_2))
             return docs
 

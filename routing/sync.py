@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from observability.health import BackgroundHealth
 from observability.logs import event
+from routing.audit import AuditLog, record
 from routing.document import ModelRoutes
+from routing.reconcile import merger
 from routing.stores import StateStore
 from routing.watcher import StateWatcher
 from runners.registry import VersionState
@@ -40,7 +42,9 @@ class RouteSync:
         on_unloaded: Callable[[str, str], object] | None = None,
         health: BackgroundHealth | None = None,
         experiments: ExperimentCounts | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit  # what the start-up merge of serving.yaml changes is recorded there
         self.store = store
         self.router = router
         self.registry = registry
@@ -52,10 +56,19 @@ class RouteSync:
         self._busy: set[tuple[str, str]] = set()  # versions being loaded or unloaded by this worker
         self._tasks: set[asyncio.Task] = set()
         self.watcher: StateWatcher | None = None
+        self.configured: set[str] = set(registry.config.models)
 
-    async def start(self, defaults: dict[str, ModelRoutes]) -> None:
-        """Seed the shared state with serving.yaml's routes where none exist, apply it, then watch it."""
-        await self.store.initialize(defaults)
+    async def start(self, configured: dict[str, ModelRoutes]) -> None:
+        """Merge serving.yaml's routes into the shared state (routing/reconcile.py), apply it, then watch it."""
+        self.configured = set(configured)
+        notes: list[str] = []
+        before: dict[str, ModelRoutes | None] = {}
+        written = await self.store.merge(merger(configured, notes, before))
+        for note in notes:  # only the worker whose merge wrote them; the others found nothing left to change
+            log.warning("serving.yaml and the saved routing state (%s) differ: %s", self.store.source, note)
+        for name, doc in written.items():
+            detail = "; ".join(n for n in notes if n.startswith(f"{name}: ")) or None
+            await record(self.audit, "serving_yaml", name, before.get(name), doc, detail)
         await self.apply(await self.store.get_all())
         self.watcher = StateWatcher(self.store, self.apply, interval_s=self.interval_s, health=self.health)
         await self.watcher.start()
@@ -65,7 +78,8 @@ class RouteSync:
             await self.watcher.stop()
 
     async def apply(self, routes: dict[str, ModelRoutes]) -> None:
-        known = {name: r for name, r in routes.items() if name in self.registry.names()}
+        """Configured models, and models loaded at runtime; a configured model serving.yaml no longer lists is not served."""
+        known = {name: r for name, r in routes.items() if name in self.configured or r.origin == "runtime"}
         before = self.router.all_routes()
         if self.experiments is not None:
             for name, r in known.items():
@@ -77,7 +91,7 @@ class RouteSync:
             if name not in before or before[name].weights != r.weights:
                 event(log, "weights", model=name, weights=r.weights, revision=r.revision)
         for name, r in known.items():
-            held = self.registry.versions(name)
+            held = dict(self.registry.versions(name)) if name in self.registry.names() else {}
             for version in r.loaded:
                 if version not in held and (name, version) not in self._busy:
                     self._spawn(name, version, self._load(name, version))
@@ -87,6 +101,11 @@ class RouteSync:
             if self.metrics is not None:
                 for version in set(r.loaded) | set(held):
                     self.metrics.route_weight.labels(name, version).set(r.weights.get(version, 0.0))
+        for name in set(self.registry.names()) - set(known) - self.configured:  # a runtime model removed from the state
+            self.router.forget(name)
+            for version, entry in list(self.registry.versions(name).items()):
+                if entry.state is not VersionState.LOADING and (name, version) not in self._busy:
+                    self._spawn(name, version, self._unload(name, version))
 
     def _spawn(self, name: str, version: str, work) -> None:
         self._busy.add((name, version))

@@ -71,6 +71,9 @@ class ModelRegistry:
         """Load, warm up and put a batcher in front of one version; blocking, so call it off the event loop."""
         entry = LoadedVersion(name, version)
         self._models.setdefault(name, {})[version] = entry
+        configured = self.config.models.get(name)
+        if configured is not None and version in configured.versions:  # back after an unload (routes reset)
+            self.expected.setdefault(name, set()).add(version)
         self.set_state(entry, VersionState.LOADING)
         settings = self.config.batch_settings(name)
         start = time.perf_counter()
@@ -115,15 +118,6 @@ class ModelRegistry:
             for version in cfg.versions:
                 self.load(name, version)
 
-    @property
-    def ready(self) -> bool:
-        """True once every expected version is loaded and warmed up."""
-        return all(
-            self._models.get(name, {}).get(v) is not None and self._models[name][v].state is VersionState.READY
-            for name, versions in self.expected.items()
-            for v in versions
-        )
-
     async def unload(self, name: str, version: str, poll_s: float = 0.02) -> None:
         """Stop routing to the version, let its in-flight requests finish, then free it."""
         entry = self.get(name, version)
@@ -136,6 +130,8 @@ class ModelRegistry:
             entry.batcher.close()
         if self._models.get(name, {}).get(version) is entry:
             del self._models[name][version]
+            if not self._models[name] and name not in self.config.models:  # a runtime model's last version
+                del self._models[name]
         if entry.runner is not None and not self._is_member(entry.runner):
             self._runners.pop(entry.tag, None)  # a later load reads the store again
         if self.metrics is not None:
@@ -171,7 +167,8 @@ class ModelRegistry:
         """The version, if it can take a request in `mode` now."""
         entry = self.get(name, version)
         if entry.state is not VersionState.READY:
-            problem = "failed to load" if entry.state is VersionState.FAILED else f"is {entry.state.value}"
+            problem = (f"failed to load ({entry.error}); move its traffic to a ready version or unload it"
+                       if entry.state is VersionState.FAILED else f"is {entry.state.value}")
             raise ModelNotReady(f"model '{entry.tag}' {problem}", headers={"Retry-After": "1"})
         if mode not in entry.modes:
             raise ModeNotSupported(f"model '{entry.tag}' does not serve {mode} requests; it declares {list(entry.modes)}")

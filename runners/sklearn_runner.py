@@ -6,6 +6,9 @@ same probabilities without scikit-learn's per-call validation.
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import bentoml
 import joblib
 import numpy as np
@@ -19,7 +22,7 @@ class SklearnRunner(Runner):
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         super().__init__(model, "cpu")
-        self.estimator = joblib.load(model.path_of("model.joblib"))
+        self.estimator = _read(model.path_of("model.joblib"))
         self.folded = compile_classifier(self.estimator, self.probe_rows())
         self._predict = (self.folded or self.estimator).predict_proba
 
@@ -35,3 +38,16 @@ class SklearnRunner(Runner):
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
         (batch,) = inputs.values()
         return {"probabilities": self._predict(batch).astype(np.float32, copy=False)}
+
+
+def _read(path: str):
+    """The estimator; a file that does not unpickle says so, not `IndexError: pop from empty list`."""
+    try:
+        return joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{os.path.basename(path)} is not a readable joblib file (truncated or corrupt?): "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
+class ModelFileError(Exception):
+    """A version's file cannot be read as the format its metadata names."""

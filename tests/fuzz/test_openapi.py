@@ -124,7 +124,7 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     admin = Exercise(admin_gateway.url, admin_gateway.headers(scopes="admin"))
     name = "/admin/models/digits-sklearn"
     admin("GET", "/admin/models", 200)
-    admin("POST", f"{name}/versions/v2/load", 202)
+    admin("POST", f"{name}/versions/v2/load", 200)
     admin("PUT", f"{name}/weights", 200, json={"weights": {"v1": 90, "v2": 10}})
     admin("POST", f"{name}/experiment", 201, json={"variants": {"v1": 50, "v2": 50}, "mirror_fraction": 0.1})
     admin("GET", f"{name}/experiment", 200, wait_s=10)
@@ -137,6 +137,8 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     admin("DELETE", f"{name}/canary", 200)
     admin("DELETE", f"{name}/canary", 409)
     admin("POST", f"{name}/versions/v2/unload", 202)
+    admin("POST", f"{name}/reset", 200)
+    admin("GET", "/admin/audit", 200, params={"limit": "5", "model": "digits-sklearn"})
     admin("PUT", f"{name}/weights", 422, json={"weights": {"v1": -1}})
     admin("GET", "/admin/models", 403, headers=admin_gateway.headers(scopes="predict"))
     admin("POST", "/v2/repository/index", 200, json={"ready": True})

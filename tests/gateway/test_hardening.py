@@ -198,6 +198,7 @@ async def test_a_percent_encoded_newline_cannot_forge_a_log_line(served):
 async def test_the_health_document_lists_background_tasks(served):
     doc = (await served.client.get("/v2/health/ready", headers=served.headers())).json()
     assert doc["ready"] is True and doc["background"].get("route_watcher") == "ok"
+    assert (await served.client.get("/v2/health/ready")).json() == {"ready": True}  # open: the status only
 
 
 async def test_without_auth_the_admin_api_is_not_served(model_store, tmp_path):

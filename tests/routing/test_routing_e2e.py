@@ -137,7 +137,7 @@ def test_sticky_experiment_holds_weights_over_many_users(gateway):
 
 
 def test_canary_of_a_broken_version_rolls_back_by_itself(gateway, broken_versions):
-    assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/broken/load").status_code == 202
+    assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/broken/load").status_code == 200
     wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready", headers=gateway.headers()).status_code == 200, 60, "broken loaded")
     with Load(gateway, "digits-sklearn") as load:
         time.sleep(0.5)
@@ -157,10 +157,16 @@ def test_canary_of_a_broken_version_rolls_back_by_itself(gateway, broken_version
     assert not [r for r in load.results if r[0] > tail_start and r[1] != 200], "errors after the rollback"
     # The rolled-back version is drained and unloaded.
     wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/broken/ready", headers=gateway.headers()).status_code == 404, 10, "unload")
+    # The audit log (a Redis stream) says who did what: the admin started it, the system rolled it back.
+    audit = admin(gateway, "GET", "/admin/audit?model=digits-sklearn&limit=20").json()
+    started = next(e for e in audit if e["action"] == "canary_start")
+    rolled_back = next(e for e in audit if e["action"] == "canary_rollback")
+    assert (started["who"], started["tenant"], rolled_back["who"]) == ("alice", "acme", "system"), audit
+    assert rolled_back["changes"]["weights"]["to"] == {"v1": 100.0} and rolled_back["detail"] == rollback["reason"]
 
 
 def test_canary_of_a_slow_version_rolls_back_by_itself(gateway, broken_versions):
-    assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/slow/load").status_code == 202
+    assert admin(gateway, "POST", "/admin/models/digits-sklearn/versions/slow/load").status_code == 200
     wait_for(lambda: httpx.get(gateway.url + "/v2/models/digits-sklearn/versions/slow/ready", headers=gateway.headers()).status_code == 200, 60, "slow loaded")
     with Load(gateway, "digits-sklearn") as load:
         r = admin(gateway, "POST", "/admin/models/digits-sklearn/canary",
@@ -179,7 +185,7 @@ def test_zero_failed_requests_through_load_canary_promote_unload(gateway):
         time.sleep(0.5)
         assert admin(gateway, "POST", f"/admin/models/{model}/versions/v2/unload").status_code == 202
         wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready", headers=gateway.headers()).status_code == 404, 20, "v2 unloaded")
-        assert admin(gateway, "POST", f"/admin/models/{model}/versions/v2/load").status_code == 202
+        assert admin(gateway, "POST", f"/admin/models/{model}/versions/v2/load").status_code == 200
         wait_for(lambda: httpx.get(gateway.url + f"/v2/models/{model}/versions/v2/ready", headers=gateway.headers()).status_code == 200, 60, "v2 loaded")
         time.sleep(1.0)  # both workers have it
         # A good version on a busy, shared machine: enough requests per step for a stable p95, and

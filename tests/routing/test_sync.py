@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.cache import CacheSettings, PredictionCache, cache_key, version_token
-from routing.document import ModelRoutes
+from routing.document import Configured, ModelRoutes
 from routing.router import Router
 from routing.stores import FileStateStore
 from routing.sync import RouteSync
@@ -64,9 +64,10 @@ async def test_start_seeds_the_store_and_applies_it(rig: Rig) -> None:
     assert rig.sync.watcher is not None and rig.sync.watcher.running
 
 
-async def test_an_existing_document_wins_over_the_defaults(model_store, tmp_path: Path) -> None:
+async def test_weights_an_admin_changed_win_over_unchanged_defaults(model_store, tmp_path: Path) -> None:
     store = FileStateStore(tmp_path / "routes.json")
-    await store.put(MODEL, routes({"v1": 7.0}, loaded=["v1"]))  # written by an admin before this worker started
+    configured = Configured(versions=["v1"], weights={"v1": 100.0})  # what serving.yaml said when it was saved
+    await store.put(MODEL, routes({"v1": 7.0}, loaded=["v1"], configured=configured))  # an admin's change since
     registry = ModelRegistry(ServingConfig.model_validate({"models": {MODEL: {"versions": ["v1"]}}}))
     router = Router({})
     sync = RouteSync(store, router, registry, interval_s=0.05)
