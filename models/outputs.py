@@ -31,6 +31,11 @@ class Head:
         self.softmax = bool(metadata.get("softmax"))
         names = metadata.get("class_names")
         self.classes = None if not names else np.asarray(names, dtype=object if isinstance(names[0], str) else np.int64)
+        # What every batch is checked against, worked out once: (name, dtype, dimensions, fixed (index, size) pairs).
+        self._expected = [
+            (spec.name, spec.dtype, len(spec.shape), [(i, d) for i, d in enumerate(spec.shape) if i and d >= 0])
+            for spec in signature.outputs
+        ]
 
     def __call__(self, raw: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         if self.task == "tensors":
@@ -41,8 +46,22 @@ class Head:
                 outputs["predictions"] = outputs["predictions"][:, 0]
         else:
             outputs = self._classify(self._single(raw))
-        check_outputs(self.signature, outputs, rows)
+        if not self._fits(outputs, rows):
+            check_outputs(self.signature, outputs, rows)  # says what does not fit
         return outputs
+
+    def _fits(self, outputs: dict[str, np.ndarray], rows: int) -> bool:
+        """The per-batch check, kept cheap: `check_outputs` explains a failure."""
+        if len(outputs) != len(self._expected):
+            return False
+        for name, dtype, ndim, fixed in self._expected:
+            arr = outputs.get(name)
+            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.ndim != ndim or arr.shape[0] != rows:
+                return False
+            for i, d in fixed:
+                if arr.shape[i] != d:
+                    return False
+        return True
 
     @staticmethod
     def _single(raw: dict[str, np.ndarray]) -> np.ndarray:
