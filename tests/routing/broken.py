@@ -1,7 +1,7 @@
 """Versions built by the tests to be rolled back: one that raises, one that is slow, one far slower.
 
-Both pass the service's warm-up (a constant input of 1.0, see runners/base.py) so that they
-load and take traffic; real inputs then show the fault.
+They pass the service's warm-up (one value throughout, the middle of the declared range: see
+`sample_inputs` in models/spec.py) so that they load and take traffic; real inputs then show the fault.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from models.build import DIGITS_ROW
 from models.signature import Signature, classifier_outputs
 
 
+def is_warmup(x: np.ndarray) -> bool:
+    """The warm-up's input: one value throughout (a digit image never is)."""
+    return bool(np.all(x == x.flat[0]))
+
+
 class RaisingEstimator:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if np.all(x == 1.0):
+        if is_warmup(x):
             return np.full((len(x), 10), 0.1)
         raise RuntimeError("this version is broken")
 
@@ -28,7 +33,7 @@ class SlowEstimator:
         self.inner, self.delay_s = inner, delay_s
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if not np.all(x == 1.0):
+        if not is_warmup(x):
             time.sleep(self.delay_s)
         return self.inner.predict_proba(x)
 
