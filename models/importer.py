@@ -37,6 +37,7 @@ from models.declared import Declared
 from models.formats.base import ModelFormat, Trust
 from models.probe import run_probe
 from models.settings import ImportSettings
+from models.versions import version_problem
 
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
 """Model names and versions: BentoML's tag rules (lowercase letters, digits, `_`, `-`, `.`), no path characters."""
@@ -85,6 +86,8 @@ def import_model(
     settings = settings or ImportSettings()
     check_name("model name", name)
     check_name("version", version)
+    if (problem := version_problem(version)) is not None:
+        raise ModelRefused(f"version '{version}' {problem}")
     tag = f"{name}:{version}"
     if store.exists(tag):
         raise Conflict(f"{tag} already exists; deploy a new version")
