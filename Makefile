@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 GRPC_PORT ?= 3001
+METRICS_PORT ?= 3002
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
 .PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster
@@ -52,11 +53,12 @@ serve: setup
 	@$(BIN)/python -c "from gateway.tokens import ensure_dev_secret; from pathlib import Path; ensure_dev_secret(Path('$(DEV_SECRET)'))"
 	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   Swagger UI: http://localhost:$(PORT)/"
 	@echo "gRPC (KServe V2 GRPCInferenceService, tritonclient.grpc): localhost:$(GRPC_PORT)"
+	@echo "Prometheus metrics: http://localhost:$(METRICS_PORT)/metrics"
 	@echo "Auth is on with a development key ($(DEV_SECRET)). Get a token:"
 	@echo "  TOKEN=\$$($(BIN)/rtserve token --scope 'predict admin' --tenant dev)"
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://localhost:$(PORT)/v2/models/digits-sklearn"
 	RTSERVE_AUTH_ENABLED=true RTSERVE_AUTH_HS256_SECRET_FILE=$(DEV_SECRET) RTSERVE_RATELIMIT_ENABLED=true \
-	  RTSERVE_GRPC_PORT=$(GRPC_PORT) $(BIN)/bentoml serve --port $(PORT)
+	  RTSERVE_GRPC_PORT=$(GRPC_PORT) RTSERVE_METRICS_PORT=$(METRICS_PORT) $(BIN)/bentoml serve --port $(PORT)
 
 test: setup system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py

@@ -23,8 +23,11 @@ import bentoml
 from app.config import Config, ConfigError, load_config, load_server_settings, load_tls_settings
 from app.drain import install as install_drain
 from app.front_door import install as install_front_door
+from app.front_door import metrics_directory
 from app.head_limit import HeadLimitedProtocol
 from app.head_limit import install as install_head_limit
+from app.metrics_port import PortUnavailable
+from app.metrics_port import serve as serve_metrics
 from app.wiring import Runtime
 from core.errors import HeaderTooLarge
 from frontends.grpc.port_guard import PortTaken, reserve
@@ -109,6 +112,16 @@ class InferenceService:
             except PortTaken as exc:
                 print(f"rtserve: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
+
+    @bentoml.on_deployment
+    def serve_metrics_port() -> None:
+        """In `bentoml serve`'s own process, for its whole life: Prometheus scrapes on RTSERVE_METRICS_PORT,
+        apart from the API and off the workers (app/metrics_port.py)."""
+        try:
+            serve_metrics(configuration().metrics, metrics_directory())
+        except PortUnavailable as exc:
+            print(f"rtserve: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:

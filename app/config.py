@@ -27,6 +27,7 @@ from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
 from observability.logs import LogSettings
+from observability.metrics import MetricsSettings
 from observability.tracing import TracingSettings
 from pipeline.repository import RepositorySettings
 from routing.settings import RoutingSettings
@@ -73,6 +74,7 @@ class Config:
     loop: LoopSettings = field(default_factory=LoopSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def load_config() -> Config:
@@ -96,6 +98,7 @@ def load_config() -> Config:
         access=_settings(AccessSettings),
         server=load_server_settings(),
         tls=load_tls_settings(),
+        metrics=_settings(MetricsSettings),
     )
     _check_auth(config.auth)
     _check_access(config.access, config.ratelimit)

@@ -20,6 +20,8 @@ own loop, which stays fair to every connection when the worker is saturated by r
 suspend (uvloop then leaves a few connections unread for up to a second; README, "A tail at
 saturation, from uvloop").
 
+It also tells `bentoml serve`'s own process where the workers' metric files are (`metrics_directory`).
+
 This is the one module that reaches into BentoML's internals (app/head_limit.py also subclasses
 uvicorn's HTTP protocol, to limit request heads). It is pinned to the exact BentoML and uvicorn
 releases below, which pyproject.toml and the bentofiles pin too: it refuses to start on another
@@ -149,6 +151,15 @@ def install(service: Service, ours: ASGIApp) -> None:
 
     to_asgi.front_door = True  # type: ignore[attr-defined]
     Service.to_asgi = to_asgi
+
+
+def metrics_directory() -> str:
+    """Where `bentoml serve` has its workers write their Prometheus multiprocess files, for its own process,
+    which serves the metrics port (app/metrics_port.py). BentoML hands the workers this directory as
+    `PROMETHEUS_MULTIPROC_DIR` whatever its own environment says, and empties it before they start."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.prometheus_multiproc_dir.get())
 
 
 def _choose_loop() -> None:

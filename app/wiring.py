@@ -148,7 +148,7 @@ class Runtime:
             Grants(config.access, config.ratelimit.tenants),
         )
         cache = PredictionCache(config.cache, redis) if config.cache.enabled else None
-        metrics = Metrics() if gateway.metrics_enabled else None
+        metrics = Metrics(settings=config.metrics) if config.metrics.enabled else None
         runtime = cls(config.serving, limits=config.limits, admission=admission, cache=cache, redis=redis, metrics=metrics,
                       gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream)
         runtime.routing_settings = config.routing

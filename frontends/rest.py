@@ -125,7 +125,7 @@ class InferenceApp:
         _expect(method, "GET")
         if parts == ["openapi.json"]:
             return 200, openapi.document_json(), JSON
-        if parts == ["metrics"] and served.metrics is not None:
+        if parts == ["metrics"] and served.metrics is not None and served.metrics.on_api_port:
             served.metrics_current()
             body, content_type = await asyncio.to_thread(served.metrics.exposition)
             return 200, body, content_type.encode()

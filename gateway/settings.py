@@ -46,11 +46,10 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "RTSERVE_REDIS_URL"))
     """Shared state (rate-limit buckets, cache, routes). Unset or empty: everything in-process."""
-    metrics_enabled: bool = True
-    """Prometheus metrics on /metrics; off only to measure what they cost (the canary controller needs them)."""
-    open_paths: list[str] = ["/v2", "/v2/health/*", "/metrics", "/openapi.json"]
+    open_paths: list[str] = ["/v2", "/v2/health/*", "/openapi.json"]
     """Paths (shell patterns) answered without a token when auth is on: server liveness and readiness (a
-    status only), metrics. A model's readiness names the model, so it needs a token unless listed here."""
+    status only). A model's readiness names the model, so it needs a token unless listed here. The metrics
+    have a port of their own (RTSERVE_METRICS_PORT)."""
 
     def open_path_pattern(self) -> re.Pattern[str]:
         return re.compile("|".join(fnmatch.translate(p) for p in self.open_paths) or "(?!)")

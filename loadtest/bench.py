@@ -208,7 +208,7 @@ def open_loop(server: Server, scenario: Scenario, req: Request, closed_rps: floa
 
 def footprint(server: Server) -> dict:
     """Resident memory of the worker holding the models, and each model's load time from /metrics."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    text = httpx.get(server.metrics_url, timeout=10).text
     loads = {f"{m}:{v}": float(x) for m, v, x in
              re.findall(r'rtserve_model_load_seconds\{model="([^"]+)",version="([^"]+)"\} ([0-9.e+-]+)', text)}
     return {"worker_rss_mib": server.worker_rss_bytes() / 2**20, "load_seconds": loads}

@@ -70,7 +70,7 @@ def errors(server: Server) -> float:
     """The server's count of digits-sklearn error answers over all workers, but for calls the load generator
     itself gave up on when a timed run ended (code `cancelled`)."""
     total = 0.0
-    for family in text_string_to_metric_families(httpx.get(server.url + "/metrics", timeout=10).text):
+    for family in text_string_to_metric_families(httpx.get(server.metrics_url, timeout=10).text):
         for s in family.samples:
             if (
                 s.name == "rtserve_errors_total"

@@ -53,9 +53,18 @@ class Server:
     verify: ssl.SSLContext | bool = True
     """How the readiness poll checks the certificate of an https server."""
 
+    def __post_init__(self) -> None:
+        # rtserve's metrics port (default 3002) on a free port too, so servers never take each other's.
+        self.env = {"RTSERVE_METRICS_PORT": str(free_port()), **self.env}
+
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """rtserve's Prometheus metrics, on the metrics port."""
+        return f"http://127.0.0.1:{self.env['RTSERVE_METRICS_PORT']}/metrics"
 
     def start(self, timeout: float = 180.0, wait_ready: bool = True) -> Self:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]

@@ -48,11 +48,11 @@ class Minute:
 
 
 def gc_histogram(url: str) -> dict[str, dict]:
-    """Per generation: cumulative bucket counts (by upper bound), count and sum of pauses."""
+    """From the metrics at `url` (the server's `metrics_url`), per generation: cumulative bucket counts (by upper bound), count and sum of pauses."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, dict] = {}
-    text = httpx.get(url + "/metrics", timeout=30).text
+    text = httpx.get(url, timeout=30).text
     for family in text_string_to_metric_families(text):
         if family.name != "rtserve_gc_pause_seconds":
             continue
@@ -147,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             rate = saturation * args.fraction
             print(f"saturation {saturation:,.0f} req/s; holding {rate:,.0f} req/s for {args.minutes} min", flush=True)
             minutes: list[Minute] = []
-            before = gc_histogram(server.url)
+            before = gc_histogram(server.metrics_url)
             for i in range(1, args.minutes + 1):
                 raw = run_wrk(server, req, 256, 60, work, rate=rate)
-                after = gc_histogram(server.url)
+                after = gc_histogram(server.metrics_url)
                 full, longest, paused = gc_minute(before, after)
                 before = after
                 m = Minute(

@@ -1,8 +1,11 @@
 """Prometheus metrics, shared by every worker through prometheus-client's multiprocess mode.
 
-BentoML gives each worker `PROMETHEUS_MULTIPROC_DIR`; values are written to files there and
-`/metrics` (served by any worker) adds them up. prometheus_client is imported only when
-`Metrics` is created in the worker, after that variable is set.
+BentoML gives each worker `PROMETHEUS_MULTIPROC_DIR`; values are written to files there and an
+`Exposition` adds them up: on the metrics port (app/metrics_port.py), or on the API port when
+`RTSERVE_METRICS_ON_API_PORT` asks for it. Reading every worker's files costs more the more series
+there are, so a rendered exposition is served again for `RTSERVE_METRICS_CACHE_S`: a burst of
+scrapes renders once. prometheus_client is imported only when `Metrics` is created in the worker,
+after that variable is set.
 
 The hot path holds pre-labelled children (one dict lookup per request), never `labels()`, and
 its updates go through a `Tally` (observability/tally.py), which writes each value once per
@@ -15,9 +18,14 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from observability.tally import Tally
 
@@ -68,14 +76,84 @@ def _multiproc_dir() -> str:
     return path
 
 
+class MetricsSettings(BaseSettings):
+    """Where and how the Prometheus metrics are served; read when the service starts."""
+
+    model_config = SettingsConfigDict(env_prefix="RTSERVE_METRICS_")
+
+    enabled: bool = True
+    """Prometheus metrics; off only to measure what they cost (the canary controller and the statistics
+    extension read them)."""
+    port: int = Field(3002, ge=0, le=65535)
+    """The metrics port: `GET /metrics` answered by `bentoml serve`'s own process, apart from the API and
+    at no cost to the workers (Triton's metrics port). 0: no metrics port."""
+    host: str = "0.0.0.0"
+    """Address the metrics port binds to; Prometheus must reach it, clients of the API need not."""
+    on_api_port: bool = False
+    """Also answer `GET /metrics` on the API port, from the workers; it then needs a token when auth is on,
+    unless `/metrics` is added to RTSERVE_OPEN_PATHS."""
+    cache_s: float = Field(1.0, ge=0, le=60)
+    """How long a rendered exposition is served again before every worker's files are read anew, so a
+    burst of scrapes costs one render; keep it under the scrape interval."""
+
+
+class Exposition:
+    """Every worker's metrics in the Prometheus text format, rendered at most once per `max_age_s`.
+
+    Concurrent callers wait for the one render in progress rather than starting their own. The text
+    ends with two lines about the exposition itself: how often it was rendered, and what the last
+    render took, where a scrape's cost shows."""
+
+    def __init__(self, directory: str, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.content_type = CONTENT_TYPE_LATEST
+        self.max_age_s = max_age_s
+        self.renders = 0
+        self._clock = clock
+        self._registry = CollectorRegistry()
+        MultiProcessCollector(self._registry, path=directory)  # re-reads the files on every collect
+        self._lock = threading.Lock()
+        self._body = b""
+        self._rendered_at: float | None = None
+
+    def text(self) -> bytes:
+        """The exposition, rendered now unless the last render is younger than `max_age_s` (blocking: read files)."""
+        with self._lock:
+            if self._rendered_at is None or self._clock() - self._rendered_at >= self.max_age_s:
+                self._body = self._render()
+                self._rendered_at = self._clock()  # from the end of a render: a slow one is not followed at once
+            return self._body
+
+    def _render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        start = time.perf_counter()
+        body = generate_latest(self._registry)
+        self.renders += 1
+        seconds = time.perf_counter() - start
+        return body + (
+            "# HELP rtserve_metrics_renders_total Expositions rendered by the process answering this scrape\n"
+            "# TYPE rtserve_metrics_renders_total counter\n"
+            f"rtserve_metrics_renders_total {self.renders}.0\n"
+            "# HELP rtserve_metrics_render_seconds How long rendering this exposition took\n"
+            "# TYPE rtserve_metrics_render_seconds gauge\n"
+            f"rtserve_metrics_render_seconds {seconds!r}\n"
+        ).encode()
+
+
 class Metrics:
     """Every metric of the service; one instance per worker process."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, settings: MetricsSettings | None = None) -> None:
         """`registry`: where the metrics are registered; the default one in a worker, a fresh one per
-        in-process test (the values still go to the multiprocess files either way)."""
+        in-process test (the values still go to the multiprocess files either way). `settings`: the
+        service's; without them the API port serves no exposition, and the one `exposition()` reads is not cached."""
         self.directory = _multiproc_dir()
         _use_cached_pid(self.directory)
+        self.on_api_port = settings.on_api_port if settings is not None else False
+        self._exposition = Exposition(self.directory, settings.cache_s if settings is not None else 0.0)
         import prometheus_client
 
         self.tally = Tally()
@@ -158,13 +236,8 @@ class Metrics:
         return self.errors.labels(model, version, variant, code)
 
     def exposition(self) -> tuple[bytes, str]:
-        """All workers' metrics, added up, in the Prometheus text format."""
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.directory)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        """All workers' metrics, added up, in the Prometheus text format, and its content type (blocking)."""
+        return self._exposition.text(), self._exposition.content_type
 
 
 class BatchMetrics:

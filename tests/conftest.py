@@ -38,7 +38,7 @@ def model_store() -> dict[str, float]:
 @pytest.fixture(scope="session")
 def server(model_store, tmp_path_factory) -> Iterator[ServerProcess]:
     """One `bentoml serve` with the default serving.yaml and embedded defaults (no Redis)."""
-    proc = ServerProcess(env={"REDIS_URL": ""}, log_path=tmp_path_factory.mktemp("server") / "serve.log")
+    proc = ServerProcess(env={"REDIS_URL": "", "RTSERVE_METRICS_CACHE_S": "1"}, log_path=tmp_path_factory.mktemp("server") / "serve.log")
     try:
         yield proc.start()
     finally:

@@ -33,6 +33,7 @@ class ServerProcess(Server):
             "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"),
             "RTSERVE_AUTH_ENABLED": "false",  # tests of the gateway turn it on with a key (gateway_env)
             "RTSERVE_GRPC_PORT": str(free_port()),  # a gRPC port of its own: a second service may not share one
+            "RTSERVE_METRICS_CACHE_S": "0",  # a scrape right after a request sees it (the `server` fixture caches)
             **(env or {}),
         }
         argv = [BENTOML, "serve", "--host", "127.0.0.1", "--port", "{port}"]
@@ -85,6 +86,10 @@ class Gateway:
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.server.metrics_url
 
     def token(self, scopes: str = "predict", tenant: str = "acme", sub: str = "alice", ttl: int = 600) -> str:
         return mint(self.auth, subject=sub, scopes=scopes, tenant=tenant, ttl_s=ttl)

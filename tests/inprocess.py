@@ -27,7 +27,7 @@ from gateway.cache.settings import CacheSettings
 from gateway.ratelimit import RateLimiter, RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tokens import mint
-from observability.metrics import Metrics
+from observability.metrics import Metrics, MetricsSettings
 from routing.settings import RoutingSettings
 from runners.settings import ServingConfig
 
@@ -85,7 +85,7 @@ async def serve_in_process(
         ServingConfig.model_validate({"models": models or MODELS}),
         limits=limits or LimitSettings(),
         admission=admission,
-        metrics=Metrics(CollectorRegistry()) if metrics else None,
+        metrics=Metrics(CollectorRegistry(), MetricsSettings(on_api_port=True, cache_s=0)) if metrics else None,
         gateway=gateway,
         cache=PredictionCache(cache) if cache.enabled else None,
     )

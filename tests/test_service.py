@@ -186,6 +186,6 @@ def test_a_version_that_fails_to_load_is_reported_and_the_rest_serve(model_store
             assert c.post("/v2/models/digits-sklearn/infer", json=infer_body(x)).status_code == 200
             r = c.post("/v2/models/digits-sklearn/versions/v7/infer", json=infer_body(x))
             assert r.status_code == 503 and r.json()["code"] == "model_not_ready" and "failed to load" in r.json()["error"]
-            assert 'rtserve_model_version_state{model="digits-sklearn",state="failed",version="v7"} 1.0' in c.get("/metrics").text
+            assert 'rtserve_model_version_state{model="digits-sklearn",state="failed",version="v7"} 1.0' in httpx.get(server.metrics_url).text
     finally:
         server.stop()

@@ -95,7 +95,7 @@ def test_refused_heads_are_counted(server):
     send_head(server.port, big_head(1 << 20))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        metrics = httpx.get(server.url + "/metrics").text
+        metrics = httpx.get(server.metrics_url).text
         if 'code="request_header_too_large"' in metrics:
             return
         time.sleep(0.1)

@@ -80,6 +80,7 @@ def served(model_store, tmp_path_factory) -> Iterator[Served]:
         "RTSERVE_AUTH_ENABLED": "true",
         "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
         "RTSERVE_GRPC_PORT": str(free_port()),  # not the default 3001, which another server may hold
+        "RTSERVE_METRICS_PORT": str(free_port()),  # nor the default 3002
     }
     bentoml = str(venv / "bin" / "bentoml")
     subprocess.run([bentoml, "import", str(exported)], cwd=outside, env=env, check=True, capture_output=True, timeout=300)

@@ -127,9 +127,9 @@ class Container:
 
 
 def run(image: Image, *args: str) -> Container:
-    """`podman run -d` on the host network, on free ports for HTTP (the image's entrypoint maps PORT) and gRPC."""
+    """`podman run -d` on the host network, on free ports for HTTP (the image's entrypoint maps PORT), gRPC and metrics."""
     container = Container(f"rtserve-test-{uuid.uuid4().hex[:8]}", free_port())
-    ports = ("-e", f"PORT={container.port}", "-e", f"RTSERVE_GRPC_PORT={free_port()}")
+    ports = ("-e", f"PORT={container.port}", "-e", f"RTSERVE_GRPC_PORT={free_port()}", "-e", f"RTSERVE_METRICS_PORT={free_port()}")
     podman("run", "-d", "--name", container.name, "--network", "host", *ports, *args, image.name)
     return container
 

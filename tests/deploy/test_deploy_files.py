@@ -143,7 +143,7 @@ def test_scrape_config_targets_the_service() -> None:
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "rtserve"]
     assert job["scrape_interval"] == "5s"
     assert job["metrics_path"] == "/metrics"
-    assert [t for sc in job["static_configs"] for t in sc["targets"]] == ["localhost:3000"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == ["localhost:3002"]  # the metrics port, not the API's
 
 
 def test_promtool_check_rules() -> None:

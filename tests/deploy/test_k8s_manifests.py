@@ -102,7 +102,8 @@ def test_probes_ports_and_entrypoint() -> None:
     c = container(deployment)
     assert "command" not in c and "args" not in c, "the image's own entrypoint serves the Bento"
     assert env(c)["PORT"] == "3000"
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 3000, "grpc": 3001}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 3000, "grpc": 3001, "metrics": 3002}
+    assert env(c)["RTSERVE_METRICS_PORT"] == "3002"  # the container port named metrics is where the service serves them
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -112,6 +113,7 @@ def test_probes_ports_and_entrypoint() -> None:
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "http": (3000, "http"),
         "grpc": (3001, "grpc"),
+        "metrics": (3002, "metrics"),
     }
 
 
@@ -331,8 +333,15 @@ def test_service_monitor_scrapes_the_service_like_prometheus_yml() -> None:
     service = one("overlays/prod", "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
     job = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
+    # The metrics port, not the API's: the Service port the monitor names, the container port it targets,
+    # the port the service is told to serve metrics on, and the port prometheus.yml scrapes are one.
+    scraped = ports[endpoint["port"]]
+    c = container(one("overlays/prod", "Deployment"))
+    (target,) = [p["containerPort"] for p in c["ports"] if p["name"] == scraped["targetPort"]]
+    assert str(target) == env(c)["RTSERVE_METRICS_PORT"] != env(c)["PORT"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == [f"localhost:{scraped['port']}"]
     assert (endpoint["path"], endpoint["interval"]) == (job["metrics_path"], job["scrape_interval"])
     assert service["metadata"]["name"] == job["job_name"], (
         "the Operator names the job after the Service; alerts select job=rtserve"
@@ -355,8 +364,9 @@ def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def played(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
-    """The base Deployment played by podman with the Bento's image: (url, the HMAC key the pod reads, container)."""
+def played(tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
+    """The base Deployment played by podman with the Bento's image: (url, the HMAC key the pod reads, container,
+    the metrics port's URL)."""
     if not shutil.which("podman") or podman("image", "exists", IMAGE).returncode != 0:
         pytest.skip(
             f"needs podman and the Bento's image {IMAGE} (tests/deploy/test_container.py builds it; RTSERVE_K8S_IMAGE names another)"
@@ -367,9 +377,11 @@ def played(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     deployment["spec"]["replicas"] = 1
     spec = deployment["spec"]["template"]["spec"]
     c = spec["containers"][0]
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     c.update(image=IMAGE, imagePullPolicy="Never")
     c["ports"][0]["hostPort"] = port
+    (metrics,) = [p for p in c["ports"] if p["name"] == "metrics"]
+    metrics["hostPort"] = metrics_port
     auth, redis = f"rtserve-auth-{suffix}", f"rtserve-redis-{suffix}"
     for volume in spec["volumes"]:
         if "secret" in volume:
@@ -406,7 +418,7 @@ def played(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
             time.sleep(0.5)
         # podman 4.3 writes a secret volume's `data` value without decoding it; sign with what the pod reads.
         read = podman("exec", container_name, "cat", "/var/run/secrets/rtserve/auth/hs256-secret").stdout
-        yield url, read, container_name
+        yield url, read, container_name, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         podman("kube", "down", str(tmp_path / "deployment.yaml"))
         podman("secret", "rm", auth, redis)
@@ -420,7 +432,7 @@ def _ready(url: str) -> bool:
 
 
 def test_base_deployment_runs_under_podman_kube_play(played) -> None:
-    url, key, container_name = played
+    url, key, container_name, metrics_url = played
     inspect = json.loads(podman("inspect", container_name).stdout)[0]
     assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     assert inspect["Config"]["User"].startswith("1034")
@@ -430,7 +442,7 @@ def test_base_deployment_runs_under_podman_kube_play(played) -> None:
     assert httpx.post(url + "/predict", json=body, timeout=10).status_code == 401
     answer = httpx.post(url + "/predict", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert answer.status_code == 200, answer.text
-    # The worker's metric files live in BENTOML_HOME's emptyDir; /metrics adds them up.
-    assert 'rtserve_batches_total{model="seq-torch",version="v1"} 1.0' in httpx.get(url + "/metrics", timeout=10).text
+    # The worker's metric files live in BENTOML_HOME's emptyDir; the metrics port adds them up.
+    assert 'rtserve_batches_total{model="seq-torch",version="v1"} 1.0' in httpx.get(metrics_url, timeout=10).text
     writes = podman("exec", container_name, "sh", "-c", "touch /home/bentoml/probe").stderr
     assert "Read-only file system" in writes

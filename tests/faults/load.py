@@ -147,10 +147,10 @@ def _worker(r: httpx.Response) -> str:
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of /metrics: (name, labels) -> value."""
+    """Every sample of the metrics at `url` (a server's `metrics_url`): (name, labels) -> value."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url, timeout=10).text
     return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 

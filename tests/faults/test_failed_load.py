@@ -25,12 +25,13 @@ def test_a_version_loaded_through_the_admin_api_fails_and_the_others_keep_servin
     again on every restart), and the other versions never stop answering."""
     rows, expected = digits
     url = fault_gateway.url
+    metrics = fault_gateway.metrics_url
     with SteadyLoad(url, fault_gateway.headers(ttl=3600), rows, expected, rate=40, clients=2, fresh_connections=True) as load:
         load.wait_for_answers(40)
         r = admin(fault_gateway, "POST", f"/admin/models/{MODEL}/versions/corrupt/load")
         assert r.status_code == 500 and r.json()["code"] == "load_failed", r.text
         assert "model.joblib is not a readable joblib file" in r.json()["error"], r.text
-        assert metric(url, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") >= 1
+        assert metric(metrics, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") >= 1
         routes = admin(fault_gateway, "GET", "/admin/models").json()[MODEL]
         assert "corrupt" not in routes["loaded"], routes
         wait_for(lambda: httpx.get(f"{url}/v2/models/{MODEL}/versions/corrupt/ready", headers=fault_gateway.headers()).status_code == 404,
@@ -48,10 +49,11 @@ def test_a_configured_version_that_fails_keeps_readiness_false_and_the_others_se
     the versions that did load answer."""
     rows, expected = digits
     url = file_gateway.url
+    metrics = file_gateway.metrics_url
     ready = httpx.get(f"{url}/v2/health/ready")
     assert ready.status_code == 503 and ready.json()["ready"] is False
-    assert metric(url, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") == 1
-    assert metric(url, "rtserve_model_version_state", model=MODEL, version="corrupt", state="failed") == 1
+    assert metric(metrics, "rtserve_model_load_failures_total", model=MODEL, version="corrupt") == 1
+    assert metric(metrics, "rtserve_model_version_state", model=MODEL, version="corrupt", state="failed") == 1
     assert_refused_not_ready(file_gateway, rows)
     with SteadyLoad(url, file_gateway.headers(ttl=3600), rows, expected, rate=40, clients=2) as load:
         load.wait_for_answers(80)

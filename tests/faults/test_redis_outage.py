@@ -26,17 +26,18 @@ def redis_cache_lookups(url: str) -> float:
 def test_redis_stopped_and_restarted_under_load(fault_gateway, fault_redis, digits):
     rows, expected = digits
     url = fault_gateway.url
+    metrics = fault_gateway.metrics_url
     with SteadyLoad(url, fault_gateway.headers(ttl=3600), rows, expected, rate=40, clients=2, fresh_connections=True) as load:
         load.wait_for_answers(40)
         assert limited(fault_gateway, rows) > 0, "the tiny tier is not limited while Redis is up"
-        wait_for(lambda: metric(url, "rtserve_redis_up") == 1, 10, "rtserve_redis_up 1 before the outage")
+        wait_for(lambda: metric(metrics, "rtserve_redis_up") == 1, 10, "rtserve_redis_up 1 before the outage")
 
         fault_redis.stop()
         stopped = time.monotonic()
-        wait_for(lambda: metric(url, "rtserve_redis_up") == 0, 10, "rtserve_redis_up 0 in the outage")
+        wait_for(lambda: metric(metrics, "rtserve_redis_up") == 0, 10, "rtserve_redis_up 0 in the outage")
         load.wait_for_answers(80)  # about two seconds of traffic with Redis down
         assert limited(fault_gateway, rows) == 0, "rate limits should fail open while Redis is down"
-        assert metric(url, "rtserve_cache_requests_total", tier="redis", outcome="error") > 0
+        assert metric(metrics, "rtserve_cache_requests_total", tier="redis", outcome="error") > 0
         change = httpx.put(
             f"{url}/admin/models/{MODEL}/weights",
             json={"weights": {"v1": 100}},
@@ -48,10 +49,10 @@ def test_redis_stopped_and_restarted_under_load(fault_gateway, fault_redis, digi
 
         fault_redis.start()
         restarted = time.monotonic()
-        wait_for(lambda: metric(url, "rtserve_redis_up") == 1, 15, "rtserve_redis_up back to 1")
+        wait_for(lambda: metric(metrics, "rtserve_redis_up") == 1, 15, "rtserve_redis_up back to 1")
         up_after = time.monotonic() - restarted
-        before = redis_cache_lookups(url)
-        wait_for(lambda: redis_cache_lookups(url) > before, 15, "the cache's Redis tier in use again")
+        before = redis_cache_lookups(metrics)
+        wait_for(lambda: redis_cache_lookups(metrics) > before, 15, "the cache's Redis tier in use again")
         cache_after = time.monotonic() - restarted
         wait_for(lambda: limited(fault_gateway, rows) > 0, 15, "rate limits enforced again", every=0.5)
         limits_after = time.monotonic() - restarted

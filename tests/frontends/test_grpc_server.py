@@ -114,7 +114,7 @@ def test_requests_over_grpc_are_counted_like_any_other(gateway, clients):
 
 
 def _requests(gateway: Gateway, model: str, version: str) -> float:
-    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    text = httpx.get(gateway.metrics_url, timeout=10).text
     return sum(
         s.value
         for family in text_string_to_metric_families(text)

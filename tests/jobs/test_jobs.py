@@ -206,7 +206,7 @@ async def test_metrics_count_jobs_by_state_and_rows(app, digits):
     batch = app.headers("batch")
     r = await app.client.post("/v2/jobs", headers=batch, json={"model": "digits-sklearn", "version": "v1", "inputs": digits[:50].tolist()})
     await wait_finished(app.client, r.json()["id"], batch)
-    body = (await app.client.get("/metrics")).text
+    body = (await app.client.get("/metrics", headers=app.headers())).text  # the API port's, switched on in-process
     assert 'rtserve_jobs_total{state="succeeded"}' in body
     assert 'rtserve_job_rows_total{model="digits-sklearn",outcome="ok",version="v1"}' in body
 

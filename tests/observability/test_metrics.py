@@ -36,16 +36,16 @@ def body(i: int) -> dict:
 def test_request_counter_adds_up_across_two_workers(gateway):
     """The gateway server runs two workers; fresh connections land on both."""
     labels = {"model": "digits-sklearn", "version": "v2", "status_class": "2xx"}
-    before = counter(httpx.get(gateway.url + "/metrics").text, "rtserve_requests_total", **labels)
+    before = counter(httpx.get(gateway.metrics_url).text, "rtserve_requests_total", **labels)
     headers = gateway.headers()
     sent = 60
     for i in range(sent):
         assert httpx.post(gateway.url + INFER, json=body(i), headers=headers).status_code == 200
     deadline = time.monotonic() + 10
-    while (now := counter(httpx.get(gateway.url + "/metrics").text, "rtserve_requests_total", **labels)) != before + sent:
+    while (now := counter(httpx.get(gateway.metrics_url).text, "rtserve_requests_total", **labels)) != before + sent:
         assert now < before + sent and time.monotonic() < deadline, (before, now)
         time.sleep(0.1)
-    text = httpx.get(gateway.url + "/metrics").text
+    text = httpx.get(gateway.metrics_url).text
     assert counter(text, "rtserve_request_duration_seconds_count", model="digits-sklearn", version="v2") >= sent
     assert counter(text, "rtserve_batches_total", model="digits-sklearn", version="v2") >= 1
     assert counter(text, "rtserve_model_version_state", model="digits-sklearn", version="v2", state="ready") >= 1
@@ -55,13 +55,13 @@ def test_request_counter_adds_up_across_two_workers(gateway):
 def test_errors_and_auth_failures_are_counted(gateway):
     headers = gateway.headers()
     bad = {"inputs": [{"name": "pixels", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
-    before = counter(httpx.get(gateway.url + "/metrics").text, "rtserve_errors_total", code="invalid_input")
+    before = counter(httpx.get(gateway.metrics_url).text, "rtserve_errors_total", code="invalid_input")
     for _ in range(3):
         assert httpx.post(gateway.url + INFER, json=bad, headers=headers).status_code == 422
     httpx.post(gateway.url + INFER, json=bad, headers={"Authorization": "Bearer nope"})
     deadline = time.monotonic() + 10
     while True:
-        text = httpx.get(gateway.url + "/metrics").text
+        text = httpx.get(gateway.metrics_url).text
         if counter(text, "rtserve_errors_total", code="invalid_input") >= before + 3 and counter(
             text, "rtserve_auth_failures_total", reason="malformed"
         ) >= 1:
@@ -75,7 +75,7 @@ def test_cache_outcomes_are_counted(gateway):
     for _ in range(3):
         httpx.post(gateway.url + INFER, json=body(10_000), headers=headers)
     deadline = time.monotonic() + 10
-    while counter(httpx.get(gateway.url + "/metrics").text, "rtserve_cache_requests_total", tier="memory", outcome="hit") < 1:
+    while counter(httpx.get(gateway.metrics_url).text, "rtserve_cache_requests_total", tier="memory", outcome="hit") < 1:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -83,7 +83,7 @@ def test_cache_outcomes_are_counted(gateway):
 @pytest.fixture
 def prometheus(gateway, tmp_path):
     port = free_port()
-    target = gateway.url.removeprefix("http://")
+    target = gateway.metrics_url.removeprefix("http://").removesuffix("/metrics")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
