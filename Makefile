@@ -67,7 +67,7 @@ test: setup system-deps redis
 
 ## The in-process tests again with the prediction cache off (production runs with it on, as the suite does).
 test-cache-off: setup system-deps redis
-	RTSERVE_CACHE_ENABLED=false $(BIN)/python -m pytest -q $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
+	RTSERVE_TEST_CACHE=off $(BIN)/python -m pytest -q $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
 
 ## CLUSTER_REPLICAS replicas of two workers behind nginx on 127.0.0.1:$(CLUSTER_PORT), sharing the Redis on
 ## :6379 and the development key; prints the URL and a token; Ctrl-C or SIGTERM stops nginx and every replica.

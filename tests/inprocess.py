@@ -7,6 +7,7 @@ mounts, wired the same way (app.wiring.Runtime), only without BentoML's server a
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,9 +69,9 @@ async def serve_in_process(
     """The app over the session's model store, models loaded; with `routing`, the admin API and the
     route sync on a state file in `tmp_path` (polled every 0.1 s).
 
-    The prediction cache is on, in memory, as in production; `RTSERVE_CACHE_ENABLED=false` runs the
-    same tests with it off (`make test-cache-off`)."""
-    cache = cache or CacheSettings()
+    The prediction cache is on, in memory, as in production; `RTSERVE_TEST_CACHE=off` runs the same
+    tests with it off (`make test-cache-off`), leaving server processes that tests start as they are."""
+    cache = cache or CacheSettings(enabled=os.environ.get("RTSERVE_TEST_CACHE", "on") != "off")
     settings = None
     if auth:
         secret = tmp_path / "jwt-secret"
