@@ -26,7 +26,7 @@ from fuzz.common import SIGNATURES_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"decode_json": "json", "decode_binary": "binary", "predict_rows": "rows", "token_claims": "claims",
-           "job_upload": "upload"}  # target -> seed corpus kind
+           "job_upload": "upload", "request_head": "head", "repository_params": "repository"}  # target -> seed corpus kind
 RSS_LIMIT_MB = 512
 
 

@@ -154,6 +154,33 @@ def claims() -> list[bytes]:
     return out + [f'{{"sub":"a","exp":{exp}}}'.encode() for exp in ("1e400", str(10**400), "NaN", "true")]
 
 
+def heads() -> list[bytes]:
+    """Request heads for `fuzz.request_head` (first byte: the read size less one): real ones, pipelined ones,
+    and heads over its 1 KiB limit in the request line, in one header, in many, and unterminated."""
+    infer = b"POST /v2/models/digits-sklearn/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    body = b'{"inputs":[]}'
+    real = infer + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    return [
+        b"\xff" + real, b"\x00" + real, b"\x07" + real * 3,
+        b"\x3f" + b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"\x7f" + b"GET / HTTP/1.1\r\nx-big: " + b"b" * 3000 + b"\r\n\r\n",
+        b"\x1f" + b"GET / HTTP/1.1\r\n" + b"x-h: v\r\n" * 300 + b"\r\n",
+        b"\xff" + b"GET / HTTP/1.1\r\nx-open: " + b"c" * 4000,
+        b"\x0f" + real + b"GET / HTTP/1.1\r\nx-next: " + b"d" * 1500,
+    ]
+
+
+def repository_params() -> list[bytes]:
+    """Repository load parameters for `fuzz.repository_params`: what tritonclient sends, and configs too deep to walk."""
+    config = orjson.dumps({"name": "digits-sklearn", "version_policy": {"specific": {"versions": ["v1", "v2"]}}}).decode()
+    deep = "[" * 5_000 + "]" * 5_000  # past orjson's 1,024 levels and the interpreter's recursion limit
+    return [
+        orjson.dumps({"config": config}), orjson.dumps({"version": "v2"}), orjson.dumps({"unload_dependents": False}),
+        orjson.dumps({"config": orjson.loads(config)}), orjson.dumps({"config": deep}), deep.encode(),
+        orjson.dumps({"config": '{"version_policy":' * 5000 + "1" + "}" * 5000}), orjson.dumps({"file:1/model.onnx": "AAAA"}),
+    ]
+
+
 def job_uploads(spec: TensorSpec) -> list[bytes]:
     """Job uploads for the input: real ones in every layout, and headers that declare what must be refused
     before any array exists (a huge shape, object dtype, a zip bomb, fewer bytes than declared)."""
@@ -188,6 +215,10 @@ def corpus(kind: str) -> list[bytes]:
     """Seed inputs for one atheris target: every model, one and several rows, both encodings."""
     if kind == "claims":
         return claims()
+    if kind == "head":
+        return heads()
+    if kind == "repository":
+        return repository_params()
     out: list[bytes] = []
     for model in served_models():
         spec = model.spec

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from app.config import ServerSettings
 from deploy.k8s import generate
 from deploy.k8s.validate import KUSTOMIZATIONS, render, validate
 from gateway.auth import AuthSettings
@@ -121,10 +122,9 @@ def test_termination_lets_requests_drain() -> None:
     spec = one("base", "Deployment")["spec"]["template"]["spec"]
     pre_stop = container(one("base", "Deployment"))["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    # The longest a request may run: the service's traffic timeout (service.py's default, or the pod's setting).
-    default = re.search(r'traffic=\{"timeout":[^}]*?([0-9.]+)"?\)*\}', (ROOT / "service.py").read_text())
-    assert default, "service.py no longer states its traffic timeout where this test looks"
-    traffic_timeout = float(env(container(one("base", "Deployment"))).get("RTSERVE_TRAFFIC_TIMEOUT_S", default.group(1)))
+    # The longest a request may run: the service's traffic timeout (the setting's default, or the pod's value).
+    default = ServerSettings.model_fields["traffic_timeout_s"].default
+    traffic_timeout = float(env(container(one("base", "Deployment"))).get("RTSERVE_TRAFFIC_TIMEOUT_S", default))
     assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + traffic_timeout + 5
 
 
