@@ -9,7 +9,7 @@ from tests.gateway.test_gateway_http import (  # noqa: F401 - collected here, ag
     test_error_statuses,
     test_every_response_has_a_request_id,
     test_expired_token_is_401,
-    test_health_readiness_and_metrics_stay_open,
+    test_health_and_readiness_stay_open,
     test_inference_needs_a_token,
     test_missing_scope_is_403,
     test_model_metadata_needs_a_token,
