@@ -142,7 +142,7 @@ def test_one_controller_acts_and_a_canary_started_on_one_replica_ends_on_both(cl
             answered = {worker_of(r): r.json()["model_version"] for r in (answer_of(replica.url, predict, rows[0]) for _ in range(8))}
             assert set(answered.values()) == {winner}, (replica.url, answered)
         load.wait_for_answers(20)
-    decided = sum(metric(r.url, "rtserve_canary_decisions_total", model=MODEL) for r in (a, b))
+    decided = sum(metric(r.metrics_url, "rtserve_canary_decisions_total", model=MODEL) for r in (a, b))
     by_controller = [d for d in doc["decisions"] if d["action"] != "start"]  # the start is the admin API's
     print(f"\ncanary {doc['status']} after {took:.1f} s: {[(d['action'], d['reason']) for d in by_controller]}; "
           f"lease holders seen: {len(holders - {None})}; decisions counted by the controllers of both replicas: {decided:g}")
@@ -158,11 +158,11 @@ def test_redis_restarted_under_load_fails_no_prediction(cluster, digits):
         load.wait_for_answers(20)
         cluster.redis.stop()
         stopped = time.monotonic()
-        wait_for(lambda: all(metric(r.url, "rtserve_redis_up") == 0 for r in cluster.replicas), 15, "both replicas see Redis down")
+        wait_for(lambda: all(metric(r.metrics_url, "rtserve_redis_up") == 0 for r in cluster.replicas), 15, "both replicas see Redis down")
         load.wait_for_answers(40)
         cluster.redis.start()
         restarted = time.monotonic()
-        wait_for(lambda: all(metric(r.url, "rtserve_redis_up") == 1 for r in cluster.replicas), 20, "Redis up again")
+        wait_for(lambda: all(metric(r.metrics_url, "rtserve_redis_up") == 1 for r in cluster.replicas), 20, "Redis up again")
         back = time.monotonic() - restarted
         load.wait_for_answers(40)
     s = load.summary(since=stopped)

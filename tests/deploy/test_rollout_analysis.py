@@ -93,7 +93,7 @@ def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("prometheus")
     targets = [
         {
-            "targets": [server.url.removeprefix("http://")],
+            "targets": [server.metrics_url.removeprefix("http://").removesuffix("/metrics")],  # the metrics port
             "labels": {"rollouts_pod_template_hash": pod_hash, "role": "stable" if pod_hash == STABLE else "canary"},
         }
         for pod_hash, server in replicas.items()

@@ -160,7 +160,7 @@ def test_joblib_when_allowed_records_its_hash(tmp_path, name, settings):
     assert meta["format"] == "pickle" and len(meta["sha256"]["diabetes.joblib"]) == 64
 
 
-def test_own_runtime_by_import_string(tmp_path, name, settings):
+def test_own_runtime_by_import_string(tmp_path, name, settings, runtimes_importable):
     np.save(tmp_path / "weights.npy", np.array([1.0, 2.0, 3.0], dtype=np.float32))
     (tmp_path / "model.yaml").write_text("implementation: tests.models.runtimes:WeightedSum\ntask: regression\n"
                                          "inputs:\n  - {name: x, datatype: FP32, shape: [-1, 3]}\n")

@@ -74,7 +74,7 @@ def test_output_not_matching_the_declared_signature(tmp_path, name, settings):
             match="output 'logits' has shape")
 
 
-def test_output_mismatch_while_serving_is_a_model_error_naming_it(tmp_path, name, settings):
+def test_output_mismatch_while_serving_is_a_model_error_naming_it(tmp_path, name, settings, runtimes_importable):
     np.save(tmp_path / "weights.npy", np.ones(3, dtype=np.float32))
     (tmp_path / "model.yaml").write_text("implementation: tests.models.runtimes:Drifting\ntask: tensors\n"
                                          "inputs:\n  - {name: x, datatype: FP32, shape: [-1, 3]}\n")
