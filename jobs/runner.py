@@ -76,12 +76,7 @@ class JobRunner:
         """The version a job runs on for its whole life: the one asked for, else the route's choice for
         this user (or, while that is not ready here, the heaviest ready one). It must declare `batch`."""
         if version is None:
-            version, _ = self.router.route(name, user)
-            versions = self.registry.versions(name)
-            chosen = versions.get(version)
-            if chosen is None or chosen.state is not VersionState.READY:
-                ready = {v for v, e in versions.items() if e.state is VersionState.READY}
-                version = self.router.fallback(name, ready, chosen is not None and chosen.state is VersionState.FAILED) or version
+            version, _ = self.router.choose(name, user, self.registry.versions(name))
         return self.registry.serving(name, version, "batch")
 
     async def submit(self, entry: LoadedVersion, tenant: str, subject: str | None, rows: Rows) -> Job:

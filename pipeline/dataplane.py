@@ -32,7 +32,7 @@ from observability.tracing import DISABLED, Tracer
 from routing.router import Router
 from routing.shadow import ShadowMirror
 from runners.batcher import Outputs
-from runners.registry import LoadedVersion, ModelRegistry, VersionState
+from runners.registry import LoadedVersion, ModelRegistry
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -218,13 +218,7 @@ class DataPlane:
             admitted.permit(name)
             user = admitted.user
         if version is None:
-            version, variant = self.router.route(name, user)
-            versions = self.registry.versions(name)
-            chosen = versions.get(version)
-            if chosen is None or chosen.state is not VersionState.READY:
-                ready = {v for v, e in versions.items() if e.state is VersionState.READY}
-                failed = chosen is not None and chosen.state is VersionState.FAILED
-                version, variant = self.router.fallback(name, ready, failed) or version, "stable"
+            version, variant = self.router.choose(name, user, self.registry.versions(name))
         else:
             variant = "pinned"
         return Route(self.registry.serving(name, version, mode), variant)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from core.errors import ModelNotFound, shown
 from routing.document import ModelRoutes
 from routing.table import RouteTable
+from runners.registry import LoadedVersion, VersionState
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ class Router:
             return compiled.experiment.choose(user), "experiment"
         version = compiled.table.choose(None)
         return version, "canary" if version == compiled.canary else "stable"
+
+    def choose(self, name: str, user: str | None, versions: Mapping[str, LoadedVersion]) -> tuple[str, str]:
+        """(version, variant): the route's choice for this user, or, while that is not ready among this
+        worker's `versions`, the fallback below (variant "stable"); the choice itself when none stands in."""
+        version, variant = self.route(name, user)
+        chosen = versions.get(version)
+        if chosen is not None and chosen.state is VersionState.READY:
+            return version, variant
+        ready = {v for v, e in versions.items() if e.state is VersionState.READY}
+        failed = chosen is not None and chosen.state is VersionState.FAILED
+        return self.fallback(name, ready, failed) or version, "stable"
 
     def fallback(self, name: str, ready: set[str], failed: bool = False) -> str | None:
         """The heaviest-weighted version that is ready here, for when the chosen one is not (yet).
