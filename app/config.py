@@ -26,6 +26,7 @@ from gateway.ratelimit import RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
+from models.settings import ImportSettings
 from observability.logs import LogSettings
 from observability.metrics import MetricsSettings
 from observability.tracing import TracingSettings
@@ -69,6 +70,7 @@ class Config:
     jobs: JobSettings
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
+    imports: ImportSettings = field(default_factory=ImportSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -90,6 +92,7 @@ def load_config() -> Config:
         tracing=_settings(TracingSettings),
         logs=_settings(LogSettings),
         repository=_settings(RepositorySettings),
+        imports=_settings(ImportSettings),
         grpc=_settings(GrpcSettings),
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),

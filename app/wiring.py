@@ -20,10 +20,12 @@ from gateway.settings import GatewaySettings, LimitSettings
 from jobs.runner import JobRunner
 from jobs.settings import JobSettings, StreamSettings
 from jobs.store import LocalJobStore, RedisJobStore
+from models.settings import ImportSettings
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
 from pipeline.dataplane import DataPlane
+from pipeline.deploy import Deployer
 from pipeline.repository import ModelRepository, RepositorySettings, WorkerStates
 from pipeline.statistics import ModelStatistics
 from routing.admin import RoutingAdmin
@@ -116,6 +118,7 @@ class Runtime:
         self.controller: CanaryController | None = None
         self.routing_settings = RoutingSettings()
         self.repository_settings = RepositorySettings()
+        self.import_settings = ImportSettings()
 
     def _jobs(self, settings: JobSettings) -> JobRunner | None:
         """Batch jobs on the shared state: Redis when there is one, else the machine's folder."""
@@ -153,6 +156,7 @@ class Runtime:
                       gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream)
         runtime.routing_settings = config.routing
         runtime.repository_settings = config.repository
+        runtime.import_settings = config.imports
         return runtime
 
     def start(self) -> threading.Thread:
@@ -203,6 +207,7 @@ class Runtime:
         self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats, audit)
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
+        self.parts.deployer = Deployer(self.parts.repository, self.import_settings)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health, audit=audit)

@@ -20,6 +20,7 @@ from pipeline.dataplane import DataPlane
 if TYPE_CHECKING:
     from jobs.runner import JobRunner
     from observability.metrics import Metrics
+    from pipeline.deploy import Deployer
     from pipeline.repository import ModelRepository
     from pipeline.statistics import ModelStatistics
     from routing.admin import RoutingAdmin
@@ -46,6 +47,8 @@ class FrontendParts:
     """Set once the shared routing state is reachable; admin calls answer 503 until then."""
     repository: ModelRepository | None = None
     """The model repository extension; set with `admin`."""
+    deployer: Deployer | None = None
+    """Imports a user's model and loads it in every worker; set with `admin`."""
     statistics: ModelStatistics | None = None
     """The statistics extension."""
     jobs: JobRunner | None = None
