@@ -129,7 +129,7 @@ class Runtime:
         store = (RedisJobStore(self.redis, settings.redis_prefix, settings.retention_s) if self.redis is not None
                  else LocalJobStore(settings.state_dir, settings.retention_s))
         metrics = JobMetrics() if self.metrics is not None else None
-        return JobRunner(self.registry, self.router, store, settings, self.limits, metrics, self.pipeline.pause)
+        return JobRunner(self.pipeline, store, settings, metrics)
 
     @classmethod
     def from_config(cls, config: Config) -> Runtime:

@@ -86,15 +86,14 @@ async def _submit(
     else:
         doc = await asyncio.to_thread(parse_json, body) if len(body) > 65536 else parse_json(body)
         model, version, inputs = rows_request(doc, "a job (or an .npy / .npz upload)")
-    admitted.permit(model)
-    entry = jobs.choose(model, version, admitted.user)
+    entry = jobs.choose(model, version, admitted)
     spec = entry.runner.input_spec
     if upload:
         rows = await asyncio.to_thread(job_rows.from_upload, spec, body, settings.max_rows, served.limits,
                                        settings.max_body_bytes)
     else:
         rows = await asyncio.to_thread(job_rows.from_json, spec, inputs, settings.max_rows, served.limits)
-    return await jobs.submit(entry, admitted.tenant, admitted.user, rows)
+    return await jobs.submit(entry, admitted, rows)
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

@@ -1,13 +1,19 @@
-"""Runs batch jobs in the worker that accepted them, through the same batchers as real-time requests.
+"""Runs batch jobs in the worker that accepted them, a batch of rows at a time through the data plane.
+
+Each batch is one background request to `DataPlane.infer`, pinned to the job's version in mode
+`batch`: the data plane validates it against the version's signature, holds the version while it
+runs and counts it in the request metrics (variant `batch`, which the canary analysis leaves out).
+Its caller was admitted once, when the job was submitted, so its rows are not rate limited again,
+and they pass the prediction cache by.
 
 A job runs at lower priority than real-time traffic. It runs a batch (the version's
-`max_batch_size` rows) only in a gap in real-time traffic: when no real-time request is in flight
-in the worker (the pipeline counts them), so a real-time request waits at most for the one job
-batch that started before it arrived. Under sustained real-time load with no gap, it still runs a
-batch every `busy_step_s`. Its batches go in at the batcher's lowest priority level
-(`priority_levels`), one in flight per version, so real-time requests overtake them there too.
-A batcher that refuses the job's batch (queue full, latency budget) is busy with real-time
-traffic: the job waits and tries again, it does not fail.
+`max_batch_size` rows, within what one request may hold) only in a gap in real-time traffic: when
+no real-time request is in flight in the worker (the data plane counts them), so a real-time
+request waits at most for the one job batch that started before it arrived. Under sustained
+real-time load with no gap, it still runs a batch every `busy_step_s`. Its batches go in at the
+batcher's lowest priority level (`priority_levels`), one in flight per version, so real-time
+requests overtake them there too. A batcher that refuses the job's batch (queue full, latency
+budget) is busy with real-time traffic: the data plane waits and tries again, the job does not fail.
 
 Unloading a version that a job runs on does not wait for the job: the unload waits for the
 job's batch in flight only, and the job then fails its remaining rows with `model_not_ready`
@@ -18,28 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import orjson
 
-from core.errors import BudgetExceeded, ModelFailed, ModelNotReady, QueueFull, ServingError
+from core.errors import ModelNotFound, ModelNotReady, ServingError
+from gateway.admission import Admitted
 from gateway.settings import LimitSettings
 from jobs.metrics import JobMetrics
 from jobs.model import Job, JobState, is_job_id, new_job_id
 from jobs.rows import Rows
 from jobs.settings import JobSettings
 from jobs.store import JobStore, Quota
+from models.signature import TensorSpec
 from observability.logs import event
-from routing.router import Router
+from pipeline.dataplane import Answer, DataPlane, InferenceRequest, Tensors
 from runners.batcher import Outputs
-from runners.registry import LoadedVersion, ModelRegistry, VersionState
+from runners.registry import LoadedVersion, VersionState
 
 log = logging.getLogger(__name__)
 
-BUSY_RETRY_S = 0.01
-"""How long a job waits when the batcher refuses its batch because real-time traffic fills it."""
+VARIANT = "batch"
+"""The variant label of a job's batches in the request metrics."""
+SPAN = "job_batch"
 
 
 class VersionGone(Exception):
@@ -47,24 +57,12 @@ class VersionGone(Exception):
 
 
 class JobRunner:
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        router: Router,
-        store: JobStore,
-        settings: JobSettings,
-        limits: LimitSettings,
-        metrics: JobMetrics | None = None,
-        pause: Callable[[float], Awaitable[None]] | None = None,
-    ) -> None:
-        """`pause(timeout_s)` returns once no real-time request is in flight (or after `timeout_s`): the
-        gaps a job runs in (DataPlane.pause); without it a job only yields to the event loop between batches."""
-        self.registry = registry
-        self.pause = pause
-        self.router = router
+    def __init__(self, plane: DataPlane, store: JobStore, settings: JobSettings, metrics: JobMetrics | None = None) -> None:
+        self.plane = plane
+        self.registry = plane.registry
+        self.limits = plane.limits
         self.store = store
         self.settings = settings
-        self.limits = limits
         self.metrics = metrics
         self._slots: asyncio.Semaphore | None = None
         self._mine: dict[str, Job] = {}
@@ -72,17 +70,18 @@ class JobRunner:
         self._heartbeat: asyncio.Task | None = None
         self._version_locks: dict[str, asyncio.Lock] = {}
 
-    def choose(self, name: str, version: str | None, user: str | None) -> LoadedVersion:
+    def choose(self, name: str, version: str | None, caller: Admitted | None) -> LoadedVersion:
         """The version a job runs on for its whole life: the one asked for, else the route's choice for
-        this user (or, while that is not ready here, the heaviest ready one). It must declare `batch`."""
-        if version is None:
-            version, _ = self.router.choose(name, user, self.registry.versions(name))
-        return self.registry.serving(name, version, "batch")
+        this caller (or, while that is not ready here, the heaviest ready one). It must declare `batch`;
+        a model the caller may not use is 403 first."""
+        return self.plane.route(name, version, caller, "batch").entry
 
-    async def submit(self, entry: LoadedVersion, tenant: str, subject: str | None, rows: Rows) -> Job:
+    async def submit(self, entry: LoadedVersion, caller: Admitted, rows: Rows) -> Job:
         """Record the job and start it here; 429 when the tenant already has its limit of jobs queued or running,
-        of jobs kept, or of result bytes kept (counted and recorded in one step of the store)."""
+        of jobs kept, or of result bytes kept (counted and recorded in one step of the store). `caller`, admitted
+        once here, is the caller of every batch of the job."""
         settings = self.settings
+        tenant, subject = caller.tenant, caller.user
         quota = Quota(settings.max_active_per_tenant, settings.max_stored_per_tenant, settings.max_result_bytes_per_tenant,
                       stale_s=10 * settings.heartbeat_s)
         job = Job(new_job_id(), tenant, entry.name, entry.version, len(rows), subject=subject)
@@ -90,7 +89,7 @@ class JobRunner:
         self._mine[job.id] = job
         self._count(job, JobState.QUEUED, +1)
         budget = settings.max_result_bytes_per_tenant - usage.result_bytes
-        task = asyncio.get_running_loop().create_task(self._run(job, rows, budget), name=f"job-{job.id}")
+        task = asyncio.get_running_loop().create_task(self._run(job, caller, rows, budget), name=f"job-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self._heartbeat is None or self._heartbeat.done():
@@ -119,7 +118,7 @@ class JobRunner:
         if not state.finished:
             self.metrics.active.labels(state.value).inc(delta)
 
-    async def _run(self, job: Job, rows: Rows, budget: int) -> None:
+    async def _run(self, job: Job, caller: Admitted, rows: Rows, budget: int) -> None:
         """`budget`: the result bytes the job may write, what its tenant had left when it was submitted."""
         self._slots = self._slots or asyncio.Semaphore(self.settings.max_running)
         try:
@@ -132,7 +131,7 @@ class JobRunner:
                 self._count(job, JobState.RUNNING, +1)
                 await self.store.save(job)
                 try:
-                    state, error = await self._rows(job, rows, budget)
+                    state, error = await self._rows(job, caller, rows, budget)
                 finally:
                     self._count(job, JobState.RUNNING, -1)
                 await self._finish(job, state, error)
@@ -144,24 +143,26 @@ class JobRunner:
         finally:
             self._mine.pop(job.id, None)
 
-    async def _rows(self, job: Job, rows: Rows, budget: int) -> tuple[JobState, str | None]:
+    async def _rows(self, job: Job, caller: Admitted, rows: Rows, budget: int) -> tuple[JobState, str | None]:
         """Every row in order, a batch at a time, until the results outgrow `budget`; returns how the job ended."""
         entry = self.registry.get(job.model, job.version)
-        step = entry.batcher.max_batch_size
+        step = batch_rows(entry.batcher.max_batch_size, rows.spec, self.limits)
         pending: list[bytes] = []
         pending_rows = 0
         start = 0
         try:
             while start < len(rows):
                 await self._gap()
-                entry = self._current(job)
+                self._check_served(job)
                 end = min(start + step, len(rows))
                 data, index, errors = rows.batch(start, end, self.limits)
                 outputs, failure = None, None
                 if data is not None:
                     try:
-                        outputs = await self._batch(entry, data)
-                    except ModelFailed as exc:
+                        outputs = await self._batch(job, caller, data)
+                    except (ModelNotFound, ModelNotReady):
+                        raise VersionGone() from None
+                    except ServingError as exc:
                         failure = exc
                 lines, failed = _lines(range(start, end), index, outputs, errors, failure)
                 pending.append(lines)
@@ -194,30 +195,29 @@ class JobRunner:
         """Give way to real-time requests: those ready to run go first, then wait for a moment with none
         in flight (at most `busy_step_s`)."""
         await asyncio.sleep(0)
-        if self.pause is not None:
-            await self.pause(self.settings.busy_step_s)
+        await self.plane.pause(self.settings.busy_step_s)
 
-    def _current(self, job: Job) -> LoadedVersion:
+    def _check_served(self, job: Job) -> None:
         entry = self.registry.versions(job.model).get(job.version)
         if entry is None or entry.state is not VersionState.READY:
             raise VersionGone()
-        return entry
 
-    async def _batch(self, entry: LoadedVersion, data: np.ndarray) -> Outputs:
-        """One batch through the version's batcher, one in flight per version; waits while real-time traffic fills it."""
-        lock = self._version_locks.setdefault(f"{entry.tag}@{id(entry)}", asyncio.Lock())
+    async def _batch(self, job: Job, caller: Admitted, data: np.ndarray) -> Outputs:
+        """One batch through the data plane at the batcher's lowest priority, one in flight per version. The
+        version is held while the batch runs: an unload waits for this batch, not for the whole job."""
+
+        async def decode(entry: LoadedVersion) -> Tensors:
+            spec = entry.runner.input_spec
+            return Tensors({spec.name: (spec.datatype, data)}, priority=entry.batcher.priority_levels)
+
+        def encode(answer: Answer) -> Outputs:
+            return answer.outputs
+
+        lock = self._version_locks.setdefault(f"{job.model}:{job.version}", asyncio.Lock())
         async with lock:
-            while True:
-                if entry.state is not VersionState.READY:
-                    raise VersionGone()
-                entry.active += 1  # an unload waits for this batch, not for the whole job
-                try:
-                    return await entry.batcher.submit(data, None, entry.batcher.priority_levels)
-                except (QueueFull, BudgetExceeded):
-                    pass
-                finally:
-                    entry.active -= 1
-                await asyncio.sleep(BUSY_RETRY_S)
+            return await self.plane.infer(InferenceRequest(
+                decode, encode, model=job.model, version=job.version, admitted=caller, variant=VARIANT, mode="batch",
+                span=SPAN, request_id=job.id, background=True))
 
     def _done(self, job: Job, rows: int, failed: int) -> None:
         job.rows_done += rows
@@ -247,6 +247,13 @@ class JobRunner:
                         await self.store.save(job)
                     except Exception as exc:  # noqa: BLE001 - try again at the next beat
                         log.warning("job %s: progress not recorded (%s: %s)", job.id, type(exc).__name__, exc)
+
+
+def batch_rows(max_batch_size: int, spec: TensorSpec, limits: LimitSettings) -> int:
+    """Rows in one job batch: the version's batch size, within the rows and elements one request may hold
+    (the data plane checks a job's batch as it checks any request; a variable dimension counts at its longest)."""
+    per_row = math.prod(limits.max_sequence_length if d == -1 else d for d in spec.row_shape)
+    return max(1, min(max_batch_size, limits.max_rows, limits.max_elements // per_row))
 
 
 def _lines(

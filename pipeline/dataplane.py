@@ -4,7 +4,7 @@
     -> validate against the version's signature -> cache (memory, Redis) -> adaptive batcher
     -> outputs selected -> shadow mirror -> encode; metrics and the version's in-flight count closed
 
-A front end (OIP REST, /predict, gRPC, the NDJSON and gRPC streams) only translates: it builds an
+A front end (OIP REST, /predict, gRPC, the NDJSON and gRPC streams, batch jobs) only translates: it builds an
 `InferenceRequest` that says where its credentials are and how to decode its body and encode an
 answer, and hands it to `DataPlane.infer` (the shape of MLServer's `DataPlane.infer`). Decoding
 comes after admission and routing, so nobody unauthenticated or over their limit has a body parsed,
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Generic, NamedTuple, Self, TypeVar
 
 import numpy as np
 
-from core.errors import CANCELLED, BadRequest, ServingError, shown
+from core.errors import CANCELLED, BadRequest, BudgetExceeded, ModelNotReady, QueueFull, ServingError, shown
 from gateway.admission import Admission, Admitted
 from gateway.cache import PredictionCache, cache_key, version_token
 from gateway.settings import LimitSettings
@@ -32,7 +32,7 @@ from observability.tracing import DISABLED, Tracer
 from routing.router import Router
 from routing.shadow import ShadowMirror
 from runners.batcher import Outputs
-from runners.registry import LoadedVersion, ModelRegistry
+from runners.registry import LoadedVersion, ModelRegistry, VersionState
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from observability.metrics import Metrics
 
 T = TypeVar("T")
+
+BUSY_RETRY_S = 0.01
+"""How long background work waits when a batcher refuses it because real-time traffic fills it."""
 
 
 @dataclass(slots=True)
@@ -82,7 +85,8 @@ class InferenceRequest(Generic[T]):
     admitted: Admitted | None = None
     """A stream's caller, identified once when it opened: each item is then only rate limited."""
     variant: str | None = None
-    """The route's variant when the version was chosen by the router at a stream's opening."""
+    """The variant its metrics are labelled with when it is not routed here: the router's choice at a stream's
+    opening; `batch` for a job's rows."""
     mode: str = "real_time"
     use_cache: bool = True
     span: str = "infer"
@@ -91,6 +95,10 @@ class InferenceRequest(Generic[T]):
     request_id: str = ""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     """Response headers the data plane adds to: rate-limit state, the version, the cache outcome."""
+    background: bool = False
+    """Lower-priority work whose caller was admitted once, upstream (a batch job's rows): it is not rate
+    limited again, not counted in flight (it is what `pause` holds back), neither reads nor fills the
+    cache, is not mirrored, and a batcher busy with real-time traffic is waited for, not an error."""
 
 
 class Route(NamedTuple):
@@ -103,10 +111,12 @@ class RequestRecord:
     waits for it), the labels of its metrics, and how it ended. Closed however the request ends, a
     cancelled one included."""
 
-    __slots__ = ("cache", "code", "entry", "model", "plane", "started", "status", "variant", "version")
+    __slots__ = ("cache", "code", "counted", "entry", "model", "plane", "started", "status", "variant", "version")
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, counted: bool = True) -> None:
         self.plane = plane
+        self.counted = counted
+        """Whether it is real-time work, counted in flight while open (background work is not)."""
         self.started = time.perf_counter()
         self.model = ""
         self.version = ""
@@ -126,7 +136,8 @@ class RequestRecord:
         return entry
 
     def __enter__(self) -> Self:
-        self.plane.in_flight += 1
+        if self.counted:
+            self.plane.in_flight += 1
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -174,14 +185,15 @@ class DataPlane:
         """The request's answer in its front end's form, or the `ServingError` that says why not."""
         tracer = self.tracer
         known = {} if request.model is None else {"model": request.model}  # /predict's model is in its body
-        with self.record() as record, tracer.request(request.span, request.trace, request_id=request.request_id,
+        with self.record(counted=not request.background) as record, tracer.request(request.span, request.trace, request_id=request.request_id,
                                                      **known) as span:
             if request.admitted is None:
                 admitted = await self.admission.admit(request.credentials, request.user, "predict")
                 request.headers.extend(admitted.headers)
             else:
                 admitted = request.admitted
-                await self.admission.limit(admitted)
+                if not request.background:
+                    await self.admission.limit(admitted)
             if request.model is None:
                 name, version = await request.target()
                 span.set("model", name)
@@ -197,17 +209,22 @@ class DataPlane:
                 admitted.permit_priority(tensors.priority, entry.batcher.default_priority)
             rows = check_inputs(entry.runner.signature, tensors.inputs, self.limits)
             deadline = deadline_after(tensors.timeout_ms) if tensors.timeout_ms is not None else None
-            outputs = await self._compute(record, entry, rows, deadline, request.use_cache, tensors.priority, admitted.tenant)
+            if request.background:
+                outputs = await self._when_room(entry, rows, tensors.priority)
+            else:
+                outputs = await self._compute(record, entry, rows, deadline, request.use_cache, tensors.priority,
+                                              admitted.tenant)
+                self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
             request.headers.append((b"x-cache", b"hit" if record.cache == "hit" else b"miss"))
             request.headers.append((b"x-model-version", entry.version.encode()))
-            self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
             outputs = select_outputs(outputs, tensors.outputs)
             with tracer.span("encode"):
                 return request.encode(Answer(name, entry.version, outputs))
 
-    def record(self) -> RequestRecord:
-        """A request's account (`with`): counted in flight while open; on closing, its metrics."""
-        return RequestRecord(self)
+    def record(self, counted: bool = True) -> RequestRecord:
+        """A request's account (`with`): counted in flight while open (unless `counted` is False); on
+        closing, its metrics."""
+        return RequestRecord(self, counted)
 
     def route(self, name: str, version: str | None, admitted: Admitted | None = None, mode: str = "real_time") -> Route:
         """The version that answers: the one asked for ("pinned"), else the route's choice (or, while the
@@ -247,14 +264,27 @@ class DataPlane:
         record.cache = "hit" if hit else "miss"
         return outputs
 
+    async def _when_room(self, entry: LoadedVersion, rows: np.ndarray, priority: int) -> Outputs:
+        """Background rows through the version's batcher, past the cache: a batcher that refuses them (queue
+        full, latency budget) is busy with real-time traffic, so they wait and try again while the version
+        still serves (an unload waits for one such wait at most)."""
+        while True:
+            if entry.state is not VersionState.READY:
+                raise ModelNotReady(f"model '{entry.tag}' is {entry.state.value}")
+            try:
+                return await entry.batcher.submit(rows, None, priority)
+            except (QueueFull, BudgetExceeded):
+                await asyncio.sleep(BUSY_RETRY_S)
+
     def closed(self, record: RequestRecord) -> None:
         """A record was closed: no longer in flight, and its outcome in the metrics."""
-        self.in_flight -= 1
-        if not self.in_flight and self._pause_waiters:
-            waiters, self._pause_waiters = self._pause_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if record.counted:
+            self.in_flight -= 1
+            if not self.in_flight and self._pause_waiters:
+                waiters, self._pause_waiters = self._pause_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
         if record.model and self.metrics is not None:
             self.metrics.observe_request(record.model, record.version, record.variant, record.status, record.cache,
                                          time.perf_counter() - record.started)

@@ -8,6 +8,7 @@ import io
 import numpy as np
 
 from fuzz.seeds import npy_header, npz_bomb
+from gateway.admission import Admitted
 from gateway.settings import LimitSettings
 from jobs.rows import from_json
 from jobs.runner import JobRunner
@@ -228,14 +229,13 @@ async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tm
     store = LocalJobStore(tmp_path / "gap-jobs", 60)
 
     def runner(busy_step_s: float) -> JobRunner:
-        return JobRunner(app.runtime.registry, app.runtime.router, store, JobSettings(busy_step_s=busy_step_s, flush_rows=64),
-                         LimitSettings(), pause=pipeline.pause)
+        return JobRunner(pipeline, store, JobSettings(busy_step_s=busy_step_s, flush_rows=64))
 
     patient = runner(busy_step_s=60)
     entry = patient.choose("digits-sklearn", "v1", None)
     rows = from_json(entry.runner.input_spec, digits[:640].tolist(), 10_000, LimitSettings())
     with pipeline.record():  # a real-time request in flight: no gap
-        job = await patient.submit(entry, "acme", None, rows)
+        job = await patient.submit(entry, Admitted("acme", None), rows)
         await asyncio.sleep(0.3)
         assert (await patient.get(job.id)).rows_done == 0
     for _ in range(300):  # the request is answered: the job takes the gap
@@ -246,7 +246,7 @@ async def test_a_job_runs_in_the_gaps_between_real_time_requests(app, digits, tm
 
     steady = runner(busy_step_s=0.1)
     with pipeline.record():  # real-time traffic without a gap: still one batch (64 rows) per busy_step_s
-        job = await steady.submit(entry, "acme", None, rows)
+        job = await steady.submit(entry, Admitted("acme", None), rows)
         await asyncio.sleep(0.45)
         done = (await steady.get(job.id)).rows_done
     await steady.stop()

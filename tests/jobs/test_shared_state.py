@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from gateway.admission import Admitted
 from gateway.settings import LimitSettings
 from jobs.model import JobState
 from jobs.rows import from_json
@@ -18,6 +19,8 @@ from jobs.settings import JobSettings
 from jobs.store import RedisJobStore
 from tests.helpers import REDIS_URL
 from tests.jobs.support import read_all
+
+ALICE = Admitted("acme", "alice")
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def runner(app, prefix: str) -> JobRunner:
     """A worker's job runner of its own, with its own Redis connection: as another replica would have."""
     settings = JobSettings(retention_s=60, flush_rows=512, heartbeat_s=0.05)
     store = RedisJobStore(Redis.from_url(REDIS_URL), prefix, settings.retention_s)
-    return JobRunner(app.runtime.registry, app.runtime.router, store, settings, LimitSettings())
+    return JobRunner(app.runtime.pipeline, store, settings)
 
 
 async def finished(other: JobRunner, job_id: str) -> None:
@@ -46,7 +49,7 @@ async def finished(other: JobRunner, job_id: str) -> None:
 async def test_another_worker_reads_status_and_results_and_cancels(app, digits, redis_prefix):
     a, b = runner(app, redis_prefix), runner(app, redis_prefix)
     entry = a.choose("digits-sklearn", "v1", None)
-    small = await a.submit(entry, "acme", "alice", from_json(entry.runner.input_spec, digits[:1000].tolist(), 10_000, LimitSettings()))
+    small = await a.submit(entry, ALICE, from_json(entry.runner.input_spec, digits[:1000].tolist(), 10_000, LimitSettings()))
     await asyncio.wait_for(finished(b, small.id), 30)
     seen = await b.get(small.id)
     assert (seen.state, seen.rows_done, seen.tenant) == (JobState.SUCCEEDED, 1000, "acme"), seen.error
@@ -56,7 +59,7 @@ async def test_another_worker_reads_status_and_results_and_cancels(app, digits, 
     assert 0 < ttl <= 60_000
 
     rows = from_json(entry.runner.input_spec, np.tile(digits, (40, 1)).tolist(), 100_000, LimitSettings())
-    big = await a.submit(entry, "acme", "alice", rows)
+    big = await a.submit(entry, ALICE, rows)
     while (await b.get(big.id)).rows_done == 0:  # progress reaches the other worker through the heartbeat
         await asyncio.sleep(0.01)
     await b.store.cancel(big.id)
@@ -70,7 +73,7 @@ async def test_a_job_whose_worker_stopped_reads_as_failed(app, digits, redis_pre
     a, b = runner(app, redis_prefix), runner(app, redis_prefix)
     entry = a.choose("digits-sklearn", "v1", None)
     rows = from_json(entry.runner.input_spec, np.tile(digits, (40, 1)).tolist(), 100_000, LimitSettings())
-    job = await a.submit(entry, "acme", "alice", rows)
+    job = await a.submit(entry, ALICE, rows)
     while (await a.get(job.id)).rows_done == 0:  # its own copy: the store's lags a heartbeat, and the job is fast
         await asyncio.sleep(0.001)
     await a.stop()  # the worker goes away mid-job: no more heartbeats
