@@ -20,6 +20,8 @@ from app import job_cli
 from app.cli_client import CommandError, command, group, request, signing_settings
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
+from routing.document import CanaryThresholds
+from routing.settings import RoutingSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,9 +52,9 @@ def _token_command(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--scope", default="predict", help='space-separated scopes, e.g. "predict admin"')
     t.add_argument("--tenant", default=None, help="tenant (default: none, the subject is its own tenant)")
     t.add_argument("--ttl", type=_positive_int, default=3600, help="seconds until it expires (default: 3600)")
-    t.add_argument("--kid", default=None, help="key id to sign with")
+    t.add_argument("--kid", default=None, help="key id to sign with (default: none, the configured key)")
     t.add_argument("--algorithm", default="HS256", help="JWS algorithm (default: HS256)")
-    t.add_argument("--private-key", type=Path, default=None, help="PEM private key for RS/PS/ES/EdDSA")
+    t.add_argument("--private-key", type=Path, default=None, help="PEM private key for RS/PS/ES/EdDSA (default: none, an HMAC key)")
 
 
 def _token(a: argparse.Namespace) -> None:
@@ -96,20 +98,33 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
             "loaded versions, states and weights")
     for verb, handler in (("load", _load), ("unload", _unload)):
         c = command(sub, verb, handler, f"{verb} a version in every worker")
-        c.add_argument("model")
-        c.add_argument("version")
+        _model_argument(c)
+        c.add_argument("version", help=f"the version to {verb}, as the model store names it")
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the model's name, as `rtserve models` lists it")
 
 
 def _models(a: argparse.Namespace) -> None:
     for name, m in call("GET", "/admin/models").items():
-        extras = [k for k in ("experiment", "canary", "shadow") if m.get(k)]
-        print(f"{name}  from {m.get('origin', 'configuration')}  weights {m.get('weights')}"
-              + (f"  ({', '.join(extras)})" if extras else ""))
+        print(model_heading(name, m))
         for v, info in m["versions"].items():
             print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
                   + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
                   + (f"  modes {','.join(info['modes'])}" if info.get("modes") else "")
                   + (f"  error: {info['error']}" if info.get("error") else ""))
+
+
+def model_heading(name: str, m: dict[str, Any]) -> str:
+    """A model's line in `rtserve models`: where it came from, its weights, and what runs on it now (a finished
+    canary stays in the document for its history, but no longer runs)."""
+    canary = m.get("canary")
+    extras = [k for k in ("experiment", "shadow") if m.get(k)]
+    if canary and canary.get("status") == "running":
+        extras.insert(1 if m.get("experiment") else 0, "canary")
+    return (f"{name}  from {m.get('origin', 'configuration')}  weights {m.get('weights')}"
+            + (f"  ({', '.join(extras)})" if extras else ""))
 
 
 def _load(a: argparse.Namespace) -> None:
@@ -125,10 +140,10 @@ def _unload(a: argparse.Namespace) -> None:
 def _route_commands(sub: argparse._SubParsersAction) -> None:
     route = group(sub, "route", "route weights, and the way back to serving.yaml's")
     s = command(route, "set", _route_set, "set a model's weights: rtserve route set digits-sklearn v1=90 v2=10")
-    s.add_argument("model")
+    _model_argument(s)
     s.add_argument("weights", nargs="+", help="VERSION=PERCENT")
-    command(route, "reset", _route_reset, "return a model to serving.yaml's versions and weights, ending its experiment, "
-            "shadow and canary; versions loaded at runtime are unloaded").add_argument("model")
+    _model_argument(command(route, "reset", _route_reset, "return a model to serving.yaml's versions and weights, ending its "
+                            "experiment, shadow and canary; versions loaded at runtime are unloaded"))
 
 
 def _route_set(a: argparse.Namespace) -> None:
@@ -143,13 +158,14 @@ def _route_reset(a: argparse.Namespace) -> None:
 
 def _experiment_commands(sub: argparse._SubParsersAction) -> None:
     exp = group(sub, "experiment", "sticky A/B experiments")
-    s = command(exp, "start", _experiment_start, "split users across versions, each user sticking to one")
-    s.add_argument("model")
+    s = command(exp, "start", _experiment_start, "split users across versions, each user sticking to one; refused "
+                "while a canary of the model runs")
+    _model_argument(s)
     s.add_argument("weights", nargs="+", help="VERSION=PERCENT; the first is the control")
-    s.add_argument("--name")
+    s.add_argument("--name", help="the experiment's name, also its hash salt (default: MODEL-UNIXTIME)")
     s.add_argument("--mirror", type=float, default=0.0, help="fraction of control requests mirrored to the others")
-    command(exp, "status", _experiment_status, "per variant: requests, errors, p50/p95, agreement").add_argument("model")
-    command(exp, "stop", _experiment_stop, "end the experiment").add_argument("model")
+    _model_argument(command(exp, "status", _experiment_status, "per variant: requests, errors, p50/p95, agreement"))
+    _model_argument(command(exp, "stop", _experiment_stop, "end the experiment"))
 
 
 def _experiment_start(a: argparse.Namespace) -> None:
@@ -169,18 +185,32 @@ def _experiment_stop(a: argparse.Namespace) -> None:
 
 
 def _canary_commands(sub: argparse._SubParsersAction) -> None:
+    schedule = RoutingSettings.model_fields
+    bounds = CanaryThresholds.model_fields
     can = group(sub, "canary", "canary rollouts")
-    s = command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself")
-    s.add_argument("model")
-    s.add_argument("version")
-    s.add_argument("--steps", help="comma-separated percentages, e.g. 5,25,50,100")
-    s.add_argument("--hold", type=float, help="seconds per step")
-    s.add_argument("--min-requests", type=int)
+    s = command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself; "
+                "refused while an experiment runs on the model. Left out, the schedule is the server's "
+                "(RTSERVE_ROUTING_CANARY_*), whose defaults are shown")
+    _model_argument(s)
+    s.add_argument("version", help="the candidate, loaded and ready")
+    steps = ",".join(f"{w:g}" for w in schedule["canary_steps"].default)
+    s.add_argument("--steps", help=f"comma-separated percentages of traffic, one per step (default: {steps})")
+    s.add_argument("--hold", type=float, help=f"seconds each step is held at least (default: {schedule['canary_hold_s'].default:g})")
+    s.add_argument("--min-requests", type=int, help="canary requests a step needs before it may advance; on light traffic "
+                   f"lower it, or a step never ends (default: {schedule['canary_min_requests'].default})")
     s.add_argument("--mirror", type=float, default=0.0, help="fraction of stable requests mirrored to the canary")
     s.add_argument("--stable", help="version to judge against (default: the one taking the most traffic)")
-    s.add_argument("--max-disagreement", type=float)
-    command(can, "status", _canary_status, "steps, decisions with their numbers, outcomes per version").add_argument("model")
-    command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable").add_argument("model")
+    s.add_argument("--max-error-rate-increase", type=float, default=bounds["max_error_rate_increase"].default,
+                   help="roll back when the canary's error rate exceeds stable's by more than this fraction")
+    s.add_argument("--max-p95-ratio", type=float, default=bounds["max_p95_ratio"].default,
+                   help="roll back when the canary's p95 on uncached requests exceeds stable's times this, plus the slack")
+    s.add_argument("--p95-slack-ms", type=float, default=bounds["p95_slack_ms"].default,
+                   help="milliseconds added to the p95 limit, so noise on a fast model does not fail the ratio")
+    s.add_argument("--max-disagreement", type=float,
+                   help="roll back when more than this fraction of mirrored rows disagree with stable (default: not judged)")
+    _model_argument(command(can, "status", _canary_status, "steps, decisions with their numbers, and per version its outcomes "
+                            "and p95 latency, uncached (what is judged) and over every request"))
+    _model_argument(command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable"))
 
 
 def _canary_start(a: argparse.Namespace) -> None:
@@ -194,8 +224,8 @@ def _canary_start(a: argparse.Namespace) -> None:
         body["hold_s"] = a.hold
     if a.min_requests is not None:
         body["min_requests"] = a.min_requests
-    if a.max_disagreement is not None:
-        body["thresholds"] = {"max_disagreement": a.max_disagreement}
+    body["thresholds"] = {"max_error_rate_increase": a.max_error_rate_increase, "max_p95_ratio": a.max_p95_ratio,
+                          "p95_slack_ms": a.p95_slack_ms, "max_disagreement": a.max_disagreement}
     doc = call("POST", f"/admin/models/{a.model}/canary", body)
     print(f"canary {a.model}:{a.version} started against {doc['canary']['stable']}; weights {doc['weights']}")
 
@@ -208,8 +238,15 @@ def _canary_status(a: argparse.Namespace) -> None:
     for d in doc["decisions"]:
         nums = ", ".join(f"{k}={v:.4g}" for k, v in d["numbers"].items())
         print(f"  {d['action']:<8} step {d['step'] + 1} at {d['weight']:g} %: {d['reason']}" + (f" [{nums}]" if nums else ""))
+    t = doc.get("thresholds", {})
+    print(f"  judged: error rate up to stable + {t.get('max_error_rate_increase')}, uncached p95 up to "
+          f"{t.get('max_p95_ratio')} x stable + {t.get('p95_slack_ms')} ms, disagreement up to {t.get('max_disagreement')}")
     for version, counts in doc.get("outcomes", {}).items():
-        print(f"  {version}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"  {version}: " + ", ".join(f"{k} {_number(v)}" for k, v in counts.items()))
+
+
+def _number(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 def _canary_abort(a: argparse.Namespace) -> None:
@@ -220,10 +257,10 @@ def _canary_abort(a: argparse.Namespace) -> None:
 def _shadow_commands(sub: argparse._SubParsersAction) -> None:
     sh = group(sub, "shadow", "mirror traffic to a version")
     s = command(sh, "set", _shadow_set, "mirror a fraction of a model's requests to a version; answers compared, never returned")
-    s.add_argument("model")
-    s.add_argument("version")
-    s.add_argument("fraction", type=float)
-    command(sh, "clear", _shadow_clear, "stop mirroring").add_argument("model")
+    _model_argument(s)
+    s.add_argument("version", help="the version that sees the copies")
+    s.add_argument("fraction", type=float, help="share of requests mirrored, in (0, 1]")
+    _model_argument(command(sh, "clear", _shadow_clear, "stop mirroring"))
 
 
 def _shadow_set(a: argparse.Namespace) -> None:

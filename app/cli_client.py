@@ -23,15 +23,27 @@ class CommandError(Exception):
     """What a command prints instead of a traceback; exit status 2."""
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """`--help` names every option's default: appended where its help text does not already say it; an option
+    without a value (None) must say in its help what happens when it is left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = "off" if action.default is False else "on" if action.default is True else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 def command(sub: argparse._SubParsersAction, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsShown)
     parser.set_defaults(handler=handler)
     return parser
 
 
 def group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
     """A command with actions of its own (rtserve canary start|status|abort)."""
-    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsShown)
     return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
 

@@ -25,17 +25,18 @@ FINISHED = ("succeeded", "failed", "cancelled")
 def register(sub: argparse._SubParsersAction) -> None:
     job = group(sub, "job", "batch jobs: rows in, results kept for a while")
     s = command(job, "submit", _submit, "submit rows (.json list of rows, .npy or .npz) to a model")
-    s.add_argument("model")
-    s.add_argument("file", type=Path)
+    s.add_argument("model", help="the model's name")
+    s.add_argument("file", type=Path, help="the rows: .json (a list of rows, or {\"inputs\": ...}), .npy or .npz")
     s.add_argument("--version", help="pin a version (default: the route's choice, fixed for the job)")
-    s.add_argument("--wait", action="store_true", help="watch the job until it finishes")
+    s.add_argument("--wait", action="store_true", help="watch the job until it finishes (default: print its id and return)")
     st = command(job, "status", _status, "state, rows done and failed, rows per second")
-    st.add_argument("id")
-    st.add_argument("--watch", action="store_true", help="print progress until the job finishes")
+    st.add_argument("id", help="the job's id, as submit printed it")
+    st.add_argument("--watch", action="store_true", help="print progress until the job finishes (default: print it once)")
     g = command(job, "get", _get, "the results: one JSON line per row, in row order")
-    g.add_argument("id")
+    g.add_argument("id", help="the job's id, as submit printed it")
     g.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
-    command(job, "cancel", _cancel, "stop a job after the rows in flight; results so far are kept").add_argument("id")
+    command(job, "cancel", _cancel, "stop a job after the rows in flight; results so far are kept").add_argument(
+        "id", help="the job's id, as submit printed it")
 
 
 def _request(method: str, path: str, **kwargs: Any) -> httpx.Response:

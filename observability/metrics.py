@@ -166,6 +166,11 @@ class Metrics:
         self.requests = Counter("rtserve_requests", "Requests answered", [*mv, "variant", "status_class", "cache"])
         self.errors = Counter("rtserve_errors", "Error responses by machine-readable code", [*mv, "variant", "code"])
         self.duration = Histogram("rtserve_request_duration_seconds", "End-to-end request latency", [*mv, "variant"], buckets=LATENCY_BUCKETS)
+        self.uncached_duration = Histogram(
+            "rtserve_uncached_request_duration_seconds",
+            "End-to-end latency of requests not answered from the prediction cache: the like-for-like latency canaries are judged on",
+            [*mv, "variant"], buckets=LATENCY_BUCKETS,
+        )
         self.queue_wait = Histogram("rtserve_queue_wait_seconds", "Time from enqueue to batch start", mv, buckets=LATENCY_BUCKETS)
         self.execution = Histogram("rtserve_model_execution_seconds", "Model call time per batch", mv, buckets=LATENCY_BUCKETS)
         self.batch_size = Histogram("rtserve_batch_size", "Rows per model call", mv, buckets=BATCH_BUCKETS)
@@ -218,13 +223,16 @@ class Metrics:
             self.duration.labels(model, version, variant),
             self.request_seconds.labels(model, version, variant, status_class, cache),
             self.last_request.labels(model, version),
+            self.uncached_duration.labels(model, version, variant) if cache != "hit" else None,
         )
 
     def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
-        counter, histogram, total, last = self.request_children(model, version, variant, f"{status // 100}xx", cache)
+        counter, histogram, total, last, uncached = self.request_children(model, version, variant, f"{status // 100}xx", cache)
         tally = self.tally
         tally.inc(counter)
         tally.observe(histogram, seconds)
+        if uncached is not None:
+            tally.observe(uncached, seconds)
         tally.inc(total, seconds)
         tally.set(last, time.time())
 

@@ -93,13 +93,15 @@ class RoutingAdmin:
         await record(self.audit, action, name, before[0], written)
         return written
 
-    async def outcomes(self, name: str) -> dict[str, dict[str, int]]:
-        """Per version, this machine's routed requests since start by outcome: what canary status shows
-        beside the decisions (the model's faults are judged; internal errors, client errors and shed requests are not)."""
+    async def outcomes(self, name: str) -> dict[str, dict[str, float | None]]:
+        """Per version, this machine's routed requests since start by outcome, and its latency: what canary status
+        shows beside the decisions (the model's faults are judged, internal errors, client errors and shed requests
+        are not; latency is judged on uncached requests, the p95 over every request is shown beside it)."""
         snapshot = await self._snapshot(name)
         return {
             version: {"requests": w.requests, "server_faults": w.errors, "client_errors": w.client_errors, "shed": w.shed,
-                      "internal_errors": w.internal}
+                      "internal_errors": w.internal, "cache_hits": w.hits, "uncached_p95_ms": w.uncached().p95_ms(),
+                      "p95_ms": w.p95_ms()}
             for version, w in sorted(snapshot.items())
         }
 
@@ -166,6 +168,10 @@ class RoutingAdmin:
             return r
 
         return await self._write(name, change, "load")
+
+    async def replace(self, name: str, routes: ModelRoutes, action: str) -> ModelRoutes:
+        """Write a model's whole document (a restore); the store validates it again and stamps its revision."""
+        return await self._write(name, lambda current: routes.model_copy(deep=True), action)
 
     async def reset(self, name: str) -> ModelRoutes:
         """Back to serving.yaml: its versions and weights; experiment and shadow stopped, a running canary aborted.
@@ -286,6 +292,9 @@ class RoutingAdmin:
         experiment_name = request.name or f"{name}-{int(time.time())}"
 
         def change(r: ModelRoutes) -> ModelRoutes:
+            if r.canary is not None and r.canary.status == "running":
+                raise Conflict(f"a canary of '{name}' to {r.canary.version} is running; its weights would not be the ones "
+                               "served while an experiment splits users; abort it or let it finish first")
             r.experiment = Experiment(
                 name=experiment_name,
                 variants=variants,
@@ -316,6 +325,9 @@ class RoutingAdmin:
         def change(r: ModelRoutes) -> ModelRoutes:
             if r.canary is not None and r.canary.status == "running":
                 raise Conflict(f"a canary of '{name}' to {r.canary.version} is already running")
+            if r.experiment is not None:
+                raise Conflict(f"experiment '{r.experiment.name}' splits the users of '{name}'; a canary's weights would "
+                               "not be the ones served. Stop the experiment first")
             stable = request.stable or max(r.weights, key=lambda v: r.weights[v])
             if stable == version:
                 raise Conflict(f"'{version}' already takes the most traffic; a canary needs another stable version")

@@ -20,6 +20,11 @@ over one unlucky request:
   With `max_error_rate_increase` at 0.1 %, one 5xx in fewer than 1,000 canary requests breaks it,
   so `min_requests` should be in the thousands where stable's error rate is near zero.
 
+Latency is judged like for like: on the requests each version answered itself, not from the prediction
+cache (`VersionWindow.uncached`). A stable version warm in the cache would otherwise look far faster
+than a canary that starts cold. Both p95s, uncached and over every request, and each arm's cache hits
+are in the verdict's numbers, so `canary status` shows what was compared and what clients saw.
+
 The stable numbers are taken as exact (stable carries the rest of the traffic). When stable has
 fewer than `min_requests_to_judge` requests in the window (the 100 % step sends it nothing),
 `baseline` stands in when it has more: the stable window the controller recorded over the
@@ -71,9 +76,10 @@ class Verdict:
     """What to do now, a sentence with the numbers for the log and the event, and the numbers themselves.
 
     `numbers` holds canary_requests, stable_requests, canary_error_rate, stable_error_rate,
-    elapsed_s, step and weight always; canary_p95_ms, stable_p95_ms and disagreement only when
-    known (no latency observed, or no comparisons, leaves them out). stable_* are the reference's
-    numbers, the baseline's when it stood in (then baseline_used is 1).
+    canary_cache_hits, stable_cache_hits, elapsed_s, step and weight always; canary_p95_ms and
+    stable_p95_ms (judged: uncached requests only), canary_p95_all_ms and stable_p95_all_ms (every
+    request) and disagreement only when known (no latency observed, or no comparisons, leaves them
+    out). stable_* are the reference's numbers, the baseline's when it stood in (then baseline_used is 1).
     """
 
     action: Action
@@ -140,8 +146,9 @@ def judge(
     mirrored_possible = stable.requests >= enough  # without stable traffic there is little to mirror
 
     stable_rate = reference.error_rate() if reference is not None else 0.0
-    stable_p95 = reference.p95_ms() if reference is not None else None
-    canary_rate, canary_p95, disagreement = canary.error_rate(), canary.p95_ms(), canary.disagreement()
+    stable_p95 = reference.uncached().p95_ms() if reference is not None else None
+    canary_latency = canary.uncached()
+    canary_rate, canary_p95, disagreement = canary.error_rate(), canary_latency.p95_ms(), canary.disagreement()
     numbers: dict[str, float] = {
         "canary_requests": float(canary.requests),
         "stable_requests": float(reference.requests if reference is not None else stable.requests),
@@ -156,8 +163,12 @@ def judge(
         "canary_shed": float(canary.shed),
         "stable_client_errors": float(stable.client_errors),
         "stable_shed": float(stable.shed),
+        "canary_cache_hits": float(canary.hits),
+        "stable_cache_hits": float(reference.hits if reference is not None else stable.hits),
     }
-    for key, value in (("canary_p95_ms", canary_p95), ("stable_p95_ms", stable_p95), ("disagreement", disagreement)):
+    shown_latency = (("canary_p95_ms", canary_p95), ("stable_p95_ms", stable_p95), ("canary_p95_all_ms", canary.p95_ms()),
+                     ("stable_p95_all_ms", reference.p95_ms() if reference is not None else None), ("disagreement", disagreement))
+    for key, value in shown_latency:
         if value is not None:
             numbers[key] = value
 
@@ -168,7 +179,8 @@ def judge(
     error_text = f"canary error rate {_pct(canary_rate)} > stable {_pct(stable_rate)} + {_pct(policy.thresholds.max_error_rate_increase)}"
     limit_ms = stable_p95 * policy.thresholds.max_p95_ratio + policy.thresholds.p95_slack_ms if stable_p95 is not None else None
     p95_text = (
-        f"canary p95 {canary_p95:.2f} ms > {policy.thresholds.max_p95_ratio:g} x stable p95 {stable_p95:.2f} ms + {policy.thresholds.p95_slack_ms:g} ms"
+        f"canary p95 {canary_p95:.2f} ms > {policy.thresholds.max_p95_ratio:g} x stable p95 {stable_p95:.2f} ms + "
+        f"{policy.thresholds.p95_slack_ms:g} ms (uncached requests)"
         if canary_p95 is not None and stable_p95 is not None
         else ""
     )
@@ -183,9 +195,9 @@ def judge(
     if canary.requests >= enough:
         if _confidently_above(canary.errors, canary.requests, error_bound, policy.early_confidence):
             return verdict("rollback", error_text + early)
-        if limit_ms is not None and canary.observations >= enough:
-            slow = canary.count_above_ms(limit_ms)
-            if _confidently_above(slow, canary.observations, SLOW_SHARE, policy.early_confidence):
+        if limit_ms is not None and canary_latency.observations >= enough:
+            slow = canary_latency.count_above_ms(limit_ms)
+            if _confidently_above(slow, canary_latency.observations, SLOW_SHARE, policy.early_confidence):
                 return verdict("rollback", p95_text + early)
     if (
         policy.thresholds.max_disagreement is not None
@@ -213,9 +225,9 @@ def judge(
 
     notes = [f"canary error rate {_pct(canary_rate)} vs stable {_pct(stable_rate)}"]
     if canary_p95 is not None and stable_p95 is not None:
-        notes.append(f"p95 {canary_p95:.2f} vs {stable_p95:.2f} ms")
+        notes.append(f"uncached p95 {canary_p95:.2f} vs {stable_p95:.2f} ms")
     else:
-        notes.append("p95 not compared (no stable latency to compare with)")
+        notes.append("p95 not compared (no uncached latency of both versions to compare)")
     if disagreement is not None:
         notes.append(f"disagreement {_pct(disagreement)}")
     if reference is not None and reference is baseline:

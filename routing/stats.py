@@ -6,6 +6,10 @@ Reading sums every worker process on this machine, the same way `/metrics` does;
 milliseconds and runs about once a second in the controller, never on the request path.
 Mirrored (shadow) requests are left out of requests, errors and latency: they say nothing about
 what clients of the version saw, only how often it agreed with the primary.
+
+Latency comes twice: over every request, and over those not answered from the prediction cache
+(`VersionWindow.uncached`). A stable version answers many requests from a warm cache that a new
+canary has not filled yet, so only the uncached latency compares the two like for like.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from core.errors import blame_of
@@ -23,6 +27,7 @@ from routing.document import Experiment
 REQUESTS = "rtserve_requests"
 ERRORS = "rtserve_errors"
 DURATION = "rtserve_request_duration_seconds"
+UNCACHED_DURATION = "rtserve_uncached_request_duration_seconds"
 COMPARISONS = "rtserve_shadow_comparisons"
 ROUTED = frozenset({"stable", "canary", "experiment"})
 """Variants the router chose. Pinned requests (the client named the version) and mirrored ones say
@@ -53,12 +58,23 @@ class VersionWindow:
     """Requests refused to protect latency (queue full, budget, not ready): shown, never judged."""
     internal: int = 0
     """Faults of the request path, not of the model (an exception nobody anticipated): shown, never judged."""
+    hits: int = 0
+    """Requests answered from the prediction cache."""
+    uncached_bounds: tuple[float, ...] = ()
+    uncached_counts: tuple[int, ...] = ()
+    """The latency histogram of the requests not answered from the cache, shaped like bucket_bounds/bucket_counts."""
 
     def __post_init__(self) -> None:
-        if len(self.bucket_bounds) != len(self.bucket_counts):
-            raise ValueError("bucket_bounds and bucket_counts differ in length")
-        if self.bucket_bounds and (self.bucket_bounds[-1] != math.inf or list(self.bucket_bounds) != sorted(self.bucket_bounds)):
-            raise ValueError("bucket_bounds must ascend and end with +Inf")
+        for bounds, counts in ((self.bucket_bounds, self.bucket_counts), (self.uncached_bounds, self.uncached_counts)):
+            if len(bounds) != len(counts):
+                raise ValueError("bucket bounds and counts differ in length")
+            if bounds and (bounds[-1] != math.inf or list(bounds) != sorted(bounds)):
+                raise ValueError("bucket bounds must ascend and end with +Inf")
+
+    def uncached(self) -> VersionWindow:
+        """The same window with its latency taken over the requests the model answered, not the cache."""
+        return replace(self, bucket_bounds=self.uncached_bounds, bucket_counts=self.uncached_counts,
+                       uncached_bounds=(), uncached_counts=())
 
     @property
     def comparisons(self) -> int:
@@ -123,10 +139,14 @@ class VersionWindow:
 
     def minus(self, earlier: VersionWindow) -> VersionWindow:
         """What happened since `earlier`; if any count went down the counters were reset, so all of self is new."""
-        if earlier.bucket_bounds and earlier.bucket_bounds != self.bucket_bounds:
+        if (earlier.bucket_bounds and earlier.bucket_bounds != self.bucket_bounds
+                or earlier.uncached_bounds and earlier.uncached_bounds != self.uncached_bounds):
             return self
         earlier_counts = earlier.bucket_counts or (0,) * len(self.bucket_counts)
+        earlier_uncached = earlier.uncached_counts or (0,) * len(self.uncached_counts)
         pairs = [
+            (self.hits, earlier.hits),
+            *zip(self.uncached_counts, earlier_uncached, strict=True),
             (self.requests, earlier.requests),
             (self.errors, earlier.errors),
             (self.agree, earlier.agree),
@@ -148,6 +168,9 @@ class VersionWindow:
             client_errors=self.client_errors - earlier.client_errors,
             shed=self.shed - earlier.shed,
             internal=self.internal - earlier.internal,
+            hits=self.hits - earlier.hits,
+            uncached_bounds=self.uncached_bounds,
+            uncached_counts=tuple(now - then for now, then in zip(self.uncached_counts, earlier_uncached, strict=True)),
         )
 
 
@@ -171,9 +194,12 @@ class _Tally:
     client_errors: int = 0
     shed: int = 0
     internal: int = 0
+    hits: int = 0
+    uncached: dict[float, int] = field(default_factory=dict)
 
     def window(self) -> VersionWindow:
         bounds = tuple(sorted(self.buckets))
+        uncached_bounds = tuple(sorted(self.uncached))
         return VersionWindow(
             requests=self.requests,
             errors=self.errors,
@@ -184,6 +210,9 @@ class _Tally:
             client_errors=self.client_errors,
             shed=self.shed,
             internal=self.internal,
+            hits=self.hits,
+            uncached_bounds=uncached_bounds,
+            uncached_counts=tuple(self.uncached[b] for b in uncached_bounds),
         )
 
 
@@ -207,7 +236,7 @@ class MetricsSnapshotSource:
             return tallies.setdefault(version, _Tally())
 
         for family in self._registry.collect():
-            if family.name not in (REQUESTS, ERRORS, DURATION, COMPARISONS):
+            if family.name not in (REQUESTS, ERRORS, DURATION, UNCACHED_DURATION, COMPARISONS):
                 continue
             for sample in family.samples:
                 labels = sample.labels
@@ -216,7 +245,10 @@ class MetricsSnapshotSource:
                 value = round(sample.value)
                 routed = labels.get("variant") in variants
                 if sample.name == REQUESTS + "_total" and routed:
-                    tally(labels["version"]).requests += value
+                    t = tally(labels["version"])
+                    t.requests += value
+                    if labels.get("cache") == "hit":
+                        t.hits += value
                 elif sample.name == ERRORS + "_total" and routed:
                     t = tally(labels["version"])
                     blame = blame_of(labels.get("code", ""))
@@ -230,6 +262,10 @@ class MetricsSnapshotSource:
                         t.client_errors += value
                 elif sample.name == DURATION + "_bucket" and routed:
                     buckets = tally(labels["version"]).buckets
+                    le = float(labels["le"])
+                    buckets[le] = buckets.get(le, 0) + value
+                elif sample.name == UNCACHED_DURATION + "_bucket" and routed:
+                    buckets = tally(labels["version"]).uncached
                     le = float(labels["le"])
                     buckets[le] = buckets.get(le, 0) + value
                 elif sample.name == COMPARISONS + "_total":
@@ -272,5 +308,5 @@ class ExperimentCounts:
             finally:
                 tmp.unlink()
         windows = json.loads(path.read_text())
-        return {v: VersionWindow(**{**w, "bucket_bounds": tuple(w["bucket_bounds"]), "bucket_counts": tuple(w["bucket_counts"])})
-                for v, w in windows.items()}
+        tuples = ("bucket_bounds", "bucket_counts", "uncached_bounds", "uncached_counts")
+        return {v: VersionWindow(**{**w, **{k: tuple(w[k]) for k in tuples if k in w}}) for v, w in windows.items()}

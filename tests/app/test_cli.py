@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import secrets
 import time
@@ -9,7 +10,7 @@ import time
 import jwt
 import pytest
 
-from app.cli import main, parser
+from app.cli import main, model_heading, parser
 from gateway.auth import Authenticator, AuthSettings
 
 
@@ -47,6 +48,48 @@ def test_every_command_has_generated_help(capsys):
         assert info.value.code == 0
         assert "usage: rtserve " + command in capsys.readouterr().out
     assert parser().parse_args(["route", "set", "m", "v1=90"]).handler.__name__ == "_route_set"
+
+
+def _commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(words, parser) of every command that runs something, through every level of sub-commands."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, p
+    for sub in subs:
+        for name, child in sub.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    commands = list(_commands(parser()))
+    assert len(commands) >= 19
+    for words, p in commands:
+        text = p.format_help()
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"rtserve {' '.join(words)}: {action.dest} has no help text"
+            if action.option_strings:
+                assert "default" in p._get_formatter()._get_help_string(action), f"rtserve {' '.join(words)} {action.option_strings[0]}"
+        assert "(default:" in text or not any(a.option_strings for a in p._actions[1:]), words
+    canary = dict(commands)[("canary", "start")].format_help()
+    for default in ("5,25,50,100", "30)", "1000)", "1.2)", "2.0)", "0.001)"):
+        assert default in canary.replace("\n", " ")
+
+
+def test_canary_thresholds_are_sent_from_the_command_line():
+    args = parser().parse_args(["canary", "start", "m", "v2", "--max-p95-ratio", "2", "--p95-slack-ms", "5",
+                                "--max-error-rate-increase", "0.01", "--max-disagreement", "0.1"])
+    assert (args.max_p95_ratio, args.p95_slack_ms, args.max_error_rate_increase, args.max_disagreement) == (2, 5, 0.01, 0.1)
+
+
+def test_models_shows_a_canary_only_while_it_runs():
+    doc = {"origin": "configuration", "weights": {"v2": 100.0}, "experiment": None, "shadow": None,
+           "canary": {"version": "v2", "stable": "v1", "status": "promoted"}}
+    assert "canary" not in model_heading("m", doc)
+    doc["canary"]["status"] = "running"
+    assert model_heading("m", doc).endswith("(canary)")
+    assert model_heading("m", {**doc, "shadow": {"version": "v2", "fraction": 0.1}}).endswith("(canary, shadow)")
 
 
 def test_admin_commands_against_a_real_server(gateway, monkeypatch, capsys):

@@ -19,16 +19,24 @@ BOUNDS = (*LATENCY_BUCKETS, math.inf)
 POLICY = CanaryPolicy(steps=(5, 25, 50, 100), hold_s=30, min_requests=1000, min_requests_to_judge=10)
 
 
-def window(
-    requests: int, errors: int = 0, latency_ms: float | list[float] = 1.0, agree: int = 0, disagree: int = 0
-) -> VersionWindow:
-    """`requests` requests, every one (or one per listed latency, cycled) observed at the given latency."""
-    latencies = latency_ms if isinstance(latency_ms, list) else [latency_ms]
+def histogram(latencies_ms: list[float]) -> tuple[int, ...]:
     per_bucket = [0] * len(BOUNDS)
-    for i in range(requests):
-        per_bucket[bisect.bisect_left(BOUNDS, latencies[i % len(latencies)] / 1000.0)] += 1
-    cumulative = tuple(sum(per_bucket[: i + 1]) for i in range(len(BOUNDS)))
-    return VersionWindow(requests, errors, BOUNDS, cumulative, agree, disagree)
+    for ms in latencies_ms:
+        per_bucket[bisect.bisect_left(BOUNDS, ms / 1000.0)] += 1
+    return tuple(sum(per_bucket[: i + 1]) for i in range(len(BOUNDS)))
+
+
+def window(
+    requests: int, errors: int = 0, latency_ms: float | list[float] = 1.0, agree: int = 0, disagree: int = 0,
+    hit_ms: float | None = None, hits: int = 0,
+) -> VersionWindow:
+    """`requests` requests, every one (or one per listed latency, cycled) observed at the given latency; `hits` more
+    answered from the cache at `hit_ms` (without them every request is uncached, as with the cache off)."""
+    latencies = latency_ms if isinstance(latency_ms, list) else [latency_ms]
+    uncached = [latencies[i % len(latencies)] for i in range(requests)]
+    every = uncached + [hit_ms or 0.1] * hits
+    return VersionWindow(requests + hits, errors, BOUNDS, histogram(every), agree, disagree, hits=hits,
+                         uncached_bounds=BOUNDS, uncached_counts=histogram(uncached))
 
 
 STABLE = window(20_000, errors=2, latency_ms=1.0)
@@ -87,6 +95,23 @@ def test_a_slow_canary_rolls_back():
     assert judge(POLICY, 0, 10.0, STABLE, mixed).action == "hold"
     late = judge(POLICY, 0, 30.0, STABLE, mixed)
     assert late.action == "rollback" and "canary p95" in late.reason and "early" not in late.reason
+
+
+def test_latency_is_judged_on_uncached_requests_not_against_a_warm_cache():
+    """Stable answers 19 in 20 requests from its cache in 0.1 ms, its model takes 6 ms; the canary, cold, runs the
+    same 6 ms model on every request. Like for like it is healthy; against stable's overall p95 it would fail."""
+    stable = window(1000, latency_ms=6.0, hits=19_000, hit_ms=0.1)
+    canary = window(1500, latency_ms=6.0)
+    v = judge(POLICY, 0, 30.0, stable, canary)
+    assert v.action == "advance", v.reason
+    assert v.numbers["stable_p95_all_ms"] < 1.0
+    assert 5.0 < v.numbers["stable_p95_ms"] <= 7.5
+    assert v.numbers["canary_p95_ms"] == pytest.approx(v.numbers["stable_p95_ms"])
+    assert v.numbers["stable_cache_hits"] == 19_000 and v.numbers["canary_cache_hits"] == 0
+    assert "uncached p95" in v.reason
+    # A canary whose model is slower is still caught, early, on the same like-for-like numbers.
+    slow = judge(POLICY, 0, 3.0, stable, window(200, latency_ms=40.0))
+    assert slow.action == "rollback" and "(uncached requests)" in slow.reason
 
 
 def test_slack_keeps_noise_from_failing_a_good_version():
@@ -148,7 +173,8 @@ def windows(draw: st.DrawFn) -> VersionWindow:
     per_bucket = draw(st.lists(st.integers(0, 5000), min_size=len(BOUNDS), max_size=len(BOUNDS)))
     requests = sum(per_bucket)
     cumulative = tuple(sum(per_bucket[: i + 1]) for i in range(len(BOUNDS)))
-    return VersionWindow(requests, draw(st.integers(0, requests)), BOUNDS, cumulative, draw(st.integers(0, 5000)), 0)
+    return VersionWindow(requests, draw(st.integers(0, requests)), BOUNDS, cumulative, draw(st.integers(0, 5000)), 0,
+                         uncached_bounds=BOUNDS, uncached_counts=cumulative)
 
 
 @settings(max_examples=300, deadline=None)

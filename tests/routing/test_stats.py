@@ -104,6 +104,9 @@ def test_sums_both_workers_and_counts_only_routed_model_faults(two_workers):
     assert (v2.agree, v2.disagree) == (45, 15) and v2.disagreement() == pytest.approx(0.25)
     assert (v1.agree, v1.disagree) == (0, 0) and v1.disagreement() is None
     assert v1.bucket_bounds == (*LATENCY_BUCKETS, math.inf)
+    # cache hits are counted, and left out of the uncached latency the canary is judged on
+    assert (v1.hits, v2.hits) == (30, 7)
+    assert (v1.uncached().observations, v2.uncached().observations) == (v1.requests - 30, v2.requests - 7)
     assert MetricsSnapshotSource(two_workers).snapshot("digits")["v1"].errors == 7
     assert MetricsSnapshotSource(two_workers).snapshot("absent") == {}
 
@@ -162,7 +165,10 @@ def test_minus_gives_the_window_since_an_earlier_snapshot(two_workers, tmp_path)
     assert window.observations == 5 and window.error_rate() == pytest.approx(0.2)
     # 4 in (1, 2] ms and 1 in (10, 15] ms: rank 4.75 lies in the slow bucket.
     assert window.p95_ms() == pytest.approx(10 + 5 * 0.75)
-    assert after["v1"].minus(before["v1"]) == VersionWindow(0, 0, before["v1"].bucket_bounds, (0,) * 19, 0, 0)
+    bounds = before["v1"].bucket_bounds
+    assert after["v1"].minus(before["v1"]) == VersionWindow(0, 0, bounds, (0,) * 19, 0, 0, uncached_bounds=bounds,
+                                                            uncached_counts=(0,) * 19)
+    assert window.uncached().observations == 5 and window.hits == 0
     # A version first seen after the earlier snapshot: everything is new.
     assert after["v2"].minus(VersionWindow()) == after["v2"]
 
