@@ -185,8 +185,8 @@ class DataPlane:
         """The request's answer in its front end's form, or the `ServingError` that says why not."""
         tracer = self.tracer
         known = {} if request.model is None else {"model": request.model}  # /predict's model is in its body
-        with self.record(counted=not request.background) as record, tracer.request(request.span, request.trace, request_id=request.request_id,
-                                                     **known) as span:
+        with (self.record(counted=not request.background) as record,
+              tracer.request(request.span, request.trace, request_id=request.request_id, **known) as span):
             if request.admitted is None:
                 admitted = await self.admission.admit(request.credentials, request.user, "predict")
                 request.headers.extend(admitted.headers)
