@@ -9,10 +9,15 @@
     GET|POST|DELETE /admin/models/{name}/canary       POST {"version": "v2", "steps": [...], "hold_s": 30, ...}
     PUT|DELETE /admin/models/{name}/shadow         {"version": "v2", "fraction": 0.1}
     GET    /admin/audit?limit=100&model=NAME       who changed what, newest first (routing/audit.py)
+
+The routes are declared in frontends/routes.py; these are their handlers. Without authentication they are not
+served (404): nobody may change routes.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -20,98 +25,127 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from core.errors import BadRequest, InvalidInput, MethodNotAllowed, NotFound, Unavailable, shown
+from core.errors import BadRequest, InvalidInput, NotFound, Unavailable, shown
+from frontends.asgi import JSON, dumps, read_body
 from frontends.oip_codec import parse_json
+from frontends.parts import FrontendParts
+from frontends.route_table import Handler, HttpRequest
 from routing.admin import CanaryRequest, ExperimentRequest
 
 if TYPE_CHECKING:
-    from pipeline.repository import ModelRepository
     from routing.admin import RoutingAdmin
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def handle(
-    admin: RoutingAdmin | None,
-    method: str,
-    parts: list[str],
-    body: bytes,
-    repository: ModelRepository | None = None,
-    query: bytes = b"",
-) -> tuple[int, Any]:
-    """(status, JSON document) for /admin/... ; `parts` is the path split on '/' without 'admin'.
-    `admin` is None until the shared routing state has been reached."""
-    try:
-        return await _handle(admin, method, parts, body, repository, query)
-    except (RedisError, OSError, TimeoutError) as exc:  # Redis down, a read-only or full state folder
-        source = admin.store.source if admin is not None else "routing state"
-        raise Unavailable(f"routing state unavailable ({source}: {type(exc).__name__}: {exc}); retry later",
-                          headers={"Retry-After": "5"}) from None
+def admin_route(change: Callable[[RoutingAdmin, FrontendParts, HttpRequest], Awaitable[tuple[int, Any]]]) -> Handler:
+    """A handler of the routing admin's: 503 until the shared routing state has been reached, and while it cannot be
+    read or written."""
 
-
-async def _handle(
-    admin: RoutingAdmin | None, method: str, parts: list[str], body: bytes, repository: ModelRepository | None, query: bytes
-) -> tuple[int, Any]:
-    if admin is None:
-        raise Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
-    if parts == ["models"]:
-        _allow(method, "GET")
-        return 200, await admin.describe()
-    if parts == ["audit"]:
-        _allow(method, "GET")
-        if admin.audit is None:
-            raise NotFound("no audit log is kept here")
-        q = _parse(AuditQuery, orjson.dumps(dict(parse_qsl(query.decode("latin-1")))))
-        return 200, [e.model_dump(mode="json") for e in await admin.audit.read(q.limit, q.model)]
-    if len(parts) < 3 or parts[0] != "models":
-        raise NotFound("no such admin route")
-    name, rest = parts[1], parts[2:]
-    if len(rest) == 3 and rest[0] == "versions" and rest[2] == "load":
-        _allow(method, "POST")
-        if repository is None:
+    @functools.wraps(change)
+    async def handler(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+        admin = served.admin
+        if admin is None:
             raise Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
-        await repository.load(name, [rest[1]])  # answers once every worker serves it; a failure is its error
-        return 200, (await admin.store.get(name)).model_dump(mode="json")
-    if len(rest) == 3 and rest[0] == "versions" and rest[2] == "unload":
-        _allow(method, "POST")
-        return 202, (await admin.unload(name, rest[1])).model_dump(mode="json")
-    if rest == ["reset"]:
-        _allow(method, "POST")
-        return 200, (await admin.reset(name)).model_dump(mode="json")
-    if rest == ["weights"]:
-        _allow(method, "PUT")
-        return 200, (await admin.set_weights(name, _parse(WeightsRequest, body).weights)).model_dump(mode="json")
-    if rest == ["experiment"]:
-        if method == "GET":
-            return 200, await admin.experiment_summary(name)
-        if method == "POST":
-            return 201, (await admin.start_experiment(name, _parse(ExperimentRequest, body))).model_dump(mode="json")
-        _allow(method, "GET", "POST", "DELETE")
-        return 200, (await admin.stop_experiment(name)).model_dump(mode="json")
-    if rest == ["canary"]:
-        if method == "GET":
-            routes = await admin.store.get(name)
-            if routes is None or routes.canary is None:
-                raise NotFound(f"no canary of {shown(name)}")
-            outcomes = await admin.outcomes(name)
-            return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
-        if method == "POST":
-            return 201, (await admin.start_canary(name, _parse(CanaryRequest, body))).model_dump(mode="json")
-        _allow(method, "GET", "POST", "DELETE")
-        return 200, (await admin.abort_canary(name)).model_dump(mode="json")
-    if rest == ["shadow"]:
-        if method == "DELETE":
-            return 200, (await admin.set_shadow(name, None, 0.0)).model_dump(mode="json")
-        _allow(method, "PUT", "DELETE")
-        shadow = _parse(ShadowRequest, body)
-        return 200, (await admin.set_shadow(name, shadow.version, shadow.fraction)).model_dump(mode="json")
-    raise NotFound("no such admin route")
+        try:
+            status, doc = await change(admin, served, request)
+        except (RedisError, OSError, TimeoutError) as exc:  # Redis down, a read-only or full state folder
+            raise Unavailable(f"routing state unavailable ({admin.store.source}: {type(exc).__name__}: {exc}); retry later",
+                              headers={"Retry-After": "5"}) from None
+        return status, dumps(doc), JSON
+
+    return handler
 
 
-def _allow(method: str, *allowed: str) -> None:
-    """405 naming every method the route takes, unless `method` is one of them."""
-    if method not in allowed:
-        raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+@admin_route
+async def models(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, await admin.describe()
+
+
+@admin_route
+async def audit(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    if admin.audit is None:
+        raise NotFound("no audit log is kept here")
+    q = _parse(AuditQuery, orjson.dumps(dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1")))))
+    return 200, [e.model_dump(mode="json") for e in await admin.audit.read(q.limit, q.model)]
+
+
+@admin_route
+async def load(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    if served.repository is None:
+        raise Unavailable("routing state is not available yet", headers={"Retry-After": "1"})
+    name = request.params["name"]
+    await served.repository.load(name, [request.params["version"]])  # answers once every worker serves it, or fails
+    return 200, (await admin.store.get(name)).model_dump(mode="json")
+
+
+@admin_route
+async def unload(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 202, (await admin.unload(request.params["name"], request.params["version"])).model_dump(mode="json")
+
+
+@admin_route
+async def reset(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, (await admin.reset(request.params["name"])).model_dump(mode="json")
+
+
+@admin_route
+async def set_weights(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    weights = _parse(WeightsRequest, await _body(served, request)).weights
+    return 200, (await admin.set_weights(request.params["name"], weights)).model_dump(mode="json")
+
+
+@admin_route
+async def experiment(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, await admin.experiment_summary(request.params["name"])
+
+
+@admin_route
+async def start_experiment(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    started = await admin.start_experiment(request.params["name"], _parse(ExperimentRequest, await _body(served, request)))
+    return 201, started.model_dump(mode="json")
+
+
+@admin_route
+async def stop_experiment(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, (await admin.stop_experiment(request.params["name"])).model_dump(mode="json")
+
+
+@admin_route
+async def canary(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    name = request.params["name"]
+    routes = await admin.store.get(name)
+    if routes is None or routes.canary is None:
+        raise NotFound(f"no canary of {shown(name)}")
+    outcomes = await admin.outcomes(name)
+    return 200, {"weights": routes.weights, **routes.canary.model_dump(mode="json"), "outcomes": outcomes}
+
+
+@admin_route
+async def start_canary(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    started = await admin.start_canary(request.params["name"], _parse(CanaryRequest, await _body(served, request)))
+    return 201, started.model_dump(mode="json")
+
+
+@admin_route
+async def abort_canary(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, (await admin.abort_canary(request.params["name"])).model_dump(mode="json")
+
+
+@admin_route
+async def set_shadow(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    shadow = _parse(ShadowRequest, await _body(served, request))
+    return 200, (await admin.set_shadow(request.params["name"], shadow.version, shadow.fraction)).model_dump(mode="json")
+
+
+@admin_route
+async def stop_shadow(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, (await admin.set_shadow(request.params["name"], None, 0.0)).model_dump(mode="json")
+
+
+async def _body(served: FrontendParts, request: HttpRequest) -> bytes:
+    limits = served.limits
+    return await read_body(request.receive, request.headers, limits.max_body_bytes, limits.body_read_timeout_s)
 
 
 class AuditQuery(BaseModel):

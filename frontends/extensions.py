@@ -6,6 +6,7 @@
     GET  /v2/models/stats
     GET  /v2/models/{name}[/versions/{version}]/stats                                        scope predict
 
+The routes are declared in frontends/routes.py; these are their handlers.
 Load and unload name versions in their parameters (`{"version": "v2"}`, or tritonclient's `config`
 with a version policy; see pipeline/repository.py) or in the query (`?version=v2`, which tritonclient
 sends with `query_params`). They change routes, so, like the admin API, they need authentication on.
@@ -19,84 +20,73 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
 
-from core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unavailable, shown
-from frontends.asgi import JSON, Receive, Scope, dumps, read_body
+from core.errors import BadRequest, Forbidden, Unavailable, shown
+from frontends.asgi import JSON, Scope, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
-from pipeline.repository import repository_unavailable, requested_versions
+from frontends.route_table import HttpRequest
+from pipeline.repository import ModelRepository, repository_unavailable, requested_versions
 from pipeline.statistics import VersionStats
 
 
-async def route(
-    served: FrontendParts, scope: Scope, receive: Receive, headers: dict[bytes, bytes], path: str, parts: list[str]
-) -> tuple[int, bytes, bytes] | None:
-    """The answer when the path is one of these extensions' routes, else None."""
-    if parts[:2] == ["v2", "repository"]:
-        return await _repository(served, scope, receive, headers, parts[2:])
-    stats = _stats_route(parts)
-    if stats is None:
-        return None
-    admitted = None if served.open_paths.fullmatch(path) else served.pipeline.admission.authorize(headers.get(b"authorization"), "predict")
-    if admitted is not None and stats[0] is not None:
-        admitted.permit(stats[0])
-    _allow(scope["method"], "GET", "HEAD")
+async def statistics(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    """Every model's, one model's or one version's statistics, of the models the caller may use."""
+    name = request.params.get("name")
+    admitted = request.admitted
+    if admitted is not None and name is not None:
+        admitted.permit(name)
     if served.statistics is None:
         raise Unavailable("statistics are not served by this front end's parts")
     served.metrics_current()
-    found = await asyncio.to_thread(served.statistics.read, *stats)
+    found = await asyncio.to_thread(served.statistics.read, name, request.params.get("version"))
     if admitted is not None:
         found = [s for s in found if admitted.may_use(s.name)]
     return 200, dumps({"model_stats": [_triton_stats(s) for s in found]}), JSON
 
 
-async def _repository(
-    served: FrontendParts, scope: Scope, receive: Receive, headers: dict[bytes, bytes], rest: list[str]
-) -> tuple[int, bytes, bytes]:
-    served.pipeline.admission.authorize(headers.get(b"authorization"), "admin")
-    if rest == ["index"]:
-        action, name = "index", None
-    elif len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
-        action, name = rest[2], rest[1]
-    else:
-        raise NotFound(f"no route for /v2/repository/{'/'.join(rest)}")
-    _allow(scope["method"], "POST")
-    if action != "index" and not served.auth_enabled:
+async def index(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    body = await _body(served, request)
+    repository = _repository(served)
+    _only(body, {"ready"})
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequest("'ready' must be true or false")
+    return 200, dumps([asdict(e) for e in await repository.index(ready_only=ready)]), JSON
+
+
+async def load(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    return await _load_or_unload(served, request, load=True)
+
+
+async def unload(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    return await _load_or_unload(served, request, load=False)
+
+
+async def _load_or_unload(served: FrontendParts, request: HttpRequest, load: bool) -> tuple[int, bytes, bytes]:
+    if not served.auth_enabled:
         raise Forbidden("model loads and unloads change routes and need authentication on (RTSERVE_AUTH_ENABLED)")
-    limits = served.limits
-    body = _object(await read_body(receive, headers, limits.max_body_bytes, limits.body_read_timeout_s))
-    repository = served.repository
-    if repository is None:
-        raise repository_unavailable()
-    if action == "index":
-        _only(body, {"ready"})
-        ready = body.get("ready", False)
-        if not isinstance(ready, bool):
-            raise BadRequest("'ready' must be true or false")
-        return 200, dumps([asdict(e) for e in await repository.index(ready_only=ready)]), JSON
+    body = await _body(served, request)
+    repository = _repository(served)
     _only(body, {"parameters"})
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
-    versions = requested_versions({**parameters, **_query_version(scope, parameters)}, load=action == "load")
-    if action == "load":
-        done = await repository.load(name, versions)
-    else:
-        done = await repository.unload(name, versions)
+    versions = requested_versions({**parameters, **_query_version(request.scope, parameters)}, load=load)
+    name = request.params["name"]
+    done = await (repository.load(name, versions) if load else repository.unload(name, versions))
     return 200, dumps({"name": name, "versions": done}), JSON
 
 
-def _stats_route(parts: list[str]) -> tuple[str | None, str | None] | None:
-    """(model, version) for the statistics routes (None for all), else None."""
-    if len(parts) < 3 or parts[:2] != ["v2", "models"] or parts[-1] != "stats":
-        return None
-    if len(parts) == 3:
-        return None, None
-    if len(parts) == 4:
-        return parts[2], None
-    if len(parts) == 6 and parts[3] == "versions":
-        return parts[2], parts[4]
-    return None
+async def _body(served: FrontendParts, request: HttpRequest) -> dict[str, Any]:
+    limits = served.limits
+    return _object(await read_body(request.receive, request.headers, limits.max_body_bytes, limits.body_read_timeout_s))
+
+
+def _repository(served: FrontendParts) -> ModelRepository:
+    if served.repository is None:
+        raise repository_unavailable()
+    return served.repository
 
 
 def _triton_stats(s: VersionStats) -> dict[str, Any]:
@@ -135,9 +125,3 @@ def _only(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
         raise BadRequest(f"unknown field(s) {shown(sorted(unknown))}; accepted: {', '.join(sorted(allowed))}")
-
-
-def _allow(method: str, *allowed: str) -> None:
-    if method not in allowed:
-        raise MethodNotAllowed(f"use {allowed[0]}", headers={"Allow": ", ".join(allowed)})
-

@@ -6,7 +6,7 @@
     POST /v2/jobs/{id}/cancel          stop after the rows in flight; results so far are kept -> 202
 
 Submissions, results and cancels count against the tenant's rate limit; status reads need the scope only. Another tenant's
-job answers 404, as if it did not exist.
+job answers 404, as if it did not exist. The routes are declared in frontends/routes.py; these are their handlers.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from core.errors import BadRequest, Conflict, MethodNotAllowed, NotFound
+from core.errors import BadRequest, Conflict, NotFound
 from frontends.asgi import JSON, Receive, Scope, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
 from frontends.predict_codec import rows_request
+from frontends.route_table import HttpRequest
 from gateway.admission import Admitted
 from jobs import npy
 from jobs import rows as job_rows
@@ -29,46 +30,51 @@ from jobs.model import Job
 from jobs.runner import JobRunner
 
 NDJSON = b"application/x-ndjson"
-SCOPE = "batch"
 
 
-async def handle(
-    served: FrontendParts, method: str, parts: list[str], scope: Scope, receive: Receive,
-    headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]],
-) -> tuple[int, bytes | AsyncIterator[bytes], bytes]:
-    """`parts`: the path after /v2/jobs."""
-    jobs = served.jobs
-    if jobs is None:
-        raise NotFound("batch jobs are not enabled here")
-    admission = served.pipeline.admission
-    if parts == []:
-        _allow(method, "POST")
-        admitted = admission.identify(headers.get(b"authorization"), headers.get(b"x-user-id"), SCOPE)
-        await admission.limit(admitted)
-        extra.extend(admitted.headers)
-        job = await _submit(served, jobs, admitted, scope, receive, headers)
-        extra.append((b"location", f"/v2/jobs/{job.id}".encode()))
-        return 202, dumps(_public(jobs, job)), JSON
-    if len(parts) == 1 or (len(parts) == 2 and parts[1] in ("results", "cancel")):
-        action = parts[1] if len(parts) == 2 else None
-        _allow(method, "POST" if action == "cancel" else "GET")
-        admitted = admission.identify(headers.get(b"authorization"), None, SCOPE)
-        job = await _owned(jobs, parts[0], admitted.tenant)
-        if action is None:
-            return 200, dumps(_public(jobs, job)), JSON
-        if action == "results":
-            if not job.state.finished:
-                raise Conflict(f"job '{job.id}' is {job.state.value}; its results are ready when it finishes")
-            await admission.limit(admitted)
-            extra.extend(admitted.headers)
-            extra.append((b"x-job-state", job.state.value.encode()))
-            return 200, jobs.store.results(job.id), NDJSON  # sent a piece at a time
-        if job.state.finished:
-            raise Conflict(f"job '{job.id}' already {job.state.value}")
-        await admission.limit(admitted)
-        await jobs.store.cancel(job.id)
-        return 202, dumps({**_public(jobs, job), "cancel_requested": True}), JSON
-    raise NotFound(f"no route for /v2/jobs/{'/'.join(parts)}")
+async def submit(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    jobs, admitted = _runner(served), request.admitted
+    await served.pipeline.admission.limit(admitted)
+    request.extra.extend(admitted.headers)
+    job = await _submit(served, jobs, admitted, request.scope, request.receive, request.headers)
+    request.extra.append((b"location", f"/v2/jobs/{job.id}".encode()))
+    return 202, dumps(_public(jobs, job)), JSON
+
+
+async def status(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    jobs = _runner(served)
+    return 200, dumps(_public(jobs, await _owned(jobs, request))), JSON
+
+
+async def results(served: FrontendParts, request: HttpRequest) -> tuple[int, AsyncIterator[bytes], bytes]:
+    jobs = _runner(served)
+    job = await _owned(jobs, request)
+    if not job.state.finished:
+        raise Conflict(f"job '{job.id}' is {job.state.value}; its results are ready when it finishes")
+    await served.pipeline.admission.limit(request.admitted)
+    request.extra.extend(request.admitted.headers)
+    request.extra.append((b"x-job-state", job.state.value.encode()))
+    return 200, jobs.store.results(job.id), NDJSON  # sent a piece at a time
+
+
+async def cancel(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    jobs = _runner(served)
+    job = await _owned(jobs, request)
+    if job.state.finished:
+        raise Conflict(f"job '{job.id}' already {job.state.value}")
+    await served.pipeline.admission.limit(request.admitted)
+    await jobs.store.cancel(job.id)
+    return 202, dumps({**_public(jobs, job), "cancel_requested": True}), JSON
+
+
+def enabled(served: FrontendParts) -> bool:
+    """Batch jobs are switched on here: else their routes answer 404."""
+    return served.jobs is not None
+
+
+def _runner(served: FrontendParts) -> JobRunner:
+    assert served.jobs is not None, "routed only where jobs are enabled"
+    return served.jobs
 
 
 async def _submit(
@@ -105,17 +111,14 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-async def _owned(jobs: JobRunner, job_id: str, tenant: str) -> Job:
+async def _owned(jobs: JobRunner, request: HttpRequest) -> Job:
+    """The path's job, when it is the caller's tenant's: another tenant's is 404, as if it did not exist."""
+    job_id = request.params["job"]
     job = await jobs.get(job_id)
-    if job is None or job.tenant != tenant:
+    if job is None or job.tenant != request.admitted.tenant:
         raise NotFound(f"no job '{job_id[:64]}'")
     return job
 
 
 def _public(jobs: JobRunner, job: Job) -> dict[str, Any]:
     return job.public(time.time(), jobs.settings.retention_s)
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise MethodNotAllowed(f"use {allowed}", headers={"Allow": allowed})

@@ -30,14 +30,14 @@ import orjson
 from core.errors import (
     BadRequest,
     ClientDisconnected,
-    MethodNotAllowed,
     PayloadTooLarge,
     RequestTimeout,
     ServingError,
 )
-from frontends.asgi import Receive, Scope, Send, dumps
+from frontends.asgi import Receive, Send, dumps
 from frontends.oip_codec import InferRequest, decode_infer, encode_infer
 from frontends.parts import FrontendParts
+from frontends.route_table import HttpRequest
 from pipeline.dataplane import Answer, InferenceRequest, Tensors
 from runners.registry import LoadedVersion
 
@@ -48,42 +48,20 @@ SPAN = "POST /v2/models/{name}/infer/stream"
 ITEM_SPAN = "POST /v2/models/{name}/infer/stream item"
 
 
-def target(scope: Scope) -> tuple[str, str | None] | None:
-    """(model, version) when the path is a stream route, else None."""
-    path = scope["path"]
-    if not path.endswith("/infer/stream"):  # every request asks; most leave here
-        return None
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    parts = path.strip("/").split("/")
-    if len(parts) == 5 and parts[:2] == ["v2", "models"] and parts[3:] == ["infer", "stream"]:
-        return parts[2], None
-    if len(parts) == 7 and parts[:2] == ["v2", "models"] and parts[3] == "versions" and parts[5:] == ["infer", "stream"]:
-        return parts[2], parts[4]
-    return None
-
-
-async def serve(
-    served: FrontendParts, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes],
-    extra: list[tuple[bytes, bytes]], request_id: str, where: tuple[str, str | None],
-) -> None:
-    """Serve the stream to `where` (model, version), the `target` of the request's path.
+async def serve(served: FrontendParts, request: HttpRequest) -> None:
+    """Serve the stream to the path's model (and version), its caller admitted for the route's scope.
 
     A `ServingError` raised here comes before the response started: the caller answers it as usual."""
-    if scope["method"] != "POST":
-        raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
-    if served.on_request is not None:
-        served.on_request()
-    name, asked = where
+    name, asked = request.params["name"], request.params.get("version")
     pipeline = served.pipeline
-    admitted = pipeline.admission.identify(headers.get(b"authorization"), headers.get(b"x-user-id"), "predict")
+    admitted = request.admitted
     entry, variant = pipeline.route(name, asked, admitted, "streaming")  # 403, 404, 503, 422 mode_not_supported
-    receive = await _with_first_item(receive, served.stream.idle_timeout_s)
-    stream = _Stream(served, name, entry.version, variant, admitted, request_id, send, headers)
+    receive = await _with_first_item(request.receive, served.stream.idle_timeout_s)
+    send, headers = request.send, request.headers
+    stream = _Stream(served, name, entry.version, variant, admitted, request.request_id, send, headers)
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", NDJSON), (b"x-model-version", entry.version.encode()), *extra]})
-    with pipeline.tracer.request(SPAN, headers, model=name, request_id=request_id) as span:
+                "headers": [(b"content-type", NDJSON), (b"x-model-version", entry.version.encode()), *request.extra]})
+    with pipeline.tracer.request(SPAN, headers, model=name, request_id=request.request_id) as span:
         span.set("version", entry.version)
         await stream.run(receive)
     await send({"type": "http.response.body", "body": b"", "more_body": False})

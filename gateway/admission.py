@@ -81,10 +81,10 @@ class Admission:
                 decision = await self.limiter.enforce(admitted.tenant)
             admitted.headers = decision.header_fields()
 
-    def authorize(self, authorization: bytes | None, scope: str) -> Admitted:
-        """Credentials only, for metadata and admin requests that are not rate limited; the caller is
-        remembered for the audit log of what an admin request changes (routing/audit.py)."""
-        admitted = self.identify(authorization, None, scope)
+    def authorize(self, authorization: bytes | None, scope: str, user_header: bytes | None = None) -> Admitted:
+        """Credentials only, as the HTTP routes check them before their handler (which may `limit` the caller);
+        the caller is remembered for the audit log of what an admin request changes (routing/audit.py)."""
+        admitted = self.identify(authorization, user_header, scope)
         if self.auth is not None and admitted.user is not None:
             acting_as(admitted.user, admitted.tenant)
         return admitted

@@ -27,9 +27,9 @@ from frontends.grpc import extensions
 from frontends.grpc.calls import Coder, fail, fail_internal, metadata_map, response_metadata
 from frontends.grpc.settings import GrpcSettings
 from frontends.grpc.stream import serve_stream
+from frontends.oip_routes import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from frontends.parts import FrontendParts
 from frontends.request_ids import request_id_of
-from frontends.rest import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.admission import Admitted
 from pipeline.dataplane import InferenceRequest
 

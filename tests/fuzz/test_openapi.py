@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 
 from core.errors import ServingError
-from frontends.openapi import document
+from frontends.routes import document
 from fuzz import seeds
 from tests.fuzz.contract import ALLOWED_ERRORS, error_problem, readme_error_table
 

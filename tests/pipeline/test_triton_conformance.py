@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from frontends.rest import EXTENSIONS
+from frontends.oip_routes import EXTENSIONS
 from models import data
 
 MODEL, VERSION = "digits-torch", "v2-int8"
