@@ -113,7 +113,8 @@ def _models(a: argparse.Namespace) -> None:
             print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
                   + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
                   + (f"  modes {','.join(info['modes'])}" if info.get("modes") else "")
-                  + (f"  error: {info['error']}" if info.get("error") else ""))
+                  + (f"  error: {info['error']}" if info.get("error") else "")
+                  + (f"  waiting: {info['waiting']}" if info.get("waiting") else ""))
 
 
 def model_heading(name: str, m: dict[str, Any]) -> str:

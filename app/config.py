@@ -26,6 +26,7 @@ from gateway.ratelimit import RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
+from models.remote import ModelRepositorySettings
 from models.settings import ImportSettings
 from observability.logs import LogSettings
 from observability.metrics import MetricsSettings
@@ -71,6 +72,7 @@ class Config:
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     imports: ImportSettings = field(default_factory=ImportSettings)
+    model_repository: ModelRepositorySettings = field(default_factory=ModelRepositorySettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -93,6 +95,7 @@ def load_config() -> Config:
         logs=_settings(LogSettings),
         repository=_settings(RepositorySettings),
         imports=_settings(ImportSettings),
+        model_repository=_settings(ModelRepositorySettings),
         grpc=_settings(GrpcSettings),
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),

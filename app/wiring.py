@@ -20,6 +20,7 @@ from gateway.settings import GatewaySettings, LimitSettings
 from jobs.runner import JobRunner
 from jobs.settings import JobSettings, StreamSettings
 from jobs.store import LocalJobStore, RedisJobStore
+from models.remote import ObjectRepository
 from models.settings import ImportSettings
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
@@ -73,6 +74,7 @@ class Runtime:
         tracer: Tracer = DISABLED,
         jobs: JobSettings | None = None,
         stream: StreamSettings | None = None,
+        remote: ObjectRepository | None = None,
     ) -> None:
         self.config = config
         self.open_paths = (gateway or GatewaySettings()).open_path_pattern()
@@ -82,7 +84,8 @@ class Runtime:
         self.redis = redis
         self.metrics = metrics
         self.tracer = tracer
-        self.registry = ModelRegistry(config, metrics, tracer)
+        self.remote = remote
+        self.registry = ModelRegistry(config, metrics, tracer, remote)
         self.router = Router(configured_routes(config))
         self.loaded = threading.Event()
         self.draining = False  # set on SIGTERM (app/drain.py): not ready while in-flight requests finish
@@ -153,7 +156,8 @@ class Runtime:
         cache = PredictionCache(config.cache, redis) if config.cache.enabled else None
         metrics = Metrics(settings=config.metrics) if config.metrics.enabled else None
         runtime = cls(config.serving, limits=config.limits, admission=admission, cache=cache, redis=redis, metrics=metrics,
-                      gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream)
+                      gateway=gateway, tracer=tracer, jobs=config.jobs, stream=config.stream,
+                      remote=ObjectRepository.from_settings(config.model_repository))
         runtime.routing_settings = config.routing
         runtime.repository_settings = config.repository
         runtime.import_settings = config.imports
@@ -207,7 +211,7 @@ class Runtime:
         self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats, audit)
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
-        self.parts.deployer = Deployer(self.parts.repository, self.import_settings)
+        self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health, audit=audit)

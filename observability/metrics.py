@@ -180,6 +180,10 @@ class Metrics:
         self.inflight = Gauge("rtserve_inflight_requests", "Requests being served", mv, multiprocess_mode="livesum")
         self.load_seconds = Gauge("rtserve_model_load_seconds", "Load and warm-up time", mv, multiprocess_mode="livemax")
         self.load_failures = Counter("rtserve_model_load_failures", "Versions that failed to load", mv)
+        self.pulls = Counter("rtserve_model_pulls", "Pull attempts from the model repository, by outcome "
+                             "(pulled; attempt_failed: retried after a backoff; failed: gave up)", [*mv, "outcome"])
+        self.pull_seconds = Gauge("rtserve_model_pull_seconds", "Time to pull the version into this replica's store",
+                                  mv, multiprocess_mode="livemax")
         self.state = Gauge("rtserve_model_version_state", "1 for the version's current state", [*mv, "state"], multiprocess_mode="livemax")
         self.cache = Counter("rtserve_cache_requests", "Prediction cache lookups", ["tier", "outcome"])
         self.rate_limited = Counter("rtserve_rate_limited", "Requests refused by rate limits", ["tier"])

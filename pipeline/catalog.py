@@ -67,4 +67,6 @@ def _state(version: str, entry: LoadedVersion | None) -> str:
         return f"{version} is not loaded"
     if entry.state is VersionState.FAILED:
         return f"{version} failed to load ({entry.error})"
+    if entry.waiting:
+        return f"{version} is {entry.waiting}"
     return f"{version} is {entry.state.value}"

@@ -7,7 +7,8 @@ Every entry path ends here: `rtserve deploy` (the admin upload), Triton's reposi
 (REST and gRPC), and the Python client. The import (checks, probe load in a throw-away subprocess, copy
 into the store) runs off the event loop; the load goes through the routing state, so every worker of
 the replica loads the version and a restart keeps it (a model serving.yaml does not list is a runtime
-model). A version that fails to load in a worker leaves the store again, so the same name and version
+model). With a model repository (RTSERVE_MODEL_REPOSITORY), the version is pushed there between the probe
+and the load, so every other replica can pull it when the routes name it. A version that fails to load in a worker leaves the store again, so the same name and version
 can be deployed once the file is fixed; a model that was never served leaves no trace.
 """
 
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import bentoml
 
-from core.errors import LoadFailed, RepositoryTimeout
+from core.errors import Conflict, LoadFailed, RepositoryTimeout, Unavailable
 from models import store
 from models.importer import ImportOptions, import_model
+from models.remote import ObjectRepository
+from models.remote.repository import Mismatch
 from models.settings import ImportSettings
 from pipeline.repository import ModelRepository
 
@@ -29,14 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class Deployer:
-    def __init__(self, repository: ModelRepository, settings: ImportSettings) -> None:
+    def __init__(self, repository: ModelRepository, settings: ImportSettings, remote: ObjectRepository | None = None) -> None:
         self.repository = repository
         self.settings = settings
+        self.remote = remote
 
     async def deploy(self, name: str, version: str, source: Path | str, options: ImportOptions) -> bentoml.Model:
         """NAME:VERSION from `source` (a file, a directory, or a BentoML store tag), served by every worker
         when this returns. Raises what the import refuses (4xx) or LoadFailed / RepositoryTimeout (5xx)."""
         model = await asyncio.to_thread(import_model, name, version, source, options, self.settings)
+        if self.remote is not None:
+            await self._push(str(model.tag))
         try:
             await self.repository.load(name, [version])
         except LoadFailed:
@@ -46,6 +52,22 @@ class Deployer:
             log.warning("deploy %s: still loading in some worker; it goes on in the background", model.tag)
             raise
         return model
+
+    async def _push(self, tag: str) -> None:
+        """Into the model repository before any worker loads it: a version the routes name must be there for
+        every replica. A version that cannot be pushed leaves this store too, so the deploy can be retried."""
+        assert self.remote is not None
+        try:
+            await asyncio.to_thread(self.remote.push, tag)
+        except Mismatch as exc:
+            await asyncio.to_thread(_forget, tag)
+            raise Conflict(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - storage down or refusing: the deploy can be retried
+            await asyncio.to_thread(_forget, tag)
+            log.warning("deploy %s: push to %s failed: %s: %s", tag, self.remote.url, type(exc).__name__, exc)
+            raise Unavailable(f"the model repository {self.remote.url} did not take {tag} "
+                              f"({type(exc).__name__}: {exc}); deploy again once it answers",
+                              headers={"Retry-After": "5"}) from None
 
 
 def _forget(tag: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.errors import ModelNotFound, ModelNotReady, ModeNotSupported, shown
-from models.store import modes_of
+from models.store import exists, modes_of
 from observability.logs import event
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
@@ -19,6 +19,7 @@ from runners.loader import load_runner
 from runners.settings import ServingConfig
 
 if TYPE_CHECKING:
+    from models.remote import ObjectRepository
     from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class LoadedVersion:
     """Requests that resolved to this version and have not been answered yet; unloading waits for 0."""
     modes: tuple[str, ...] = ()
     """Inference modes the version declares in its metadata (real_time, batch, streaming)."""
+    waiting: str | None = None
+    """What a loading version waits for before it can load (its pull from the model repository), for operators."""
 
     @property
     def tag(self) -> str:
@@ -53,10 +56,12 @@ class LoadedVersion:
 
 
 class ModelRegistry:
-    def __init__(self, config: ServingConfig, metrics: Metrics | None = None, tracer: Tracer = DISABLED) -> None:
+    def __init__(self, config: ServingConfig, metrics: Metrics | None = None, tracer: Tracer = DISABLED,
+                 remote: ObjectRepository | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.tracer = tracer
+        self.remote = remote  # the model repository versions missing from this replica's store are pulled from
         # Configured versions are known (loading) from the start: a worker that accepts requests before
         # its loader reaches a version answers 503 model_not_ready for it, not 404.
         self._models: dict[str, dict[str, LoadedVersion]] = {
@@ -78,6 +83,7 @@ class ModelRegistry:
         settings = self.config.batch_settings(name)
         start = time.perf_counter()
         try:
+            self._pull(entry)
             runner = load_runner(entry.tag, settings.device, self._runners)
             if not runner.batching:  # a fixed batch size: every request runs on its own
                 settings = settings.model_copy(update={"max_batch_size": max(runner.input_spec.shape[0], 1)})
@@ -99,6 +105,31 @@ class ModelRegistry:
         self.set_state(entry, VersionState.READY)
         event(log, "load", model=name, version=version, device=runner.device, seconds=round(entry.load_seconds, 3))
         return entry
+
+    def _pull(self, entry: LoadedVersion) -> None:
+        """Bring a version this replica's store lacks from the model repository; the version stays LOADING (no
+        traffic) and says what it waits for meanwhile."""
+        if self.remote is None or exists(entry.tag):
+            return
+        entry.waiting = f"waiting for its pull from {self.remote.url}"
+        start = time.perf_counter()
+
+        def retried(attempt: int, error: Exception) -> None:
+            entry.waiting = f"waiting for its pull from {self.remote.url} (attempt {attempt} failed: {type(error).__name__}: {error})"
+            if self.metrics is not None:
+                self.metrics.pulls.labels(entry.name, entry.version, "attempt_failed").inc()
+
+        try:
+            pulled = self.remote.pull(entry.name, entry.version, on_retry=retried)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.pulls.labels(entry.name, entry.version, "failed").inc()
+            raise
+        finally:
+            entry.waiting = None
+        if self.metrics is not None and pulled:
+            self.metrics.pulls.labels(entry.name, entry.version, "pulled").inc()
+            self.metrics.pull_seconds.labels(entry.name, entry.version).set(time.perf_counter() - start)
 
     def set_state(self, entry: LoadedVersion, state: VersionState) -> None:
         entry.state = state

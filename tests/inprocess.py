@@ -28,6 +28,7 @@ from gateway.cache.settings import CacheSettings
 from gateway.ratelimit import RateLimiter, RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tokens import mint
+from models.remote import ObjectRepository
 from observability.metrics import Metrics, MetricsSettings
 from routing.settings import RoutingSettings
 from runners.settings import ServingConfig
@@ -65,6 +66,7 @@ async def serve_in_process(
     access: AccessSettings | None = None,
     gateway: GatewaySettings | None = None,
     cache: CacheSettings | None = None,
+    remote: ObjectRepository | None = None,
 ) -> AsyncIterator[InProcess]:
     """The app over the session's model store, models loaded; with `routing`, the admin API and the
     route sync on a state file in `tmp_path` (polled every 0.1 s).
@@ -89,6 +91,7 @@ async def serve_in_process(
         metrics=Metrics(CollectorRegistry(), MetricsSettings(on_api_port=True, cache_s=0)) if metrics else None,
         gateway=gateway,
         cache=PredictionCache(cache) if cache.enabled else None,
+        remote=remote,
     )
     await asyncio.to_thread(runtime.start().join)
     if routing:
