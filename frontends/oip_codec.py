@@ -15,9 +15,10 @@ import numpy as np
 import orjson
 
 from core.errors import BadRequest, InvalidInput, shown
+from frontends import strings
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape, check_tensor_count
-from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
+from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY, datatype_of
 
 _NUMERIC_KINDS = {"b", "i", "u", "f"}
 
@@ -106,13 +107,18 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
         if not isinstance(params, dict):
             raise BadRequest(f"{where}: parameters must be an object")
         size = params.get("binary_data_size")
-        if size is not None:
-            arr, offset = _from_binary(binary, offset, size, datatype, where)
-        elif "data" in item:
-            arr = to_array(item["data"], datatype, where)
-        else:
-            raise BadRequest(f"{where} has no 'data'")
         expected = math.prod(shape)
+        if size is None and "data" not in item:
+            raise BadRequest(f"{where} has no 'data'")
+        if datatype == strings.BYTES:
+            if size is not None:
+                arr, offset = _bytes_from_binary(binary, offset, size, expected, limits, where)
+            else:
+                arr = strings.from_json(item["data"], expected, limits, where)
+        elif size is not None:
+            arr, offset = _from_binary(binary, offset, size, datatype, where)
+        else:
+            arr = to_array(item["data"], datatype, where)
         if arr.size != expected:
             raise InvalidInput(f"{where}: {arr.size} values do not fill shape {list(shape)} ({expected} values)")
         inputs[name] = (datatype, arr.reshape(shape))
@@ -153,6 +159,14 @@ def _from_binary(binary: memoryview, offset: int, size: Any, datatype: Any, wher
     return arr, offset + size
 
 
+def _bytes_from_binary(
+    binary: memoryview, offset: int, size: Any, count: int, limits: LimitSettings, where: str
+) -> tuple[np.ndarray, int]:
+    if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        raise BadRequest(f"{where}: binary_data_size does not match the binary data")
+    return strings.deserialize(binary[offset : offset + size], count, limits, where), offset + size
+
+
 def _requested_outputs(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -181,11 +195,14 @@ def encode_infer(
     described = []
     blobs = []
     for name, arr in outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_OIP[arr.dtype], "shape": list(arr.shape)}
+        datatype = NUMPY_TO_OIP.get(arr.dtype) or datatype_of(arr.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if name in binary or "*" in binary:
-            raw = np.ascontiguousarray(arr).tobytes()
+            raw = strings.serialize(arr) if datatype == strings.BYTES else np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif datatype == strings.BYTES:
+            entry["data"] = strings.as_text(arr)
         else:
             entry["data"] = np.ascontiguousarray(arr).ravel()
         described.append(entry)

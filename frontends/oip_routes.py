@@ -91,7 +91,8 @@ async def infer(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes
 
 
 async def predict(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
-    """`{"model": ..., "inputs": [[...], ...], "version": optional}`: rows in, named outputs as lists out."""
+    """`{"model": ..., "inputs": [row, ...], "version": optional}`: rows in, named outputs as lists out; a row is a
+    list of values, or an object keyed by feature (or input) name (see `rows_to_inputs`)."""
     limits = served.limits
     headers = request.headers
     rows = None
@@ -103,7 +104,8 @@ async def predict(served: FrontendParts, request: HttpRequest) -> tuple[int, byt
         return model, version
 
     async def decode(entry: LoadedVersion) -> Tensors:
-        return Tensors(rows_to_inputs(entry.runner.input_spec, rows, limits), timeout_ms=_timeout_ms(headers))
+        runner = entry.runner
+        return Tensors(rows_to_inputs(runner.signature, rows, limits, runner.feature_names), timeout_ms=_timeout_ms(headers))
 
     def encode(answer: Answer) -> bytes:
         return dumps({"model": answer.model, "version": answer.version, "outputs": outputs_to_json(answer.outputs)})

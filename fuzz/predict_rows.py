@@ -26,7 +26,7 @@ NAMES = sorted(SIGNATURES)
 def target(data: bytes) -> None:
     name, _, rows = data.partition(b"\0")
     signature = SIGNATURES.get(name.decode("utf-8", "replace")) or SIGNATURES[NAMES[sum(name) % len(NAMES)]]
-    inputs = rows_to_inputs(signature.inputs[0], parse_json(rows), LIMITS)
+    inputs = rows_to_inputs(signature, parse_json(rows), LIMITS)
     check_inputs(signature, inputs, LIMITS)
 
 

@@ -23,6 +23,11 @@ class LimitSettings(BaseSettings):
     """Most tensor elements in one request, across inputs."""
     max_sequence_length: int = 512
     """Longest variable dimension of an input (e.g. tokens per sequence)."""
+    max_strings: int = Field(65_536, ge=1)
+    """Most elements of BYTES (string) inputs in one request's tensor; each becomes a Python object, so
+    this is far below `max_elements`."""
+    max_string_bytes: int = Field(65_536, ge=1)
+    """Longest element of a BYTES input, in bytes of UTF-8."""
     allow_non_finite: bool = False
     """Accept NaN and infinity in float inputs (no demo model does)."""
     max_tensors: int = Field(64, ge=1)

@@ -9,6 +9,7 @@ import numpy as np
 from core.errors import InvalidInput, shown
 from gateway.settings import LimitSettings
 from models.signature import Signature, TensorSpec
+from runners.rows import NamedRows, Rows
 
 
 def check_shape(shape: tuple[int, ...], limits: LimitSettings, where: str) -> None:
@@ -65,15 +66,39 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where
     return arr
 
 
-def check_inputs(signature: Signature, inputs: dict[str, tuple[str, np.ndarray]], limits: LimitSettings) -> np.ndarray:
-    """The model's one input array from an Open Inference Protocol request; datatypes must match exactly."""
-    spec = signature.inputs[0]
-    unknown = set(inputs) - {s.name for s in signature.inputs}
+def check_inputs(signature: Signature, inputs: dict[str, tuple[str, np.ndarray]], limits: LimitSettings) -> Rows:
+    """The model's input rows from a decoded request: its one array, or NamedRows (in the signature's order) for a
+    model of several inputs, which must all be given with the same number of rows. Datatypes must match exactly."""
+    specs = signature.inputs
+    if len(specs) == 1:
+        spec = specs[0]
+        if len(inputs) != 1 or spec.name not in inputs:
+            _names_problem(specs, inputs)
+        return _checked(spec, inputs[spec.name], limits)
+    _names_problem(specs, inputs)
+    arrays = {spec.name: _checked(spec, inputs[spec.name], limits) for spec in specs}
+    rows = {name: len(arr) for name, arr in arrays.items()}
+    if len(set(rows.values())) > 1:
+        raise InvalidInput(f"every input must have the same number of rows; got {rows}")
+    elements = sum(arr.size for arr in arrays.values())
+    if elements > limits.max_elements:
+        raise InvalidInput(f"{elements} elements across inputs is over the limit of {limits.max_elements}")
+    return NamedRows(arrays)
+
+
+def _names_problem(specs: tuple[TensorSpec, ...], inputs: dict[str, tuple[str, np.ndarray]]) -> None:
+    """InvalidInput naming an unknown or a missing input, if there is one."""
+    names = [s.name for s in specs]
+    unknown = set(inputs) - set(names)
     if unknown:
-        raise InvalidInput(f"unknown input(s) {shown(sorted(unknown))}; the model takes {[s.name for s in signature.inputs]}")
-    if spec.name not in inputs:
-        raise InvalidInput(f"missing input '{spec.name}'")
-    datatype, arr = inputs[spec.name]
+        raise InvalidInput(f"unknown input(s) {shown(sorted(unknown))}; the model takes {names}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}; the model takes {names}")
+
+
+def _checked(spec: TensorSpec, given: tuple[str, np.ndarray], limits: LimitSettings) -> np.ndarray:
+    datatype, arr = given
     if datatype != spec.datatype:
         raise InvalidInput(f"input '{spec.name}' has datatype {datatype}, the model takes {spec.datatype}")
     return check_tensor(spec, arr, limits, f"input '{spec.name}'")

@@ -33,6 +33,7 @@ from routing.router import Router
 from routing.shadow import ShadowMirror
 from runners.batcher import Outputs
 from runners.registry import LoadedVersion, ModelRegistry, VersionState
+from runners.rows import Rows
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -241,7 +242,7 @@ class DataPlane:
         return Route(self.registry.serving(name, version, mode), variant)
 
     async def _compute(
-        self, record: RequestRecord, entry: LoadedVersion, rows: np.ndarray, deadline: float | None, use_cache: bool,
+        self, record: RequestRecord, entry: LoadedVersion, rows: Rows, deadline: float | None, use_cache: bool,
         priority: int, tenant: str,
     ) -> Outputs:
         """The cache (the tenant's own entries, with tenant isolation), else the version's batcher. A caller
@@ -264,7 +265,7 @@ class DataPlane:
         record.cache = "hit" if hit else "miss"
         return outputs
 
-    async def _when_room(self, entry: LoadedVersion, rows: np.ndarray, priority: int) -> Outputs:
+    async def _when_room(self, entry: LoadedVersion, rows: Rows, priority: int) -> Outputs:
         """Background rows through the version's batcher, past the cache: a batcher that refuses them (queue
         full, latency budget) is busy with real-time traffic, so they wait and try again while the version
         still serves (an unload waits for one such wait at most)."""

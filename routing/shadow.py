@@ -1,7 +1,7 @@
 """Shadow traffic: a fraction of requests also runs on a candidate version, off the client's path.
 
-The client gets the primary's answer and never waits for the shadow. Each mirrored row is
-compared with the primary's label; agreement feeds the experiment and canary numbers
+The client gets the primary's answer and never waits for the shadow. Each mirrored row of a model
+with labels is compared with the primary's label; agreement feeds the experiment and canary numbers
 (`rtserve_shadow_comparisons_total`), and the shadow's own latency and errors are recorded
 under variant "shadow", which the canary analysis leaves out.
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 from core.errors import ServingError
 from runners.registry import VersionState
+from runners.rows import Rows
 
 if TYPE_CHECKING:
     from observability.metrics import Metrics
@@ -35,7 +36,7 @@ class ShadowMirror:
         self.max_pending = max_pending  # a slow candidate sheds mirrored work, never queues it without bound
         self._pending: set[asyncio.Task] = set()
 
-    def maybe_mirror(self, name: str, served: str, rows: np.ndarray, primary: dict[str, np.ndarray]) -> None:
+    def maybe_mirror(self, name: str, served: str, rows: Rows, primary: dict[str, np.ndarray]) -> None:
         target = self.router.shadow(name)
         if target is None or target[0] == served or random.random() >= target[1]:
             return
@@ -44,11 +45,12 @@ class ShadowMirror:
         entry = self.registry.versions(name).get(target[0])
         if entry is None or entry.state is not VersionState.READY:
             return
-        task = asyncio.get_running_loop().create_task(self._compare(entry, rows, primary["label"]))
+        task = asyncio.get_running_loop().create_task(self._compare(entry, rows, primary.get("label")))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _compare(self, entry, rows: np.ndarray, primary_labels: np.ndarray) -> None:
+    async def _compare(self, entry, rows: Rows, primary_labels: np.ndarray | None) -> None:
+        """The shadow's latency and errors; its agreement with the primary's labels when the model has labels."""
         metrics = self.metrics
         start = time.perf_counter()
         entry.active += 1
@@ -63,6 +65,8 @@ class ShadowMirror:
         if metrics is None:
             return
         metrics.observe_request(entry.name, entry.version, "shadow", 200, "bypass", time.perf_counter() - start)
+        if primary_labels is None or "label" not in outputs:
+            return
         agree = int(np.count_nonzero(outputs["label"] == primary_labels))
         if agree:
             metrics.shadow_comparisons.labels(entry.name, entry.version, "agree").inc(agree)

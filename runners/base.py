@@ -21,6 +21,7 @@ import numpy as np
 from models.outputs import Head
 from models.signature import Signature, TensorSpec
 from models.spec import sample_inputs
+from runners.rows import NamedRows
 
 Inputs = dict[str, np.ndarray]
 
@@ -49,6 +50,8 @@ class Runner(ABC):
         self.signature = Signature.from_metadata(self.metadata)
         self.device = device
         self.head = Head(self.metadata, self.signature)
+        self.feature_names: list[str] | None = self.metadata.get("feature_names")
+        """The columns of the one tabular input by name, when the model was fitted with names (a DataFrame)."""
 
     @property
     def framework(self) -> str:
@@ -69,11 +72,12 @@ class Runner(ABC):
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """The model's own named outputs for a collated batch of named inputs."""
 
-    def collate(self, arrays: list[np.ndarray] | list[Inputs]) -> np.ndarray | Inputs:
+    def collate(self, arrays: list[np.ndarray] | list[NamedRows] | list[Inputs]) -> np.ndarray | Inputs:
         """Stack requests into one batch (per input name for several inputs)."""
-        if isinstance(arrays[0], dict):
-            return {name: self._stack([a[name] for a in arrays]) for name in arrays[0]}
-        return self._stack(arrays)
+        if isinstance(arrays[0], np.ndarray):
+            return self._stack(arrays)
+        named = [a.arrays if isinstance(a, NamedRows) else a for a in arrays]
+        return {name: self._stack([a[name] for a in named]) for name in named[0]}
 
     @staticmethod
     def _stack(arrays: list[np.ndarray]) -> np.ndarray:

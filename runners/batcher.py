@@ -47,6 +47,7 @@ from core.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.cost import BatchCost
+from runners.rows import Rows
 from runners.settings import BatchSettings
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ Call = tuple[int, float, float]
 
 @dataclass(slots=True, eq=False)
 class _Pending:
-    rows: np.ndarray
+    rows: Rows
     future: asyncio.Future[Outputs]
     enqueued: float
     level: int = 0  # index into the batcher's queues: priority - 1
@@ -131,7 +132,7 @@ class AdaptiveBatcher:
         for rows, seconds in timings:
             self.cost.observe(rows, seconds)
 
-    async def submit(self, rows: np.ndarray, deadline: float | None = None, priority: int = 0) -> Outputs:
+    async def submit(self, rows: Rows, deadline: float | None = None, priority: int = 0) -> Outputs:
         """Run `rows` in some batch and return exactly their outputs.
 
         `deadline` is an absolute `loop.time()` after which the caller no longer wants the answer;
@@ -139,7 +140,7 @@ class AdaptiveBatcher:
         """
         return await self.enqueue(rows, deadline, priority)
 
-    def enqueue(self, rows: np.ndarray, deadline: float | None = None, priority: int = 0) -> asyncio.Future[Outputs]:
+    def enqueue(self, rows: Rows, deadline: float | None = None, priority: int = 0) -> asyncio.Future[Outputs]:
         """`submit` without a coroutine around it: the future of `rows`' outputs, for callers that share it
         (the cache's single flight). Cancelling it drops the rows if their batch has not left yet."""
         loop = asyncio.get_running_loop()
@@ -275,7 +276,7 @@ class AdaptiveBatcher:
         work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
-    def _execute(self, arrays: list[np.ndarray]) -> tuple[Outputs, list[Call], int]:
+    def _execute(self, arrays: list[Rows]) -> tuple[Outputs, list[Call], int]:
         """(outputs, each model call, wall-clock start in ns): one call per `max_batch_size` rows."""
         start_ns = time.time_ns()  # wall clock, for spans; perf_counter below for the cost model
         calls: list[Call] = []
@@ -351,13 +352,13 @@ class AdaptiveBatcher:
             self._idle = None
 
 
-def _chunks(arrays: list[np.ndarray], limit: int) -> Iterator[list[np.ndarray]]:
+def _chunks(arrays: list[Rows], limit: int) -> Iterator[list[Rows]]:
     """The batch's requests in model calls of at most `limit` rows. Only a batch of one request exceeds
     it (dispatch adds no request past it), so its calls are slices of one array, padded alike."""
     if sum(len(a) for a in arrays) <= limit:
         yield arrays
         return
-    chunk: list[np.ndarray] = []
+    chunk: list[Rows] = []
     room = limit
     for a in arrays:
         while len(a):

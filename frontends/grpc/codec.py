@@ -15,11 +15,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from core.errors import BadRequest, InvalidInput, shown
+from frontends import strings
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape, check_tensor_count
-from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY
+from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY, datatype_of
 
-# The typed `InferTensorContents` field of each datatype; FP16 has none (raw only).
+# The typed `InferTensorContents` field of each numeric datatype; FP16 has none (raw only). BYTES: `bytes_contents`.
 _CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -67,12 +68,14 @@ def decode_request(request: pb.ModelInferRequest, limits: LimitSettings) -> Deco
         check_shape(shape, limits, where)
         datatype = tensor.datatype
         dtype = OIP_TO_NUMPY.get(datatype)
-        if dtype is None:
+        if dtype is None and datatype != strings.BYTES:
             raise InvalidInput(f"{where}: unsupported datatype {shown(datatype)}")
         expected = math.prod(shape)
-        if raw:
-            if tensor.HasField("contents"):
-                raise BadRequest(f"{where}: contents and raw_input_contents cannot be mixed")
+        if raw and tensor.HasField("contents"):
+            raise BadRequest(f"{where}: contents and raw_input_contents cannot be mixed")
+        if dtype is None:
+            arr = _strings(tensor.contents, raw_contents[i] if raw else None, expected, limits, where)
+        elif raw:
             arr = _from_raw(raw_contents[i], dtype, expected, shape, where)
         else:
             arr = _from_contents(tensor.contents, datatype, dtype, expected, shape, where)
@@ -95,6 +98,20 @@ def _schedule_parameter(parameters: Mapping[str, pb.InferParameter], name: str, 
     if value is None or not 0 <= value < bound:
         raise BadRequest(f"parameters.{name} must be an integer from 0 to {bound - 1}")
     return value
+
+
+def _strings(
+    contents: pb.InferTensorContents, raw: bytes | None, expected: int, limits: LimitSettings, where: str
+) -> np.ndarray:
+    """A BYTES input: length-prefixed elements in raw_input_contents (tritonclient's way), or bytes_contents."""
+    if raw is not None:
+        return strings.deserialize(memoryview(raw), expected, limits, where)
+    filled = [f.name for f, _ in contents.ListFields() if f.name != "bytes_contents"]
+    if filled:
+        raise InvalidInput(f"{where}: BYTES data belongs in bytes_contents, not {filled[0]}")
+    if len(contents.bytes_contents) != expected:
+        raise InvalidInput(f"{where}: {len(contents.bytes_contents)} values do not fill shape ({expected} values)")
+    return strings.from_items(contents.bytes_contents, expected, limits, where)
 
 
 def _from_raw(data: bytes, dtype: np.dtype, expected: int, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -132,9 +149,14 @@ def encode_response(
     """The answer: every output described, its data raw or typed as the request's inputs were."""
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
     for name, arr in outputs.items():
-        datatype = NUMPY_TO_OIP[arr.dtype]
+        datatype = NUMPY_TO_OIP.get(arr.dtype) or datatype_of(arr.dtype)
         tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-        if raw:
+        if datatype == strings.BYTES:
+            if raw:
+                response.raw_output_contents.append(strings.serialize(arr))
+            else:
+                tensor.contents.bytes_contents.extend(strings.encoded(arr))
+        elif raw:
             response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
         else:
             getattr(tensor.contents, _CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())

@@ -13,6 +13,8 @@ import hashlib
 import numpy as np
 import orjson
 
+from runners.rows import NamedRows, Rows
+
 SEP = ":"
 DIGEST_HEX = 32  # blake2b, 16 bytes, as hex
 
@@ -22,23 +24,42 @@ def version_token(version: str, generation: int) -> str:
     return f"{version}#{generation}"
 
 
-def cache_key(model: str, version_token: str, arr: np.ndarray, tenant: str | None = None) -> bytes:
-    """Key of one input: canonical bytes (dtype, shape, C-order data), never the request's JSON text;
-    `tenant` (None: shared by every tenant) is part of the digest."""
+def cache_key(model: str, version_token: str, rows: Rows, tenant: str | None = None) -> bytes:
+    """Key of one request's rows: canonical bytes (dtype, shape, C-order data) of each input, never the request's
+    JSON text; strings (BYTES, object arrays) as their UTF-8 bytes, each with its length; several inputs by name,
+    in the signature's order. `tenant` (None: shared by every tenant) is part of the digest."""
     if SEP in model or SEP in version_token:
         raise ValueError(f"model {model!r} and version token {version_token!r} must not contain {SEP!r}")
-    if arr.dtype.hasobject:
-        raise TypeError("object arrays have no canonical bytes")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
     h = hashlib.blake2b(digest_size=16)
     if tenant is not None:
-        scope = tenant.encode("utf-8", "surrogatepass")
-        h.update(len(scope).to_bytes(8, "little") + scope)
+        _update_sized(h, tenant.encode("utf-8", "surrogatepass"))
+    if isinstance(rows, NamedRows):
+        for name, arr in rows.arrays.items():
+            _update_sized(h, name.encode("utf-8", "surrogatepass"))
+            _update_array(h, arr)
+    else:
+        _update_array(h, rows)
+    return f"{model}{SEP}{version_token}{SEP}{h.hexdigest()}".encode()
+
+
+def _update_sized(h: hashlib.blake2b, data: bytes) -> None:
+    h.update(len(data).to_bytes(8, "little") + data)
+
+
+def _update_array(h: hashlib.blake2b, arr: np.ndarray) -> None:
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     h.update(arr.dtype.str.encode())
     h.update(orjson.dumps(arr.shape))
-    h.update(np.asarray(arr, order="C"))
-    return f"{model}{SEP}{version_token}{SEP}{h.hexdigest()}".encode()
+    if not arr.dtype.hasobject:
+        h.update(np.asarray(arr, order="C"))
+        return
+    for item in arr.flat:
+        if isinstance(item, str):
+            item = item.encode("utf-8", "surrogatepass")
+        elif not isinstance(item, bytes):
+            raise TypeError(f"object arrays are hashed for strings only, not {type(item).__name__}")
+        _update_sized(h, item)
 
 
 def version_group(key: bytes) -> bytes:

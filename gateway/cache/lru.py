@@ -7,6 +7,7 @@ and no caller can change what the next one reads.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -18,22 +19,30 @@ ENTRY_OVERHEAD = 256  # dict slot, tuple, array headers: rough, so tiny entries 
 
 
 def frozen_copy(outputs: Outputs) -> tuple[Outputs, int] | None:
-    """Private read-only copies (a batch slice would pin the whole batch) and their size; None if not cacheable."""
+    """Private read-only copies (a batch slice would pin the whole batch) and their size; None if not cacheable
+    (an object array of anything but strings)."""
     frozen: Outputs = {}
     nbytes = ENTRY_OVERHEAD
     for name, arr in outputs.items():
-        if arr.dtype.hasobject:
+        if arr.dtype.hasobject and not all(type(item) is str for item in arr.flat):
             return None
-        copy = np.array(arr, order="C")
+        copy = np.array(arr, order="C")  # strings are immutable: copying the references is a private copy
         copy.flags.writeable = False
         frozen[name] = copy
-        nbytes += copy.nbytes
+        nbytes += _nbytes(copy)
     return frozen, nbytes
 
 
 def size_of(outputs: Outputs) -> int:
     """What `frozen_copy` would count for arrays that are already private and read-only."""
-    return ENTRY_OVERHEAD + sum(a.nbytes for a in outputs.values())
+    return ENTRY_OVERHEAD + sum(_nbytes(a) for a in outputs.values())
+
+
+def _nbytes(arr: np.ndarray) -> int:
+    """An array's memory, the strings of an object array included."""
+    if arr.dtype.hasobject:
+        return arr.nbytes + sum(sys.getsizeof(item) for item in arr.flat)
+    return arr.nbytes
 
 
 class ByteLru:

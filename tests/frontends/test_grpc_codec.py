@@ -55,7 +55,10 @@ def test_raw_contents_are_read_in_input_order_and_copied():
         (pb.ModelInferRequest(inputs=[typed("x", "FP32", [1], int_contents=[1])]), InvalidInput, "fp32_contents"),
         (pb.ModelInferRequest(inputs=[typed("x", "INT8", [1], int_contents=[300])]), InvalidInput, "out of range"),
         (pb.ModelInferRequest(inputs=[typed("x", "FP16", [1], fp32_contents=[1.0])]), InvalidInput, "raw_input_contents"),
-        (pb.ModelInferRequest(inputs=[typed("x", "BYTES", [1], bytes_contents=[b"a"])]), InvalidInput, "unsupported datatype"),
+        (pb.ModelInferRequest(inputs=[typed("x", "STRING", [1], bytes_contents=[b"a"])]), InvalidInput, "unsupported datatype"),
+        (pb.ModelInferRequest(inputs=[typed("x", "BYTES", [1], int_contents=[1])]), InvalidInput, "bytes_contents"),
+        (pb.ModelInferRequest(inputs=[typed("x", "BYTES", [1], bytes_contents=[b"\xff"])]), InvalidInput, "UTF-8"),
+        (pb.ModelInferRequest(inputs=[typed("x", "BYTES", [2], bytes_contents=[b"a"])]), InvalidInput, "do not fill shape"),
         (pb.ModelInferRequest(inputs=[typed("x", "FP32", [1], fp32_contents=[1])] * 2), BadRequest, "appears twice"),
         (
             pb.ModelInferRequest(inputs=[Tensor(name="x", datatype="FP32", shape=[2])], raw_input_contents=[b"\0" * 4]),

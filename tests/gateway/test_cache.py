@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from frontends.oip_codec import to_array
 from gateway.cache import CacheSettings, PredictionCache, cache_key, version_token
 from gateway.cache.wire import decode_outputs, encode_outputs
+from runners.rows import NamedRows
 from tests.helpers import FakeClock
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -112,7 +113,25 @@ def test_keys_are_canonical_input_bytes_not_json_text():
     with pytest.raises(ValueError):
         cache_key("digits:v1", "3", as_floats)  # would be ambiguous with ("digits", "v1:3")
     with pytest.raises(TypeError):
-        cache_key("digits", "v1#3", np.array(["a"], object))
+        cache_key("digits", "v1#3", np.array([{"a": 1}], object))
+
+
+def test_keys_of_strings_and_of_several_inputs():
+    def strings(*items: str) -> np.ndarray:
+        arr = np.empty(len(items), object)
+        arr[:] = items
+        return arr
+
+    text = cache_key("topics", "v1#1", strings("ab", "c"))
+    assert text == cache_key("topics", "v1#1", strings("ab", "c"))
+    assert text == cache_key("topics", "v1#1", np.array([b"ab", b"c"], object))  # the same UTF-8 bytes
+    assert len({text, cache_key("topics", "v1#1", strings("a", "bc")), cache_key("topics", "v1#1", strings("abc")),
+                cache_key("topics", "v1#1", strings("ab", "c").reshape(1, 2))}) == 4
+    x, scale = np.ones((2, 4), np.float32), np.ones((2, 1), np.float32)
+    both = cache_key("two", "v1#1", NamedRows({"x": x, "scale": scale}))
+    assert both == cache_key("two", "v1#1", NamedRows({"x": x.copy(), "scale": scale.copy()}))
+    assert len({both, cache_key("two", "v1#1", NamedRows({"x": x, "scale": scale * 2})),
+                cache_key("two", "v1#1", NamedRows({"y": x, "scale": scale}))}) == 3
 
 
 def test_redis_format_round_trips_and_refuses_anything_else():
@@ -128,6 +147,19 @@ def test_redis_format_round_trips_and_refuses_anything_else():
 
     blob = encode_outputs(outputs)
     for bad in (b"", b"garbage", blob[:-1], blob + b"\0", blob.replace(b"<f2", b"|O8"), b"RTC1\xff\xff\xff\xff[]"):
+        with pytest.raises(ValueError):
+            decode_outputs(bad)
+
+
+def test_redis_format_keeps_strings_as_strings_only():
+    labels = np.empty((2,), object)
+    labels[:] = ["sport", "tech"]
+    decoded = decode_outputs(encode_outputs({"label": labels, "p": np.ones((2, 3), np.float32)}))
+    assert decoded["label"].dtype == object and decoded["label"].tolist() == ["sport", "tech"]
+    assert not decoded["label"].flags.writeable
+    blob = encode_outputs({"label": labels})
+    for bad in (blob.replace(b'"tech"', b'12345 '), blob.replace(b'["sport","tech"]', b'["sport"]        '),
+                blob.replace(b'"BYTES"', b'"|O8"  ')):
         with pytest.raises(ValueError):
             decode_outputs(bad)
 

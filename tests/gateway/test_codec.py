@@ -55,7 +55,8 @@ def test_binary_extension_round_trip():
         (body(shape=[1, 63]), InvalidInput, "do not fill shape"),
         (body(shape=[2, 64], data=[[1.0] * 64, [1.0] * 3]), InvalidInput, "ragged"),
         (body(data=["a"] * 64), InvalidInput, "numbers"),
-        (body(datatype="BYTES"), InvalidInput, "unsupported datatype"),
+        (body(datatype="STRING"), InvalidInput, "unsupported datatype"),
+        (body(datatype="BYTES"), InvalidInput, "must be strings"),
         (body(shape="1,64"), BadRequest, "shape"),
         (body(data=None), InvalidInput, "numbers"),
         # empty, and a zero beside a dimension no array can have: refused before any reshape
