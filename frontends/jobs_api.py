@@ -17,17 +17,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
+import numpy as np
+
 from core.errors import BadRequest, Conflict, NotFound
 from frontends.asgi import JSON, Receive, Scope, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
-from frontends.predict_codec import rows_request
+from frontends.predict_codec import rows_request, rows_to_inputs
 from frontends.route_table import HttpRequest
 from gateway.admission import Admitted
+from gateway.settings import LimitSettings
+from gateway.validate import check_inputs
 from jobs import npy
 from jobs import rows as job_rows
+from jobs.decoded_rows import Decode, DecodedRows, takes_decoded_rows
 from jobs.model import Job
 from jobs.runner import JobRunner
+from runners.base import Runner
 
 NDJSON = b"application/x-ndjson"
 
@@ -97,9 +103,23 @@ async def _submit(
     if upload:
         rows = await asyncio.to_thread(job_rows.from_upload, spec, body, settings.max_rows, served.limits,
                                        settings.max_body_bytes)
+    elif takes_decoded_rows(entry.runner.signature, inputs):
+        rows = DecodedRows.of(entry.runner.signature, inputs, _row_decoder(entry.runner, served.limits), settings.max_rows,
+                              served.limits)
     else:
         rows = await asyncio.to_thread(job_rows.from_json, spec, inputs, settings.max_rows, served.limits)
     return await jobs.submit(entry, admitted, rows)
+
+
+def _row_decoder(runner: Runner, limits: LimitSettings) -> Decode:
+    """JSON rows to the model's tensors as `/predict` reads them, checked as the data plane will check them."""
+
+    def decode(rows: list[Any]) -> dict[str, tuple[str, np.ndarray]]:
+        tensors = rows_to_inputs(runner.signature, rows, limits, runner.feature_names)
+        check_inputs(runner.signature, tensors, limits)
+        return tensors
+
+    return decode
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

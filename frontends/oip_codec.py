@@ -16,6 +16,7 @@ import orjson
 
 from core.errors import BadRequest, InvalidInput, shown
 from frontends import strings
+from frontends.strings import BYTES
 from gateway.settings import LimitSettings
 from gateway.validate import check_shape, check_tensor_count
 from models.signature import NUMPY_TO_OIP, OIP_TO_NUMPY, datatype_of
@@ -110,7 +111,7 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
         expected = math.prod(shape)
         if size is None and "data" not in item:
             raise BadRequest(f"{where} has no 'data'")
-        if datatype == strings.BYTES:
+        if datatype == BYTES:
             if size is not None:
                 arr, offset = _bytes_from_binary(binary, offset, size, expected, limits, where)
             else:
@@ -195,14 +196,16 @@ def encode_infer(
     described = []
     blobs = []
     for name, arr in outputs.items():
-        datatype = NUMPY_TO_OIP.get(arr.dtype) or datatype_of(arr.dtype)
+        try:
+            datatype = NUMPY_TO_OIP[arr.dtype]
+        except KeyError:  # strings (BYTES), off the numeric path
+            described.append(_strings_entry(name, arr, name in binary or "*" in binary, blobs))
+            continue
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if name in binary or "*" in binary:
-            raw = strings.serialize(arr) if datatype == strings.BYTES else np.ascontiguousarray(arr).tobytes()
+            raw = np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
-        elif datatype == strings.BYTES:
-            entry["data"] = strings.as_text(arr)
         else:
             entry["data"] = np.ascontiguousarray(arr).ravel()
         described.append(entry)
@@ -213,3 +216,15 @@ def encode_infer(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def _strings_entry(name: str, arr: np.ndarray, binary: bool, blobs: list[bytes]) -> dict[str, Any]:
+    """A string output: JSON strings, or length-prefixed elements appended to `blobs`."""
+    entry: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
+    if binary:
+        raw = strings.serialize(arr)
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        blobs.append(raw)
+    else:
+        entry["data"] = strings.as_text(arr)
+    return entry

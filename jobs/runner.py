@@ -202,11 +202,13 @@ class JobRunner:
         if entry is None or entry.state is not VersionState.READY:
             raise VersionGone()
 
-    async def _batch(self, job: Job, caller: Admitted, data: np.ndarray) -> Outputs:
+    async def _batch(self, job: Job, caller: Admitted, data: np.ndarray | dict[str, tuple[str, np.ndarray]]) -> Outputs:
         """One batch through the data plane at the batcher's lowest priority, one in flight per version. The
         version is held while the batch runs: an unload waits for this batch, not for the whole job."""
 
         async def decode(entry: LoadedVersion) -> Tensors:
+            if isinstance(data, dict):  # decoded rows: named tensors already
+                return Tensors(data, priority=entry.batcher.priority_levels)
             spec = entry.runner.input_spec
             return Tensors({spec.name: (spec.datatype, data)}, priority=entry.batcher.priority_levels)
 

@@ -149,14 +149,17 @@ def encode_response(
     """The answer: every output described, its data raw or typed as the request's inputs were."""
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
     for name, arr in outputs.items():
-        datatype = NUMPY_TO_OIP.get(arr.dtype) or datatype_of(arr.dtype)
-        tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
-        if datatype == strings.BYTES:
+        try:
+            datatype = NUMPY_TO_OIP[arr.dtype]
+        except KeyError:  # strings (BYTES), off the numeric path
+            tensor = response.outputs.add(name=name, datatype=datatype_of(arr.dtype), shape=arr.shape)
             if raw:
                 response.raw_output_contents.append(strings.serialize(arr))
             else:
                 tensor.contents.bytes_contents.extend(strings.encoded(arr))
-        elif raw:
+            continue
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        if raw:
             response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
         else:
             getattr(tensor.contents, _CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())

@@ -37,8 +37,14 @@ def cache_key(model: str, version_token: str, rows: Rows, tenant: str | None = N
         for name, arr in rows.arrays.items():
             _update_sized(h, name.encode("utf-8", "surrogatepass"))
             _update_array(h, arr)
-    else:
+    elif rows.dtype.hasobject:
         _update_array(h, rows)
+    else:  # one array of numbers: the hot path, inline
+        if not rows.dtype.isnative:
+            rows = rows.astype(rows.dtype.newbyteorder("="))
+        h.update(rows.dtype.str.encode())
+        h.update(orjson.dumps(rows.shape))
+        h.update(np.asarray(rows, order="C"))
     return f"{model}{SEP}{version_token}{SEP}{h.hexdigest()}".encode()
 
 

@@ -3,8 +3,8 @@
 Three real models imported through the one import path (probe included): an ONNX network of two inputs and two
 outputs on iris, a TF-IDF + logistic-regression text classifier (skops), and an XGBoost booster on breast cancer
 fitted with feature names. Each is asked over REST JSON, Triton's binary extension (tritonclient's own request and
-response codec), gRPC (tritonclient's asyncio client), the NDJSON stream and /predict, and must answer what its
-framework answers: floats to 1e-5 absolute (FP32), labels exactly.
+response codec), gRPC (tritonclient's asyncio client), the NDJSON stream, /predict and a batch job, and must answer
+what its framework answers: floats to 1e-5 absolute (FP32), labels exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from loadtest.servers import free_port
 from models.importer import ImportOptions, import_model
 from models.settings import ImportSettings
 from tests.inprocess import InProcess, serve_in_process
+from tests.jobs.support import lines, wait_finished
 from tests.models import makers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -87,17 +88,19 @@ async def served(tmp_path_factory) -> AsyncIterator[Served]:
     for name, m in made.items():
         await asyncio.to_thread(import_model, name, "v1", m.path, ImportOptions(), settings)
     models = {name: {"versions": ["v1"]} for name in made}
-    async with serve_in_process(tmp_path_factory.mktemp("served"), models) as app:
-        frontend = GrpcFrontend(app.runtime.parts, GrpcSettings(host="127.0.0.1", port=free_port()))
-        port = await frontend.start(shared=False)
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        try:
-            yield Served(app, client, pb_grpc.GRPCInferenceServiceStub(channel), made, features)
-        finally:
-            await channel.close()
-            await client.close()
-            await frontend.stop()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RTSERVE_JOBS_STATE_DIR", str(tmp_path_factory.mktemp("jobs")))
+        async with serve_in_process(tmp_path_factory.mktemp("served"), models) as app:
+            frontend = GrpcFrontend(app.runtime.parts, GrpcSettings(host="127.0.0.1", port=free_port()))
+            port = await frontend.start(shared=False)
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                yield Served(app, client, pb_grpc.GRPCInferenceServiceStub(channel), made, features)
+            finally:
+                await channel.close()
+                await client.close()
+                await frontend.stop()
 
 
 def tensor(name: str, arr: np.ndarray, datatype: str = "FP32") -> dict:
@@ -322,3 +325,28 @@ async def test_predict_rows_by_feature_name(served):
     assert answer.status_code == 422 and "unknown feature(s) ['colour']" in answer.json()["error"]
     answer = await served.predict(NAMED, [by_name[0], made.x[1].tolist()])
     assert answer.status_code == 422 and "keyed by feature name" in answer.json()["error"]
+
+
+# --- batch jobs ---------------------------------------------------------------------------------------------------
+
+
+async def test_jobs_of_several_inputs_strings_and_named_features(served):
+    two, text, named = served.made[TWO], served.made[TEXT], served.made[NAMED]
+    jobs = {
+        TWO: ([{"measurements": m.tolist(), "scale": s.tolist()} for m, s in zip(two.x["measurements"], two.x["scale"])],
+              two.expected),
+        TEXT: (text.x.tolist(), text.expected),
+        NAMED: ([dict(zip(served.features, row.tolist())) for row in named.x], named.expected),
+    }
+    batch = served.app.headers("batch")
+    for model, (rows, expected) in jobs.items():
+        bad = len(rows) // 2
+        rows = [*rows[:bad], {"nope": 1} if model != TEXT else 7, *rows[bad:]]  # one bad row fails alone
+        r = await served.app.client.post("/v2/jobs", headers=batch, json={"model": model, "inputs": rows})
+        assert r.status_code == 202, r.text
+        job = await wait_finished(served.app.client, r.json()["id"], batch)
+        assert (job["state"], job["rows_done"], job["rows_failed"]) == ("succeeded", len(rows), 1), job
+        got = lines((await served.app.client.get(f"/v2/jobs/{job['id']}/results", headers=batch)).content)
+        assert got[bad]["code"] == "invalid_input"
+        good = [g["outputs"] for i, g in enumerate(got) if i != bad]
+        assert_same({k: np.array([g[k] for g in good]) for k in expected}, expected)
