@@ -128,7 +128,8 @@ class InferenceService:
         """The gRPC front end on the worker's own loop, beside the HTTP app, on the same parts."""
         grpc = configuration().grpc
         credentials = configuration().tls.grpc_credentials()
-        self.grpc = GrpcFrontend(self.runtime.parts, grpc, credentials) if grpc.enabled else None
+        max_load = self.runtime.repository_settings.max_load_bytes
+        self.grpc = GrpcFrontend(self.runtime.parts, grpc, credentials, max_load) if grpc.enabled else None
         if self.grpc is not None:
             await self.grpc.start()
 

@@ -9,13 +9,18 @@
 The routes are declared in frontends/routes.py; these are their handlers.
 Load and unload name versions in their parameters (`{"version": "v2"}`, or tritonclient's `config`
 with a version policy; see pipeline/repository.py) or in the query (`?version=v2`, which tritonclient
-sends with `query_params`). They change routes, so, like the admin API, they need authentication on.
+sends with `query_params`). A load may bring the model's files instead (tritonclient's
+`load_model(name, config=..., files=...)`: `config` plus `file:<version>/<name>` in base64; see
+pipeline/triton_files.py), within a body limit of its own, RTSERVE_REPOSITORY_MAX_LOAD_BYTES.
+They change routes, so, like the admin API, they need authentication on.
 The work is done by pipeline/repository.py and pipeline/statistics.py, which the gRPC front end shares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,6 +32,7 @@ from frontends.parts import FrontendParts
 from frontends.route_table import HttpRequest
 from pipeline.repository import ModelRepository, repository_unavailable, requested_versions
 from pipeline.statistics import VersionStats
+from pipeline.triton_files import load_with_files, split_files
 
 
 async def statistics(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
@@ -65,22 +71,41 @@ async def unload(served: FrontendParts, request: HttpRequest) -> tuple[int, byte
 async def _load_or_unload(served: FrontendParts, request: HttpRequest, load: bool) -> tuple[int, bytes, bytes]:
     if not served.auth_enabled:
         raise Forbidden("model loads and unloads change routes and need authentication on (RTSERVE_AUTH_ENABLED)")
-    body = await _body(served, request)
     repository = _repository(served)
+    body = await _body(served, request, repository.settings.max_load_bytes if load else None)
     _only(body, {"parameters"})
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object")
-    versions = requested_versions({**parameters, **_query_version(request.scope, parameters)}, load=load)
     name = request.params["name"]
+    files, parameters = split_files(parameters)
+    if files and load:
+        if served.deployer is None:
+            raise repository_unavailable()
+        _query_version(request.scope, {})
+        done = await load_with_files(served.deployer, name, parameters, {k: _base64(k, v) for k, v in files.items()})
+        return 200, dumps({"name": name, "versions": done}), JSON
+    versions = requested_versions({**parameters, **files, **_query_version(request.scope, parameters)}, load=load)
     done = await (repository.load(name, versions) if load else repository.unload(name, versions))
     return 200, dumps({"name": name, "versions": done}), JSON
 
 
-async def _body(served: FrontendParts, request: HttpRequest) -> dict[str, Any]:
+async def _body(served: FrontendParts, request: HttpRequest, limit: int | None = None) -> dict[str, Any]:
+    """The JSON body, at most `limit` bytes (the inference body limit when None)."""
     limits = served.limits
-    return _object(await read_body(request.receive, request.headers, limits.max_body_bytes, limits.body_read_timeout_s))
+    limit = limits.max_body_bytes if limit is None else limit
+    return _object(await read_body(request.receive, request.headers, limit, limits.body_read_timeout_s))
+
+
+def _base64(key: str, value: Any) -> bytes:
+    """A file's contents, base64 in the JSON body as tritonclient sends them."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            pass
+    raise BadRequest(f"parameters {shown(key)} must be the file's contents in base64")
 
 
 def _repository(served: FrontendParts) -> ModelRepository:

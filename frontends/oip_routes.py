@@ -19,7 +19,8 @@ INFER_SPAN = "POST /v2/models/{name}/infer"  # the route, not the path: one span
 PREDICT_SPAN = "POST /predict"
 SERVER_NAME = "rtserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "health", "model_metadata", "model_repository", "statistics", "schedule_policy"]
+EXTENSIONS = ["binary_tensor_data", "health", "model_metadata", "model_configuration", "model_repository", "statistics",
+              "schedule_policy"]
 
 
 async def server_metadata(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
@@ -48,6 +49,12 @@ async def ready(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes
 async def model_metadata(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
     name, version = permitted_model(request)
     return _json(served.catalog.metadata(name, version))
+
+
+async def model_config(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:
+    """Triton's JSON model config (tritonclient's `get_model_config`)."""
+    name, version = permitted_model(request)
+    return _json(served.catalog.config(name, version))
 
 
 async def model_ready(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes, bytes]:

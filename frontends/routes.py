@@ -68,6 +68,8 @@ TABLE = RouteTable([
     Route(("GET",), VERSION, "predict", oip_routes.model_metadata, openable=True),
     Route(("GET",), f"{MODEL}/ready", "predict", oip_routes.model_ready, openable=True),
     Route(("GET",), f"{VERSION}/ready", "predict", oip_routes.model_ready, openable=True),
+    Route(("GET",), f"{MODEL}/config", "predict", oip_routes.model_config, openable=True),
+    Route(("GET",), f"{VERSION}/config", "predict", oip_routes.model_config, openable=True),
     # Triton's statistics and model repository extensions.
     Route(("GET",), "/v2/models/stats", "predict", extensions.statistics, openable=True),
     Route(("GET",), f"{MODEL}/stats", "predict", extensions.statistics, openable=True),

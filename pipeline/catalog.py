@@ -1,10 +1,11 @@
-"""What is served: model metadata and readiness, the same answers for every front end."""
+"""What is served: model metadata, Triton's model config and readiness, the same answers for every front end."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.errors import ModelNotFound, NotFound, shown
+from pipeline.triton_config import served_config
 from routing.router import Router
 from runners.registry import LoadedVersion, ModelRegistry, VersionState
 
@@ -28,6 +29,11 @@ class Catalog:
             doc["outputs"] = [s.describe() for s in entry.runner.signature.outputs]
             doc["parameters"] = {"modes": list(entry.modes)}
         return doc
+
+    def config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's JSON model config of a model (its routed version) or one version (pipeline/triton_config.py)."""
+        entry = self.registry.get(name, version) if version else self.registry.get(name, self.router.route(name)[0])
+        return served_config(entry)
 
     def ready(self, name: str, version: str | None) -> bool:
         """One version ready to take requests, or the model: a version that takes its traffic is ready."""

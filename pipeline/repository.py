@@ -53,6 +53,9 @@ class RepositorySettings(BaseSettings):
     Keep it under the server's traffic timeout (RTSERVE_TRAFFIC_TIMEOUT_S, 10 s), which cancels the request."""
     poll_interval_s: float = Field(0.05, gt=0)
     """How often a waiting load or unload reads the workers' states."""
+    max_load_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest load request: a REST body (files in base64) or a gRPC RepositoryModelLoad message (files as
+    bytes). Apart from the inference body limit; `rtserve deploy` streams larger files to disk."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> l
     `{"version": "v2"}` names one. tritonclient's `load_model(name, config=...)` sends a model
     configuration as a JSON string in `config`: its `version_policy.specific.versions` (Triton's way of
     choosing versions) names them, `name` must be the model's. Unload's `unload_dependents` must be false:
-    an ensemble's members are models of their own here. Model files are refused: versions come from the store."""
+    an ensemble's members are models of their own here. A load with files is pipeline/triton_files.py's."""
     params = dict(parameters or {})
     versions: list[str] | None = None
     if "version" in params:
@@ -84,7 +87,7 @@ def requested_versions(parameters: Mapping[str, Any] | None, *, load: bool) -> l
     if not load and params.pop("unload_dependents", False) is not False:
         raise BadRequest("unload_dependents is not supported: an ensemble's members are models of their own")
     if any(key.startswith("file:") for key in params):
-        raise BadRequest("model files are not accepted: versions are loaded from the model store")
+        raise BadRequest("model files come with a load, with its config (file:<version>/<name>)")
     if params:
         allowed = "version, config" if load else "version, unload_dependents"
         raise BadRequest(f"unknown parameter(s) {shown(sorted(params))}; accepted: {allowed}")

@@ -3,7 +3,9 @@
 
 Repository calls need the `admin` scope, and loads and unloads need authentication on, as over
 REST; versions come in the load or unload parameters (`version`, or tritonclient's `config` with
-a version policy). Statistics need a token unless their RPC is open, and show the models the caller may use.
+a version policy), or a load brings files (`config` plus `file:<version>/<name>` as bytes_param, in a
+message of at most RTSERVE_REPOSITORY_MAX_LOAD_BYTES: see message_limits.py). Statistics need a
+token unless their RPC is open, and show the models the caller may use.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Callable, Mapping
 
 from tritonclient.grpc import service_pb2 as pb
 
-from core.errors import BadRequest, Forbidden, Unavailable
+from core.errors import BadRequest, Forbidden, Unavailable, shown
 from frontends.parts import FrontendParts
 from pipeline.repository import ModelRepository, repository_unavailable, requested_versions
 from pipeline.statistics import Duration, VersionStats
+from pipeline.triton_files import load_with_files, split_files
 
 _PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
@@ -31,7 +34,16 @@ async def index(parts: FrontendParts, request: pb.RepositoryIndexRequest) -> pb.
 
 async def load(parts: FrontendParts, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
     repository = _changing(parts, request.repository_name)
-    await repository.load(request.model_name, requested_versions(_plain(request.parameters), load=True))
+    files, parameters = split_files(_plain(request.parameters))
+    if files:
+        if parts.deployer is None:
+            raise repository_unavailable()
+        bad = sorted(k for k, v in files.items() if not isinstance(v, bytes))
+        if bad:
+            raise BadRequest(f"file parameter(s) {shown(bad)} must be bytes_param")
+        await load_with_files(parts.deployer, request.model_name, parameters, files)
+    else:
+        await repository.load(request.model_name, requested_versions(parameters, load=True))
     return pb.RepositoryModelLoadResponse()
 
 

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -87,6 +89,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
         return await self._call(context, "ModelMetadata", self._open("ModelMetadata", answer))
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        def answer(admitted: Admitted | None) -> pb.ModelConfigResponse:
+            if admitted is not None:
+                admitted.permit(request.name)
+            doc = self.parts.catalog.config(request.name, request.version or None)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(doc, model_config_pb2.ModelConfig()))
+
+        return await self._call(context, "ModelConfig", self._open("ModelConfig", answer))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -185,6 +196,7 @@ REST_TWINS: dict[str, tuple[str, ...]] = {
     "ServerMetadata": ("/v2",),
     "ModelReady": ("/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"),
     "ModelMetadata": ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"),
+    "ModelConfig": ("/v2/models/{name}/config", "/v2/models/{name}/versions/{version}/config"),
     "ModelStatistics": ("/v2/models/stats", "/v2/models/{name}/stats", "/v2/models/{name}/versions/{version}/stats"),
 }
 """The REST routes each metadata RPC answers as: fixed templates, never built from a request's fields."""

@@ -19,7 +19,8 @@ class GrpcSettings(BaseSettings):
     port: int = Field(3001, ge=1, le=65535)
     """The gRPC port; the workers of one service share it, a second service is refused it."""
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    """Largest request or response message; larger ones are refused with RESOURCE_EXHAUSTED by gRPC itself."""
+    """Largest request or response message; larger ones are refused with RESOURCE_EXHAUSTED. A load with files
+    (RepositoryModelLoad) has a limit of its own, RTSERVE_REPOSITORY_MAX_LOAD_BYTES."""
     stream_max_in_flight: int = Field(64, ge=1)
     """Items of one ModelStreamInfer stream being served at once; the stream is not read further until one is done."""
     stream_idle_timeout_s: float = Field(30.0, gt=0)

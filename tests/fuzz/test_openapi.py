@@ -90,6 +90,8 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
         oip("GET", f"/v2/models/{model.name}/versions/{version}", 200)
         oip("GET", f"/v2/models/{model.name}/ready", 200)
         oip("GET", f"/v2/models/{model.name}/versions/{version}/ready", 200)
+        oip("GET", f"/v2/models/{model.name}/config", 200)
+        oip("GET", f"/v2/models/{model.name}/versions/{version}/config", 200)
         batch = seeds.rows(spec, 3, seed=5)
         oip("POST", f"/v2/models/{model.name}/infer", 200, content=seeds.infer_json(spec, batch))
         body, length = seeds.infer_binary(spec, batch)
