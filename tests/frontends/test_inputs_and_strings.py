@@ -214,6 +214,24 @@ async def test_bad_several_inputs_are_refused_clearly(served, inputs, problem):
     assert answer.status_code == 422 and "missing input(s) ['scale']" in answer.json()["error"]
 
 
+async def test_an_output_off_its_signature_while_serving_is_a_model_error_naming_it(served):
+    """The one injected fault: the model drops an output it declared; the data plane's answer says which."""
+    runner = served.app.runtime.registry.get(TWO, "v1").runner
+    x = served.made[TWO].x
+
+    def predict(inputs, _predict=runner.predict):
+        return {k: v for k, v in _predict(inputs).items() if k != "embedding"}
+
+    runner.predict = predict
+    try:
+        doc = {"inputs": [tensor("measurements", x["measurements"]), tensor("scale", x["scale"])]}
+        answer = await served.infer(TWO, doc, **{"Cache-Control": "no-cache"})
+    finally:
+        del runner.predict
+    assert answer.status_code == 500 and answer.json()["code"] == "model_error", answer.text
+    assert "output 'embedding' is missing" in answer.json()["error"]
+
+
 # --- strings (BYTES) ----------------------------------------------------------------------------------------------
 
 
