@@ -46,9 +46,9 @@ class InferenceApp:
             if root and path.startswith(root):
                 path = path[len(root) :]
             found = TABLE.find(path, scope["method"], served)
-            if found is None:  # like any path that is not open, probing for routes needs a token
+            if found is None:
                 if not served.open_paths.fullmatch(path):
-                    served.pipeline.admission.authorize(headers.get(b"authorization"), "predict")
+                    served.pipeline.admission.authenticate(headers.get(b"authorization"))
                 raise NotFound(f"no route for {path}")
             route, params = found
             if served.on_request is not None:

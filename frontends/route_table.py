@@ -8,8 +8,9 @@ of the path and a dict lookup by segment count and last segment: it is paid on e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+import operator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.errors import MethodNotAllowed
@@ -72,14 +73,24 @@ class Route:
         return (*self.methods, "HEAD") if "GET" in self.methods and "HEAD" not in self.methods else self.methods
 
 
-@dataclass(slots=True)
 class _Template:
-    """Every route of one path template, by method."""
+    """Every route of one path template, by method; its literal and parameter segments read with one C call each."""
 
-    path: str
-    literals: tuple[tuple[int, str], ...]
-    params: tuple[tuple[int, str], ...]
-    by_method: dict[str, Route] = field(default_factory=dict)
+    __slots__ = ("by_method", "literals", "names", "path", "values", "wanted")
+
+    def __init__(self, path: str, segments: list[str]) -> None:
+        self.path = path
+        self.by_method: dict[str, Route] = {}
+        literal = [i for i, s in enumerate(segments) if not s.startswith("{")]
+        params = [i for i, s in enumerate(segments) if s.startswith("{")]
+        self.literals = operator.itemgetter(*literal)
+        self.wanted = self.literals(segments)
+        self.names = tuple(segments[i][1:-1] for i in params)
+        self.values = operator.itemgetter(*params, *params) if params else None
+        """Each parameter's index twice, so its result is a tuple however many there are."""
+
+    def params(self, parts: Sequence[str]) -> dict[str, str]:
+        return {} if self.values is None else dict(zip(self.names, self.values(parts)))
 
 
 class RouteTable:
@@ -89,14 +100,9 @@ class RouteTable:
         self.routes = tuple(routes)
         templates: dict[str, _Template] = {}
         for route in self.routes:
-            segments = route.path.strip("/").split("/")
             template = templates.get(route.path)
             if template is None:
-                template = templates[route.path] = _Template(
-                    route.path,
-                    tuple((i, s) for i, s in enumerate(segments) if not s.startswith("{")),
-                    tuple((i, s[1:-1]) for i, s in enumerate(segments) if s.startswith("{")),
-                )
+                template = templates[route.path] = _Template(route.path, route.path.strip("/").split("/"))
             for method in route.allow:
                 if method in template.by_method:
                     raise ValueError(f"{method} {route.path} is declared twice")
@@ -108,20 +114,31 @@ class RouteTable:
             segments = template.path.strip("/").split("/")
             last = None if segments[-1].startswith("{") else segments[-1]
             self._shapes.setdefault((len(segments), last), []).append(template)
+        self._exact = {t.path: t for t in templates.values() if t.values is None}
+        """Templates without a parameter, by their path as written: found without splitting it."""
 
     def find(self, path: str, method: str, served: FrontendParts) -> tuple[Route, dict[str, str]] | None:
         """The route of `method` on `path` with the path's parameters; None for a path no served route has,
         405 (naming the methods it takes in `Allow`) for a method its route does not take."""
+        template = self._exact.get(path)
+        if template is not None and (found := _chosen(template, (), method, served)):
+            return found
         parts = path.strip("/").split("/")
         count = len(parts)
         for key in ((count, parts[-1]), (count, None)):
             for template in self._shapes.get(key, ()):
-                if all(parts[i] == s for i, s in template.literals):
-                    route = template.by_method.get(method)
-                    if route is not None and (route.served is None or route.served(served)):
-                        return route, {name: parts[i] for i, name in template.params}
-                    allowed = [m for m, r in template.by_method.items() if r.served is None or r.served(served)]
-                    if not allowed:
-                        break
-                    raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+                if template.literals(parts) == template.wanted and (found := _chosen(template, parts, method, served)):
+                    return found
         return None
+
+
+def _chosen(template: _Template, parts: Sequence[str], method: str, served: FrontendParts) -> tuple[Route, dict[str, str]] | None:
+    """The template's route for `method`; None where this worker serves none of its routes (the path is then
+    as unknown as any other), 405 where it serves others."""
+    route = template.by_method.get(method)
+    if route is not None and (route.served is None or route.served(served)):
+        return route, template.params(parts)
+    allowed = [m for m, r in template.by_method.items() if r.served is None or r.served(served)]
+    if not allowed:
+        return None
+    raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})

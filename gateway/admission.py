@@ -89,6 +89,13 @@ class Admission:
             acting_as(admitted.user, admitted.tenant)
         return admitted
 
+    def authenticate(self, authorization: bytes | None) -> None:
+        """401 unless the credentials are valid, whatever their scopes: for a path no route has, so that routes
+        cannot be probed without a token."""
+        if self.auth is not None:
+            with self.tracer.span("auth"):
+                self.auth.authenticate(authorization)
+
     def shows_detail(self, authorization: bytes | None) -> bool:
         """Whether an open path may add what names models or tasks: only for a caller with scope predict."""
         if self.auth is None:

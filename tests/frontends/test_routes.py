@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from frontends import openapi
+from frontends.grpc.servicer import REST_TWINS
 from frontends.rest import InferenceApp
 from frontends.route_table import Route, RouteTable
 from frontends.routes import TABLE, document
@@ -95,11 +96,12 @@ async def test_a_token_without_the_routes_scope_is_403_and_none_is_401(served, m
 
 
 @IN_APP
-async def test_a_path_no_route_has_is_404_to_a_caller_with_a_token(served):
+async def test_a_path_no_route_has_is_404_to_a_caller_with_a_token_of_any_scope(served):
     for path in ("/v2/models/digits-sklearn/x", "/admin", "/v2/repository/models/digits-sklearn", "/v3"):
         assert (await served.client.get(path)).status_code == 401, path
-        r = await served.client.get(path, headers=served.headers())
-        assert (r.status_code, r.json()["code"]) == (404, "not_found"), path
+        for scope in SCOPES:
+            r = await served.client.get(path, headers=served.headers(scope))
+            assert (r.status_code, r.json()["code"]) == (404, "not_found"), f"{path} with scope {scope}"
 
 
 def test_literal_segments_match_before_parameters():
@@ -119,3 +121,9 @@ def test_literal_segments_match_before_parameters():
     assert find("/v2/models/m/versions") is None
     with pytest.raises(ValueError, match="declared twice"):
         RouteTable([Route(("GET",), "/v2", "predict", handler), Route(("GET", "POST"), "/v2", "predict", handler)])
+
+
+def test_the_grpc_rpcs_open_by_their_rest_twins_name_openable_routes():
+    """gRPC opens an RPC when `RTSERVE_OPEN_PATHS` opens all its REST twins: each twin is a route that may be opened."""
+    openable = {r.path for r in TABLE.routes if r.openable and r.methods == ("GET",)}
+    assert {path for paths in REST_TWINS.values() for path in paths} <= openable
