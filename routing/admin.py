@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound, shown
+from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound, Unavailable, shown
 from models.versions import version_problem
 from routing.audit import AuditLog, record
 from routing.document import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow
@@ -154,7 +154,16 @@ class RoutingAdmin:
         try:
             bentoml.models.get(f"{name}:{version}")
         except (BentoMLException, ValueError):
-            raise ModelNotFound(f"'{name}:{version}' is not in the model store") from None
+            remote = self.registry.remote  # a version deployed through another replica: every worker pulls it
+            if remote is None:
+                raise ModelNotFound(f"'{name}:{version}' is not in the model store") from None
+            try:
+                found = await asyncio.to_thread(remote.manifest, name, version)
+            except Exception as exc:  # noqa: BLE001 - the storage is down or refuses: try again later
+                raise Unavailable(f"the model repository {remote.url} did not answer ({type(exc).__name__})",
+                                  headers={"Retry-After": "5"}) from None
+            if found is None:
+                raise ModelNotFound(f"'{name}:{version}' is not in the model store or {remote.url}") from None
 
         def change(r: ModelRoutes | None) -> ModelRoutes:
             if r is None:  # a model serving.yaml does not list: served from now on, kept by the saved state alone

@@ -17,9 +17,10 @@ from pathlib import Path
 
 
 def store_root() -> Path:
+    """The store `bentoml.models.get` reads: BENTOML_HOME's, or a served Bento's own."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return Path(BentoMLContainer.model_store_dir.get())
+    return Path(BentoMLContainer.model_store.get()._path)
 
 
 def staging_root() -> Path:

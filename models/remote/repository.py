@@ -22,6 +22,10 @@ class PullFailed(Exception):
     """The version could not be pulled before the deadline (the last attempt's error says why)."""
 
 
+class NotInRepository(PullFailed):
+    """The storage answered and holds no such version: nothing to wait for."""
+
+
 class Mismatch(Exception):
     """The repository already holds this name and version with other files."""
 
@@ -97,7 +101,8 @@ class ObjectRepository:
 
     def pull(self, name: str, version: str, on_retry: Callable[[int, Exception], None] | None = None) -> bool:
         """Make NAME:VERSION present in the local store; False when it already was. Retried with backoff until
-        `pull_deadline_s` (the storage may be down, the version not there yet, a copy corrupt), then PullFailed.
+        `pull_deadline_s` (the storage may be down or a copy corrupt), then PullFailed; NotInRepository at once
+        when the storage answers that it holds no such version.
         `on_retry(attempt, error)` is told of each failed attempt."""
         deadline = time.monotonic() + self.settings.pull_deadline_s
         wait = self.settings.backoff_s
@@ -110,6 +115,8 @@ class ObjectRepository:
                 try:
                     self._pull_once(name, version)
                     return True
+                except NotInRepository:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - every failure is retried until the deadline
                     if on_retry is not None:
                         on_retry(attempt, exc)
@@ -126,7 +133,7 @@ class ObjectRepository:
         fs = self._fs()
         manifest = self.manifest(name, version, fs)
         if manifest is None:
-            raise FileNotFoundError(f"{self.url} holds no {name}:{version} (no {MANIFEST})")
+            raise NotInRepository(f"{self.url} holds no {name}:{version} (no {MANIFEST})")
         if (manifest.name, manifest.version) != (name, version):
             raise ValueError(f"the manifest at {name}/{version} describes {manifest.name}:{manifest.version}")
         start = time.perf_counter()

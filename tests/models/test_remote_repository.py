@@ -159,3 +159,9 @@ def test_settings_read_the_standard_aws_variables(monkeypatch) -> None:
     monkeypatch.setenv("RTSERVE_MODEL_REPOSITORY", "bucket/prefix")
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         ModelRepositorySettings()
+
+
+def test_a_version_the_repository_does_not_hold_fails_at_once(s3) -> None:
+    remote = repository(s3)  # the default pull deadline: ten minutes, not waited for here
+    entry = ModelRegistry(ServingConfig.model_validate({"models": {}}), remote=remote).load("nowhere", "v1")
+    assert entry.state is VersionState.FAILED and "holds no nowhere:v1" in entry.error, entry.error
