@@ -84,10 +84,12 @@ def iris_onnx(folder: Path) -> makers.Made:
                       dynamic_axes={"measurements": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     with torch.inference_mode():
         probs = torch.softmax(net(torch.from_numpy(x)), -1).numpy()
-    return makers.Made(path, x, {"probabilities": probs, "label": probs.argmax(1)})
+    return makers.Made(path, x, {"probabilities": probs, "label": np.array(IRIS, dtype=object)[probs.argmax(1)]})
 
 
-CLASSIFIER = {"task": {"string_value": "classification"}, "softmax": {"string_value": "true"}}
+IRIS = ["setosa", "versicolor", "virginica"]
+CLASSIFIER = {"task": {"string_value": "classification"}, "softmax": {"string_value": "true"},
+              "class_names": {"string_value": ",".join(IRIS)}}
 
 
 def fil(model_type: str) -> dict:
@@ -132,8 +134,9 @@ def test_a_model_loaded_with_its_files_answers_as_its_framework(served, clients,
             got = infer(clients[answered_by], name, version, made.x, headers, answered_by)
             assert set(got) == set(made.expected)
             for output, expected in made.expected.items():
-                if output == "label":
-                    np.testing.assert_array_equal(got[output], expected)
+                if output == "label":  # class names come back as BYTES
+                    labels = [v.decode() if isinstance(v, bytes) else v for v in got[output].tolist()]
+                    assert labels == expected.tolist()
                 else:
                     np.testing.assert_allclose(got[output], expected, rtol=RTOL, atol=ATOL)
 
@@ -183,11 +186,13 @@ def assert_nothing_loaded(served, clients, headers, name: str) -> None:
         ("grpc", {"platform": "tensorrt_plan"}, {"file:1/model.plan": b"x"}, "StatusCode.INVALID_ARGUMENT"),
         ("http", fil("xgboost_json"), {"file:1/../xgboost.json": b"{}"}, "400"),
         ("grpc", fil("xgboost_json"), {"file:1/../../xgboost.json": b"{}"}, "StatusCode.INVALID_ARGUMENT"),
+        ("http", {"platform": "pytorch_libtorch", "parameters": {"allow_code": {"string_value": "true"}}},
+         {"file:1/model.pt": b"never opened"}, "403"),  # the operator has not turned code-running formats on
         ("http", fil("xgboost_json"), {"file:1/xgboost.json": b"x" * (CAP * 3 // 4)}, "413"),
         ("grpc", fil("xgboost_json"), {"file:1/xgboost.json": b"x" * (CAP + 1)}, "StatusCode.RESOURCE_EXHAUSTED"),
     ],
-    ids=["corrupt-http", "corrupt-grpc", "platform-http", "platform-grpc", "dotdot-http", "dotdot-grpc",
-         "over-cap-http", "over-cap-grpc"],
+    ids=["corrupt-http", "pickle-as-skops-grpc", "platform-http", "platform-grpc", "dotdot-http", "dotdot-grpc",
+         "code-format-http", "over-cap-http", "over-cap-grpc"],
 )
 def test_refused_loads_are_client_errors_and_leave_nothing_loaded(served, clients, headers, protocol, config, files,
                                                                   status):
