@@ -83,7 +83,9 @@ async def _load_or_unload(served: FrontendParts, request: HttpRequest, load: boo
     if files and load:
         if served.deployer is None:
             raise repository_unavailable()
-        _query_version(request.scope, {})
+        if _query_version(request.scope, {}):
+            raise BadRequest("a load with files takes its versions from the folders and the config's version_policy, "
+                             "not ?version=")
         done = await load_with_files(served.deployer, name, parameters, {k: _base64(k, v) for k, v in files.items()})
         return 200, dumps({"name": name, "versions": done}), JSON
     versions = requested_versions({**parameters, **files, **_query_version(request.scope, parameters)}, load=load)

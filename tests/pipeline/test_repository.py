@@ -20,6 +20,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 ROW = [float(v % 17) for v in range(64)]
 INFER = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]}
 MODEL = "/v2/repository/models/digits-sklearn"
+ONNX = json.dumps({"platform": "onnxruntime_onnx"})
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -107,7 +108,11 @@ async def test_a_load_without_versions_loads_those_serving_yaml_names(served):
         (f"{MODEL}/load", {"parameters": {"config": "{not json"}}, 400, "bad_request"),
         (f"{MODEL}/load", {"parameters": {"config": '{"max_batch_size": 8}'}}, 400, "bad_request"),
         (f"{MODEL}/load", {"parameters": {"config": '{"version_policy": {"latest": {"num_versions": 1}}}'}}, 400, "bad_request"),
-        (f"{MODEL}/load", {"parameters": {"file:1/model.onnx": "AAAA"}}, 400, "bad_request"),
+        (f"{MODEL}/load", {"parameters": {"file:1/model.onnx": "AAAA"}}, 400, "bad_request"),  # files need a config
+        (f"{MODEL}/load", {"parameters": {"config": ONNX, "file:1/model.onnx": "not base64!"}}, 400, "bad_request"),
+        (f"{MODEL}/load?version=1", {"parameters": {"config": ONNX, "file:1/model.onnx": "AAAA"}}, 400, "bad_request"),
+        (f"{MODEL}/load", {"parameters": {"config": ONNX, "file:1/../model.onnx": "AAAA"}}, 400, "bad_request"),
+        (f"{MODEL}/unload", {"parameters": {"version": "v2", "file:1/model.onnx": "AAAA"}}, 400, "bad_request"),
         (f"{MODEL}/load", {"parameters": {"version": True}}, 400, "bad_request"),
         (f"{MODEL}/load", {"parameters": []}, 400, "bad_request"),
         (f"{MODEL}/unload", {"parameters": {"version": "v2", "unload_dependents": True}}, 400, "bad_request"),
