@@ -4,7 +4,8 @@ gRPC has one receive limit for the whole server, so the server's is the largest 
 (RTSERVE_REPOSITORY_MAX_LOAD_BYTES for RepositoryModelLoad) and every other RPC checks its own
 (RTSERVE_GRPC_MAX_MESSAGE_BYTES) before the message is parsed: each method's request deserializer
 first looks at the message's length, and a message over its limit ends the call with
-RESOURCE_EXHAUSTED, as gRPC's own limit would. The check costs one length comparison per message.
+RESOURCE_EXHAUSTED, as gRPC's own limit would. The check costs a length comparison per message and
+one more coroutine call per RPC.
 
     add_sized(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, limit_of)
 """

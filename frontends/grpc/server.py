@@ -59,9 +59,9 @@ class GrpcFrontend:
                 ("grpc.max_send_message_length", size),
             ]
         )
-        limit_of = self._limit_of
-        add_sized(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(self.parts, settings), limit_of)
-        add_sized(server, health_pb2_grpc.add_HealthServicer_to_server, self._health, limit_of)
+        servicer = InferenceServicer(self.parts, settings)
+        add_sized(server, pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, self._limit_of)
+        add_sized(server, health_pb2_grpc.add_HealthServicer_to_server, self._health, self._limit_of)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         address = f"{host}:{settings.port}"
         if self.credentials is None:
