@@ -3,14 +3,15 @@
 A route is declared once, with its methods, its path template, the scope a caller needs and its
 handler; the dispatcher (frontends/rest.py) answers 405 with the route's `Allow` for a method it does not
 take, checks the scope, then calls the handler; a path no route has is 404 (to a caller with a token). Matching is a split
-of the path and a dict lookup by segment count and last segment: it is paid on every request.
+of the path and a dict lookup by segment count and last segment, remembered per path: it is paid on every request.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from core.errors import MethodNotAllowed
@@ -19,6 +20,9 @@ from frontends.asgi import Receive, Scope, Send
 if TYPE_CHECKING:
     from frontends.parts import FrontendParts
     from gateway.admission import Admitted
+
+RECENT_PATHS = 4096
+"""Paths whose match is remembered; more distinct paths than this start the memory afresh."""
 
 Answer = tuple[int, bytes | AsyncIterator[bytes], bytes]
 """(status, body or its pieces, content type)."""
@@ -35,8 +39,8 @@ class HttpRequest:
     extra: list[tuple[bytes, bytes]]
     """Response headers the handler adds to (X-Request-ID is already there)."""
     request_id: str
-    params: dict[str, str]
-    """The path template's `{name}` segments."""
+    params: Mapping[str, str]
+    """The path template's `{name}` segments (read-only: requests to the same path share them)."""
     route: Route
     admitted: Admitted | None = None
     """The caller, checked for the route's scope; None on a path `RTSERVE_OPEN_PATHS` opens, and on the
@@ -89,8 +93,8 @@ class _Template:
         self.values = operator.itemgetter(*params, *params) if params else None
         """Each parameter's index twice, so its result is a tuple however many there are."""
 
-    def params(self, parts: Sequence[str]) -> dict[str, str]:
-        return {} if self.values is None else dict(zip(self.names, self.values(parts)))
+    def params(self, parts: list[str]) -> Mapping[str, str]:
+        return MappingProxyType({} if self.values is None else dict(zip(self.names, self.values(parts))))
 
 
 class RouteTable:
@@ -114,31 +118,35 @@ class RouteTable:
             segments = template.path.strip("/").split("/")
             last = None if segments[-1].startswith("{") else segments[-1]
             self._shapes.setdefault((len(segments), last), []).append(template)
-        self._exact = {t.path: t for t in templates.values() if t.values is None}
-        """Templates without a parameter, by their path as written: found without splitting it."""
+        self._recent: dict[str, tuple[_Template, Mapping[str, str]]] = {}
+        """Paths matched lately, with their template and parameters: the few paths that carry nearly all
+        requests (a model's infer path) are then one dict lookup. Emptied when full."""
 
-    def find(self, path: str, method: str, served: FrontendParts) -> tuple[Route, dict[str, str]] | None:
+    def find(self, path: str, method: str, served: FrontendParts) -> tuple[Route, Mapping[str, str]] | None:
         """The route of `method` on `path` with the path's parameters; None for a path no served route has,
         405 (naming the methods it takes in `Allow`) for a method its route does not take."""
-        template = self._exact.get(path)
-        if template is not None and (found := _chosen(template, (), method, served)):
-            return found
+        matched = self._recent.get(path)
+        if matched is None:
+            matched = self._match(path)
+            if matched is None:
+                return None
+            if len(self._recent) >= RECENT_PATHS:
+                self._recent.clear()
+            self._recent[path] = matched
+        template, params = matched
+        route = template.by_method.get(method)
+        if route is not None and (route.served is None or route.served(served)):
+            return route, params
+        allowed = [m for m, r in template.by_method.items() if r.served is None or r.served(served)]
+        if not allowed:
+            return None
+        raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+
+    def _match(self, path: str) -> tuple[_Template, Mapping[str, str]] | None:
         parts = path.strip("/").split("/")
         count = len(parts)
         for key in ((count, parts[-1]), (count, None)):
             for template in self._shapes.get(key, ()):
-                if template.literals(parts) == template.wanted and (found := _chosen(template, parts, method, served)):
-                    return found
+                if template.literals(parts) == template.wanted:
+                    return template, template.params(parts)
         return None
-
-
-def _chosen(template: _Template, parts: Sequence[str], method: str, served: FrontendParts) -> tuple[Route, dict[str, str]] | None:
-    """The template's route for `method`; None where this worker serves none of its routes (the path is then
-    as unknown as any other), 405 where it serves others."""
-    route = template.by_method.get(method)
-    if route is not None and (route.served is None or route.served(served)):
-        return route, template.params(parts)
-    allowed = [m for m, r in template.by_method.items() if r.served is None or r.served(served)]
-    if not allowed:
-        return None
-    raise MethodNotAllowed(f"use {' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})

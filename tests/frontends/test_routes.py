@@ -119,6 +119,9 @@ def test_literal_segments_match_before_parameters():
     assert find("/v2/models/stat") == ("/v2/models/{name}", {"name": "stat"})
     assert find("/v2/models/m/versions/load/") == ("/v2/models/{name}/versions/{version}", {"name": "m", "version": "load"})
     assert find("/v2/models/m/versions") is None
+    assert find("/v2/models/stat") == ("/v2/models/{name}", {"name": "stat"})  # remembered, the same
+    with pytest.raises(TypeError):
+        table.find("/v2/models/stat", "GET", None)[1]["name"] = "other"  # shared by the requests to the path
     with pytest.raises(ValueError, match="declared twice"):
         RouteTable([Route(("GET",), "/v2", "predict", handler), Route(("GET", "POST"), "/v2", "predict", handler)])
 
