@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import job_cli, release_cli
+from app import client, job_cli, release_cli
 from app.cli_client import CommandError, command, group, request, signing_settings
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
@@ -37,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_token_command, _model_commands, _route_commands, _experiment_commands, _canary_commands, _shadow_commands,
-                     _audit_command, job_cli.register, release_cli.register):
+    for register in (_token_command, _deploy_command, _model_commands, _route_commands, _experiment_commands,
+                     _canary_commands, _shadow_commands, _audit_command, job_cli.register, release_cli.register):
         register(sub)
     return p
 
@@ -93,6 +93,62 @@ def _weights(pairs: Sequence[str]) -> dict[str, float]:
         raise CommandError("weights are VERSION=PERCENT, e.g. v1=90 v2=10") from None
 
 
+def _deploy_command(sub: argparse._SubParsersAction) -> None:
+    c = command(sub, "deploy", _deploy, "upload a model file, a folder or bentoml:TAG (a model in this machine's BentoML "
+                "store) and serve it in every worker, without a restart")
+    c.add_argument("model", help="the model's name")
+    c.add_argument("source", metavar="FILE_OR_DIR", help="a model file, its folder, or bentoml:TAG")
+    c.add_argument("--version", help="default: the next vN after the model's versions")
+    c.add_argument("--config", type=Path, help="a model.yaml: signature, task, class names, batching, ...")
+    c.add_argument("--sample", type=Path, help="a sample input (.npy, or .npz by input name) run once to record the outputs")
+    c.add_argument("--trust", action="append", default=[], metavar="TYPE", help="a further skops type to trust "
+                   "(when the operator lets deploys trust types); repeat for more")
+    c.add_argument("--allow-code", action="store_true", help="accept a format that runs code when loaded (pickle, joblib, "
+                   "TorchScript, .pt2, BentoML's sklearn and pytorch saves), when the operator allows them")
+    route = c.add_mutually_exclusive_group()
+    route.add_argument("--weight", type=float, help="percent of the model's traffic for the new version "
+                       "(default: all of a new model's, none of a served model's)")
+    route.add_argument("--canary", type=float, metavar="PCT", help="start a canary at PCT %%, then the steps above it")
+    route.add_argument("--shadow", type=float, metavar="PCT", help="mirror PCT %% of the model's requests to it")
+    _canary_options(c)
+
+
+def _deploy(a: argparse.Namespace) -> None:
+    canary = None
+    if a.canary is not None:
+        canary = {"percent": a.canary, **_canary_body(a)}
+    elif any(getattr(a, k) is not None for k in ("steps", "hold", "min_requests", "stable", "max_disagreement")) or a.mirror:
+        raise CommandError("deploy: the canary options go with --canary PCT")
+    show = _progress(Path(a.source).name)
+    doc = client.deploy_model(a.model, a.source, a.version, config=a.config, sample=a.sample, trust=a.trust,
+                              allow_code=a.allow_code, weight=a.weight, shadow=a.shadow, canary=canary, progress=show)
+    meta = doc["metadata"]
+    print(f"deploy: {doc['model']}:{doc['version']} served by every worker ({meta.get('format')}, "
+          f"{meta.get('task', 'tensors')}); import {doc['import_seconds']:.2f} s, load {doc['load_seconds']:.2f} s, "
+          f"memory {meta.get('memory_mb', '?')} MB; weights {doc['routes']['weights']}"
+          + (f"; canary from {a.canary:g} %" if a.canary is not None else "")
+          + (f"; shadow {a.shadow:g} %" if a.shadow is not None else ""))
+    for kind in ("inputs", "outputs"):
+        print(f"  {kind}: " + ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta.get(kind, [])))
+
+
+def _progress(name: str) -> client.Progress:
+    """A bar on a terminal; otherwise a line when the upload starts and one when it is sent."""
+    tty = sys.stderr.isatty()
+
+    def show(sent: int, total: int) -> None:
+        if tty:
+            done = sent / total if total else 1.0
+            print(f"\rupload {name} [{'#' * int(done * 30):<30}] {done:4.0%} {sent / 2**20:.1f}/{total / 2**20:.1f} MB",
+                  end="\n" if sent >= total else "", file=sys.stderr, flush=True)
+        elif sent == 0:
+            print(f"upload {name}: {total / 2**20:.1f} MB", file=sys.stderr, flush=True)
+        elif sent >= total:
+            print(f"upload {name}: sent; the server imports, probes and loads it", file=sys.stderr, flush=True)
+
+    return show
+
+
 def _model_commands(sub: argparse._SubParsersAction) -> None:
     command(sub, "models", _models, "models, where each came from (serving.yaml's configuration, or loaded at runtime), "
             "loaded versions, states and weights")
@@ -113,6 +169,7 @@ def _models(a: argparse.Namespace) -> None:
             print(f"  {v:<8} {info['state']:<9} weight {m.get('weights', {}).get(v, 0):g}"
                   + (f"  loaded in {info['load_seconds']:.2f} s" if info.get("load_seconds") else "")
                   + (f"  modes {','.join(info['modes'])}" if info.get("modes") else "")
+                  + (f"  source {_source(info['source'])}" if info.get("source") else "")
                   + (f"  error: {info['error']}" if info.get("error") else "")
                   + (f"  waiting: {info['waiting']}" if info.get("waiting") else ""))
 
@@ -126,6 +183,12 @@ def model_heading(name: str, m: dict[str, Any]) -> str:
         extras.insert(1 if m.get("experiment") else 0, "canary")
     return (f"{name}  from {m.get('origin', 'configuration')}  weights {m.get('weights')}"
             + (f"  ({', '.join(extras)})" if extras else ""))
+
+
+def _source(source: dict[str, Any]) -> str:
+    """deploy iris.skops, bentoml iris:abc (bentoml.sklearn), demo ..."""
+    return " ".join(str(x) for x in (source.get("origin"), source.get("name")) if x) + (
+        f" ({source['module']})" if source.get("module") else "")
 
 
 def _load(a: argparse.Namespace) -> None:
@@ -186,14 +249,22 @@ def _experiment_stop(a: argparse.Namespace) -> None:
 
 
 def _canary_commands(sub: argparse._SubParsersAction) -> None:
-    schedule = RoutingSettings.model_fields
-    bounds = CanaryThresholds.model_fields
     can = group(sub, "canary", "canary rollouts")
     s = command(can, "start", _canary_start, "move traffic to a version step by step, promoting or rolling back by itself; "
                 "refused while an experiment runs on the model. Left out, the schedule is the server's "
                 "(RTSERVE_ROUTING_CANARY_*), whose defaults are shown")
     _model_argument(s)
     s.add_argument("version", help="the candidate, loaded and ready")
+    _canary_options(s)
+    _model_argument(command(can, "status", _canary_status, "steps, decisions with their numbers, and per version its outcomes "
+                            "and p95 latency, uncached (what is judged) and over every request"))
+    _model_argument(command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable"))
+
+
+def _canary_options(s: argparse.ArgumentParser) -> None:
+    """The canary's schedule and bounds, for `rtserve canary start` and `rtserve deploy --canary`."""
+    schedule = RoutingSettings.model_fields
+    bounds = CanaryThresholds.model_fields
     steps = ",".join(f"{w:g}" for w in schedule["canary_steps"].default)
     s.add_argument("--steps", help=f"comma-separated percentages of traffic, one per step (default: {steps})")
     s.add_argument("--hold", type=float, help=f"seconds each step is held at least (default: {schedule['canary_hold_s'].default:g})")
@@ -209,13 +280,16 @@ def _canary_commands(sub: argparse._SubParsersAction) -> None:
                    help="milliseconds added to the p95 limit, so noise on a fast model does not fail the ratio")
     s.add_argument("--max-disagreement", type=float,
                    help="roll back when more than this fraction of mirrored rows disagree with stable (default: not judged)")
-    _model_argument(command(can, "status", _canary_status, "steps, decisions with their numbers, and per version its outcomes "
-                            "and p95 latency, uncached (what is judged) and over every request"))
-    _model_argument(command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable"))
 
 
 def _canary_start(a: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"version": a.version, "mirror_fraction": a.mirror, "stable": a.stable}
+    doc = call("POST", f"/admin/models/{a.model}/canary", {"version": a.version, **_canary_body(a)})
+    print(f"canary {a.model}:{a.version} started against {doc['canary']['stable']}; weights {doc['weights']}")
+
+
+def _canary_body(a: argparse.Namespace) -> dict[str, Any]:
+    """The canary options as the admin API takes them."""
+    body: dict[str, Any] = {"mirror_fraction": a.mirror, "stable": a.stable}
     if a.steps:
         try:
             body["steps"] = [float(s) for s in a.steps.split(",")]
@@ -227,8 +301,7 @@ def _canary_start(a: argparse.Namespace) -> None:
         body["min_requests"] = a.min_requests
     body["thresholds"] = {"max_error_rate_increase": a.max_error_rate_increase, "max_p95_ratio": a.max_p95_ratio,
                           "p95_slack_ms": a.p95_slack_ms, "max_disagreement": a.max_disagreement}
-    doc = call("POST", f"/admin/models/{a.model}/canary", body)
-    print(f"canary {a.model}:{a.version} started against {doc['canary']['stable']}; weights {doc['weights']}")
+    return body
 
 
 def _canary_status(a: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from frontends import admin_api, extensions, jobs_api, oip_routes, openapi, stream
+from frontends import admin_api, deploy_api, extensions, jobs_api, oip_routes, openapi, stream
 from frontends.asgi import JSON
 from frontends.parts import FrontendParts
 from frontends.route_table import HttpRequest, Route, RouteTable
@@ -87,6 +87,8 @@ TABLE = RouteTable([
     Route(("GET",), "/metrics", "predict", _metrics, openable=True, served=_metrics_here, documented=False),
     # The admin API.
     _admin(("GET",), "/admin/models", admin_api.models),
+    # A user's model uploaded and served; outside the whole-request timeout, as its probe load may take longer.
+    Route(("PUT",), f"{ADMIN_MODEL}/versions/{{version}}", "admin", deploy_api.deploy, served=_with_auth, streams=True),
     _admin(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/load", admin_api.load),
     _admin(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/unload", admin_api.unload),
     _admin(("POST",), f"{ADMIN_MODEL}/reset", admin_api.reset),

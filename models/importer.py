@@ -22,7 +22,6 @@ In order, before anything is written to the store:
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,11 @@ from core.errors import CodeFormatNotAllowed, Conflict, Forbidden, ModelRefused
 from models import formats, store
 from models.declared import Declared
 from models.formats.base import ModelFormat, Trust
+from models.names import check_name
 from models.probe import run_probe
 from models.settings import ImportSettings
 from models.versions import version_problem
 
-NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
-"""Model names and versions: BentoML's tag rules (lowercase letters, digits, `_`, `-`, `.`), no path characters."""
 CONFIG_NAMES = ("model.yaml", "model.yml")
 
 
@@ -69,12 +67,6 @@ class Located:
     files: tuple[Path, ...]
     source: dict[str, Any]
     module: str | None = None
-
-
-def check_name(kind: str, value: str) -> None:
-    if not NAME.fullmatch(value or ""):
-        raise ModelRefused(f"{kind} '{value}' is not allowed: use lowercase letters, digits, '_', '-' and '.' "
-                           "(at most 63, starting with a letter or digit)")
 
 
 def import_model(

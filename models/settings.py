@@ -30,3 +30,10 @@ class ImportSettings(BaseSettings):
     probe_memory_mb: int = Field(2048, ge=64)
     """Most resident memory the probe process may reach, interpreter and frameworks included; past it the
     file is refused. Watched, not enforced by an address-space limit, which breaks torch and onnxruntime."""
+    max_upload_bytes: int = Field(2 * 2**30, ge=1)
+    """Largest upload an admin deploy takes (`rtserve deploy`, streamed to disk, never held in memory), and the
+    most a tar may hold once extracted. Separate from the inference body limit (RTSERVE_MAX_BODY_BYTES)."""
+    max_upload_files: int = Field(1000, ge=1)
+    """Most files (and folders) a deployed tar may hold."""
+    load_wait_s: float = Field(120.0, gt=0)
+    """How long an admin deploy waits for every worker to load the version before answering 504 (the load goes on)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import bentoml
@@ -37,14 +38,25 @@ class Deployer:
         self.settings = settings
         self.remote = remote
 
-    async def deploy(self, name: str, version: str, source: Path | str, options: ImportOptions) -> bentoml.Model:
+    async def deploy(
+        self, name: str, version: str, source: Path | str, options: ImportOptions, timings: dict[str, float] | None = None,
+        wait_s: float | None = None,
+    ) -> bentoml.Model:
         """NAME:VERSION from `source` (a file, a directory, or a BentoML store tag), served by every worker
-        when this returns. Raises what the import refuses (4xx) or LoadFailed / RepositoryTimeout (5xx)."""
+        when this returns. Raises what the import refuses (4xx) or LoadFailed / RepositoryTimeout (5xx).
+        `timings`, when given, receives the seconds the import (probe and push included) and the load took; the load
+        waits for every worker up to `wait_s` (default: the repository's wait, made for request deadlines)."""
+        started = time.perf_counter()
         model = await asyncio.to_thread(import_model, name, version, source, options, self.settings)
         if self.remote is not None:
             await self._push(str(model.tag))
+        imported = time.perf_counter()
+        if timings is not None:
+            timings["import_s"] = imported - started
         try:
-            await self.repository.load(name, [version])
+            await self.repository.load(name, [version], wait_s)
+            if timings is not None:
+                timings["load_s"] = time.perf_counter() - imported
         except LoadFailed:
             await asyncio.to_thread(_forget, str(model.tag))
             raise

@@ -210,8 +210,9 @@ class ModelRepository:
                     entries.append(IndexEntry(name, version, state, reason))
         return entries
 
-    async def load(self, name: str, versions: list[str] | None = None) -> list[str]:
-        """Load `versions` (None: those serving.yaml names) in every worker; returns them once every worker serves them."""
+    async def load(self, name: str, versions: list[str] | None = None, wait_s: float | None = None) -> list[str]:
+        """Load `versions` (None: those serving.yaml names) in every worker; returns them once every worker serves them,
+        or RepositoryTimeout after `wait_s` (default: RTSERVE_REPOSITORY_WAIT_TIMEOUT_S)."""
         if versions is None:
             configured = self.registry.config.models.get(name)
             if configured is None:
@@ -220,7 +221,7 @@ class ModelRepository:
         for version in versions:
             await self.admin.load(name, version)
         try:
-            await self._wait(name, versions, self._loaded)
+            await self._wait(name, versions, self._loaded, wait_s)
         except LoadFailed:
             workers = await asyncio.to_thread(self.states.read)
             for version in versions:  # what failed leaves the routes, so no worker retries it on every restart
@@ -251,9 +252,12 @@ class ModelRepository:
             raise LoadFailed(f"'{name}:{version}' {reason}")
         return state == READY
 
-    async def _wait(self, name: str, versions: list[str], done: Callable[[str, str, list[str | None]], bool]) -> None:
+    async def _wait(
+        self, name: str, versions: list[str], done: Callable[[str, str, list[str | None]], bool], wait_s: float | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.wait_timeout_s
+        wait_s = wait_s if wait_s is not None else self.settings.wait_timeout_s
+        deadline = loop.time() + wait_s
         while True:
             workers = await asyncio.to_thread(self.states.read)
             pending = [v for v in versions if not done(name, v, [w.get((name, v)) for w in workers])]
@@ -264,7 +268,7 @@ class ModelRepository:
                     for v in pending:
                         self._loaded(name, v, [w.get((name, v)) for w in workers], last=True)
                 raise RepositoryTimeout(
-                    f"'{name}' version(s) {pending} not done in every worker after {self.settings.wait_timeout_s:g} s; "
+                    f"'{name}' version(s) {pending} not done in every worker after {wait_s:g} s; "
                     "it goes on in the background (see POST /v2/repository/index)"
                 )
             await asyncio.sleep(self.settings.poll_interval_s)

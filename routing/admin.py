@@ -141,6 +141,8 @@ class RoutingAdmin:
             }
             for v in (r.loaded if r else []):
                 versions.setdefault(v, {"state": "loading", "load_seconds": None, "error": None, "active": 0})
+            for v, source in (await asyncio.to_thread(_sources, name, list(versions))).items():
+                versions[v]["source"] = source
             origin = r.origin if r is not None else ("configuration" if name in self.registry.config.models else "runtime")
             out[name] = {"versions": versions, **(r.model_dump(mode="json") if r else {}), "origin": origin}
         return out
@@ -395,6 +397,22 @@ class RoutingAdmin:
                 raise Conflict(f"'{name}:{v}' is not loaded; load it first")
             if entry.state is not VersionState.READY:
                 raise Conflict(f"'{name}:{v}' is {entry.state.value}, not ready")
+
+
+def _sources(name: str, versions: list[str]) -> dict[str, dict[str, Any]]:
+    """Where each version came from, as its import recorded it (origin: deploy, triton, bentoml, demo; the file)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    out = {}
+    for v in versions:
+        try:
+            source = bentoml.models.get(f"{name}:{v}").info.metadata.get("source")
+        except (BentoMLException, ValueError):
+            continue
+        if isinstance(source, dict):
+            out[v] = source
+    return out
 
 
 def canary_weights(stable: str, canary: str, percent: float) -> dict[str, float]:

@@ -40,7 +40,7 @@ def test_token_command_signs_with_configured_kid(tmp_path, monkeypatch, capsys):
 
 
 def test_every_command_has_generated_help(capsys):
-    commands = ["token", "models", "load", "unload", "route set", "route reset", "experiment start", "experiment status", "experiment stop",
+    commands = ["token", "deploy", "models", "load", "unload", "route set", "route reset", "experiment start", "experiment status", "experiment stop",
                 "canary start", "canary status", "canary abort", "shadow set", "shadow clear", "audit"]
     for command in commands:
         with pytest.raises(SystemExit) as info:

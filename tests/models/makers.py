@@ -173,6 +173,18 @@ def wine_pt2(folder: Path, dynamic: bool = True) -> Made:
         return Made(path, x, {"output": net(torch.from_numpy(x)).numpy()})
 
 
+def iris_onnx(folder: Path) -> Made:
+    """An MLP exported to ONNX with one input and its logits as the one output (served as a tensor)."""
+    import torch
+
+    net, x = iris_mlp()
+    path = folder / "iris.onnx"
+    torch.onnx.export(net, (torch.zeros(2, 4),), str(path), input_names=["measurements"], output_names=["logits"],
+                      dynamic_axes={"measurements": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    with torch.inference_mode():
+        return Made(path, x, {"logits": net(torch.from_numpy(x)).numpy()})
+
+
 class TwoByTwo:
     """A network with two inputs (measurements, a scale) and two outputs (scores, an embedding)."""
 
