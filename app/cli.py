@@ -99,17 +99,18 @@ def _deploy_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("model", help="the model's name")
     c.add_argument("source", metavar="FILE_OR_DIR", help="a model file, its folder, or bentoml:TAG")
     c.add_argument("--version", help="default: the next vN after the model's versions")
-    c.add_argument("--config", type=Path, help="a model.yaml: signature, task, class names, batching, ...")
-    c.add_argument("--sample", type=Path, help="a sample input (.npy, or .npz by input name) run once to record the outputs")
+    c.add_argument("--config", type=Path, help="a model.yaml: signature, task, class names, batching, ... (default: the folder's own model.yaml, if any)")
+    c.add_argument("--sample", type=Path, help="a sample input (.npy, or .npz by input name) run once to record the outputs "
+                   "(default: none; the signature says what to run)")
     c.add_argument("--trust", action="append", default=[], metavar="TYPE", help="a further skops type to trust "
-                   "(when the operator lets deploys trust types); repeat for more")
+                   "(when the operator lets deploys trust types); repeat for more (default: none)")
     c.add_argument("--allow-code", action="store_true", help="accept a format that runs code when loaded (pickle, joblib, "
                    "TorchScript, .pt2, BentoML's sklearn and pytorch saves), when the operator allows them")
     route = c.add_mutually_exclusive_group()
     route.add_argument("--weight", type=float, help="percent of the model's traffic for the new version "
                        "(default: all of a new model's, none of a served model's)")
-    route.add_argument("--canary", type=float, metavar="PCT", help="start a canary at PCT %%, then the steps above it")
-    route.add_argument("--shadow", type=float, metavar="PCT", help="mirror PCT %% of the model's requests to it")
+    route.add_argument("--canary", type=float, metavar="PCT", help="start a canary at PCT %%, then the steps above it (default: no canary)")
+    route.add_argument("--shadow", type=float, metavar="PCT", help="mirror PCT %% of the model's requests to it (default: no shadow)")
     _canary_options(c)
 
 
