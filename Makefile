@@ -10,23 +10,24 @@ GRPC_PORT ?= 3001
 METRICS_PORT ?= 3002
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster
+.PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test,load]"
+	$(BIN)/pip install --quiet -e ".[test,load,docs]"
 	touch $@
 
 ## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server,
 ## podman + runc + debootstrap (the container test), nginx (the cluster; /usr/sbin is not on every PATH),
-## h2load (gRPC load for make bench-grpc).
+## h2load (gRPC load for make bench-grpc), chromium (the API page's test, headless).
 system-deps:
 	@missing=""; \
 	for pair in wrk:wrk hey:hey prometheus:prometheus promtool:prometheus redis-server:redis-server \
-	  podman:podman runc:runc debootstrap:debootstrap nginx:nginx h2load:nghttp2-client; do \
+	  podman:podman runc:runc debootstrap:debootstrap nginx:nginx h2load:nghttp2-client \
+	  chromium:chromium; do \
 	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -51,7 +52,7 @@ DEV_SECRET := .dev/jwt-secret
 
 serve: setup
 	@$(BIN)/python -c "from gateway.tokens import ensure_dev_secret; from pathlib import Path; ensure_dev_secret(Path('$(DEV_SECRET)'))"
-	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   Swagger UI: http://localhost:$(PORT)/"
+	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   API page: http://localhost:$(PORT)/docs"
 	@echo "gRPC (KServe V2 GRPCInferenceService, tritonclient.grpc): localhost:$(GRPC_PORT)"
 	@echo "Prometheus metrics: http://localhost:$(METRICS_PORT)/metrics"
 	@echo "Auth is on with a development key ($(DEV_SECRET)). Get a token:"
@@ -64,6 +65,11 @@ test: setup system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py
 	$(MAKE) --no-print-directory test-cache-off
 	$(MAKE) --no-print-directory container-test
+
+## The reference docs (docs/, mkdocs.yml) into build/docs/, strict: a warning or a broken internal link fails.
+## `make test` builds them too (tests/docs/).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## The in-process tests again with the prediction cache off (production runs with it on, as the suite does).
 test-cache-off: setup system-deps redis

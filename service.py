@@ -28,6 +28,7 @@ from app.head_limit import HeadLimitedProtocol
 from app.head_limit import install as install_head_limit
 from app.metrics_port import PortUnavailable
 from app.metrics_port import serve as serve_metrics
+from app.ready_line import addresses, announce_when_ready
 from app.wiring import Runtime
 from core.errors import HeaderTooLarge
 from frontends.grpc.port_guard import PortTaken, reserve
@@ -122,6 +123,18 @@ class InferenceService:
         except PortUnavailable as exc:
             print(f"rtserve: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+
+    @bentoml.on_deployment
+    def log_ready_line() -> None:
+        """In `bentoml serve`'s own process: one line with every address once the server is ready (app/ready_line.py)."""
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        config = configuration()
+        setup_logging(config.logs)  # this process's own lines (the workers set theirs up when they start)
+        announce_when_ready(addresses(
+            sys.argv[1:], BentoMLContainer.http.port.get(), config.tls.enabled,
+            (config.grpc.host, config.grpc.port) if config.grpc.enabled else None,
+            (config.metrics.host, config.metrics.port) if config.metrics.enabled and config.metrics.port else None))
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:

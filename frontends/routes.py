@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from frontends import admin_api, deploy_api, extensions, jobs_api, oip_routes, openapi, stream
+from frontends import admin_api, api_page, deploy_api, extensions, jobs_api, oip_routes, openapi, stream
 from frontends.asgi import JSON
 from frontends.parts import FrontendParts
 from frontends.route_table import HttpRequest, Route, RouteTable
@@ -85,6 +85,9 @@ TABLE = RouteTable([
     # This document, and the metrics where they share this port (tests; deployed, they have a port of their own).
     Route(("GET",), "/openapi.json", "predict", _document, openable=True),
     Route(("GET",), "/metrics", "predict", _metrics, openable=True, served=_metrics_here, documented=False),
+    # The interactive page over this document (a page, not part of the API it shows).
+    Route(("GET",), api_page.PAGE_PATH, "predict", api_page.page, openable=True, documented=False),
+    Route(("GET",), f"{api_page.PAGE_PATH}/{{asset}}", "predict", api_page.asset, openable=True, documented=False),
     # The admin API.
     _admin(("GET",), "/admin/models", admin_api.models),
     # A user's model uploaded and served; outside the whole-request timeout, as its probe load may take longer.

@@ -51,9 +51,9 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "RTSERVE_REDIS_URL"))
     """Shared state (rate-limit buckets, cache, routes). Unset or empty: everything in-process."""
-    open_paths: list[str] = ["/v2", "/v2/health/*", "/openapi.json"]
+    open_paths: list[str] = ["/v2", "/v2/health/*", "/openapi.json", "/docs", "/docs/*"]
     """Paths (shell patterns) answered without a token when auth is on: server liveness and readiness (a
-    status only). A model's readiness names the model, so it needs a token unless listed here. The metrics
+    status only), the API document and its interactive page. A model's readiness names the model, so it needs a token unless listed here. The metrics
     have a port of their own (RTSERVE_METRICS_PORT)."""
 
     def open_path_pattern(self) -> re.Pattern[str]:
