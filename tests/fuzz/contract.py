@@ -1,6 +1,6 @@
 """The error contract every response must keep, as schemathesis checks.
 
-The allowed (status, code) pairs are read from the README's error table, so the table and the
+The allowed (status, code) pairs are read from the error table of docs/api.md, so the table and the
 server cannot drift apart unnoticed. A 500 is never allowed, even with its documented code: a
 fuzzed request must not make the model (or anything else) fail.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 import schemathesis
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ERRORS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 _ROW = re.compile(r"^\| (\d{3}) \| ([^|]+) \|")
 
 
-def readme_error_table(path: Path = README) -> dict[int, set[str]]:
-    """status -> codes, from the table that follows "Errors are JSON" in the README."""
+def error_table(path: Path = ERRORS_PAGE) -> dict[int, set[str]]:
+    """status -> codes, from the table that follows "Errors are JSON" in docs/api.md."""
     text = path.read_text(encoding="utf-8")
     start = text.index("Errors are JSON")
     table: dict[int, set[str]] = {}
@@ -34,7 +34,7 @@ def readme_error_table(path: Path = README) -> dict[int, set[str]]:
     return table
 
 
-ALLOWED_ERRORS = {status: codes for status, codes in readme_error_table().items() if status != 500}
+ALLOWED_ERRORS = {status: codes for status, codes in error_table().items() if status != 500}
 
 
 def error_problem(status: int, body: bytes) -> str | None:
@@ -42,7 +42,7 @@ def error_problem(status: int, body: bytes) -> str | None:
     if status < 400:
         return None
     if status not in ALLOWED_ERRORS:
-        return f"status {status} is not in the README's error table (allowed: {sorted(ALLOWED_ERRORS)})"
+        return f"status {status} is not in the error table of docs/api.md (allowed: {sorted(ALLOWED_ERRORS)})"
     try:
         doc: Any = json.loads(body)
     except ValueError:
@@ -50,13 +50,13 @@ def error_problem(status: int, body: bytes) -> str | None:
     if not (isinstance(doc, dict) and set(doc) == {"error", "code"} and all(isinstance(v, str) for v in doc.values())):
         return f"status {status}: body is not {{\"error\": str, \"code\": str}}: {body[:200]!r}"
     if doc["code"] not in ALLOWED_ERRORS[status]:
-        return f"status {status} with code {doc['code']!r}; the README allows {sorted(ALLOWED_ERRORS[status])}"
+        return f"status {status} with code {doc['code']!r}; docs/api.md allows {sorted(ALLOWED_ERRORS[status])}"
     return None
 
 
 @schemathesis.check
 def error_contract(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
-    """No 500, no status outside the README's error table, every error in the one JSON shape with its code."""
+    """No 500, no status outside the error table of docs/api.md, every error in the one JSON shape with its code."""
     problem = error_problem(response.status_code, response.content)
     if problem is not None:
         raise AssertionError(problem)

@@ -14,7 +14,7 @@ import schemathesis
 from core.errors import ServingError
 from frontends.routes import document
 from fuzz import seeds
-from tests.fuzz.contract import ALLOWED_ERRORS, error_problem, readme_error_table
+from tests.fuzz.contract import ALLOWED_ERRORS, error_problem, error_table
 
 DOC = document()
 SCHEMA = schemathesis.openapi.from_dict(DOC)
@@ -63,14 +63,14 @@ def test_error_codes_are_the_exception_classes_codes():
     assert documented == {c.code for c in _subclasses(ServingError)}
 
 
-def test_readme_error_table_is_documented():
+def test_the_docs_error_table_is_documented():
     documented_codes = set(DOC["components"]["schemas"]["ErrorCode"]["enum"])
     statuses = {int(s) for item in DOC["paths"].values() for op in item.values() if isinstance(op, dict)
                 for s in op.get("responses", {})}
-    for status, codes in readme_error_table().items():
+    for status, codes in error_table().items():
         # 405 answers the methods an operation does not have, so no operation lists it.
-        assert status in statuses or status == 405, f"README status {status} is on no documented operation"
-        assert codes <= documented_codes, f"README codes {codes - documented_codes} are not in the document"
+        assert status in statuses or status == 405, f"docs/api.md status {status} is on no documented operation"
+        assert codes <= documented_codes, f"docs/api.md codes {codes - documented_codes} are not in the document"
     assert 500 not in ALLOWED_ERRORS
 
 

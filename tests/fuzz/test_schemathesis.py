@@ -2,7 +2,7 @@
 
 Each generated case goes out with a full token, without a token and with a token lacking the
 scope. Checks: schemathesis' own (no server error, documented status, content type, headers and
-response schema, negative data rejected, auth enforced), the error contract of the README's
+response schema, negative data rejected, auth enforced), the error contract of docs/api.md's
 table (tests/fuzz/contract.py), and that protected operations refuse missing or weak tokens.
 test_openapi.py checks that the server serves this same document.
 """
@@ -23,7 +23,7 @@ from tests.fuzz.generation import mix_in_real_requests
 EXAMPLES = int(os.environ.get("RTSERVE_FUZZ_EXAMPLES", "8"))
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
-# 503 and 504 are answers the README documents (backpressure, X-Request-Timeout-Ms), not server errors;
+# 503 and 504 are answers docs/api.md documents (backpressure, X-Request-Timeout-Ms), not server errors;
 # the error contract check still holds them to their documented codes.
 CONFIG = SchemathesisConfig.from_dict({"checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503", "504"]}}})
 SCHEMA = schemathesis.openapi.from_path(DOCUMENT_PATH, config=CONFIG)
