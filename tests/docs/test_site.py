@@ -1,9 +1,10 @@
-"""The docs site builds in strict mode (so every internal link and anchor resolves), and every block of
-commands says whether a test runs it (docs/contributing.md)."""
+"""The docs site builds in strict mode (so every internal link and anchor resolves), the README's links into it
+resolve, and every block of commands says whether a test runs it (docs/contributing.md)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,14 @@ def build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
                           cwd=project, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True, timeout=120)
 
 
-def test_the_site_builds_in_strict_mode(tmp_path):
+def test_the_site_builds_in_strict_mode_and_the_readmes_links_into_it_resolve(tmp_path):
     done = build(ROOT, tmp_path / "site")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
+    for page, anchor in re.findall(r"\]\(docs/([\w-]+)\.md(?:#([\w-]+))?\)", (ROOT / "README.md").read_text()):
+        html = tmp_path / "site" / ("" if page == "index" else page) / "index.html"
+        assert html.exists(), f"README links to docs/{page}.md, which is not a page"
+        assert not anchor or f'id="{anchor}"' in html.read_text(), f"README links to docs/{page}.md#{anchor}: no such heading"
 
 
 def test_a_broken_link_fails_the_build(tmp_path):
