@@ -68,7 +68,7 @@ test: setup system-deps redis
 
 ## The reference docs (docs/, mkdocs.yml) into build/docs/, strict: a warning or a broken internal link fails.
 ## `make test` builds them too (tests/docs/).
-docs: setup
+docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## The in-process tests again with the prediction cache off (production runs with it on, as the suite does).
