@@ -27,6 +27,7 @@ from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
 from models.remote import ModelRepositorySettings
+from models.retention import StoreSettings
 from models.settings import ImportSettings
 from observability.logs import LogSettings
 from observability.metrics import MetricsSettings
@@ -73,6 +74,7 @@ class Config:
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     imports: ImportSettings = field(default_factory=ImportSettings)
     model_repository: ModelRepositorySettings = field(default_factory=ModelRepositorySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -96,6 +98,7 @@ def load_config() -> Config:
         repository=_settings(RepositorySettings),
         imports=_settings(ImportSettings),
         model_repository=_settings(ModelRepositorySettings),
+        store=_settings(StoreSettings),
         grpc=_settings(GrpcSettings),
         jobs=_settings(JobSettings),
         stream=_settings(StreamSettings),

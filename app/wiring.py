@@ -21,6 +21,7 @@ from jobs.runner import JobRunner
 from jobs.settings import JobSettings, StreamSettings
 from jobs.store import LocalJobStore, RedisJobStore
 from models.remote import ObjectRepository
+from models.retention import StoreSettings
 from models.settings import ImportSettings
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
@@ -122,6 +123,7 @@ class Runtime:
         self.routing_settings = RoutingSettings()
         self.repository_settings = RepositorySettings()
         self.import_settings = ImportSettings()
+        self.store_settings = StoreSettings()
 
     def _jobs(self, settings: JobSettings) -> JobRunner | None:
         """Batch jobs on the shared state: Redis when there is one, else the machine's folder."""
@@ -161,6 +163,7 @@ class Runtime:
         runtime.routing_settings = config.routing
         runtime.repository_settings = config.repository
         runtime.import_settings = config.imports
+        runtime.store_settings = config.store
         return runtime
 
     def start(self) -> threading.Thread:
@@ -208,10 +211,10 @@ class Runtime:
                 await asyncio.sleep(1.0)
         self.sync = sync
         defaults = settings.model_dump(include={"canary_steps", "canary_hold_s", "canary_min_requests"})
-        self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats, audit)
+        self.parts.admin = RoutingAdmin(store, self.registry, defaults, stats, audit, self.store_settings)
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
-        self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote)
+        self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote, self.store_settings)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health, audit=audit)

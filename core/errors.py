@@ -219,6 +219,14 @@ class Conflict(ServingError):
     code = "conflict"
 
 
+class StorageQuotaExceeded(ServingError):
+    """A deploy would take the model store past its quota (RTSERVE_STORE_QUOTA_MB); nothing was stored."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    blame = "client"
+    code = "storage_quota_exceeded"
+
+
 def blame_of(code: str) -> Blame:
     """The blame of an error code, as recorded in metrics; an unknown code is an internal fault, never the model's."""
     return _BLAME.get(code, "internal")

@@ -9,6 +9,8 @@
     GET|POST|DELETE /admin/models/{name}/canary       POST {"version": "v2", "steps": [...], "hold_s": 30, ...}
     PUT|DELETE /admin/models/{name}/shadow         {"version": "v2", "fraction": 0.1}
     GET    /admin/audit?limit=100&model=NAME       who changed what, newest first (routing/audit.py)
+    GET    /admin/backup                           routes and the stored versions they name (pipeline/backup.py)
+    POST   /admin/restore                          a backup's body: versions imported, routes written back
 
 The routes are declared in frontends/routes.py; these are their handlers. Without authentication they are not
 served (404): nobody may change routes.
@@ -30,6 +32,7 @@ from frontends.asgi import JSON, dumps, read_body
 from frontends.oip_codec import parse_json
 from frontends.parts import FrontendParts
 from frontends.route_table import Handler, HttpRequest
+from pipeline import backup
 from routing.admin import CanaryRequest, ExperimentRequest
 
 if TYPE_CHECKING:
@@ -68,6 +71,17 @@ async def audit(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest
         raise NotFound("no audit log is kept here")
     q = _parse(AuditQuery, orjson.dumps(dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1")))))
     return 200, [e.model_dump(mode="json") for e in await admin.audit.read(q.limit, q.model)]
+
+
+@admin_route
+async def take_backup(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    return 200, (await backup.take(admin)).model_dump(mode="json")
+
+
+@admin_route
+async def restore(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
+    body = await _body(served, request)
+    return 200, await backup.restore(admin, parse_json(body) if body else {})
 
 
 @admin_route

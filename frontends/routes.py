@@ -96,6 +96,8 @@ TABLE = RouteTable([
     _admin(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/unload", admin_api.unload),
     _admin(("POST",), f"{ADMIN_MODEL}/reset", admin_api.reset),
     _admin(("GET",), "/admin/audit", admin_api.audit),
+    _admin(("GET",), "/admin/backup", admin_api.take_backup),
+    _admin(("POST",), "/admin/restore", admin_api.restore),
     _admin(("PUT",), f"{ADMIN_MODEL}/weights", admin_api.set_weights),
     _admin(("GET",), f"{ADMIN_MODEL}/experiment", admin_api.experiment),
     _admin(("POST",), f"{ADMIN_MODEL}/experiment", admin_api.start_experiment),

@@ -26,6 +26,7 @@ from models import store
 from models.importer import ImportOptions, import_model
 from models.remote import ObjectRepository
 from models.remote.repository import Mismatch
+from models.retention import StoreSettings, check_quota, size_of
 from models.settings import ImportSettings
 from pipeline.repository import ModelRepository
 
@@ -33,20 +34,26 @@ log = logging.getLogger(__name__)
 
 
 class Deployer:
-    def __init__(self, repository: ModelRepository, settings: ImportSettings, remote: ObjectRepository | None = None) -> None:
+    def __init__(self, repository: ModelRepository, settings: ImportSettings, remote: ObjectRepository | None = None,
+                 store_settings: StoreSettings | None = None) -> None:
         self.repository = repository
         self.settings = settings
         self.remote = remote
+        self.store_settings = store_settings or StoreSettings(keep_unserved_versions=None, quota_mb=None)
 
     async def deploy(
         self, name: str, version: str, source: Path | str, options: ImportOptions, timings: dict[str, float] | None = None,
         wait_s: float | None = None,
     ) -> bentoml.Model:
         """NAME:VERSION from `source` (a file, a directory, or a BentoML store tag), served by every worker
-        when this returns. Raises what the import refuses (4xx) or LoadFailed / RepositoryTimeout (5xx).
-        `timings`, when given, receives the seconds the import (probe and push included) and the load took; the load
-        waits for every worker up to `wait_s` (default: the repository's wait, made for request deadlines)."""
+        when this returns. Raises what the import refuses (4xx, 507 past the store's quota) or LoadFailed /
+        RepositoryTimeout (5xx). Once served, the model's oldest unserved versions may leave the store
+        (models/retention.py). `timings`, when given, receives the seconds the import (probe and push included)
+        and the load took; the load waits for every worker up to `wait_s` (default: the repository's wait, made
+        for request deadlines)."""
         started = time.perf_counter()
+        incoming = await asyncio.to_thread(_size, source)
+        await asyncio.to_thread(check_quota, incoming, self.store_settings)
         model = await asyncio.to_thread(import_model, name, version, source, options, self.settings)
         if self.remote is not None:
             await self._push(str(model.tag))
@@ -63,6 +70,7 @@ class Deployer:
         except RepositoryTimeout:
             log.warning("deploy %s: still loading in some worker; it goes on in the background", model.tag)
             raise
+        await self.repository.admin.collect(name)
         return model
 
     async def _push(self, tag: str) -> None:
@@ -80,6 +88,12 @@ class Deployer:
             raise Unavailable(f"the model repository {self.remote.url} did not take {tag} "
                               f"({type(exc).__name__}: {exc}); deploy again once it answers",
                               headers={"Retry-After": "5"}) from None
+
+
+def _size(source: Path | str) -> int:
+    """Bytes a deploy brings into the store: its file or directory (a store tag is already there)."""
+    path = Path(source)
+    return size_of(path) if path.exists() else 0
 
 
 def _forget(tag: str) -> None:

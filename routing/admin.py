@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import Conflict, InvalidInput, ModelNotFound, NotFound, Unavailable, shown
+from models import retention as store_retention
+from models.retention import StoreSettings
 from models.versions import version_problem
 from routing.audit import AuditLog, record
 from routing.document import Canary, CanaryDecision, CanaryThresholds, Experiment, ModelRoutes, Shadow
@@ -58,7 +60,9 @@ class RoutingAdmin:
         defaults: dict[str, Any],
         stats: MetricsSnapshotSource | None = None,
         audit: AuditLog | None = None,
+        retention: StoreSettings | None = None,
     ) -> None:
+        self.retention = retention or StoreSettings(keep_unserved_versions=None, quota_mb=None)  # what the store keeps
         self.audit = audit  # every change is recorded there, with who made it (routing/audit.py)
         self.store = store
         self.registry = registry
@@ -221,7 +225,23 @@ class RoutingAdmin:
             r.weights.pop(version, None)
             return r
 
-        return await self._update(name, change, "unload")
+        written = await self._update(name, change, "unload")
+        await self.collect(name)
+        return written
+
+    async def collect(self, name: str) -> list[str]:
+        """The model's unserved versions beyond the configured count leave the store (models/retention.py): never
+        one the routes name (traffic, canary, shadow, experiment, loaded) or serving.yaml lists."""
+        if self.retention.keep_unserved_versions is None:
+            return []
+        routes = await self.store.get(name)
+        configured = self.registry.config.models.get(name)
+        served = set(routes.loaded if routes is not None else ()) | set(configured.versions if configured is not None else ())
+        removed = await asyncio.to_thread(store_retention.collect, name, served, self.retention)
+        for tag in removed:
+            await record(self.audit, "remove_version", name, None, None,
+                         f"{tag}: unserved, beyond the newest {self.retention.keep_unserved_versions} kept")
+        return removed
 
     async def forget_failed(self, name: str, version: str) -> None:
         """After a load failed: the version leaves the routes (it would fail again in every worker on every

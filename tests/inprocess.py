@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from app.wiring import Runtime
 from frontends.rest import InferenceApp
@@ -28,10 +29,12 @@ from gateway.cache.settings import CacheSettings
 from gateway.ratelimit import RateLimiter, RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tokens import mint
+from jobs.settings import JobSettings
 from models.remote import ObjectRepository
 from observability.metrics import Metrics, MetricsSettings
 from routing.settings import RoutingSettings
 from runners.settings import ServingConfig
+from tests.helpers import REDIS_URL
 
 MODELS: dict[str, Any] = {
     "digits-sklearn": {"versions": ["v1", "v2"], "weights": {"v1": 100}},
@@ -67,9 +70,11 @@ async def serve_in_process(
     gateway: GatewaySettings | None = None,
     cache: CacheSettings | None = None,
     remote: ObjectRepository | None = None,
+    redis_prefix: str | None = None,
 ) -> AsyncIterator[InProcess]:
     """The app over the session's model store, models loaded; with `routing`, the admin API and the
-    route sync on a state file in `tmp_path` (polled every 0.1 s).
+    route sync on a state file in `tmp_path` (polled every 0.1 s), or with `redis_prefix` in the shared Redis
+    under that prefix (batch jobs are off then: their default prefix is every server's).
 
     The prediction cache is on, in memory, as in production; `RTSERVE_TEST_CACHE=off` runs the same
     tests with it off (`make test-cache-off`), leaving server processes that tests start as they are."""
@@ -92,10 +97,13 @@ async def serve_in_process(
         gateway=gateway,
         cache=PredictionCache(cache) if cache.enabled else None,
         remote=remote,
+        redis=Redis.from_url(REDIS_URL) if redis_prefix is not None else None,
+        jobs=JobSettings(enabled=False) if redis_prefix is not None else None,
     )
     await asyncio.to_thread(runtime.start().join)
     if routing:
-        runtime.routing_settings = RoutingSettings(state_file=tmp_path / "routes.json", sync_interval_s=0.1, controller_interval_s=0.1)
+        runtime.routing_settings = RoutingSettings(state_file=tmp_path / "routes.json", sync_interval_s=0.1, controller_interval_s=0.1,
+                                                   redis_prefix=redis_prefix or "rtserve:routes:")
         await runtime.start_routing()
     app = InferenceApp()
     app.bind(runtime.parts)
@@ -105,3 +113,5 @@ async def serve_in_process(
     finally:
         await client.aclose()
         await runtime.stop_routing()
+        if runtime.redis is not None:
+            await runtime.redis.aclose()

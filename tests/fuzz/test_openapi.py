@@ -142,6 +142,8 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     admin("POST", f"{name}/versions/v2/unload", 202)
     admin("POST", f"{name}/reset", 200)
     admin("GET", "/admin/audit", 200, params={"limit": "5", "model": "digits-sklearn"})
+    backup = admin("GET", "/admin/backup", 200).content
+    admin("POST", "/admin/restore", 200, content=backup)
     admin("PUT", f"{name}/weights", 422, json={"weights": {"v1": -1}})
     admin("GET", "/admin/models", 403, headers=admin_gateway.headers(scopes="predict"))
     admin("POST", "/v2/repository/index", 200, json={"ready": True})
