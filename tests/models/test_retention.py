@@ -52,17 +52,19 @@ def stored() -> list[str]:
 async def test_unserved_versions_beyond_the_count_leave_the_store_and_served_ones_never_do(served):
     admin = served.headers("admin")
     c = served.client
-    for v in ("v2", "v3"):
+    for v in ("v2", "v3", "v4"):
         assert (await c.post(f"/admin/models/kept/versions/{v}/load", headers=admin)).status_code == 200
     assert (await c.put("/admin/models/kept/shadow", json={"version": "v3", "fraction": 0.1}, headers=admin)).status_code == 200
+    r = await c.post("/admin/models/kept/experiment", json={"variants": {"v1": 50, "v4": 50}}, headers=admin)
+    assert r.status_code == 201, r.text
     assert stored() == VERSIONS  # nothing collected until a deploy or an unload of the model
     r = await c.post("/admin/models/kept/versions/v2/unload", headers=admin)
     assert r.status_code == 202, r.text
-    # v1 is listed in serving.yaml, v3 is the shadow; of the unserved v2, v4, v5 the newest one stays.
-    assert stored() == ["v1", "v3", "v5"]
+    # v1 is listed in serving.yaml, v3 is the shadow, v4 in the experiment; of the unserved v2 and v5 the newest stays.
+    assert stored() == ["v1", "v3", "v4", "v5"]
     removed = [e["detail"] for e in (await c.get("/admin/audit?model=kept&limit=5", headers=admin)).json()
                if e["action"] == "remove_version"]
-    assert sorted(d.split(":", 2)[1] for d in removed) == ["v2", "v4"]
+    assert [d.split(":", 2)[1] for d in removed] == ["v2"]
     # Even a version that only has weight 0 but is loaded stays: the routes name it.
     assert (await served.runtime.parts.admin.collect("kept")) == []
 
