@@ -3,8 +3,10 @@ nginx part the cluster tests use.
 
 Each replica is a `bentoml serve` of this project on a port of its own, with the same JWT key and
 the same Redis prefixes, so routes, the prediction cache, rate limits and the canary lease are
-shared. nginx spreads requests over them and retries a request that a stopping or dead replica
-could not answer on another one (deploy/nginx/rtserve.conf.template).
+shared. Each has a model store of its own (a copy of the project's), as replicas on machines of their
+own do, and one model repository on a local SeaweedFS: a version deployed through one replica is
+pushed there and pulled by the others. nginx spreads requests over them and retries a request that a
+stopping or dead replica could not answer on another one (deploy/nginx/rtserve.conf.template).
 
     python -m deploy.cluster --replicas 2 --workers 2 --port 8080
 """
@@ -25,6 +27,7 @@ from typing import Self
 
 import httpx
 
+from deploy.objectstore import SeaweedFS
 from gateway.auth import AuthSettings
 from gateway.tokens import ensure_dev_secret, mint
 from loadtest.servers import BIN, Server, free_port
@@ -118,8 +121,8 @@ class Nginx:
 
 
 def replica_env(secret_file: Path, redis_url: str, workers: int, home: Path) -> dict[str, str]:
-    """One replica's environment: shared key and Redis, a BentoML home and gRPC port of its own."""
-    (home / "models").symlink_to(Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml")).resolve() / "models")
+    """One replica's environment: shared key and Redis; a BentoML home, model store and gRPC port of its own."""
+    shutil.copytree(Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml")).resolve() / "models", home / "models")
     return {
         "BENTOML_HOME": str(home),  # `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts
         "REDIS_URL": redis_url,
@@ -139,11 +142,11 @@ def start_all(replicas: list[Server], timeout: float = 300.0) -> None:
         r.wait_until(lambda resp: resp.status_code == 200, r.ready_path, timeout)
 
 
-def replica(index: int, args: argparse.Namespace, homes: Path) -> Server:
+def replica(index: int, args: argparse.Namespace, homes: Path, repository: dict[str, str]) -> Server:
     home = homes / str(index)
     home.mkdir()
     argv = [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
-    env = replica_env(args.secret_file, args.redis_url, args.workers, home)
+    env = {**replica_env(args.secret_file, args.redis_url, args.workers, home), **repository}
     return Server(f"replica-{index}", argv, "/v2/health/ready", env, log_path=args.run_dir / f"replica-{index}.log")
 
 
@@ -165,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dev_secret(args.secret_file)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     homes = Path(tempfile.mkdtemp(prefix="rtserve-cluster-"))
-    replicas = [replica(i, args, homes) for i in range(args.replicas)]
+    s3 = SeaweedFS(homes / "seaweedfs").start()
+    repository = s3.env("s3://models/cluster")
+    replicas = [replica(i, args, homes, repository) for i in range(args.replicas)]
     nginx = Nginx(args.run_dir / "nginx", [r.port for r in replicas], port=args.port, worker_processes=2)
     try:
         print(f"starting {args.replicas} replicas of {args.workers} workers (logs in {args.run_dir}) ...", flush=True)
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         nginx.start()
         token = mint(AuthSettings(hs256_secret_file=args.secret_file), subject="dev", scopes="predict admin",
                      tenant="dev", ttl_s=86400)
-        print(f"nginx: {nginx.url}  (replicas: {', '.join(r.url for r in replicas)}; Redis: {args.redis_url})")
+        print(f"nginx: {nginx.url}  (replicas: {', '.join(r.url for r in replicas)}; Redis: {args.redis_url}; "
+              f"model repository: {repository['RTSERVE_MODEL_REPOSITORY']} on {s3.endpoint})")
         print(f"TOKEN={token}")
         print(f'  curl -H "Authorization: Bearer $TOKEN" {nginx.url}/v2/models/digits-sklearn')
         print("Ctrl-C (or SIGTERM) stops nginx and every replica.", flush=True)
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         nginx.stop()
         for r in replicas:
             r.stop()
+        s3.stop()
         shutil.rmtree(homes, ignore_errors=True)
         print("cluster stopped", flush=True)
     return 0

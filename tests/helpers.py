@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +24,16 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 class ServerProcess(Server):
     """`bentoml serve` of this project on a free port, with extra environment; auth off unless the env turns it on."""
 
-    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, log_path: Path | None = None, own_store: bool = False) -> None:
         # Each server gets a home of its own around the shared model store: `bentoml serve` empties
         # $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe another server's metrics.
+        # `own_store`: a copy of the store instead, as a replica on a machine of its own has.
         home = Path(tempfile.mkdtemp(prefix="rtserve-test-server-"))
-        (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        if own_store:
+            shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models")
+        else:
+            (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        self.home = home
         env = {
             "BENTOML_HOME": str(home),
             "RTSERVE_ROUTING_STATE_FILE": str(home / "routes.json"),
