@@ -44,7 +44,7 @@ redis: system-deps
 	  echo "redis did not start" >&2; exit 1
 
 setup: $(VENV)/.installed
-	$(BIN)/python -m models.build
+	$(BIN)/python -m demo.build
 
 models: setup
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from models import data
+from demo import data
 from models.signature import Signature, TensorSpec
 
 

@@ -32,10 +32,10 @@ from typing import Self
 import httpx
 import yaml
 
+from demo import data
 from loadtest.peers import triton_peer
 from loadtest.scenarios import SCENARIOS, Request, Scenario
 from loadtest.servers import ROOT, Server, bentoml_server, use_project_store, uvicorn_server
-from models import data
 
 LUA = ROOT / "loadtest" / "wrk" / "scenario.lua"
 SERVICE = "service:InferenceService"

@@ -20,8 +20,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from demo import data
 from loadtest.servers import use_project_store
-from models import data
 
 VARIANT_TAGS = ["digits-torch:v2", "digits-torch:v2-int8", "digits-onnx:v2", "digits-onnx:v2-int8", "digits-onnx:v2-opt"]
 BATCHES = (1, 64)

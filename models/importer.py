@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class ImportOptions:
     """A sample input (.npy, or .npz by input name) run once to record the outputs."""
     origin: str = "deploy"
     """Where the deploy came from, recorded in the version's `source` (deploy, triton, bentoml, demo)."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Further metadata to record as given (e.g. the demo's held-out accuracy); what the import sets wins."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def import_model(
                "declared": declared.model_dump(exclude_none=True), "sample": str(options.sample) if options.sample else None}
     probed = run_probe(request, settings.probe_timeout_s, settings.probe_memory_mb)
     metadata = {
+        **options.metadata,
         **probed,
         **partial,
         "framework": fmt.framework,

@@ -1,5 +1,5 @@
-"""Runs a version through its format's reader (`models.formats`): boosters, scikit-learn files, PyTorch
-files and runtimes named by import string.
+"""Runs a version through its format's reader (`models.formats`): boosters, PyTorch files and runtimes
+named by import string (and, under `runners.sklearn_runner`, scikit-learn files).
 
 A format that can run code was let in by the operator with its files' SHA-256 recorded; the
 runner checks the file against that hash before opening it, so what a worker loads is the file
@@ -23,7 +23,7 @@ CPU_ONLY = ("xgboost", "lightgbm", "skops", "pickle")
 
 
 class FileRunner(Runner):
-    formats = ("xgboost", "lightgbm", "skops", "pickle", "torchscript", "torch_export", "torch_pickle", "custom")
+    formats = ("xgboost", "lightgbm", "torchscript", "torch_export", "torch_pickle", "custom")
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         fmt = formats.get(model.info.metadata["format"])

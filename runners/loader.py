@@ -1,4 +1,15 @@
-"""Build the right runner for a tag: the registry of runner classes by the version's format."""
+"""Build the right runner for a tag: the registry of runner classes by the version's format.
+
+| format (metadata)                                                  | runner                                         |
+|--------------------------------------------------------------------|------------------------------------------------|
+| onnx                                                               | `OnnxRunner`: session options per version      |
+| skops, pickle                                                      | `SklearnRunner`: linear pipelines folded       |
+| xgboost, lightgbm, torchscript, torch_export, torch_pickle, custom | `FileRunner`: the format's own reader          |
+| ensemble (framework; saved by `demo.build`, not imported)          | `EnsembleRunner`: a soft vote of served models |
+
+Every runner implements the interface in `runners.base`; a new format needs a reader in
+`models.formats` and a runner class naming it in `formats`, added to `RUNNERS`.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +22,9 @@ from runners.ensemble_runner import EnsembleRunner
 from runners.file_runner import FileRunner
 from runners.onnx_runner import OnnxRunner
 from runners.sklearn_runner import SklearnRunner
-from runners.torch_runner import TorchRunner
 
-RUNNERS: dict[str, type[Runner]] = {f: r for r in (SklearnRunner, TorchRunner, OnnxRunner, FileRunner) for f in r.formats}
-"""Format -> runner class. Versions saved before formats were recorded are looked up by their framework."""
+RUNNERS: dict[str, type[Runner]] = {f: r for r in (SklearnRunner, OnnxRunner, FileRunner) for f in r.formats}
+"""Format -> runner class. An ensemble records no format and is looked up by its framework."""
 
 
 class UnsupportedModel(Exception):

@@ -60,8 +60,6 @@ class OnnxRunner(Runner):
         file = Path(model.path) / self.metadata.get("file", "model.onnx")
         self.session = OnnxFormat().load(file, self.metadata, device, self.settings.to_ort())
         self._outputs = [o.name for o in self.session.get_outputs()]
-        if "model_outputs" not in self.metadata:  # versions saved before formats: the first output is the probabilities
-            self._outputs = self._outputs[:1]
 
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {k: np.ascontiguousarray(v) for k, v in inputs.items()})

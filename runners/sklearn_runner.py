@@ -1,30 +1,31 @@
-"""The demo's scikit-learn classifiers saved with joblib by `models.build`; the device setting does not apply.
+"""scikit-learn estimators and pipelines (skops files, or joblib/pickle where the operator allows them);
+the device setting does not apply.
 
-Linear pipelines run folded into one matrix product (see `runners.sklearn_affine`): the
-same probabilities without scikit-learn's per-call validation.
+Linear pipelines of one numeric input run folded into one matrix product (see `runners.sklearn_affine`):
+the same probabilities without scikit-learn's per-call validation, which is nearly all the work of a
+one-row request. Anything else runs through the estimator, as `models.formats.sklearn` does in the probe.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-
 import bentoml
-import joblib
 import numpy as np
 
-from runners.base import Inputs, Runner
+from models.formats.sklearn import SCORES
+from runners.base import Inputs
+from runners.file_runner import FileRunner
 from runners.sklearn_affine import compile_classifier
 
 
-class SklearnRunner(Runner):
-    formats = ("sklearn",)
+class SklearnRunner(FileRunner):
+    formats = ("skops", "pickle")
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         super().__init__(model, "cpu")
-        self.estimator = _read(model.path_of("model.joblib"))
-        self.folded = compile_classifier(self.estimator, self.probe_rows())
-        self._predict = (self.folded or self.estimator).predict_proba
+        self.estimator = self.loaded
+        spec = self.input_spec
+        foldable = len(self.signature.inputs) == 1 and spec.datatype != "BYTES" and len(spec.shape) == 2 and spec.shape[1] > 0
+        self.folded = compile_classifier(self.estimator, self.probe_rows()) if foldable else None
 
     def probe_rows(self) -> np.ndarray:
         """Random valid rows, one more than the features, so agreement on them pins down an affine map."""
@@ -36,18 +37,7 @@ class SklearnRunner(Runner):
         return rows.astype(spec.dtype)
 
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        if self.folded is None:
+            return super().predict(inputs)
         (batch,) = inputs.values()
-        return {"probabilities": self._predict(batch).astype(np.float32, copy=False)}
-
-
-def _read(path: str):
-    """The estimator; a file that does not unpickle says so, not `IndexError: pop from empty list`."""
-    try:
-        return joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError, TypeError) as exc:
-        raise ModelFileError(f"{os.path.basename(path)} is not a readable joblib file (truncated or corrupt?): "
-                             f"{type(exc).__name__}: {exc}") from None
-
-
-class ModelFileError(Exception):
-    """A version's file cannot be read as the format its metadata names."""
+        return {SCORES: self.folded.predict_proba(batch)}

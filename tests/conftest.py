@@ -30,7 +30,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def model_store() -> dict[str, float]:
     """Train and save every demo model into the session's store; tag -> held-out accuracy."""
-    from models.build import build_all
+    from demo.build import build_all
 
     return build_all(log=lambda line: None)
 

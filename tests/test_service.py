@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from models import data
+from demo import data
 from runners.loader import load_runner
 
 DIGITS = ["digits-sklearn", "digits-torch", "digits-onnx", "digits-ensemble"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import joblib
 import numpy as np
+import skops.io as sio
 
 import bentoml
 
@@ -13,7 +13,8 @@ class StockBatchable:
     model_ref = bentoml.models.BentoModel("digits-sklearn:v1")
 
     def __init__(self) -> None:
-        self.model = joblib.load(self.model_ref.path_of("model.joblib"))
+        path = self.model_ref.path_of("model.skops")
+        self.model = sio.load(path, trusted=sio.get_untrusted_types(file=path))  # the types the importer checked
 
     @bentoml.api(batchable=True)
     def predict(self, input: np.ndarray) -> np.ndarray:

@@ -33,12 +33,24 @@ def ensure_venv(venv: Path = VENV) -> Path:
     return python
 
 
-def triton_server(python: Path, queue_delay_us: int = 300) -> Server:
-    """Triton with its dynamic batcher (64 rows, `queue_delay_us`), the joblib estimator from the store."""
-    import bentoml
+def joblib_copy() -> str:
+    """The store's estimator (a skops file) as a joblib file, which the Triton environment can read."""
+    import tempfile
 
-    model_path = bentoml.models.get(MODEL_TAG).path_of("model.joblib")
-    argv = [str(python), str(ROOT / "loadtest" / "peers" / "triton_server.py"), "--model", model_path,
+    import bentoml
+    import joblib
+    import skops.io as sio
+
+    model = bentoml.models.get(MODEL_TAG)
+    estimator = sio.load(model.path_of(model.info.metadata["file"]), trusted=model.info.metadata["trusted_types"])
+    path = Path(tempfile.mkdtemp(prefix="rtserve-triton-peer-")) / "model.joblib"
+    joblib.dump(estimator, path)
+    return str(path)
+
+
+def triton_server(python: Path, queue_delay_us: int = 300) -> Server:
+    """Triton with its dynamic batcher (64 rows, `queue_delay_us`), serving the store's estimator."""
+    argv = [str(python), str(ROOT / "loadtest" / "peers" / "triton_server.py"), "--model", joblib_copy(),
             "--port", "{port}", "--queue-delay-us", str(queue_delay_us)]
     return Server("triton", argv, READY_PATH)
 

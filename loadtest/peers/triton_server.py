@@ -1,8 +1,8 @@
 """Peer: NVIDIA Triton (through PyTriton) serving the same scikit-learn estimator over OIP REST.
 
 Runs in its own virtual environment (`.venv-triton`: PyTriton pins numpy below 2), so it
-imports nothing from this project; the benchmark passes the path of `model.joblib` from the
-BentoML store. Triton's dynamic batcher gathers up to 64 rows and waits at most
+imports nothing from this project; the benchmark passes the path of a joblib copy of the
+store's estimator. Triton's dynamic batcher gathers up to 64 rows and waits at most
 `--queue-delay-us` for more; one model instance, as every peer has one worker.
 
     .venv-triton/bin/python loadtest/peers/triton_server.py --model PATH --port 8000

@@ -23,6 +23,8 @@ from models.signature import TensorSpec
 
 FEATURES = "features"
 TEXT = "text"
+SCORES = "scores"
+"""The model's own output of a classifier: `predict_proba`."""
 
 
 def _first_step(estimator: Any) -> Any:
@@ -46,7 +48,7 @@ def describe_estimator(estimator: Any) -> Described:
         inputs = None
     classes = getattr(estimator, "classes_", None)
     if classes is not None and hasattr(estimator, "predict_proba") and np.ndim(classes) == 1:
-        return Described(inputs, (TensorSpec("scores", "FP32", (-1, len(classes))),), "classification",
+        return Described(inputs, (TensorSpec(SCORES, "FP32", (-1, len(classes))),), "classification",
                          class_names=np.asarray(classes).tolist(), feature_names=_names(names), notes=notes)
     n_targets = int(getattr(estimator, "n_outputs_", 1) or 1)
     return Described(inputs, (TensorSpec("predictions", "FP32", (-1,) if n_targets == 1 else (-1, n_targets)),),
@@ -60,7 +62,7 @@ def _names(names: Any) -> list[str] | None:
 def predict_estimator(estimator: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     (x,) = inputs.values()
     if hasattr(estimator, "predict_proba") and getattr(estimator, "classes_", None) is not None:
-        return {"scores": estimator.predict_proba(x)}
+        return {SCORES: estimator.predict_proba(x)}
     return {"predictions": estimator.predict(x)}
 
 

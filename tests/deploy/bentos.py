@@ -133,7 +133,7 @@ def wait_ready(url: str, alive: Callable[[], bool], describe: Callable[[], str],
 def assert_every_model_answers(base_url: str, token: str, model_versions: dict[str, list[str]]) -> None:
     """Every configured version answers an OIP infer through tritonclient, with accurate labels:
     the models are the real ones, not merely loaded."""
-    from models.data import digits, sequences
+    from demo.data import digits, sequences
 
     client = triton.InferenceServerClient(base_url.removeprefix("http://"))
     headers = {"Authorization": f"Bearer {token}"}

@@ -13,7 +13,7 @@ from frontends.oip_codec import decode_infer, encode_infer
 from core.errors import BadRequest, InvalidInput, ServingError
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs
-from models.build import DIGITS_ROW, SEQ_TOKENS
+from demo.build import DIGITS_ROW, SEQ_TOKENS
 from models.signature import Signature, classifier_outputs
 
 DIGITS = Signature((DIGITS_ROW,), classifier_outputs(10))

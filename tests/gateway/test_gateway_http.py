@@ -13,7 +13,7 @@ import redis as redis_lib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import data
+from demo import data
 from tests.helpers import REDIS_URL, ServerProcess, gateway_env
 
 INFER = "/v2/models/digits-sklearn/infer"

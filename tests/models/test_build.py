@@ -4,9 +4,10 @@ import bentoml
 import numpy as np
 import pytest
 
-from models import data
-from models.build import BUILDERS, build_all
-from models.signature import Signature
+from demo import data
+from demo.build import BUILDERS, DIGITS_ROW, build_all, is_current
+from models import store
+from models.signature import Signature, classifier_outputs
 from runners.loader import load_runner
 
 DIGITS = ["digits-sklearn", "digits-torch", "digits-onnx", "digits-ensemble"]
@@ -65,3 +66,22 @@ def test_building_again_skips_what_exists(model_store):
     lines: list[str] = []
     assert build_all(log=lines.append) == {}
     assert all("skipped" in line for line in lines)
+
+
+@pytest.mark.parametrize("tag", [tag for tag, _ in BUILDERS if "ensemble" not in tag])
+def test_demo_models_come_through_the_importer(model_store, tag):
+    meta = bentoml.models.get(tag).info.metadata
+    assert meta["source"]["origin"] == "demo" and is_current(tag)
+    assert meta["format"] in {"skops", "onnx", "torchscript"}
+    assert list(meta["sha256"]) == [meta["file"]] and meta["memory_mb"] >= 0
+    assert meta["inputs"][0]["min_value"] == 0  # the value range its model.yaml declares
+
+
+def test_a_version_saved_by_an_earlier_build_counts_as_missing(model_store):
+    tag = "demo-old-layout:v1"
+    store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
+               accuracy=0.5, write=lambda d: (d / "model.joblib").write_bytes(b""))
+    try:
+        assert not is_current(tag)
+    finally:
+        store.delete(tag)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from models import data
+from demo import data
 from runners.loader import load_runner
 from runners.settings import ServingConfig
 
@@ -20,6 +20,7 @@ MAX_ACCURACY_LOSS = 0.01  # one percentage point on the held-out digits
 # Dynamic quantization scales activations by the range of the whole batch, so an int8 row's
 # probabilities move a little with its batch-mates; measured up to 0.017 on the held-out rows.
 INT8_BATCH_TOLERANCE = 0.03
+DYNAMIC_INT8_LINEAR = f"{torch.ao.nn.quantized.dynamic.Linear.__module__}.Linear"
 
 
 def held_out(runner) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +53,8 @@ def test_batched_result_equals_row_by_row(model_store, tag):
 
 def test_torch_int8_runs_its_linear_layers_in_int8(model_store):
     runner = load_runner("digits-torch:v2-int8", "auto")
-    quantized = [name for name, m in runner.module.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    module = runner.loaded.module  # TorchScript: layers are known by the qualified name of their class
+    quantized = [name for name, m in module.named_modules() if m._c._type().qualified_name().endswith(DYNAMIC_INT8_LINEAR)]
     assert quantized == ["head.2"] and runner.metadata["quantized_layers"] == ["head.2 (Linear 768->10)"]
     assert runner.device == "cpu"  # quantized kernels exist for the CPU only, whatever `auto` finds
     x, _ = held_out(runner)

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from demo import data
 from frontends.oip_routes import EXTENSIONS
-from models import data
 
 MODEL, VERSION = "digits-torch", "v2-int8"
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import time
 
-import joblib
 import numpy as np
 
-from models import store
-from models.build import DIGITS_ROW
-from models.signature import Signature, classifier_outputs
+from tests.pickled import demo_estimator, pickled, save_pickled
 
 
 def is_warmup(x: np.ndarray) -> bool:
@@ -22,6 +19,8 @@ def is_warmup(x: np.ndarray) -> bool:
 
 
 class RaisingEstimator:
+    classes_ = np.arange(10)
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if is_warmup(x):
             return np.full((len(x), 10), 0.1)
@@ -31,6 +30,7 @@ class RaisingEstimator:
 class SlowEstimator:
     def __init__(self, inner, delay_s: float) -> None:
         self.inner, self.delay_s = inner, delay_s
+        self.classes_ = inner.classes_
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if not is_warmup(x):
@@ -38,18 +38,8 @@ class SlowEstimator:
         return self.inner.predict_proba(x)
 
 
-def save_estimator(tag: str, estimator) -> None:
-    """Save like models/build.py does, so the real sklearn runner serves it."""
-    if store.exists(tag):
-        return
-    store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
-               accuracy=0.0, write=lambda d: joblib.dump(estimator, d / "model.joblib"))
-
-
 def build_broken_versions() -> None:
-    import bentoml
-
-    save_estimator("digits-sklearn:broken", RaisingEstimator())
-    good = joblib.load(bentoml.models.get("digits-sklearn:v1").path_of("model.joblib"))
-    save_estimator("digits-sklearn:slow", SlowEstimator(good, delay_s=0.05))
-    save_estimator("digits-sklearn:stuck", SlowEstimator(good, delay_s=1.0))
+    save_pickled("digits-sklearn:broken", pickled(RaisingEstimator()))
+    good = demo_estimator()
+    save_pickled("digits-sklearn:slow", pickled(SlowEstimator(good, delay_s=0.05)))
+    save_pickled("digits-sklearn:stuck", pickled(SlowEstimator(good, delay_s=1.0)))

@@ -6,40 +6,29 @@ from __future__ import annotations
 import secrets
 
 import httpx
-import joblib
 import pytest
 import yaml
 
 from app.cli import main
 from gateway.auth import AuthSettings
-from models import store
-from models.build import DIGITS_ROW
-from models.signature import Signature, classifier_outputs
 from tests.faults.load import wait_for
 from tests.helpers import Gateway, ServerProcess, gateway_env
+from tests.pickled import FILE, demo_estimator, pickled, save_pickled
 
 ROW = [float(v % 17) for v in range(64)]
 INFER = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]}
 GARBAGE = b"\x00 truncated upload \x00" * 8
 
 
-def _save(tag: str, write) -> None:
-    if not store.exists(tag):
-        store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
-                   accuracy=0.0, write=write)
-
-
 @pytest.fixture(scope="module")
 def versions(model_store) -> None:
     """twin:v1 and twin:spare (copies of digits-sklearn:v1), extra:v1 (a model no serving.yaml lists), and
     versions whose file is not a joblib file."""
-    import bentoml
-
-    good = joblib.load(bentoml.models.get("digits-sklearn:v1").path_of("model.joblib"))
+    good = pickled(demo_estimator())
     for tag in ("twin:v1", "twin:spare", "extra:v1"):
-        _save(tag, lambda d: joblib.dump(good, d / "model.joblib"))
+        save_pickled(tag, good)
     for tag in ("digits-sklearn:garbled", "twin:garbled", "ghost:v1"):
-        _save(tag, lambda d: (d / "model.joblib").write_bytes(GARBAGE))
+        save_pickled(tag, GARBAGE)
 
 
 class Restartable:
@@ -95,7 +84,7 @@ def infer(gateway: Gateway, model: str) -> httpx.Response:
 def test_a_failed_load_fails_the_command_with_the_servers_error_and_is_not_kept(gateway, versions, monkeypatch, capsys):
     code, out, err = cli(gateway, monkeypatch, capsys, "load", "digits-sklearn", "garbled")
     assert code == 2 and "loaded" not in out, (out, err)
-    assert "load_failed" not in err and "model.joblib is not a readable joblib file" in err, err
+    assert "load_failed" not in err and "model.joblib: cannot be unpickled" in err, err
     routes = httpx.get(gateway.url + "/admin/models", headers=gateway.headers(scopes="admin")).json()["digits-sklearn"]
     assert "garbled" not in routes["loaded"], routes
 
@@ -105,7 +94,7 @@ def test_restarts_after_serving_yaml_changes_tell_the_truth(restartable, version
     gw = restartable.start({"digits-sklearn": {"versions": ["garbled"], "weights": {"garbled": 100}}, "twin": {"versions": ["v1"]}})
     assert httpx.get(gw.url + "/v2/health/ready").status_code == 503
     code, _, err = cli(gw, monkeypatch, capsys, "load", "twin", "garbled")
-    assert code == 2 and "not a readable joblib file" in err, err
+    assert code == 2 and "cannot be unpickled" in err, err
     assert cli(gw, monkeypatch, capsys, "load", "twin", "spare")[0] == 0
     assert cli(gw, monkeypatch, capsys, "route", "set", "twin", "spare=100")[0] == 0
     assert cli(gw, monkeypatch, capsys, "load", "extra", "v1")[0] == 0  # a model serving.yaml does not list
@@ -114,7 +103,7 @@ def test_restarts_after_serving_yaml_changes_tell_the_truth(restartable, version
     # Between the starts twin:spare's file is damaged, so the saved weights point at a version that will fail.
     import bentoml
 
-    with open(bentoml.models.get("twin:spare").path_of("model.joblib"), "wb") as f:
+    with open(bentoml.models.get("twin:spare").path_of(FILE), "wb") as f:
         f.write(GARBAGE)
 
     # Start 2: the operator fixed serving.yaml.
@@ -131,7 +120,7 @@ def test_restarts_after_serving_yaml_changes_tell_the_truth(restartable, version
     assert list(detail["models"]) == ["twin"] and "spare failed to load" in detail["models"]["twin"], detail
     assert httpx.get(gw.url + "/v2/models/twin/ready", headers=gw.headers()).status_code == 503
     refused = infer(gw, "twin")
-    assert refused.status_code == 503 and "not a readable joblib file" in refused.json()["error"], refused.text
+    assert refused.status_code == 503 and "does not match the SHA-256 recorded" in refused.json()["error"], refused.text
 
     code, out, _ = cli(gw, monkeypatch, capsys, "models")
     assert code == 0 and "digits-sklearn  from configuration" in out and "extra  from runtime" in out, out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
-from models import data
+from demo import data
 from runners.batcher import AdaptiveBatcher
 from runners.cost import BatchCost
 from runners.settings import BatchSettings

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from core.errors import BudgetExceeded
-from models import data
+from demo import data
 from observability.metrics import BatchMetrics, Metrics
 from runners.batcher import AdaptiveBatcher
 from runners.settings import BatchSettings

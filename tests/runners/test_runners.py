@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import data
+from demo import data
 
 DIGITS = ["digits-sklearn", "digits-torch", "digits-onnx", "digits-ensemble"]
 

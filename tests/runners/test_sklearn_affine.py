@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, PolynomialFeatures, StandardScaler
 
-from models import data
+from demo import data
 from runners import sklearn_affine
 from runners.loader import load_runner
 from runners.sklearn_affine import AffineClassifier, compile_classifier, fold

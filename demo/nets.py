@@ -1,11 +1,11 @@
-"""PyTorch architectures; stored as (class name, constructor args, state dict) so loading never unpickles code."""
+"""The demo's PyTorch architectures. They are served as TorchScript, so the server needs none of these classes."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from models.data import SEQ_GROUPS, SEQ_VOCAB
+from demo.data import SEQ_GROUPS, SEQ_VOCAB
 
 
 class DigitsCNN(nn.Module):
