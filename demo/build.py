@@ -17,8 +17,8 @@ its inference modes; all three except the ensembles (no batch jobs). A demo vers
 did not come through the importer was saved by an earlier build, in a layout no runner reads any
 more, and is rebuilt.
 
-Imports run one at a time on a background thread while the next model trains: the probe load is a
-subprocess, so it costs the build little.
+Imports run one at a time on a background thread while the next model trains: each probe load is a
+subprocess, so on two cores the probes overlap the training instead of adding to it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from models.signature import Signature, TensorSpec, classifier_outputs
 DIGITS_ROW = TensorSpec("pixels", "FP32", (-1, 64), min_value=0.0, max_value=16.0)
 DIGITS_IMAGE = TensorSpec("pixels", "FP32", (-1, 1, 8, 8), min_value=0.0, max_value=16.0)
 SEQ_TOKENS = TensorSpec("tokens", "INT64", (-1, -1), min_value=0, max_value=data.SEQ_VOCAB)
+SKOPS_FILE, TORCHSCRIPT_FILE, ONNX_FILE = "model.skops", "model.pt", "model.onnx"
 ENSEMBLE_WEIGHTS = {"digits-sklearn": 0.3, "digits-torch": 0.35, "digits-onnx": 0.35}
 ENSEMBLE_MODES = ("real_time", "streaming")
 """A batch job on an ensemble would run all three members flat out at once; bulk work goes to a member."""
@@ -81,13 +82,15 @@ SEQ_TORCH = {"v1": TorchRecipe("SeqClassifier", {"dim": 32, "hidden": 64}, epoch
 
 
 class Importer:
-    """Imports demo models one at a time on a background thread; reading a version waits for its import."""
+    """Imports demo models one at a time on a background thread. A model built in this run is read from its
+    own folder, so the next one never waits for an import; loading a stored version waits for its import."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.settings = ImportSettings(allow_code_formats=True)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="demo-import")
         self._pending: dict[str, Future[bentoml.Model]] = {}
+        self._built: dict[str, tuple[Path, dict[str, Any]]] = {}
 
     def __enter__(self) -> Self:
         return self
@@ -105,8 +108,20 @@ class Importer:
         """Write `declared` as the folder's model.yaml and import the folder as `tag`."""
         (folder / "model.yaml").write_text(yaml.safe_dump(declared, sort_keys=False))
         name, version = tag.split(":")
-        options = ImportOptions(allow_code=True, origin="demo", metadata={"accuracy": round(float(accuracy), 4), **(extra or {})})
+        metadata = {"accuracy": round(float(accuracy), 4), **(extra or {})}
+        options = ImportOptions(allow_code=True, origin="demo", metadata=metadata)
+        self._built[tag] = (folder, metadata)
         self._pending[tag] = self._pool.submit(import_model, name, version, folder, options, self.settings)
+
+    def file(self, tag: str, name: str) -> Path:
+        """A file of `tag`: from its folder when built in this run, else from the store."""
+        built = self._built.get(tag)
+        return built[0] / name if built else Path(bentoml.models.get(tag).path_of(name))
+
+    def metadata(self, tag: str) -> dict[str, Any]:
+        """What this build records about `tag` (accuracy, architecture, ...), or its stored metadata."""
+        built = self._built.get(tag)
+        return built[1] if built else dict(bentoml.models.get(tag).info.metadata)
 
     def get(self, tag: str) -> bentoml.Model:
         """The stored version, once its import (if one is running) is done."""
@@ -164,19 +179,18 @@ def save_torchscript(importer: Importer, tag: str, model: nn.Module, declared: d
     folder = importer.folder(tag)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated")  # torch.jit: TorchScript is still the faster format here
-        torch.jit.script(model).save(str(folder / "model.pt"))
+        torch.jit.script(model).save(str(folder / TORCHSCRIPT_FILE))
     importer.submit(tag, folder, declared, acc, extra)
 
 
 def eager_module(importer: Importer, tag: str) -> nn.Module:
     """The stored network as its Python class again (export and quantization need it): the architecture its
     metadata names, with the TorchScript file's weights."""
-    model = importer.get(tag)
-    meta = model.info.metadata
+    meta = importer.metadata(tag)
     module = ARCHITECTURES[meta["architecture"]](**meta["arch_args"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated")
-        module.load_state_dict(torch.jit.load(model.path_of(meta["file"]), map_location="cpu").state_dict())
+        module.load_state_dict(torch.jit.load(importer.file(tag, TORCHSCRIPT_FILE), map_location="cpu").state_dict())
     return module.eval()
 
 
@@ -186,7 +200,7 @@ def build_sklearn(importer: Importer, version: str) -> float:
     acc = float(pipe.score(split.x_test, split.y_test))
     tag = f"digits-sklearn:{version}"
     folder = importer.folder(tag)
-    sio.dump(pipe, folder / "model.skops")
+    sio.dump(pipe, folder / SKOPS_FILE)
     importer.submit(tag, folder, classifier(DIGITS_ROW), acc)
     return acc
 
@@ -210,7 +224,7 @@ def build_onnx(importer: Importer, version: str) -> float:
     split = data.digits()
     model = eager_module(importer, f"digits-torch:{version}")
     tag = f"digits-onnx:{version}"
-    path = importer.folder(tag) / "model.onnx"
+    path = importer.folder(tag) / ONNX_FILE
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
         torch.onnx.export(
@@ -231,7 +245,7 @@ def build_onnx(importer: Importer, version: str) -> float:
 
 def _derived_from(importer: Importer, tag: str, accuracy: float) -> dict:
     """Metadata of an optimized variant: its float original and the held-out accuracy it gained or lost."""
-    original = importer.get(tag).info.metadata["accuracy"]
+    original = importer.metadata(tag)["accuracy"]
     return {"derived_from": tag, "accuracy_delta": round(accuracy - original, 4) + 0.0}  # + 0.0: no "-0.0"
 
 
@@ -239,7 +253,7 @@ def build_torch_int8(importer: Importer, version: str) -> float:
     """`digits-torch:<base>-int8`: Linear layers in dynamic int8, served on the CPU (torch has int8 kernels there only)."""
     split = data.digits()
     base = f"digits-torch:{version.split('-')[0]}"
-    original = importer.get(base).info.metadata
+    original = importer.metadata(base)
     model = quantize_torch(eager_module(importer, base))
     acc = torch_accuracy(model, _digit_images(split.x_test), split.y_test)
     extra = {"architecture": original["architecture"], "arch_args": original["arch_args"], "quantization": "dynamic-int8",
@@ -256,7 +270,7 @@ def build_onnx_variant(importer: Importer, version: str) -> float:
     split = data.digits()
     base, kind = version.split("-")
     base_tag, tag = f"digits-onnx:{base}", f"digits-onnx:{version}"
-    src, path = Path(importer.get(base_tag).path_of("model.onnx")), importer.folder(tag) / "model.onnx"
+    src, path = importer.file(base_tag, ONNX_FILE), importer.folder(tag) / ONNX_FILE
     if kind == "int8":
         extra = {"quantization": "dynamic-int8", "quantized_layers": quantize_onnx(src, path)}
     else:
@@ -309,8 +323,8 @@ def build_seq(importer: Importer, version: str) -> float:
     return acc
 
 
-# Order matters: ONNX exports a stored torch model, variants derive from stored versions, the ensemble loads
-# stored members. The sequence model trains while the digits networks' imports run.
+# Order matters: ONNX exports a torch model built before it, variants derive from versions built before them,
+# the ensemble loads stored members (the one wait for imports).
 BUILDERS: list[tuple[str, Callable[[Importer, str], float]]] = [
     *[(f"digits-sklearn:{v}", build_sklearn) for v in ("v1", "v2")],
     *[(f"digits-torch:{v}", build_torch) for v in ("v1", "v2")],
