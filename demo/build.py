@@ -39,7 +39,6 @@ from typing import Any, Self
 import bentoml
 import numpy as np
 import onnxruntime as ort
-import skops.io as sio
 import torch
 import yaml
 from sklearn.decomposition import PCA
@@ -195,6 +194,8 @@ def eager_module(importer: Importer, tag: str) -> nn.Module:
 
 
 def build_sklearn(importer: Importer, version: str) -> float:
+    import skops.io as sio  # imports every scikit-learn module: only when a pipeline is saved
+
     split = data.digits()
     pipe = sklearn_pipeline(version).fit(split.x_train, split.y_train)
     acc = float(pipe.score(split.x_test, split.y_test))
