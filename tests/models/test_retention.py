@@ -6,17 +6,15 @@ from __future__ import annotations
 import time
 
 import bentoml
-import joblib
 import pytest
 import pytest_asyncio
 
 from core.errors import StorageQuotaExceeded
 from models import store
-from models.build import DIGITS_ROW
 from models.importer import ImportOptions
 from models.retention import MB, StoreSettings, check_quota, store_bytes
-from models.signature import Signature, classifier_outputs
 from tests.inprocess import serve_in_process
+from tests.pickled import demo_estimator, pickled, save_pickled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 VERSIONS = ["v1", "v2", "v3", "v4", "v5"]
@@ -25,11 +23,10 @@ VERSIONS = ["v1", "v2", "v3", "v4", "v5"]
 @pytest.fixture(scope="module")
 def kept(model_store) -> None:
     """kept:v1..v5, copies of digits-sklearn:v1, saved oldest first."""
-    model = joblib.load(bentoml.models.get("digits-sklearn:v1").path_of("model.joblib"))
+    model = pickled(demo_estimator())
     for v in VERSIONS:
         if not store.exists(f"kept:{v}"):
-            store.save(f"kept:{v}", framework="sklearn", task="classification", accuracy=0.0,
-                       signature=Signature((DIGITS_ROW,), classifier_outputs(10)), write=lambda d: joblib.dump(model, d / "model.joblib"))
+            save_pickled(f"kept:{v}", model)
             time.sleep(0.01)  # creation times ascend
 
 

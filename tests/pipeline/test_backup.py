@@ -9,18 +9,15 @@ import time
 import uuid
 from pathlib import Path
 
-import bentoml
-import joblib
 import pytest
 import pytest_asyncio
 import yaml
 from redis.asyncio import Redis
 
 from models import store
-from models.build import DIGITS_ROW
-from models.signature import Signature, classifier_outputs
 from tests.helpers import REDIS_URL
 from tests.inprocess import serve_in_process
+from tests.pickled import demo_estimator, pickled, save_pickled
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ROWS = [[float((r * 7 + i) % 17) for i in range(64)] for r in range(4)]
@@ -31,10 +28,7 @@ def versions(model_store) -> list[str]:
     """keep:v1 and keep:v2, copies of digits-sklearn's two versions: a model loaded at runtime, only the saved state keeps it."""
     tags = []
     for source, tag in (("digits-sklearn:v1", "keep:v1"), ("digits-sklearn:v2", "keep:v2")):
-        model = joblib.load(bentoml.models.get(source).path_of("model.joblib"))
-        if not store.exists(tag):
-            store.save(tag, framework="sklearn", task="classification", signature=Signature((DIGITS_ROW,), classifier_outputs(10)),
-                       accuracy=0.0, write=lambda d, m=model: joblib.dump(m, d / "model.joblib"))
+        save_pickled(tag, pickled(demo_estimator(source)))
         tags.append(tag)
     return tags
 
