@@ -96,7 +96,6 @@ class Runtime:
             router=self.router,
             admission=self.admission,
             limits=self.limits,
-            served=frozenset(config.models),
             cache=cache,
             metrics=metrics,
             tracer=tracer,

@@ -27,7 +27,6 @@ from gateway.admission import Admission, Admitted
 from gateway.cache import PredictionCache, cache_key, version_token
 from gateway.settings import LimitSettings
 from gateway.validate import check_inputs
-from observability.metrics import UNKNOWN
 from observability.tracing import DISABLED, Tracer
 from routing.router import Router
 from routing.shadow import ShadowMirror
@@ -132,7 +131,7 @@ class RequestRecord:
         entry = route.entry
         entry.active += 1
         self.entry = entry
-        self.model = name if name in self.plane.served else UNKNOWN
+        self.model = name  # a served model's own name: routing found a version of it, so labels stay bounded
         self.version, self.variant = entry.version, route.variant
         return entry
 
@@ -164,7 +163,6 @@ class DataPlane:
         router: Router,
         admission: Admission,
         limits: LimitSettings,
-        served: frozenset[str],
         cache: PredictionCache | None = None,
         metrics: Metrics | None = None,
         tracer: Tracer = DISABLED,
@@ -173,7 +171,6 @@ class DataPlane:
         self.router = router
         self.admission = admission
         self.limits = limits
-        self.served = served  # model names that get their own metric label; others are UNKNOWN
         self.cache = cache
         self.metrics = metrics
         self.tracer = tracer

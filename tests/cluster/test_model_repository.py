@@ -222,9 +222,6 @@ def test_deploy_through_a_served_by_b_and_an_outage_during_a_pull(repo_cluster, 
     assert (s.failed, s.lost, s.wrong) == (0, 0, 0), s.by_status
 
 
-@pytest.mark.xfail(strict=True, reason="a model deployed at runtime is counted under the metric label 'unknown' "
-                   "(pipeline/dataplane.py, the record's hold), so the canary controller sees no numbers for it and "
-                   "holds at the first step")
 def test_the_next_version_canaries_and_promotes_on_both_replicas(repo_cluster, tmp_path):
     cluster = repo_cluster
     a, b = cluster.replicas

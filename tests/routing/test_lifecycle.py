@@ -3,6 +3,7 @@ serving.yaml against the saved routes, strict readiness, failed versions, and th
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import httpx
@@ -126,6 +127,9 @@ def test_restarts_after_serving_yaml_changes_tell_the_truth(restartable, version
     assert code == 0 and "digits-sklearn  from configuration" in out and "extra  from runtime" in out, out
     assert "ghost" not in out and "ghost" not in (restartable.tmp / "state" / "routes.json").read_text()
     assert infer(gw, "extra").status_code == 200  # a runtime model keeps its saved state across the restart
+    # ...and is counted under its own name, so a canary of its next version has numbers to judge
+    counted = re.compile(r'rtserve_requests_total\{[^}]*model="extra"[^}]*status_class="2xx"')
+    wait_for(lambda: counted.search(httpx.get(gw.metrics_url).text), 10, "extra's requests under its own name")
 
     # The failed version takes all traffic and still unloads; serving.yaml's weights take over.
     code, out, err = cli(gw, monkeypatch, capsys, "unload", "twin", "spare")
