@@ -23,7 +23,8 @@ over one unlucky request:
 Latency is judged like for like: on the requests each version answered itself, not from the prediction
 cache (`VersionWindow.uncached`). A stable version warm in the cache would otherwise look far faster
 than a canary that starts cold. Both p95s, uncached and over every request, and each arm's cache hits
-are in the verdict's numbers, so `canary status` shows what was compared and what clients saw.
+are in the verdict's numbers, so `canary status` shows what was compared and what clients saw. While
+the cache answers every stable request of the window, stable's uncached latency since it loaded stands in.
 
 The stable numbers are taken as exact (stable carries the rest of the traffic). When stable has
 fewer than `min_requests_to_judge` requests in the window (the 100 % step sends it nothing),
@@ -129,11 +130,14 @@ def judge(
     stable: VersionWindow,
     canary: VersionWindow,
     baseline: VersionWindow | None = None,
+    stable_lifetime: VersionWindow | None = None,
 ) -> Verdict:
     """The verdict for step `step` (an index into policy.steps) after `elapsed_s` seconds of it.
 
     `stable` and `canary` are the windows since the step started; `baseline` is the stable window
     of the previous step, used when stable has too few requests now (see the module docstring).
+    `stable_lifetime`: stable's counts since it loaded, whose uncached latency is the reference while a
+    warm cache answers every stable request of the window (else a slow canary would pass unjudged).
     """
     if not 0 <= step < len(policy.steps):
         raise ValueError(f"step {step} is outside the policy's {len(policy.steps)} steps")
@@ -146,7 +150,10 @@ def judge(
     mirrored_possible = stable.requests >= enough  # without stable traffic there is little to mirror
 
     stable_rate = reference.error_rate() if reference is not None else 0.0
-    stable_p95 = reference.uncached().p95_ms() if reference is not None else None
+    stable_latency = reference.uncached() if reference is not None else None
+    if (stable_latency is None or not stable_latency.observations) and stable_lifetime is not None:
+        stable_latency = stable_lifetime.uncached()
+    stable_p95 = stable_latency.p95_ms() if stable_latency is not None else None
     canary_latency = canary.uncached()
     canary_rate, canary_p95, disagreement = canary.error_rate(), canary_latency.p95_ms(), canary.disagreement()
     numbers: dict[str, float] = {

@@ -98,7 +98,7 @@ class CanaryController:
         canary = snapshot.get(c.version, empty).minus(start.get(c.version, empty))
         # A new lease holder counts requests from when it first saw the step; the hold time still runs from its start.
         verdict = judge(CanaryPolicy.of(c), c.step, self.clock() - c.step_started_at, stable, canary,
-                        baseline=self._baseline.get((name, c.version)))
+                        baseline=self._baseline.get((name, c.version)), stable_lifetime=snapshot.get(c.stable))
         if verdict.action == "hold":
             return
         if stable.requests:

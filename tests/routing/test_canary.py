@@ -114,6 +114,18 @@ def test_latency_is_judged_on_uncached_requests_not_against_a_warm_cache():
     assert slow.action == "rollback" and "(uncached requests)" in slow.reason
 
 
+def test_a_stable_answered_wholly_from_its_cache_is_compared_on_its_uncached_latency_since_it_loaded():
+    """Every stable request of the window is a cache hit: no uncached latency to compare in it. Its lifetime's
+    uncached requests (6 ms) stand in, so a canary that runs 40 ms is still rolled back, and a 6 ms one passes."""
+    warm = window(0, hits=20_000, hit_ms=0.1)
+    lifetime = window(3000, latency_ms=6.0, hits=50_000, hit_ms=0.1)
+    slow = judge(POLICY, 0, 30.0, warm, window(1500, latency_ms=40.0), stable_lifetime=lifetime)
+    assert slow.action == "rollback" and "(uncached requests)" in slow.reason, slow.reason
+    assert judge(POLICY, 0, 30.0, warm, window(1500, latency_ms=6.0), stable_lifetime=lifetime).action == "advance"
+    # Without the lifetime numbers nothing would be compared, and the slow canary would pass.
+    assert judge(POLICY, 0, 30.0, warm, window(1500, latency_ms=40.0)).action == "advance"
+
+
 def test_slack_keeps_noise_from_failing_a_good_version():
     stable = window(20_000, latency_ms=1.0)
     canary = window(1500, latency_ms=1.3)
