@@ -9,6 +9,7 @@ check it), which nothing in the server imports.
 from __future__ import annotations
 
 import ast
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +64,34 @@ def test_every_import_points_down():
 def test_every_package_has_a_layer():
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()} - {"tests", "loadtest", "fuzz", "deploy"}
     assert packages <= set(RANK), f"give {sorted(packages - set(RANK))} a place in RANK"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_through_others():
+    """Within a layer too, no cycle of imports between modules (those in functions and type-only ones counted)."""
+    known = {module_name(path) for _, path in modules()}
+    graph: dict[str, set[str]] = {}
+    for _, path in modules():
+        name = module_name(path)
+        targets = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if not node.level else ".".join(name.split(".")[: -node.level] + [node.module])
+                wanted = [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in wanted:
+                while target and target not in known:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    targets.add(target)
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
