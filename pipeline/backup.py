@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import InvalidInput, shown
 from models import store
@@ -61,13 +61,22 @@ class StoredVersion(BaseModel):
 class Backup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal[1] = FORMAT
-    created_at: float
+    format: Literal[1]
+    """Required: a document without it is not a backup of this kind."""
+    created_at: float = Field(strict=True, ge=0)
+    """Unix time; strict, so `false` or `"0"` is refused rather than read as 0."""
     repository: str | None = None
     """The object-storage repository the references point into; None for a local store."""
     routes: dict[str, ModelRoutes]
     versions: dict[str, StoredVersion]
     """NAME:VERSION -> its files or reference."""
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        if isinstance(value, bool):  # True == 1 would pass Literal[1]
+            raise ValueError("format must be the number 1")  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+        return value
 
 
 def repository() -> str | None:
@@ -91,7 +100,7 @@ async def take(admin: RoutingAdmin) -> Backup:
             versions[tag] = StoredVersion(reference=f"{repo}/{name}/{version}")
         elif store.exists(tag):  # a version whose files were lost cannot be backed up; its routes still are
             versions[tag] = await asyncio.to_thread(_export, tag)
-    doc = Backup(created_at=time.time(), repository=repo, routes=routes, versions=versions)
+    doc = Backup(format=FORMAT, created_at=time.time(), repository=repo, routes=routes, versions=versions)
     await record(admin.audit, "backup", None, None, None, f"{len(routes)} models, {len(versions)} stored versions")
     return doc
 
