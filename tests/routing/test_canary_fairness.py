@@ -63,15 +63,16 @@ async def test_canary_status_shows_each_versions_latency_uncached_and_overall(se
             r = await served.client.post(f"/v2/models/{MODEL}/infer", json=infer(i % 3), headers=served.headers())
             assert r.status_code == 200, r.text
         status: dict = {}
+        cached = served.runtime.pipeline.cache is not None  # RTSERVE_TEST_CACHE=off runs it without hits
 
         async def counted() -> bool:
             status.update((await served.client.get(f"/admin/models/{MODEL}/canary", headers=admin)).json())
-            return all(status["outcomes"].get(v, {}).get("cache_hits") for v in ("v1", "v2"))
+            return all(status["outcomes"].get(v, {}).get("cache_hits" if cached else "requests") for v in ("v1", "v2"))
 
         await until(counted)
         for version in ("v1", "v2"):
             o = status["outcomes"][version]
-            assert o["requests"] > o["cache_hits"] > 0
+            assert o["requests"] > o["cache_hits"] > 0 if cached else o["requests"] > o["cache_hits"] == 0
             assert o["p95_ms"] > 0 and o["uncached_p95_ms"] > 0
         assert status["thresholds"]["max_p95_ratio"] == 1.2
     finally:
