@@ -12,7 +12,7 @@ same without Redis), `ours-bare` (auth, limits and cache off), `ours-nobatch` (b
 max_batch_size 1), `ours-nometrics` (bare without metrics).
 Load: wrk, closed loop, and open loop at fixed rates with --open-loop (ours-prod, and raw as the
 control). Every measurement also reads the worker's CPU time per request.
-Writes loadtest/results/bench-<time>.{md,json}.
+Writes loadtest/results/bench-<time>.{md,json}, and its charts beside them (loadtest/charts.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import secrets
 import subprocess
@@ -33,6 +34,7 @@ import httpx
 import yaml
 
 from demo import data
+from loadtest import charts
 from loadtest.peers import triton_peer
 from loadtest.scenarios import SCENARIOS, Request, Scenario
 from loadtest.servers import ROOT, Server, bentoml_server, use_project_store, uvicorn_server
@@ -310,9 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + md)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"bench-{stamp}.md").write_text(md + "\n")
-    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2))
+    result = RESULTS / f"bench-{stamp}.json"
+    result.write_text(json.dumps({"run": run_info(args), "results": [asdict(r) for r in results], **extra}, indent=2))
     print(f"\nwritten: loadtest/results/bench-{stamp}.md and .json")
+    for chart in charts.write(result):
+        print(f"chart: {chart.relative_to(ROOT)}")
     return 0
+
+
+def run_info(args: argparse.Namespace) -> dict:
+    """When, where and how the run was made: written on its charts, since numbers mean little without the machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{os.cpu_count()} x {model}, {platform.system()}",
+            "host": platform.node(), "duration_s": args.duration, "workers": args.workers}
 
 
 def report_extra(extra: dict, results: list[Result]) -> str:

@@ -54,8 +54,9 @@ class Server:
     """How the readiness poll checks the certificate of an https server."""
 
     def __post_init__(self) -> None:
-        # rtserve's metrics port (default 3002) on a free port too, so servers never take each other's.
-        self.env = {"RTSERVE_METRICS_PORT": str(free_port()), **self.env}
+        # rtserve's metrics and gRPC ports (default 3002 and 3001) on free ports too, so servers never take each
+        # other's, nor those of a `make serve` on the same machine (a gRPC port held by another service stops the start).
+        self.env = {"RTSERVE_METRICS_PORT": str(free_port()), "RTSERVE_GRPC_PORT": str(free_port()), **self.env}
 
     @property
     def url(self) -> str:
