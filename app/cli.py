@@ -258,8 +258,11 @@ def _canary_commands(sub: argparse._SubParsersAction) -> None:
     _model_argument(s)
     s.add_argument("version", help="the candidate, loaded and ready")
     _canary_options(s)
-    _model_argument(command(can, "status", _canary_status, "steps, decisions with their numbers, and per version its outcomes "
-                            "and p95 latency, uncached (what is judged) and over every request"))
+    st = command(can, "status", _canary_status, "steps, decisions with their numbers, and per version its outcomes "
+                 "and p95 latency, uncached (what is judged) and over every request")
+    _model_argument(st)
+    st.add_argument("--plot", type=Path, metavar="FILE", help="also draw the steps over time into a PNG: traffic share, "
+                    "both versions' p95 and error rate against the rollback limits; needs matplotlib (default: no chart)")
     _model_argument(command(can, "abort", _canary_abort, "stop the canary, all traffic back to stable"))
 
 
@@ -319,6 +322,19 @@ def _canary_status(a: argparse.Namespace) -> None:
           f"{t.get('max_p95_ratio')} x stable + {t.get('p95_slack_ms')} ms, disagreement up to {t.get('max_disagreement')}")
     for version, counts in doc.get("outcomes", {}).items():
         print(f"  {version}: " + ", ".join(f"{k} {_number(v)}" for k, v in counts.items()))
+    if a.plot is not None:
+        _plot_canary(a.model, doc, a.plot)
+
+
+def _plot_canary(model: str, doc: dict[str, Any], path: Path) -> None:
+    try:
+        from app import canary_plot
+        drawn = canary_plot.write(model, doc, path)
+    except ImportError as exc:
+        raise CommandError(f"--plot needs matplotlib ({exc}); pip install matplotlib") from None
+    except OSError as exc:
+        raise CommandError(f"--plot {path}: {exc.strerror or exc}") from None
+    print(f"chart written to {path}: " + ", ".join(drawn))
 
 
 def _number(v: Any) -> str:

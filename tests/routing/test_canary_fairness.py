@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import pytest_asyncio
@@ -77,3 +78,58 @@ async def test_canary_status_shows_each_versions_latency_uncached_and_overall(se
         assert status["thresholds"]["max_p95_ratio"] == 1.2
     finally:
         assert (await served.client.delete(f"/admin/models/{MODEL}/canary", headers=admin)).status_code == 200
+
+
+def distinct_row(i: int) -> dict:
+    """A row no other request of the module sent: answered by the model, not the cache."""
+    return {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [float((i + j) % 16) + i / 1e5 for j in range(64)]}]}
+
+
+async def test_canary_status_plots_its_steps_against_the_limits(served, tmp_path):
+    """Runs last in the module: the canary promotes v2, which leaves v1 without traffic."""
+    from PIL import Image
+
+    from app import canary_plot
+
+    admin = served.headers("admin")
+    r = await served.client.post(f"/admin/models/{MODEL}/canary", headers=admin, json={
+        "version": "v2", "steps": [50, 100], "hold_s": 0, "min_requests": 20,
+        "thresholds": {"p95_slack_ms": 1000}})  # a busy shared machine: judged, never rolled back on noise
+    assert r.status_code == 201, r.text
+    doc: dict = {}
+    sent = [0]
+
+    async def finished() -> bool:
+        for _ in range(10):
+            r = await served.client.post(f"/v2/models/{MODEL}/infer", json=distinct_row(sent[0]), headers=served.headers())
+            assert r.status_code == 200, r.text
+            sent[0] += 1
+        doc.update((await served.client.get(f"/admin/models/{MODEL}/canary", headers=admin)).json())
+        return doc["status"] != "running"
+
+    await until(finished, timeout=60)
+    assert doc["status"] == "promoted", doc["decisions"]
+    judged = [d for d in doc["decisions"] if d["action"] in canary_plot.JUDGED]
+    assert [d["action"] for d in judged] == ["advance", "promote"]
+
+    path = tmp_path / "canary.png"
+    drawn = canary_plot.write(MODEL, doc, path)
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        img.load()
+        assert img.format == "PNG" and json.loads(img.text["Description"]) == drawn
+    assert drawn == ["v2 traffic %", "canary v2 uncached p95", "stable v1 uncached p95", "canary p95, every request",
+                     "stable p95, every request", "limit 1.2 x stable + 1000 ms", "canary error rate", "stable error rate",
+                     "limit stable + 0.1 %"]
+
+    fig = canary_plot.figure(MODEL, doc)
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
+    at = [d["at"] - doc["started_at"] for d in judged]
+    assert list(lines["canary v2 uncached p95"].get_xdata()) == at
+    assert list(lines["canary v2 uncached p95"].get_ydata()) == [d["numbers"]["canary_p95_ms"] for d in judged]
+    stable = [d["numbers"]["stable_p95_ms"] for d in judged]
+    assert list(lines["limit 1.2 x stable + 1000 ms"].get_ydata()) == pytest.approx([s * 1.2 + 1000 for s in stable])
+    assert list(lines["canary error rate"].get_ydata()) == [0.0, 0.0]
+    weights = lines["v2 traffic %"].get_ydata()
+    assert weights[0] == 50.0 and 100.0 in weights and weights[-1] == 100.0  # 50 %, then 100 % after the advance
