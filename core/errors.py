@@ -36,6 +36,10 @@ def shown(value: object) -> str:
 
     A client chooses it, so its length and depth are capped: a name of a megabyte, or a list nested a
     thousand deep (where `repr` itself raises RecursionError), becomes at most ECHO_CHARS characters."""
+    if type(value) is str:  # the common case (an input's name, on every request), without reprlib's dispatch
+        text = repr(value[:ECHO_CHARS])
+        if len(text) <= ECHO_CHARS:
+            return text
     text = _ECHO.repr(value)
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 

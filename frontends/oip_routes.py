@@ -81,7 +81,9 @@ async def infer(served: FrontendParts, request: HttpRequest) -> tuple[int, bytes
         nonlocal decoded
         body = await read_body(request.receive, headers, limits.max_body_bytes, limits.body_read_timeout_s)
         decoded = decode_infer(body, limits, _int_header(headers, b"inference-header-content-length"))
-        timeout_ms = earliest(_timeout_ms(headers), decoded.timeout_us and decoded.timeout_us / 1000)
+        timeout_ms = _timeout_ms(headers)
+        if decoded.timeout_us:
+            timeout_ms = earliest(timeout_ms, decoded.timeout_us / 1000)
         return Tensors(decoded.inputs, decoded.outputs, decoded.priority, timeout_ms)
 
     def encode(answer: Answer) -> tuple[bytes, int | None]:

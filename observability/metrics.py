@@ -36,6 +36,8 @@ LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN = "_unknown"  # model label for requests that name no served model
 PHASES = ("input", "infer", "output")
+STATUS_CLASS = tuple(f"{n}xx" for n in range(10))
+"""The `status_class` label by `status // 100`, made once rather than formatted per request."""
 """A batch's phases: collating its inputs, the model call, handing each request its outputs."""
 
 
@@ -231,14 +233,12 @@ class Metrics:
         )
 
     def observe_request(self, model: str, version: str, variant: str, status: int, cache: str, seconds: float) -> None:
-        counter, histogram, total, last, uncached = self.request_children(model, version, variant, f"{status // 100}xx", cache)
-        tally = self.tally
-        tally.inc(counter)
-        tally.observe(histogram, seconds)
-        if uncached is not None:
-            tally.observe(uncached, seconds)
-        tally.inc(total, seconds)
-        tally.set(last, time.time())
+        counter, histogram, total, last, uncached = self.request_children(model, version, variant, STATUS_CLASS[status // 100], cache)
+        self.tally.update(
+            ((counter, 1.0), (total, seconds)),
+            ((histogram, seconds),) if uncached is None else ((histogram, seconds), (uncached, seconds)),
+            ((last, time.time()),),
+        )
 
     def count_error(self, model: str, version: str, variant: str, code: str) -> None:
         self.tally.inc(self.error_child(model, version, variant, code))
@@ -282,8 +282,7 @@ class BatchMetrics:
         request was larger than the model's batches), and handing each request its outputs took `output_seconds`;
         `waits` are its requests' queue waits."""
         tally = self._tally
-        for w in waits:
-            tally.observe(self.queue_wait, w)
+        tally.observe_all(self.queue_wait, waits)
         rows = sum(c[0] for c in calls)
         total = [0.0, 0.0, output_seconds]
         for n, seconds, input_seconds in calls:

@@ -20,8 +20,8 @@ mode); tests/observability/test_tally.py fails if that layout changes.
 from __future__ import annotations
 
 import asyncio
-import threading
 from bisect import bisect_left
+from threading import get_ident
 from typing import Any
 
 
@@ -81,6 +81,42 @@ class Tally:
         else:
             child.set(value)
 
+    def update(self, counts: tuple[tuple[Any, float], ...], observations: tuple[tuple[Any, float], ...],
+               gauges: tuple[tuple[Any, float], ...] = ()) -> None:
+        """Several updates behind one check of the loop: each request's own metrics (counters, latency
+        histograms, a timestamp) in one call, as the per-update check costs as much as the update."""
+        if not self._deferred():
+            for child, amount in counts:
+                child.inc(amount)
+            for child, amount in observations:
+                child.observe(amount)
+            for child, value in gauges:
+                child.set(value)
+            return
+        pending = self._counts
+        for child, amount in counts:
+            pending[child] = pending.get(child, 0.0) + amount
+        observed = self._observed
+        for child, amount in observations:
+            each = observed.get(child)
+            if each is None:
+                each = observed[child] = _Observed(child)
+            each.add(amount)
+        for child, value in gauges:
+            self._gauges[child] = value
+
+    def observe_all(self, child: Any, amounts: list[float]) -> None:
+        """Several observations of one histogram (a batch's queue waits) behind one check of the loop."""
+        if not self._deferred():
+            for amount in amounts:
+                child.observe(amount)
+            return
+        observed = self._observed.get(child)
+        if observed is None:
+            observed = self._observed[child] = _Observed(child)
+        for amount in amounts:
+            observed.add(amount)
+
     def flush(self) -> None:
         """Write everything gathered so far (the end-of-turn callback; a reader of the metrics calls it first)."""
         self._loop = None
@@ -97,7 +133,7 @@ class Tally:
         """True on a running loop's thread, with a write scheduled at the end of this turn."""
         loop = self._loop
         # A thread runs one loop at a time, so this is the running loop: no get_running_loop (a getpid call).
-        if loop is not None and self._thread == threading.get_ident() and loop.is_running():
+        if self._thread == get_ident() and loop is not None and loop.is_running():
             return True
         try:
             loop = asyncio.get_running_loop()
@@ -106,6 +142,6 @@ class Tally:
         if loop is not self._loop:
             if self._loop is not None:  # a write was due in a loop that stopped before it ran
                 self.flush()
-            self._loop, self._thread = loop, threading.get_ident()
+            self._loop, self._thread = loop, get_ident()
             loop.call_soon(self.flush)
         return True

@@ -182,9 +182,11 @@ class DataPlane:
     async def infer(self, request: InferenceRequest[T]) -> T:
         """The request's answer in its front end's form, or the `ServingError` that says why not."""
         tracer = self.tracer
-        known = {} if request.model is None else {"model": request.model}  # /predict's model is in its body
-        with (self.record(counted=not request.background) as record,
-              tracer.request(request.span, request.trace, request_id=request.request_id, **known) as span):
+        if request.model is None:  # /predict's model is in its body
+            request_span = tracer.request(request.span, request.trace, request_id=request.request_id)
+        else:
+            request_span = tracer.request(request.span, request.trace, request_id=request.request_id, model=request.model)
+        with RequestRecord(self, not request.background) as record, request_span as span:
             if request.admitted is None:
                 admitted = await self.admission.admit(request.credentials, request.user, "predict")
                 request.headers.extend(admitted.headers)
@@ -215,7 +217,8 @@ class DataPlane:
                 self.shadow.maybe_mirror(entry.name, entry.version, rows, outputs)
             request.headers.append((b"x-cache", b"hit" if record.cache == "hit" else b"miss"))
             request.headers.append((b"x-model-version", entry.version.encode()))
-            outputs = select_outputs(outputs, tensors.outputs)
+            if tensors.outputs is not None:
+                outputs = select_outputs(outputs, tensors.outputs)
             with tracer.span("encode"):
                 return request.encode(Answer(name, entry.version, outputs))
 

@@ -8,6 +8,7 @@ another's entries; the key's shape stays the same, so a version's entries are st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -32,10 +33,10 @@ def cache_key(model: str, version_token: str, rows: Rows, tenant: str | None = N
         raise ValueError(f"model {model!r} and version token {version_token!r} must not contain {SEP!r}")
     h = hashlib.blake2b(digest_size=16)
     if tenant is not None:
-        _update_sized(h, tenant.encode("utf-8", "surrogatepass"))
+        h.update(_sized_name(tenant))
     if isinstance(rows, NamedRows):
         for name, arr in rows.arrays.items():
-            _update_sized(h, name.encode("utf-8", "surrogatepass"))
+            h.update(_sized_name(name))
             _update_array(h, arr)
     elif rows.dtype.hasobject:
         _update_array(h, rows)
@@ -49,7 +50,17 @@ def cache_key(model: str, version_token: str, rows: Rows, tenant: str | None = N
 
 
 def _update_sized(h: hashlib.blake2b, data: bytes) -> None:
-    h.update(len(data).to_bytes(8, "little") + data)
+    h.update(_sized(data))
+
+
+def _sized(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+@functools.lru_cache(maxsize=1024)
+def _sized_name(name: str) -> bytes:
+    """A tenant's or an input's name as hashed, made once per name: one is hashed into every request's key."""
+    return _sized(name.encode("utf-8", "surrogatepass"))
 
 
 def _update_array(h: hashlib.blake2b, arr: np.ndarray) -> None:

@@ -24,12 +24,13 @@ def frozen_copy(outputs: Outputs) -> tuple[Outputs, int] | None:
     frozen: Outputs = {}
     nbytes = ENTRY_OVERHEAD
     for name, arr in outputs.items():
-        if arr.dtype.hasobject and not all(type(item) is str for item in arr.flat):
+        strings = arr.dtype.hasobject
+        if strings and not all(type(item) is str for item in arr.flat):
             return None
         copy = np.array(arr, order="C")  # strings are immutable: copying the references is a private copy
         copy.flags.writeable = False
         frozen[name] = copy
-        nbytes += _nbytes(copy)
+        nbytes += _nbytes(copy) if strings else copy.nbytes
     return frozen, nbytes
 
 

@@ -93,3 +93,29 @@ async def test_a_reader_writes_at_once_and_the_end_of_the_turn_adds_nothing():
     assert m.value("tallied", "counter_total") == 3
     await asyncio.sleep(0)
     assert m.value("tallied", "counter_total") == 3
+
+
+async def test_several_updates_in_one_call_equal_the_same_updates_one_by_one():
+    m, tally = Metrics(), Tally()
+    for v in VALUES:
+        tally.update(((m.tallied_counter, v),), ((m.tallied_histogram, v),), ((m.tallied_gauge, v),))
+        m.direct_counter.inc(v)
+        m.direct_histogram.observe(v)
+        m.direct_gauge.set(v)
+    tally.observe_all(m.tallied_histogram, VALUES)
+    for v in VALUES:
+        m.direct_histogram.observe(v)
+    assert m.value("tallied", "histogram_count") == 0  # deferred like the single updates
+    await asyncio.sleep(0)
+    assert m.samples("tallied") == m.samples("direct")
+    assert m.value("tallied", "histogram_count") == 2 * len(VALUES)
+
+
+def test_several_updates_without_a_running_loop_are_written_at_once():
+    m, tally = Metrics(), Tally()
+    tally.update(((m.tallied_counter, 2.0),), ((m.tallied_histogram, 0.003),), ((m.tallied_gauge, 7.0),))
+    tally.observe_all(m.tallied_histogram, [0.004, 0.2])
+    assert m.value("tallied", "counter_total") == 2
+    assert m.value("tallied", "gauge") == 7
+    assert m.value("tallied", "histogram_bucket", le="0.005") == 2
+    assert m.value("tallied", "histogram_count") == 3
