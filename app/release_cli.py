@@ -17,8 +17,6 @@ from pathlib import Path
 import yaml
 
 from app.cli_client import CommandError, command, request
-from models.remote import ModelRepositorySettings, ObjectRepository
-from models.store import exists
 
 MODELS_BLOCK = re.compile(r"^models:\n(?:(?:  - .*|\s*#.*)\n)*", re.MULTILINE)
 
@@ -45,6 +43,11 @@ def merged(bentofile: str, tags: list[str]) -> tuple[str, list[str]]:
 
 
 def _release(a: argparse.Namespace) -> None:
+    # Imported here: the store and the repository client bring bentoml and numpy, which every other
+    # command (`rtserve deploy` above all) would otherwise pay for at start.
+    from models.remote import ModelRepositorySettings, ObjectRepository
+    from models.store import exists
+
     described = request("GET", "/admin/models", scopes="admin", tenant="admin", ttl_s=300, timeout=30).json()
     tags = routed_versions(described)
     missing = [t for t in tags if not exists(t)]

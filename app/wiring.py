@@ -119,6 +119,8 @@ class Runtime:
         self.parts.jobs = self._jobs(jobs or JobSettings())
         self.sync: RouteSync | None = None
         self.controller: CanaryController | None = None
+        self.preloading: asyncio.Task | None = None
+        """The operator's frameworks being imported (RTSERVE_IMPORT_PRELOAD_FRAMEWORKS); kept so it is not collected."""
         self.routing_settings = RoutingSettings()
         self.repository_settings = RepositorySettings()
         self.import_settings = ImportSettings()
@@ -214,6 +216,8 @@ class Runtime:
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
         self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote, self.store_settings)
+        if self.import_settings.preload_frameworks:
+            self.preloading = asyncio.create_task(self.parts.deployer.preload())
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health, audit=audit)

@@ -8,8 +8,13 @@ allowed), makes each model with the tests' makers (tests/models/makers.py: iris,
 and for each: runs the CLI as a user would (a new process, the upload, the probe load, the load in
 every worker), then sends inference requests on new connections until `--answers` in a row are 200
 (the deploy answers once every worker serves the version, so the first 200 is every worker's).
-Prints one row per format: the CLI's wall time, the server's import (probe included) and load
-seconds, and the time to the first 200s; the machine's load average beside them.
+Prints one row per format and round: the CLI's wall time, the server's import (probe included) and load
+seconds, the time to the first 200s, and the CPU seconds each side spent (the CLI process; the server's
+workers and probe processes together), which an idle machine would need about as wall time; the
+machine's load average beside them. Round 1 is each framework's first deploy (the probe's fork server and
+each worker import it then); later rounds deploy the same format again as a new model.
+
+    python -m loadtest.deploy_time --rounds 2 --preload     # every framework imported when the server starts
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
@@ -79,12 +86,38 @@ def infer_body(meta: dict, x) -> dict:
                        for n, a in arrays.items()]}
 
 
+def cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds of a process tree: each live process's own, and those of the children it waited for."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def settle(tree: psutil.Process, window_s: float = 2.0, limit_s: float = 300.0) -> None:
+    """Wait until the server is idle (its preloading done): under 10 % of a core over `window_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_s(tree)
+        time.sleep(window_s)
+        if cpu_s(tree) - before < 0.1 * window_s:
+            return
+
+
 def measure(server: Server, env: dict[str, str], headers: dict[str, str], name: str, source: Path, extra: list[str],
             x, answers: int) -> dict:
+    assert server.proc is not None
+    tree = psutil.Process(server.proc.pid)
+    server_cpu, cli_cpu = cpu_s(tree), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     r = subprocess.run([str(BIN / "rtserve"), "deploy", name, str(source), *extra], env=env, capture_output=True,
                        text=True, check=False, cwd=ROOT)
     cli_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         return {"format": name, "error": r.stderr.strip().splitlines()[-1]}
     audit = httpx.get(f"{server.url}/admin/audit?model={name}&limit=5", headers=headers).json()
@@ -96,7 +129,9 @@ def measure(server: Server, env: dict[str, str], headers: dict[str, str], name: 
         status = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, headers=headers).status_code
         ok = ok + 1 if status == 200 else 0
     return {"format": name, "cli_s": round(cli_s, 2), "first_answers_s": round(time.perf_counter() - started, 2),
-            "server": detail.split(", ", 1)[1], "bytes": size_of(source)}
+            "server": detail.split(", ", 1)[1], "bytes": size_of(source),
+            "cli_cpu_s": round(after.ru_utime + after.ru_stime - cli_cpu.ru_utime - cli_cpu.ru_stime, 2),
+            "server_cpu_s": round(cpu_s(tree) - server_cpu, 2)}
 
 
 def main() -> None:
@@ -104,6 +139,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--formats", help="comma-separated (default: all)")
     p.add_argument("--answers", type=int, default=8, help="200s in a row, each on a new connection")
+    p.add_argument("--rounds", type=int, default=1, help="deploys of each format, each as a new model")
+    p.add_argument("--preload", action="store_true",
+                   help="every framework imported by the workers and the probe's fork server when the server starts "
+                        "(RTSERVE_IMPORT_PRELOAD_FRAMEWORKS)")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rtserve-deploy-time-"))
     os.environ["BENTOML_HOME"] = str(tmp / "bentoml")
@@ -115,21 +154,27 @@ def main() -> None:
     env = {"BENTOML_HOME": str(tmp / "bentoml"), "REDIS_URL": "", "RTSERVE_WORKERS": str(a.workers),
            "RTSERVE_CONFIG": str(config), "RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret),
            "RTSERVE_IMPORT_ALLOW_CODE_FORMATS": "true", "RTSERVE_ROUTING_STATE_FILE": str(tmp / "routes.json"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "RTSERVE_GRPC_ENABLED": "false",
+           "RTSERVE_IMPORT_PRELOAD_FRAMEWORKS": json.dumps(["sklearn", "xgboost", "lightgbm", "onnx", "pytorch"]
+                                                           if a.preload else [])}
     server = Server("rtserve", [str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", "{port}"],
                     "/v2/health/ready", env, tmp / "serve.log")
     headers = {"Authorization": f"Bearer {mint(AuthSettings(hs256_secret_file=secret), subject='deploy-time', scopes='predict admin', tenant='t', ttl_s=3600)}"}
     server.start()
     try:
         server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=headers)
+        if a.preload:
+            settle(psutil.Process(server.proc.pid))
         cli_env = {**os.environ, **env, "RTSERVE_URL": server.url}
-        chosen = formats(tmp)
-        for fmt, (make, extra) in chosen.items():
-            if a.formats and fmt not in a.formats.split(","):
-                continue
-            source, x = make()
-            row = measure(server, cli_env, headers, fmt, source, extra, x, a.answers)
-            print(json.dumps({**row, "load_average": round(os.getloadavg()[0], 1)}), flush=True)
+        for round_ in range(1, a.rounds + 1):
+            folder = tmp / f"round-{round_}"
+            folder.mkdir()
+            for fmt, (make, extra) in formats(folder).items():
+                if a.formats and fmt not in a.formats.split(","):
+                    continue
+                source, x = make()
+                row = measure(server, cli_env, headers, f"{fmt}-{round_}", source, extra, x, a.answers)
+                print(json.dumps({"round": round_, **row, "load_average": round(os.getloadavg()[0], 1)}), flush=True)
     finally:
         server.stop()
     sys.exit(0)

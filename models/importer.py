@@ -10,10 +10,10 @@ In order, before anything is written to the store:
    BentoML model's own model.yaml, else the file's name (`models.formats.detect`);
 3. formats that can run code are refused unless the operator allows them
    (`RTSERVE_IMPORT_ALLOW_CODE_FORMATS`) and the deploy asks (`allow_code`); symlinks are refused;
-   the format's own checks run (skops' trusted types, ONNX external data, AOTInductor archives);
 4. every file's SHA-256 is taken;
-5. the probe load runs in a throw-away subprocess (`models.probe`): signature, one sample call,
-   outputs checked, memory measured;
+5. the probe load runs in a throw-away process (`models.probe`, forked by `models.fork_server`): the
+   format's own checks first (skops' trusted types, ONNX external data, AOTInductor archives), then
+   signature, one sample call, outputs checked, memory measured;
 6. the files are copied into the store as NAME:VERSION with the metadata every runner reads:
    format, framework, task, signature, the model's own outputs, source, sha256, trusted types,
    memory, batching, modes.
@@ -34,7 +34,7 @@ import yaml
 from core.errors import CodeFormatNotAllowed, Conflict, Forbidden, ModelRefused
 from models import formats, store
 from models.declared import Declared
-from models.formats.base import ModelFormat, Trust
+from models.formats.base import ModelFormat
 from models.names import check_name
 from models.probe import run_probe
 from models.settings import ImportSettings
@@ -98,13 +98,10 @@ def import_model(
             if not settings.allow_code_formats else "this deploy did not ask for it (--allow-code)"
         raise CodeFormatNotAllowed(f"{located.file.name}: the {fmt.name} format can run code when loaded, and {where}. "
                                    "Formats that load without running code: ONNX, XGBoost, LightGBM, skops")
-    trust = Trust(allow_code, tuple(settings.trusted_types) + tuple(options.trust))
-    checked = fmt.check(located.file, trust)
+    trust = {"allow_code": allow_code, "trusted_types": [*settings.trusted_types, *options.trust]}
     hashes = {str(p): sha256(located.root / p) for p in located.files}
-    partial = {**checked}
-    if declared.implementation:
-        partial["implementation"] = declared.implementation
-    request = {"format": fmt.name, "file": str(located.file), "metadata": partial,
+    partial = {"implementation": declared.implementation} if declared.implementation else {}
+    request = {"format": fmt.name, "file": str(located.file), "metadata": partial, "trust": trust,
                "declared": declared.model_dump(exclude_none=True), "sample": str(options.sample) if options.sample else None}
     probed = run_probe(request, settings.probe_timeout_s, settings.probe_memory_mb)
     metadata = {

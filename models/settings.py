@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TRUSTED_TYPES = [
@@ -28,8 +28,24 @@ class ImportSettings(BaseSettings):
     probe_timeout_s: float = Field(120.0, gt=0)
     """Longest the probe load (load, describe, one sample call) may take before the file is refused."""
     probe_memory_mb: int = Field(2048, ge=64)
-    """Most resident memory the probe process may reach, interpreter and frameworks included; past it the
-    file is refused. Watched, not enforced by an address-space limit, which breaks torch and onnxruntime."""
+    """Most memory the probe load may add over its process's start (a child forked from the probe's fork
+    server, frameworks already imported); past it the file is refused. Watched (resident memory), not enforced
+    by an address-space limit, which breaks torch and onnxruntime."""
+    preload_frameworks: list[str] = []
+    """Frameworks (sklearn, xgboost, lightgbm, onnx, pytorch) that every worker and the probe's fork server
+    import when the service starts, so no deploy waits for their import (skops and torch.export take seconds
+    of CPU on first use). Each costs memory in every worker (scikit-learn with skops, which imports torch,
+    about 400 MB). Left empty, each is imported at its first deploy."""
+
+    @field_validator("preload_frameworks")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from models.probe import PRELOAD
+
+        unknown = sorted(set(value) - set(PRELOAD))
+        if unknown:
+            raise ValueError(f"unknown frameworks {unknown}; known: {sorted(PRELOAD)}")
+        return value
     max_upload_bytes: int = Field(2 * 2**30, ge=1)
     """Largest upload an admin deploy takes (`rtserve deploy`, streamed to disk, never held in memory), and the
     most a tar may hold once extracted. Separate from the inference body limit (RTSERVE_MAX_BODY_BYTES)."""

@@ -24,6 +24,7 @@ import bentoml
 from core.errors import Conflict, LoadFailed, RepositoryTimeout, Unavailable
 from models import store
 from models.importer import ImportOptions, import_model
+from models.probe import import_frameworks, start_fork_server
 from models.remote import ObjectRepository
 from models.remote.repository import Mismatch
 from models.retention import StoreSettings, check_quota, size_of
@@ -72,6 +73,16 @@ class Deployer:
             raise
         await self.repository.admin.collect(name)
         return model
+
+    async def preload(self) -> None:
+        """The operator's `preload_frameworks` imported in this worker, and the probe's fork server started with
+        them, so no deploy waits for a framework's import. A failure is logged: the first deploy pays it then."""
+        frameworks = self.settings.preload_frameworks
+        try:
+            await asyncio.to_thread(start_fork_server, frameworks)
+            await asyncio.to_thread(import_frameworks, frameworks)
+        except Exception as exc:  # noqa: BLE001 - serving goes on; the next deploy starts what is missing
+            log.warning("preloading %s failed: %s: %s", frameworks, type(exc).__name__, exc)
 
     async def _push(self, tag: str) -> None:
         """Into the model repository before any worker loads it: a version the routes name must be there for

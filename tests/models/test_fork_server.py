@@ -1,0 +1,94 @@
+"""The probe's fork server: one per replica, frameworks imported, a throw-away child per probe. A crash or a
+kill takes only the child down, a dead server is replaced, no secret reaches it or its children, and it
+holds no thread when it forks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import psutil
+import pytest
+
+from models import fork_server
+from models.importer import ImportOptions, import_model
+from models.probe import PRELOAD, probe_env, start_fork_server
+from tests.models import makers
+
+CODE = ImportOptions(allow_code=True)
+
+
+def servers() -> list[psutil.Process]:
+    """The fork servers this process started (the replica's, for the tests: this process is its worker)."""
+    return [p for p in psutil.Process().children() if "models.fork_server" in p.cmdline()]
+
+
+def stop_servers() -> None:
+    for p in servers():
+        p.kill()
+        p.wait(10)
+
+
+@pytest.fixture
+def fresh_server():
+    """No fork server running when the test starts: the next probe starts one."""
+    stop_servers()
+    yield
+    stop_servers()
+
+
+def test_a_crashing_probe_leaves_the_server_serving_the_next(tmp_path, name, settings):
+    crash = makers.pickle_calling(tmp_path, os.abort, (), "crash.joblib")
+    with pytest.raises(Exception, match="crashed .killed by signal 6"):
+        import_model(name, "v1", crash, CODE, settings)
+    (server,) = servers()
+    made = makers.iris_skops(tmp_path)
+    model = import_model(name, "v1", made.path, ImportOptions(), settings)
+    assert servers() == [server]
+    # The memory measured is the model's growth over the forked child's start, not the shared frameworks'.
+    assert 0 < model.info.metadata["memory_mb"] < 100
+
+
+def test_a_killed_server_is_replaced_by_the_next_probe(tmp_path, name, settings):
+    made = makers.iris_skops(tmp_path)
+    start_fork_server(("sklearn",))
+    (first,) = servers()
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    model = import_model(name, "v1", made.path, ImportOptions(), settings)
+    (second,) = servers()
+    assert second.pid != first.pid and model.info.metadata["task"] == "classification"
+
+
+def test_no_secret_reaches_the_server_or_its_children(tmp_path, name, settings, monkeypatch, fresh_server):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-models")
+    monkeypatch.setenv("RTSERVE_AUTH_HS256_SECRET", "not-for-models")
+    seen = tmp_path / "seen.json"
+    code = f"import os, json; open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    path = makers.pickle_calling(tmp_path, exec, (code,), "peek.joblib")
+    with pytest.raises(Exception, match="no predict method"):
+        import_model(name, "v1", path, CODE, settings)
+    (server,) = servers()  # started after the secrets were set, from this process's environment
+    assert "not-for-models" not in json.dumps(server.environ())
+    assert "not-for-models" not in seen.read_text() and "AWS_SECRET_ACCESS_KEY" not in json.loads(seen.read_text())
+
+
+def test_the_server_holds_no_thread_when_it_forks(fresh_server):
+    """A thread alive at fork time would leave its locks held in the child. Every framework imported."""
+    start_fork_server(tuple(PRELOAD))
+    (server,) = servers()
+    assert server.num_threads() == 1 and server.environ()["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_server_folder_others_can_write_is_not_used(fresh_server):
+    """The socket's folder is this user's alone: in one others can write, a socket could be anyone's."""
+    start_fork_server(("onnx",))
+    (server,) = servers()
+    folder = server.cwd()  # the server runs in its folder, beside its socket
+    os.chmod(folder, 0o777)
+    try:
+        with pytest.raises(PermissionError, match="not a private folder"):
+            fork_server.connect(probe_env())
+    finally:
+        os.chmod(folder, 0o700)
