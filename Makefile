@@ -13,11 +13,15 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 .PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster docs cluster-test
 
 $(BIN)/python:
+	@echo "setup: creating the virtual environment $(VENV) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+## pip's own progress, one line per package it fetches or installs (its errors still go to stderr).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test,load,docs]"
+	@echo "setup: installing rtserve and its dependencies into $(VENV) (a few minutes the first time) ..."
+	@set -o pipefail; $(BIN)/pip install --progress-bar off -e ".[test,load,docs]" \
+	  | awk '/^(Collecting|Installing collected|Successfully installed)/ { print "  " $$0; fflush() }'
 	touch $@
 
 ## Debian packages the tests and the benchmark drive: wrk (load), prometheus + promtool, redis-server,
@@ -44,6 +48,7 @@ redis: system-deps
 	  echo "redis did not start" >&2; exit 1
 
 setup: $(VENV)/.installed
+	@echo "setup: the demo models in $(BENTOML_HOME): each one missing is trained and imported (a line per model) ..."
 	$(BIN)/python -m demo.build
 
 models: setup
@@ -51,6 +56,7 @@ models: setup
 DEV_SECRET := .dev/jwt-secret
 
 serve: setup
+	@echo "serve: the development key in $(DEV_SECRET), then the server ..."
 	@$(BIN)/python -c "from gateway.tokens import ensure_dev_secret; from pathlib import Path; ensure_dev_secret(Path('$(DEV_SECRET)'))"
 	@echo "Open Inference Protocol: http://localhost:$(PORT)/v2   API page: http://localhost:$(PORT)/docs"
 	@echo "gRPC (KServe V2 GRPCInferenceService, tritonclient.grpc): localhost:$(GRPC_PORT)"
@@ -58,6 +64,8 @@ serve: setup
 	@echo "Auth is on with a development key ($(DEV_SECRET)). Get a token:"
 	@echo "  TOKEN=\$$($(BIN)/rtserve token --scope 'predict admin' --tenant dev)"
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://localhost:$(PORT)/v2/models/digits-sklearn"
+	@echo "Starting: the server imports its frameworks, then logs each model version as it loads, and one"
+	@echo "'ready:' line once every model is ready (until then /v2/health/ready answers 503)."
 	RTSERVE_AUTH_ENABLED=true RTSERVE_AUTH_HS256_SECRET_FILE=$(DEV_SECRET) RTSERVE_RATELIMIT_ENABLED=true \
 	  RTSERVE_GRPC_PORT=$(GRPC_PORT) RTSERVE_METRICS_PORT=$(METRICS_PORT) $(BIN)/bentoml serve --port $(PORT)
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app import backup_cli, client, job_cli, release_cli
 from app.cli_client import CommandError, command, group, request, signing_settings
+from app.progress import LiveLine, bar
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
 from routing.document import CanaryThresholds
@@ -136,17 +137,17 @@ def _deploy(a: argparse.Namespace) -> None:
 
 def _progress(name: str) -> client.Progress:
     """A bar on a terminal; otherwise a line when the upload starts and one when it is sent."""
-    tty = sys.stderr.isatty()
+    live = LiveLine(sys.stderr)
 
     def show(sent: int, total: int) -> None:
-        if tty:
-            done = sent / total if total else 1.0
-            print(f"\rupload {name} [{'#' * int(done * 30):<30}] {done:4.0%} {sent / 2**20:.1f}/{total / 2**20:.1f} MB",
-                  end="\n" if sent >= total else "", file=sys.stderr, flush=True)
+        if live.tty:
+            live.show(f"upload {name} {bar(sent, total)} {sent / 2**20:.1f}/{total / 2**20:.1f} MB")
+            if sent >= total:
+                live.close()
         elif sent == 0:
-            print(f"upload {name}: {total / 2**20:.1f} MB", file=sys.stderr, flush=True)
+            live.show(f"upload {name}: {total / 2**20:.1f} MB")
         elif sent >= total:
-            print(f"upload {name}: sent; the server imports, probes and loads it", file=sys.stderr, flush=True)
+            live.show(f"upload {name}: sent; the server imports, probes and loads it")
 
     return show
 

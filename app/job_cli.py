@@ -18,8 +18,11 @@ import httpx
 import orjson
 
 from app.cli_client import CommandError, command, group, request
+from app.progress import LiveLine, bar
 
 FINISHED = ("succeeded", "failed", "cancelled")
+WATCH_INTERVAL_S = 1.0
+WATCH_INTERVAL_TTY_S = 0.25  # a bar on a terminal moves smoothly; a line per change needs no faster poll
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("model", help="the model's name")
     s.add_argument("file", type=Path, help="the rows: .json (a list of rows, or {\"inputs\": ...}), .npy or .npz")
     s.add_argument("--version", help="pin a version (default: the route's choice, fixed for the job)")
-    s.add_argument("--wait", action="store_true", help="watch the job until it finishes (default: print its id and return)")
+    s.add_argument("--wait", action="store_true", help="watch the job until it finishes: a bar of rows done on a terminal, else a line each time "
+                   "its state or counts change (default: print its id and return)")
     st = command(job, "status", _status, "state, rows done and failed, rows per second")
     st.add_argument("id", help="the job's id, as submit printed it")
-    st.add_argument("--watch", action="store_true", help="print progress until the job finishes (default: print it once)")
+    st.add_argument("--watch", action="store_true", help="show progress until the job finishes, as --wait does (default: print it once)")
     g = command(job, "get", _get, "the results: one JSON line per row, in row order")
     g.add_argument("id", help="the job's id, as submit printed it")
     g.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
@@ -66,22 +70,32 @@ def _submit(a: argparse.Namespace) -> None:
         _watch(doc["id"])
 
 
-def _line(doc: dict[str, Any]) -> str:
-    rate = f", {doc['rows_per_second']:,.0f} rows/s" if doc.get("rows_per_second") else ""
-    line = (f"job {doc['id']}: {doc['state']}, {doc['rows_done']}/{doc['rows']} rows, {doc['rows_failed']} failed{rate}"
+def _line(doc: dict[str, Any], rate: bool = True) -> str:
+    rate_text = f", {doc['rows_per_second']:,.0f} rows/s" if rate and doc.get("rows_per_second") else ""
+    line = (f"job {doc['id']}: {doc['state']}, {doc['rows_done']}/{doc['rows']} rows, {doc['rows_failed']} failed{rate_text}"
             f" ({doc['model']}:{doc['version']})")
     return line + (f"; {doc['error']}" if doc.get("error") else "")
 
 
 def _watch(job_id: str) -> dict[str, Any]:
+    """Until the job finishes: a bar of rows done on a terminal, else a line each time its state or counts change."""
+    live = LiveLine(sys.stdout)
     while True:
         doc = _request("GET", f"/v2/jobs/{job_id}").json()
-        print(_line(doc), flush=True)
+        finished = doc["state"] in FINISHED
+        if live.tty:
+            rate = f", {doc['rows_per_second']:,.0f} rows/s" if doc.get("rows_per_second") else ""
+            live.show(f"job {job_id} {bar(doc['rows_done'], doc['rows'])} {doc['rows_done']:,}/{doc['rows']:,} rows, "
+                      f"{doc['rows_failed']:,} failed{rate}, {doc['state']}")
+        elif not finished:
+            live.show(_line(doc, rate=False))  # printed when it changes; the rate alone moves on every poll
+        if finished:
+            live.close(_line(doc))
         if doc["state"] == "failed":  # the server reports a failure: the command fails with it
             raise CommandError(f"job {job_id} failed" + (f": {doc['error']}" if doc.get("error") else ""))
-        if doc["state"] in FINISHED:
+        if finished:
             return doc
-        time.sleep(1.0)
+        time.sleep(WATCH_INTERVAL_TTY_S if live.tty else WATCH_INTERVAL_S)
 
 
 def _status(a: argparse.Namespace) -> None:

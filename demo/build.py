@@ -358,10 +358,13 @@ def build_all(force: bool = False, log: Callable[[str], None] = print) -> dict[s
                 continue
             if store.exists(tag):
                 store.delete(tag)
+            log(f"{prefix} training, then importing in the background ...")
             start = time.perf_counter()
             acc = builder(importer, tag.split(":")[1])
             results[tag] = acc
             log(f"{prefix} held-out accuracy {acc:.4f}  ({time.perf_counter() - start:.1f} s)")
+        if results:
+            log("waiting for the last imports (each is probed in a subprocess first) ...")
         importer.wait()
     if results:
         log(f"built and imported {len(results)} models in {time.perf_counter() - start_all:.1f} s")

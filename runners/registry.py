@@ -145,9 +145,15 @@ class ModelRegistry:
         return BatchMetrics(self.metrics, entry.name, entry.version, capacity)
 
     def load_configured(self) -> None:
-        for name, cfg in self.config.models.items():
-            for version in cfg.versions:
-                self.load(name, version)
+        """Every version serving.yaml lists, one after another; a line before and after, and one per version
+        (`load`), so a start that takes a while is never silent."""
+        versions = [(name, version) for name, cfg in self.config.models.items() for version in cfg.versions]
+        log.info("loading %d model versions from the configuration: %s", len(versions),
+                 ", ".join(f"{name}:{version}" for name, version in versions))
+        started = time.perf_counter()
+        failed = [f"{name}:{version}" for name, version in versions if self.load(name, version).state is VersionState.FAILED]
+        log.info("loaded %d of %d model versions in %.1f s%s", len(versions) - len(failed), len(versions),
+                 time.perf_counter() - started, f"; failed: {', '.join(failed)}" if failed else "")
 
     async def unload(self, name: str, version: str, poll_s: float = 0.02) -> None:
         """Stop routing to the version, let its in-flight requests finish, then free it."""

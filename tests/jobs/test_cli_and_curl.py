@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from gateway.tokens import mint
 from tests.helpers import ServerProcess
 
 RTSERVE = str(Path(sys.executable).parent / "rtserve")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,9 @@ def served(jobs_server) -> tuple[ServerProcess, dict[str, str]]:
     """The CLI's environment: the server's key, its URL, a tenant."""
     secret = str(jobs_server.auth.hs256_secret_file)
     auth = {"RTSERVE_AUTH_ENABLED": "true", "RTSERVE_AUTH_HS256_SECRET_FILE": secret}
-    return jobs_server.server, {**os.environ, **auth, "RTSERVE_URL": jobs_server.url, "RTSERVE_TENANT": "cli-test"}
+    # PYTHONPATH: the CLI of this tree, whichever checkout the environment's editable install points at
+    return jobs_server.server, {**os.environ, **auth, "RTSERVE_URL": jobs_server.url, "RTSERVE_TENANT": "cli-test",
+                                "PYTHONPATH": str(ROOT)}
 
 
 def rtserve(env: dict[str, str], *args: str) -> str:
@@ -67,3 +74,54 @@ def test_stream_through_curl(served, digits, tmp_path):
     assert set(got) == {f"r{i}" for i in range(30) if i != 4} | {"bad"}
     assert got["bad"]["code"] == "bad_request"
     assert all(got[f"r{i}"]["model_version"] in ("v1", "v2") for i in range(30) if i != 4)
+
+
+JOB_LINE = re.compile(r"^job (\S+): (\w+), (\d+)/(\d+) rows, (\d+) failed")
+
+
+def test_a_job_wait_off_a_terminal_prints_one_line_per_change(served, digits, tmp_path):
+    _, env = served
+    rows = np.tile(digits, (8, 1))  # 14,376 rows: several polls while it runs
+    np.save(tmp_path / "rows.npy", rows)
+    out = rtserve(env, "job", "submit", "digits-sklearn", str(tmp_path / "rows.npy"), "--version", "v1", "--wait")
+    states = [m.groups()[1:] for line in out.splitlines() if (m := JOB_LINE.match(line))]  # state, done, total, failed
+    assert states[-1] == ("succeeded", str(len(rows)), str(len(rows)), "0"), out
+    assert all(a != b for a, b in itertools.pairwise(states)), f"a line repeated without a change:\n{out}"
+    done = [int(d) for _, d, _, _ in states]
+    assert done == sorted(done), out
+    assert "\r" not in out and "[" not in out  # no bar in a log
+
+
+def test_a_job_wait_on_a_terminal_draws_a_bar_of_rows_done(served, digits, tmp_path):
+    _, env = served
+    rows = np.tile(digits, (8, 1))
+    np.save(tmp_path / "rows.npy", rows)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([RTSERVE, "job", "submit", "digits-sklearn", str(tmp_path / "rows.npy"), "--version", "v1", "--wait"],
+                            env=env, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    chunks: list[bytes] = []
+
+    def read() -> None:  # a terminal's buffer is small: read while the command writes
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the command closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    finally:
+        reader.join(10)
+        os.close(leader)
+        proc.stderr.close()
+    out = b"".join(chunks).decode()
+    redraws = [part for part in out.replace("\r\n", "\n").split("\r") if "#" in part or "[ " in part]
+    assert redraws, out
+    assert re.search(rf"\[#{{30}}\] 100% {len(rows):,}/{len(rows):,} rows, 0 failed.*succeeded", out), out
+    assert f"succeeded, {len(rows)}/{len(rows)} rows, 0 failed" in out  # the summary on a line of its own
