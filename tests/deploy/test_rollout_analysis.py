@@ -222,3 +222,15 @@ def test_condition_parser_rejects_other_forms() -> None:
     assert passes("result[0] <= 0.001", [0.0005]) and not passes("result[0] <= 0.001", [0.5])
     with pytest.raises(AssertionError):
         passes("result[0] <= 0.001 && result[1] > 2", [0.0])
+
+
+def test_latency_is_judged_on_uncached_requests_of_both_arms() -> None:
+    """The p95 compared is the like-for-like one (the prediction cache's answers left out), as in the service:
+    a stable pod warm in the cache would otherwise pass a slow canary or fail a healthy cold one."""
+    (latency,) = [m for m in analysis_template()["spec"]["metrics"] if m["name"] == "p95-latency-over-limit"]
+    q = latency["provider"]["prometheus"]["query"]
+    quantiles = re.findall(r"histogram_quantile\(0\.95, sum by \(le\) \(rate\((\w+)\{([^}]*)\}", q)
+    assert sorted(arm for _, labels in quantiles for arm in re.findall(r"args\.(\w+)-hash", labels)) == ["canary", "stable"]
+    assert {metric for metric, _ in quantiles} == {"rtserve_uncached_request_duration_seconds_bucket"}
+    assert "rtserve_request_duration_seconds" not in q  # not even as the guard: a cached-only window has no uncached p95
+    assert all('variant!~"shadow|batch"' in labels for _, labels in quantiles)
