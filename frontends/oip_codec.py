@@ -129,13 +129,13 @@ def decode_infer(body: bytes, limits: LimitSettings, json_length: int | None = N
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'parameters' must be an object")
     params = params or {}
-    timeout_us = _schedule_parameter(params, "timeout", 10**15)  # the bound of the 12-digit timeout header
+    timeout_us = _schedule_parameter(params, "timeout", 10**15) if params else 0  # the 12-digit timeout header's bound
     return InferRequest(
         id=doc.get("id") if isinstance(doc.get("id"), str) else None,
         inputs=inputs,
         outputs=_requested_outputs(outputs),
         binary_outputs=_binary_outputs(doc),
-        priority=_schedule_parameter(params, "priority", 2**63),
+        priority=_schedule_parameter(params, "priority", 2**63) if params else 0,
         timeout_us=timeout_us or None,
     )
 

@@ -40,16 +40,19 @@ def check_tensor_count(inputs: int, outputs: int, limits: LimitSettings) -> None
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, limits: LimitSettings, where: str) -> np.ndarray:
     """The array, if it fits `spec` and the limits; an InvalidInput naming the problem otherwise."""
-    shape = arr.shape
-    if len(shape) != len(spec.shape) or not all(d == -1 or d == s for d, s in zip(spec.shape, shape)):
-        raise InvalidInput(f"{where}: shape {list(shape)} does not match {list(spec.shape)}")
-    if arr.shape[0] == 0 or 0 in arr.shape:
-        raise InvalidInput(f"{where}: empty tensor (shape {list(arr.shape)})")
-    if arr.shape[0] > limits.max_rows:
-        raise InvalidInput(f"{where}: {arr.shape[0]} rows is over the limit of {limits.max_rows}")
+    shape, wanted = arr.shape, spec.shape
+    if len(shape) != len(wanted):
+        raise InvalidInput(f"{where}: shape {list(shape)} does not match {list(wanted)}")
+    for d, s in zip(wanted, shape):  # a loop, not all() over a generator: this runs on every request
+        if d != s and d != -1:
+            raise InvalidInput(f"{where}: shape {list(shape)} does not match {list(wanted)}")
+    if 0 in shape:
+        raise InvalidInput(f"{where}: empty tensor (shape {list(shape)})")
+    if shape[0] > limits.max_rows:
+        raise InvalidInput(f"{where}: {shape[0]} rows is over the limit of {limits.max_rows}")
     if arr.size > limits.max_elements:
         raise InvalidInput(f"{where}: {arr.size} elements is over the limit of {limits.max_elements}")
-    for d, s in zip(spec.shape[1:], arr.shape[1:]):
+    for d, s in zip(wanted[1:], shape[1:]):
         if d == -1 and s > limits.max_sequence_length:
             raise InvalidInput(f"{where}: length {s} is over the limit of {limits.max_sequence_length}")
     finite_only = arr.dtype.kind == "f" and not limits.allow_non_finite
