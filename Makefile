@@ -69,6 +69,8 @@ serve: setup
 	RTSERVE_AUTH_ENABLED=true RTSERVE_AUTH_HS256_SECRET_FILE=$(DEV_SECRET) RTSERVE_RATELIMIT_ENABLED=true \
 	  RTSERVE_GRPC_PORT=$(GRPC_PORT) RTSERVE_METRICS_PORT=$(METRICS_PORT) $(BIN)/bentoml serve --port $(PORT)
 
+## Each pytest session copies the demo models from one build in build/test-models/ (tests/demo_store.py), made
+## again only when the code or packages that build them change.
 test: setup system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py --ignore=tests/cluster/test_model_repository.py
 	$(MAKE) --no-print-directory test-cache-off
@@ -79,9 +81,12 @@ test: setup system-deps redis
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-## The in-process tests again with the prediction cache off (production runs with it on, as the suite does).
+## The in-process tests again with the prediction cache off (production runs with it on, as the suite does):
+## those whose requests can take another path without it. Tests marked cache_independent stay out (decided
+## before the cache, or servers of their own, which RTSERVE_TEST_CACHE does not reach); each file says why.
 test-cache-off: setup system-deps redis
-	RTSERVE_TEST_CACHE=off $(BIN)/python -m pytest -q $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
+	RTSERVE_TEST_CACHE=off $(BIN)/python -m pytest -q -m "not cache_independent" \
+	  $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
 
 ## CLUSTER_REPLICAS replicas of two workers behind nginx on 127.0.0.1:$(CLUSTER_PORT), sharing the Redis on
 ## :6379 and the development key; prints the URL and a token; Ctrl-C or SIGTERM stops nginx and every replica.
@@ -126,7 +131,7 @@ container-test: setup system-deps
 	RTSERVE_CONTAINER_BENTOFILE=$(BENTOFILE) $(BIN)/python -m pytest tests/deploy/test_container.py -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .bentoml .pytest_cache
+	rm -rf $(VENV) .bentoml .pytest_cache build/test-models
 
 ## Fuzzing: atheris on the decoders (FUZZ_SECONDS per target; corpora and crashes in build/fuzz/), then
 ## schemathesis against real servers (FUZZ_EXAMPLES inputs per operation, each sent three ways: over

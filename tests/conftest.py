@@ -23,16 +23,23 @@ from gateway.auth import AuthSettings  # noqa: E402
 from tests.helpers import REDIS_URL, Gateway, OwnRedis, ServerProcess, gateway_env  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cache_independent: the prediction cache cannot change what it checks, "
+                                       "so `make test-cache-off` leaves it out")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def model_store() -> dict[str, float]:
-    """Train and save every demo model into the session's store; tag -> held-out accuracy."""
-    from demo.build import build_all
+def model_store() -> Path:
+    """Every demo model in the session's store, as `python -m demo.build` makes them: a copy of the build
+    for the current code, made once and shared by the sessions that follow (tests/demo_store.py).
+    The build's folder."""
+    from tests.demo_store import seed
 
-    return build_all(log=lambda line: None)
+    return seed(_HOME)
 
 
 @pytest.fixture(scope="session")

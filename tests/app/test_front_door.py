@@ -23,8 +23,11 @@ from tests.inprocess import serve_in_process
 from tests.routing.broken import build_broken_versions
 
 ROW = [1.0] * 63 + [3.0]
+CACHE_INDEPENDENT = pytest.mark.cache_independent
+"""Patches, pins and server processes (which RTSERVE_TEST_CACHE does not reach): only the 504 test asks the data plane."""
 
 
+@CACHE_INDEPENDENT
 def test_the_pins_are_the_releases_the_front_door_was_checked_against():
     """pyproject.toml pins BentoML, uvicorn and httptools exactly, to the releases app/front_door.py names."""
     pins = dict(dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -74,6 +77,7 @@ async def app_streaming_two_parts(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
+@CACHE_INDEPENDENT
 @pytest.mark.parametrize(
     ("request_line", "writes"),
     [
@@ -97,6 +101,7 @@ async def test_a_response_head_goes_out_with_the_first_body_write(monkeypatch, r
     assert transport.writes == writes
 
 
+@CACHE_INDEPENDENT
 def test_the_worker_answers_in_one_write(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -105,6 +110,7 @@ def test_the_worker_answers_in_one_write(server):
     assert head.startswith(b"HTTP/1.1 200") and body == b'{"live":true}', answer
 
 
+@CACHE_INDEPENDENT
 def test_every_path_reaches_our_app_and_bentomls_probes_stay_bentomls(server):
     """The worker builds its app through `Service.to_asgi`, which the front door wraps: BentoML's router would
     answer these in plain text (tests/app/test_front_door_off.py)."""
@@ -127,6 +133,7 @@ async def test_a_request_past_its_time_is_cancelled_and_answered_504(model_store
         assert s.runtime.registry.get("digits-sklearn", "stuck").active == 0
 
 
+@CACHE_INDEPENDENT
 @pytest.mark.parametrize(("name", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
 def test_uvicorns_auto_loop_becomes_the_one_rtserve_event_loop_names(monkeypatch, name, module):
     """What BentoML's worker asks uvicorn for (`auto`) gets the loop the setting names."""
@@ -141,6 +148,7 @@ def test_uvicorns_auto_loop_becomes_the_one_rtserve_event_loop_names(monkeypatch
         loop.close()
 
 
+@CACHE_INDEPENDENT
 def test_the_worker_serves_on_the_loop_rtserve_event_loop_names(model_store, tmp_path):
     log = tmp_path / "server.log"
     server = ServerProcess(env={"REDIS_URL": "", "RTSERVE_EVENT_LOOP": "asyncio"}, log_path=log).start()

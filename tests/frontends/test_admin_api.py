@@ -9,7 +9,8 @@ import pytest_asyncio
 
 from tests.inprocess import serve_in_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Route changes and their scope: the routing state, not answers."""
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

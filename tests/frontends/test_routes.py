@@ -18,6 +18,9 @@ from frontends.route_table import Route, RouteTable
 from frontends.routes import TABLE, document
 from tests.inprocess import serve_in_process
 
+pytestmark = pytest.mark.cache_independent
+"""Methods, scopes and the API document of each route: decided before the data plane."""
+
 IN_APP = pytest.mark.asyncio(loop_scope="module")
 
 SCOPES = ("predict", "admin", "batch")

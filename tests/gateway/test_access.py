@@ -30,7 +30,8 @@ from gateway.settings import GatewaySettings
 from loadtest.servers import free_port
 from tests.inprocess import InProcess, serve_in_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Authentication and permissions: admission decides before the cache is asked."""
 
 MODEL = "digits-sklearn"
 ROW = [float(v % 17) for v in range(64)]

@@ -10,6 +10,9 @@ import pytest
 from gateway.cache import CacheSettings, cache_key
 from tests.inprocess import serve_in_process
 
+pytestmark = pytest.mark.cache_independent
+"""Its caches are set here or in the gateway server, which RTSERVE_TEST_CACHE does not reach."""
+
 INFER = "/v2/models/digits-sklearn/infer"
 
 

@@ -19,7 +19,9 @@ from observability.logs import LogSettings, setup_logging
 from routing.stats import MetricsSnapshotSource
 from tests.inprocess import serve_in_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Refusals decided before the cache (limits, auth, admission), requests that pass it by (no-cache, no body),
+and a cache the test makes itself."""
 
 ROW = [float(v % 17) for v in range(64)]
 

@@ -19,6 +19,9 @@ from gateway.auth import AuthSettings
 from gateway.tokens import mint
 from tests.helpers import ServerProcess
 
+pytestmark = pytest.mark.cache_independent
+"""A server process, which RTSERVE_TEST_CACHE does not reach."""
+
 RTSERVE = str(Path(sys.executable).parent / "rtserve")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+import pytest
 
 from fuzz.seeds import npy, npy_header, npz_bomb
+
+pytestmark = pytest.mark.cache_independent
+"""Server processes, which RTSERVE_TEST_CACHE does not reach."""
 
 
 def peak_rss(process: psutil.Process) -> int:

@@ -20,6 +20,9 @@ from jobs.store import RedisJobStore
 from tests.helpers import REDIS_URL
 from tests.jobs.support import read_all
 
+pytestmark = pytest.mark.cache_independent
+"""Job state in Redis; a job's rows pass the prediction cache by."""
+
 ALICE = Admitted("acme", "alice")
 
 

@@ -18,6 +18,9 @@ from jobs.store import JobStore, LocalJobStore, Quota, RedisJobStore
 from tests.helpers import REDIS_URL
 from tests.jobs.support import read_all
 
+pytestmark = pytest.mark.cache_independent
+"""The job stores alone."""
+
 QUOTA = Quota(max_active=8, max_stored=1000, max_result_bytes=10**9, stale_s=20)
 
 

@@ -17,6 +17,9 @@ from jobs.npy import MAX_CENTRAL_DIRECTORY
 from jobs.rows import from_upload
 from models.signature import TensorSpec
 
+pytestmark = pytest.mark.cache_independent
+"""Upload parsing alone."""
+
 PIXELS = TensorSpec("pixels", "FP32", (-1, 64), 0.0, 16.0)
 TOKENS = TensorSpec("tokens", "INT64", (-1, -1), 0, 20)
 LIMITS = LimitSettings()

@@ -27,6 +27,9 @@ from runners.settings import ServingConfig
 from tests.inprocess import serve_in_process
 from tests.models.makers import iris_skops
 
+pytestmark = pytest.mark.cache_independent
+"""Pushes and pulls of stored versions: no request is answered."""
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[SeaweedFS]:

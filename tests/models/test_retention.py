@@ -16,7 +16,8 @@ from models.retention import MB, StoreSettings, check_quota, store_bytes
 from tests.inprocess import serve_in_process
 from tests.pickled import demo_estimator, pickled, save_pickled
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Which stored versions are kept: no request is answered."""
 VERSIONS = ["v1", "v2", "v3", "v4", "v5"]
 
 

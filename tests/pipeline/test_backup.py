@@ -19,7 +19,8 @@ from tests.helpers import REDIS_URL
 from tests.inprocess import serve_in_process
 from tests.pickled import demo_estimator, pickled, save_pickled
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Answers after a restore come from a new server, whose cache starts empty either way."""
 ROWS = [[float((r * 7 + i) % 17) for i in range(64)] for r in range(4)]
 
 

@@ -15,7 +15,8 @@ import pytest_asyncio
 from gateway.cache.settings import CacheSettings
 from tests.inprocess import InProcess, serve_in_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Its server sets the cache on itself: it tests the cache."""
 
 INFER = "/v2/models/digits-sklearn/versions/v1/infer"
 

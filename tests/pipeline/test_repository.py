@@ -16,6 +16,8 @@ from tests.helpers import ROOT
 from tests.inprocess import serve_in_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+ADMIN_ONLY = pytest.mark.cache_independent
+"""The repository API's own answers, decided before the cache; only the unload-then-load test asks for a prediction."""
 
 ROW = [float(v % 17) for v in range(64)]
 INFER = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]}
@@ -66,6 +68,7 @@ async def index(served, **body) -> dict[str, tuple[str, str]]:
     return {f"{e['name']}:{e['version']}": (e["state"], e["reason"]) for e in r.json()}
 
 
+@ADMIN_ONLY
 async def test_the_index_lists_every_version_in_the_store_with_its_state(served):
     entries = await index(served)
     assert entries["digits-sklearn:v1"] == entries["digits-sklearn:v2"] == entries["seq-torch:v1"] == ("READY", "")
@@ -88,11 +91,13 @@ async def test_unload_then_load_with_tritonclients_config(served):
     assert (await index(served))["digits-sklearn:v2"] == ("READY", "")
 
 
+@ADMIN_ONLY
 async def test_a_load_without_versions_loads_those_serving_yaml_names(served):
     r = await served.client.post(f"{MODEL}/load", headers=served.headers("admin"))
     assert r.status_code == 200 and r.json()["versions"] == ["v1", "v2"], r.text
 
 
+@ADMIN_ONLY
 @pytest.mark.parametrize(
     ("path", "body", "status", "code"),
     [
@@ -126,6 +131,7 @@ async def test_bad_repository_requests_are_clear_client_errors(served, path, bod
     assert (r.status_code, r.json()["code"]) == (status, code), r.text
 
 
+@ADMIN_ONLY
 async def test_repository_calls_need_the_admin_scope_and_post(served):
     r = await served.client.post("/v2/repository/index", headers=served.headers("predict"))
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
@@ -135,6 +141,7 @@ async def test_repository_calls_need_the_admin_scope_and_post(served):
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
+@ADMIN_ONLY
 async def test_a_load_waits_for_every_live_worker(served):
     admin = served.headers("admin")
     assert (await served.client.post(f"{MODEL}/unload?version=v2", headers=admin)).status_code == 200
@@ -159,6 +166,7 @@ async def test_a_load_waits_for_every_live_worker(served):
     assert (await index(served))["digits-sklearn:v2"] == ("READY", "")
 
 
+@ADMIN_ONLY
 async def test_model_changes_need_authentication_on(model_store, tmp_path):
     async with serve_in_process(tmp_path, auth=False, routing=True) as s:
         r = await s.client.post(f"{MODEL}/unload?version=v2")

@@ -15,7 +15,8 @@ import pytest_asyncio
 from gateway.cache.settings import CacheSettings
 from tests.inprocess import serve_in_process
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.cache_independent]
+"""Its server sets the cache off itself; the other test asks for statistics only."""
 
 
 def infer(rows: int) -> dict:
