@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import psutil
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from models import fork_server
 from models.importer import ImportOptions, import_model
 from models.probe import PRELOAD, probe_env, start_fork_server
+from models.settings import ImportSettings
+from pipeline.deploy import Deployer
 from tests.models import makers
 
 CODE = ImportOptions(allow_code=True)
@@ -92,3 +95,17 @@ def test_a_server_folder_others_can_write_is_not_used(fresh_server):
             fork_server.connect(probe_env())
     finally:
         os.chmod(folder, 0o700)
+
+
+async def test_preloaded_frameworks_are_imported_by_the_worker_and_the_server(fresh_server):
+    """RTSERVE_IMPORT_PRELOAD_FRAMEWORKS: no deploy of these frameworks waits for an import, in either process."""
+    deployer = Deployer(None, ImportSettings(preload_frameworks=["xgboost"]))  # type: ignore[arg-type]
+    await deployer.preload()
+    (server,) = servers()
+    assert "xgboost" in sys.modules
+    assert any("xgboost" in m.path for m in server.memory_maps())  # its native library is loaded there
+
+
+def test_an_unknown_framework_to_preload_is_named():
+    with pytest.raises(ValueError, match=r"unknown frameworks \['torch'\]; known: .*'pytorch'"):
+        ImportSettings(preload_frameworks=["torch"])
