@@ -9,9 +9,9 @@ and for each: runs the CLI as a user would (a new process, the upload, the probe
 every worker), then sends inference requests on new connections until `--answers` in a row are 200
 (the deploy answers once every worker serves the version, so the first 200 is every worker's).
 Prints one row per format and round: the CLI's wall time, the server's import (probe included) and load
-seconds, the time to the first 200s, and the CPU seconds each side spent (the CLI process; the server's
-workers and probe processes together), which an idle machine would need about as wall time; the
-machine's load average beside them. Round 1 is each framework's first deploy (the probe's fork server and
+seconds, the time to the first 200 and to `--answers` of them, and the CPU seconds each side spent (the
+CLI process; the server's workers and probe processes together), which an idle machine would need about
+as wall time; the machine's load average beside them. Round 1 is each framework's first deploy (the probe's fork server and
 each worker import it then); later rounds deploy the same format again as a new model.
 
     python -m loadtest.deploy_time --rounds 2 --preload     # every framework imported when the server starts
@@ -124,11 +124,13 @@ def measure(server: Server, env: dict[str, str], headers: dict[str, str], name: 
     detail = next(e["detail"] for e in audit if e["action"] == "deploy")
     meta = httpx.get(f"{server.url}/v2/models/{name}", headers=headers).json()
     body = infer_body(meta, x)
-    ok = 0
+    ok, first = 0, None
     while ok < answers:  # a new connection each: the workers take turns
         status = httpx.post(f"{server.url}/v2/models/{name}/infer", json=body, headers=headers).status_code
         ok = ok + 1 if status == 200 else 0
-    return {"format": name, "cli_s": round(cli_s, 2), "first_answers_s": round(time.perf_counter() - started, 2),
+        first = first or (time.perf_counter() - started if status == 200 else None)
+    return {"format": name, "cli_s": round(cli_s, 2), "first_answer_s": round(first or 0.0, 2),
+            "first_answers_s": round(time.perf_counter() - started, 2),
             "server": detail.split(", ", 1)[1], "bytes": size_of(source),
             "cli_cpu_s": round(after.ru_utime + after.ru_stime - cli_cpu.ru_utime - cli_cpu.ru_stime, 2),
             "server_cpu_s": round(cpu_s(tree) - server_cpu, 2)}
