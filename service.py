@@ -28,7 +28,7 @@ from app.head_limit import HeadLimitedProtocol
 from app.head_limit import install as install_head_limit
 from app.metrics_port import PortUnavailable
 from app.metrics_port import serve as serve_metrics
-from app.ready_line import addresses, announce_when_ready
+from app.ready_line import addresses, announce_when_ready, mark_when_ready
 from app.wiring import Runtime
 from core.errors import HeaderTooLarge
 from frontends.grpc.port_guard import PortTaken, reserve
@@ -134,7 +134,14 @@ class InferenceService:
         announce_when_ready(addresses(
             sys.argv[1:], BentoMLContainer.http.port.get(), config.tls.enabled,
             (config.grpc.host, config.grpc.port) if config.grpc.enabled else None,
-            (config.metrics.host, config.metrics.port) if config.metrics.enabled and config.metrics.port else None))
+            (config.metrics.host, config.metrics.port) if config.metrics.enabled and config.metrics.port else None),
+            workers=server.workers, directory=metrics_directory())
+
+    @bentoml.on_startup
+    async def mark_ready(self) -> None:
+        """Once this worker is ready, a file that `bentoml serve`'s own process counts before its ready line
+        (app/ready_line.py): the directory BentoML shares with its workers and empties at each start."""
+        self._ready_mark = asyncio.get_running_loop().create_task(mark_when_ready(lambda: self.runtime.ready, metrics_directory()))
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:

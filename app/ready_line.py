@@ -2,12 +2,17 @@
 client and Prometheus.
 
 It comes from `bentoml serve`'s own process, which knows every port (a worker knows only its socket), and
-from a thread that asks `/v2/health/ready` as a load balancer would: the line appears when the HTTP port
-first answers 200, i.e. once every configured model is loaded and warm (strict readiness)."""
+from a thread that waits for two things: `/v2/health/ready` answering 200 as a load balancer would ask it,
+and every worker saying it is ready. The HTTP port alone is not enough with several workers: whichever
+worker accepts the probe answers it, so the first ready worker would announce a server whose other workers
+still load. Each worker, once it is ready (every configured model loaded and warm, strict readiness), leaves
+a file named for its process in a directory the two share (`mark_when_ready`); the line waits until there
+is one for each worker, from a live process."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import ssl
@@ -15,11 +20,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
+MARK_PREFIX = "rtserve-worker-ready-"
+"""A ready worker's file in the shared directory: this prefix and its process id."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,38 @@ def _ready(url: str, context: ssl.SSLContext | None) -> bool:
         return False
 
 
-def announce_when_ready(shown: Addresses, interval_s: float = 0.5) -> threading.Thread:
-    """Poll this server's readiness on the loopback (a daemon thread, gone with the process); log the line once."""
+async def mark_when_ready(ready: Callable[[], bool], directory: str, interval_s: float = 0.2) -> Path:
+    """In a worker: once `ready()` holds, leave this process's file in `directory` for `bentoml serve` to count."""
+    while not ready():
+        await asyncio.sleep(interval_s)
+    mark = Path(directory) / f"{MARK_PREFIX}{os.getpid()}"
+    mark.write_text(f"{time.time():.3f}\n")
+    return mark
+
+
+def ready_workers(directory: str) -> int:
+    """Workers that said they are ready and still run: a worker BentoML replaced left its file behind."""
+    count = 0
+    for mark in Path(directory).glob(f"{MARK_PREFIX}*"):
+        pid = mark.name.removeprefix(MARK_PREFIX)
+        if pid.isdigit() and _alive(int(pid)):
+            count += 1
+    return count
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def announce_when_ready(shown: Addresses, workers: int, directory: str, interval_s: float = 0.5) -> threading.Thread:
+    """Poll this server's readiness on the loopback and count its ready workers (a daemon thread, gone with the
+    process); log the line once, when the server answers ready and each of its `workers` said it is ready."""
     probe = shown.http
     for any_address in ANY_ADDRESS:
         probe = probe.replace(f"//{_url_host(any_address)}:", "//127.0.0.1:")
@@ -82,7 +121,7 @@ def announce_when_ready(shown: Addresses, interval_s: float = 0.5) -> threading.
         context.verify_mode = ssl.CERT_NONE
 
     def wait() -> None:
-        while not _ready(f"{probe}/v2/health/ready", context):
+        while not (_ready(f"{probe}/v2/health/ready", context) and ready_workers(directory) >= workers):
             time.sleep(interval_s)
         log.info("%s", shown.line())
 
