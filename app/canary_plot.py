@@ -98,6 +98,10 @@ def figure(model: str, doc: dict[str, Any], now: float | None = None):  # -> mat
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="x-small", loc="best")
+        else:
+            ax.text(0.5, 0.5, "no step judged yet", transform=ax.transAxes, ha="center", va="center", color="grey")
+    for ax in (p95_ax, err_ax):
+        ax.set_ylim(bottom=0)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(start))
     note = "" if judged else " (no step judged yet)"
     fig.suptitle(f"canary {model}:{doc['version']} vs {doc['stable']}: "
