@@ -98,18 +98,20 @@ def test_scaling_draws_each_worker_count_beside_linear(full):
     assert list(linear.get_ydata()) == [measured["ours-prod-1w"], 2 * measured["ours-prod-1w"]]
 
 
-def test_a_closed_loop_only_run_draws_only_that(tmp_path):
+def test_a_closed_loop_only_run_draws_only_that(tmp_path, capsys):
     result = tmp_path / "bench-20261207-194947.json"
     shutil.copy(DATA / "bench-short.json", result)
-    done = run_charts(result)
-    assert done.returncode == 0, done.stderr
+    assert charts.main([str(result)]) == 0  # in this process: the full run above went through the command already
+    assert capsys.readouterr().out.split() == [str(tmp_path / "bench-20261207-194947-closed-loop.png")]
     assert [p.name for p in tmp_path.glob("*.png")] == ["bench-20261207-194947-closed-loop.png"]
     assert png_series(tmp_path / "bench-20261207-194947-closed-loop.png") == ["ours-bare"]
 
 
-def test_a_file_that_is_not_a_result_is_refused_in_one_line(tmp_path):
+def test_a_file_that_is_not_a_result_is_refused_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bench-x.json"
-    bad.write_text('{"results": [{"target": "ours-bare"}]}')
-    done = run_charts(bad)
-    assert done.returncode == 2 and "not a benchmark result" in done.stderr and "Traceback" not in done.stderr
+    for text in ('{"results": [{"target": "ours-bare"}]}', "not json"):
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as exited:
+            charts.main([str(bad)])
+        assert exited.value.code == 2 and "not a benchmark result" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
