@@ -36,6 +36,7 @@ import importlib
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -170,17 +171,34 @@ def threads() -> int:
 
 
 def _supervise(conn: socket.socket, request: dict[str, Any]) -> None:
-    """In the supervisor: fork the child, report how it ended. Never returns."""
+    """In the supervisor: fork the child, report how it ended. If the worker goes away first (its connection
+    closes: it died, or gave up at a limit), the child is killed: no probe runs unwatched. Never returns."""
     code = 1
     try:
         pid = os.fork()
         if pid == 0:
             _child(conn, request)
-        _, status = os.waitpid(pid, 0)
-        conn.sendall(f"EXIT {os.waitstatus_to_exitcode(status)}\n".encode())
-        code = 0
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                conn.sendall(f"EXIT {os.waitstatus_to_exitcode(status)}\n".encode())
+                code = 0
+                return
+            if select.select([conn], [], [], 0.05)[0]:  # the worker sends nothing more: this is its end
+                kill_group(pid)
     finally:
         os._exit(code)
+
+
+def kill_group(pid: int) -> None:
+    """A probe's child and what it started (its process group, once it has made one); gone already is fine."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _child(conn: socket.socket, request: dict[str, Any]) -> None:

@@ -122,7 +122,7 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
             continue
         peak = max(peak, grown)
         if grown > memory_mb:
-            _kill(pid)
+            fork_server.kill_group(pid)
             raise ProbeFailed(f"the probe load went over its memory limit of {memory_mb} MB (at {grown:.0f} MB); "
                               "the file is refused (RTSERVE_IMPORT_PROBE_MEMORY_MB sets the limit)")
         if time.monotonic() - started > timeout_s:
@@ -131,17 +131,9 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
 
 def _too_slow(pid: int | None, timeout_s: float) -> NoReturn:
     if pid is not None:
-        _kill(pid)
+        fork_server.kill_group(pid)
     raise ProbeFailed(f"the probe load did not finish within {timeout_s:g} s; the file is refused "
                       "(RTSERVE_IMPORT_PROBE_TIMEOUT_S sets the limit)")
-
-
-def _kill(pid: int) -> None:
-    """The child and whatever it started (its own process group)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _error(data: dict[str, str]) -> ServingError:

@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import sys
+import time
 
 import psutil
 import pytest
 
 from models import fork_server
 from models.importer import ImportOptions, import_model
-from models.probe import PRELOAD, probe_env, start_fork_server
+from models.probe import PRELOAD, preload_modules, probe_env, start_fork_server
 from models.settings import ImportSettings
 from pipeline.deploy import Deployer
 from tests.models import makers
@@ -109,3 +110,21 @@ async def test_preloaded_frameworks_are_imported_by_the_worker_and_the_server(fr
 def test_an_unknown_framework_to_preload_is_named():
     with pytest.raises(ValueError, match=r"unknown frameworks \['torch'\]; known: .*'pytorch'"):
         ImportSettings(preload_frameworks=["torch"])
+
+
+def test_a_probe_whose_worker_goes_away_is_killed(tmp_path):
+    """No probe runs unwatched: when the worker's connection closes (it died), the supervisor kills the child."""
+    hang = makers.pickle_calling(tmp_path, time.sleep, (600,), "hang.joblib")
+    request = {"format": "pickle", "file": str(hang), "metadata": {}, "declared": {}, "sample": None,
+               "trust": {"allow_code": True, "trusted_types": []}}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    conn = fork_server.connect(probe_env())
+    conn.sendall((json.dumps({"request": str(tmp_path / "request.json"), "result": str(tmp_path / "result.json"),
+                              "log": str(tmp_path / "log"), "cwd": str(tmp_path),
+                              "modules": list(preload_modules("sklearn"))}) + "\n").encode())
+    pid = int(fork_server.readline(conn, 120).split()[0])
+    child = psutil.Process(pid)
+    assert child.is_running()
+    conn.close()
+    gone, _ = psutil.wait_procs([child], timeout=15)
+    assert gone and not (tmp_path / "result.json").exists()
