@@ -4,23 +4,19 @@ one with embedded defaults, one production-shaped (two workers, auth, limits, ca
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis as redis_lib
 
 # Before anything imports bentoml: every test works on its own store, built once below.
 _HOME = Path(tempfile.mkdtemp(prefix="rtserve-test-bentoml-"))
 os.environ["BENTOML_HOME"] = str(_HOME)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-from gateway.auth import AuthSettings  # noqa: E402
-from tests.helpers import REDIS_URL, Gateway, OwnRedis, ServerProcess, gateway_env  # noqa: E402
+from tests.helpers import Gateway, OwnRedis, ServerProcess, running_gateway  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,21 +60,5 @@ def own_redis() -> Iterator[OwnRedis]:
 
 @pytest.fixture(scope="session")
 def gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("gateway")
-    secret_file = tmp / "jwt-secret"
-    secret_file.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-test:{uuid.uuid4().hex}:"
-    server = ServerProcess(env=gateway_env(secret_file, prefix), log_path=tmp / "serve.log")
-    try:
-        gw = Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
-        admin = gw.headers(scopes="admin")
-        # Ready means the models are warm; the admin API answers once the shared routes are reached too.
-        for _ in range(6):  # each on a new connection, so both workers are asked
-            server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=admin)
+    with running_gateway(tmp_path_factory.mktemp("gateway")) as gw:
         yield gw
-    finally:
-        server.stop()
-        client = redis_lib.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import redis as redis_lib
 
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
@@ -123,6 +129,49 @@ def gateway_env(secret_file, prefix: str, redis_url: str = REDIS_URL, workers: i
         "RTSERVE_ROUTING_REDIS_PREFIX": f"{prefix}routes:",
         "RTSERVE_JOBS_REDIS_PREFIX": f"{prefix}jobs:",
     }
+
+
+def new_secret(folder: Path) -> Path:
+    """A fresh HS256 key in `folder`, for a server and the tokens the test mints for it."""
+    path = folder / "jwt-secret"
+    path.write_text(secrets.token_hex(32))
+    return path
+
+
+def new_prefix(label: str) -> str:
+    """Redis key prefix of one server or cluster: its routes, cache and limits touch nobody else's."""
+    return f"{label}:{uuid.uuid4().hex}:"
+
+
+def forget_prefix(prefix: str, redis_url: str = REDIS_URL) -> None:
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def running_gateway(tmp: Path, env: dict[str, str] | None = None, workers: int = 2,
+                    label: str = "rtserve-test") -> Iterator[Gateway]:
+    """A production-shaped server of the caller's own (auth, limits, cache and routes on the shared Redis
+    under a fresh prefix; `env` on top), ready with its admin API answering in every worker; its Redis keys
+    are removed afterwards. Logs in `tmp`/serve.log."""
+    secret = new_secret(tmp)
+    prefix = new_prefix(label)
+    server = ServerProcess(env={**gateway_env(secret, prefix, workers=workers), **(env or {})}, log_path=tmp / "serve.log")
+    try:
+        gw = Gateway(server.start(), AuthSettings(hs256_secret_file=secret), prefix)
+        admin = gw.headers(scopes="admin")
+        # Ready means the models are warm; the admin API answers once the shared routes are reached too.
+        for _ in range(3 * workers):  # each on a new connection, so every worker is asked
+            server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=admin)
+        yield gw
+    finally:
+        server.stop()
+        forget_prefix(prefix)
 
 
 class FakeClock:

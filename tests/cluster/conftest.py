@@ -4,10 +4,10 @@ they share routes, the cache, rate limits and the canary lease."""
 
 from __future__ import annotations
 
-import secrets
-import uuid
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +17,7 @@ from deploy.cluster import Nginx
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
 from tests.faults.load import digits_rows, expected_labels, wait_for, wait_for_workers_ready
-from tests.helpers import OwnRedis, ServerProcess, gateway_env
+from tests.helpers import OwnRedis, ServerProcess, gateway_env, new_prefix, new_secret
 
 WORKERS = 2
 DRAIN_DELAY_S = 1.0
@@ -70,15 +70,16 @@ def digits(model_store) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return rows, expected_labels(rows)
 
 
-@pytest.fixture(scope="module")
-def cluster(model_store, tmp_path_factory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("cluster")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-cluster:{uuid.uuid4().hex}:"
+@contextlib.contextmanager
+def running_cluster(tmp: Path, env: dict[str, str] | None = None, own_store: bool = False,
+                    label: str = "rtserve-cluster") -> Iterator[Cluster]:
+    """Two replicas behind nginx on a Redis of their own, with `env` on top of the cluster's environment;
+    `own_store`: a model store each (a copy), else both read the session's."""
+    secret = new_secret(tmp)
+    prefix = new_prefix(label)
     redis = OwnRedis().start()
-    env = {**gateway_env(secret, prefix, redis_url=redis.url, workers=WORKERS), **CLUSTER_ENV}
-    replicas = [ServerProcess(env=env, log_path=tmp / f"replica-{i}.log") for i in range(2)]
+    env = {**gateway_env(secret, prefix, redis_url=redis.url, workers=WORKERS), **CLUSTER_ENV, **(env or {})}
+    replicas = [ServerProcess(env=env, log_path=tmp / f"replica-{i}.log", own_store=own_store) for i in range(2)]
     nginx = Nginx(tmp / "nginx", [r.port for r in replicas])
     cluster = Cluster(replicas, nginx, redis, AuthSettings(hs256_secret_file=secret), prefix)
     try:
@@ -93,3 +94,9 @@ def cluster(model_store, tmp_path_factory) -> Iterator[Cluster]:
         for r in replicas:
             r.stop()
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(model_store, tmp_path_factory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import pickle
-import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis as redis_lib
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from gateway.auth import AuthSettings
-from tests.helpers import REDIS_URL, Gateway, ServerProcess, gateway_env
+from tests.helpers import Gateway, running_gateway
 from tests.models import makers
 
 LIMIT = 1024 * 1024
@@ -34,27 +31,13 @@ RTOL, ATOL = 1e-5, 1e-6
 
 @pytest.fixture(scope="module")
 def served(model_store, tmp_path_factory) -> Iterator[Gateway]:
-    tmp = tmp_path_factory.mktemp("triton-files")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-test:{uuid.uuid4().hex}:"
-    env = {**gateway_env(secret, prefix), "RTSERVE_REPOSITORY_MAX_LOAD_BYTES": str(CAP),
-           "RTSERVE_LIMIT_MAX_BODY_BYTES": str(LIMIT), "RTSERVE_GRPC_MAX_MESSAGE_BYTES": str(LIMIT),
+    env = {"RTSERVE_REPOSITORY_MAX_LOAD_BYTES": str(CAP), "RTSERVE_LIMIT_MAX_BODY_BYTES": str(LIMIT),
+           "RTSERVE_GRPC_MAX_MESSAGE_BYTES": str(LIMIT),
            # A load's probe starts a Python process with the framework: seconds on a busy machine.
            "RTSERVE_LIMIT_REQUEST_TIMEOUT_S": "120", "RTSERVE_TRAFFIC_TIMEOUT_S": "120",
            "RTSERVE_REPOSITORY_WAIT_TIMEOUT_S": "100"}
-    server = ServerProcess(env=env, log_path=tmp / "serve.log")
-    try:
-        gw = Gateway(server.start(), AuthSettings(hs256_secret_file=secret), prefix)
-        for _ in range(6):  # the repository answers once the shared routes are reached, in both workers
-            server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=gw.headers(scopes="admin"))
+    with running_gateway(tmp_path_factory.mktemp("triton-files"), env) as gw:
         yield gw
-    finally:
-        server.stop()
-        client = redis_lib.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
 
 
 @pytest.fixture(scope="module")

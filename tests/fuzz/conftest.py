@@ -14,23 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_lib
 import requests
 import schemathesis
 
 from fuzz import seeds
-from gateway.auth import AuthSettings
 from tests.fuzz.contract import error_contract, refusal_problem
 from tests.fuzz.tally import TALLY
-from tests.helpers import REDIS_URL, Gateway, ServerProcess, gateway_env
+from tests.helpers import REDIS_URL, Gateway, running_gateway
 
 
 @schemathesis.serializer("application/x-ndjson")
@@ -147,19 +143,8 @@ class RoutingReset:
 @pytest.fixture(scope="session")
 def admin_gateway(model_store, tmp_path_factory) -> Iterator[Gateway]:
     """A one-worker server of the admin fuzzer's own: its routes change under fuzzing, nobody else's."""
-    tmp = tmp_path_factory.mktemp("fuzz-admin")
-    secret_file = tmp / "jwt-secret"
-    secret_file.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-fuzz:{uuid.uuid4().hex}:"
-    server = ServerProcess(env=gateway_env(secret_file, prefix, workers=1), log_path=tmp / "serve.log")
-    try:
-        yield Gateway(server.start(), AuthSettings(hs256_secret_file=secret_file), prefix)
-    finally:
-        server.stop()
-        client = redis_lib.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+    with running_gateway(tmp_path_factory.mktemp("fuzz-admin"), workers=1, label="rtserve-fuzz") as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")
