@@ -23,6 +23,7 @@ from jobs.store import LocalJobStore, RedisJobStore
 from models.remote import ObjectRepository
 from models.retention import StoreSettings
 from models.settings import ImportSettings
+from models.writable_store import use_writable_store
 from observability.health import BackgroundHealth
 from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
@@ -140,6 +141,7 @@ class Runtime:
     @classmethod
     def from_config(cls, config: Config) -> Runtime:
         """The service's runtime, from the configuration validated at start-up."""
+        use_writable_store()  # a served Bento's own store is read-only; deploys and pulls write theirs
         from gateway.access import Grants
         from gateway.auth import Authenticator
         from gateway.ratelimit import RateLimiter

@@ -17,6 +17,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import StorageQuotaExceeded
+from models import store
+from models.writable_store import is_linked
 
 log = logging.getLogger(__name__)
 MB = 1_000_000
@@ -43,8 +45,9 @@ def size_of(path: Path) -> int:
 
 
 def store_bytes() -> int:
-    """Bytes the model store holds now (every version of every model)."""
-    return sum(size_of(Path(m.path)) for m in bentoml.models.list())
+    """Bytes the model store holds now (every version of every model); a Bento's versions linked into it take
+    no space of its own."""
+    return sum(size_of(Path(m.path)) for m in bentoml.models.list() if not is_linked(Path(m.path)))
 
 
 def check_quota(incoming_bytes: int, settings: StoreSettings) -> None:
@@ -70,7 +73,7 @@ def collect(name: str, served: Collection[str], settings: StoreSettings) -> list
     removed = []
     for model in unserved[settings.keep_unserved_versions:]:
         try:
-            bentoml.models.delete(model.tag)
+            store.delete(str(model.tag))
         except bentoml.exceptions.NotFound:  # another worker removed it first
             continue
         removed.append(str(model.tag))

@@ -17,6 +17,7 @@ from bentoml.exceptions import NotFound
 
 from models.declared import MODES
 from models.signature import Signature
+from models.writable_store import is_linked
 
 __all__ = ["MODES", "create", "delete", "exists", "modes_of", "save"]
 
@@ -72,4 +73,10 @@ def create(tag: str, metadata: dict[str, Any], write: Callable[[Path], None]) ->
 
 
 def delete(tag: str) -> None:
+    """Remove a version from the store. A Bento's version linked into it (models/writable_store.py) loses its
+    link only: the Bento is read-only and may be served by other replicas."""
+    path = Path(bentoml.models.get(tag).path)
+    if is_linked(path):
+        path.unlink()
+        path.mkdir()  # an empty folder in the link's place, which BentoML removes, setting the model's latest anew
     bentoml.models.delete(tag)

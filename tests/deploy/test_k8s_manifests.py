@@ -146,6 +146,7 @@ def test_writable_only_where_the_service_writes() -> None:
     writable = {
         variables["BENTOML_HOME"] + "/tmp",
         variables["BENTOML_HOME"] + "/prometheus_multiproc_dir",
+        variables["BENTOML_HOME"] + "/models",  # the store deploys and pulls write (models/writable_store.py)
         "/tmp",
         variables["RTSERVE_ROUTING_STATE_FILE"],
     }
@@ -156,6 +157,26 @@ def test_writable_only_where_the_service_writes() -> None:
         used.add(mount["name"])
     empty_dirs = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v}
     assert empty_dirs == used, f"writable volumes nothing writes to: {empty_dirs - used}"
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes quantity in Mi/Gi (what these manifests use) as MiB."""
+    number, unit = quantity[:-2], quantity[-2:]
+    return float(number) * {"Mi": 1, "Gi": 1024}[unit]
+
+
+def test_a_deploy_fits_the_pods_volumes() -> None:
+    """An upload the service accepts fits /tmp twice (a tar and its extraction), and ephemeral-storage counts
+    every emptyDir at its limit: a deploy is refused with 413, never a pod evicted."""
+    deployment = one("base", "Deployment")
+    c = container(deployment)
+    _, tmp = mount_for(deployment, "/tmp")
+    upload_mib = int(env(c)["RTSERVE_IMPORT_MAX_UPLOAD_BYTES"]) / 2**20
+    assert 2 * upload_mib + 64 <= mebibytes(tmp["emptyDir"]["sizeLimit"])
+    limits = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in deployment["spec"]["template"]["spec"]["volumes"]
+                 if "emptyDir" in v)
+    for part in ("requests", "limits"):
+        assert mebibytes(c["resources"][part]["ephemeral-storage"]) >= limits + 128, part
 
 
 def test_secrets_are_mounted_and_referenced() -> None:
