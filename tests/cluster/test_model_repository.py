@@ -1,11 +1,15 @@
 """Two replicas with a model store each and one model repository (SeaweedFS), behind nginx, under a steady
-load through nginx: a version deployed through replica A is served by B, its next version canaries and
-promotes on both, object storage stopped in the middle of a pull leaves no half-installed version and the
-pull recovers, and no request is lost through all of it."""
+load through nginx: a version deployed with `rtserve deploy` through replica A is served by B, its next
+version canaries (`rtserve canary start`) and promotes on both, object storage stopped in the middle of a
+pull leaves no half-installed version and the pull recovers, and no request is lost through all of it.
+The module ends with one block of what it measured."""
 
 from __future__ import annotations
 
-import secrets
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,60 +23,63 @@ import httpx
 import numpy as np
 import pytest
 
-from deploy.cluster import Nginx
 from deploy.objectstore import SeaweedFS
-from gateway.auth import AuthSettings
-from models.importer import ImportOptions, import_model
 from models.remote import ModelRepositorySettings, ObjectRepository
-from models.settings import ImportSettings
-from tests.cluster.conftest import CLUSTER_ENV, WORKERS, Cluster
+from tests.cluster.conftest import WORKERS, Cluster, running_cluster
 from tests.faults.load import SteadyLoad, wait_for
-from tests.helpers import OwnRedis, ServerProcess, gateway_env
+from tests.helpers import ServerProcess
 from tests.models.makers import iris_skops
 
 pytestmark = pytest.mark.timeout(1200)  # two replicas' start, a 100 MiB model twice, storage restarted
 
 BIG_FEATURES = 5120
 """A 5120 x 5120 float32 weight: a 100 MiB model."""
+RTSERVE = str(Path(sys.executable).parent / "rtserve")
 
 
 @dataclass
-class RepoCluster(Cluster):
+class RepoCluster:
+    cluster: Cluster
     s3: SeaweedFS
     remote: ObjectRepository
+    """The repository the replicas push to and pull from, read by the test to check what they installed."""
 
 
 @pytest.fixture(scope="module")
 def repo_cluster(model_store, tmp_path_factory) -> Iterator[RepoCluster]:
     tmp = tmp_path_factory.mktemp("repo-cluster")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-repo-cluster:{uuid.uuid4().hex}:"
     s3 = SeaweedFS(tmp / "seaweedfs").start()
     s3_env = s3.env(f"s3://models/{uuid.uuid4().hex[:8]}")
     remote = ObjectRepository(ModelRepositorySettings(
         url=s3_env["RTSERVE_MODEL_REPOSITORY"], endpoint_url=s3.endpoint, access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
         secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region="us-east-1"))
-    redis = OwnRedis().start()
-    env = {**gateway_env(secret, prefix, redis_url=redis.url, workers=WORKERS), **CLUSTER_ENV, **s3_env,
-           "RTSERVE_MODEL_REPOSITORY_BACKOFF_S": "0.2", "RTSERVE_MODEL_REPOSITORY_BACKOFF_MAX_S": "1",
+    env = {**s3_env, "RTSERVE_MODEL_REPOSITORY_BACKOFF_S": "0.2", "RTSERVE_MODEL_REPOSITORY_BACKOFF_MAX_S": "1",
            "RTSERVE_MODEL_REPOSITORY_TIMEOUT_S": "3", "RTSERVE_ROUTING_READINESS_SCOPE": "configured"}
-    replicas = [ServerProcess(env=env, log_path=tmp / f"replica-{i}.log", own_store=True) for i in range(2)]
-    nginx = Nginx(tmp / "nginx", [r.port for r in replicas])
-    cluster = RepoCluster(replicas, nginx, redis, AuthSettings(hs256_secret_file=secret), prefix, s3, remote)
     try:
-        for r in replicas:
-            r.start(wait_ready=False)
-        for r in replicas:
-            cluster.wait_serving(r)
-        nginx.start()
-        yield cluster
+        with running_cluster(tmp, env, own_store=True, label="rtserve-repo-cluster") as cluster:
+            yield RepoCluster(cluster, s3, remote)
     finally:
-        nginx.stop()
-        for r in replicas:
-            r.stop()
-        redis.stop()
         s3.stop()
+
+
+@pytest.fixture(scope="module")
+def measured() -> Iterator[dict[str, str]]:
+    """What the module measured, printed as one block when it ends (whatever passed or failed)."""
+    lines: dict[str, str] = {}
+    yield lines
+    width = max((len(k) for k in lines), default=0)
+    print("\n--- model repository cluster test (2 replicas x 2 workers, own stores, SeaweedFS, nginx) ---\n"
+          + "\n".join(f"{k:<{width}}  {v}" for k, v in lines.items()) + "\n---", flush=True)
+
+
+@pytest.fixture(scope="module")
+def load(repo_cluster, digits) -> Iterator[SteadyLoad]:
+    """digits-sklearn through nginx, 40 requests/s, from before the first deploy until the last test."""
+    rows, expected = digits
+    cluster = repo_cluster.cluster
+    with SteadyLoad(cluster.url, cluster.headers(), rows, expected, rate=40, clients=2) as steady:
+        steady.wait_for_answers(20)
+        yield steady
 
 
 def big_onnx(folder: Path, seed: int) -> Path:
@@ -92,16 +99,44 @@ def big_onnx(folder: Path, seed: int) -> Path:
     return path
 
 
-def deploy(cluster: RepoCluster, name: str, version: str, source: Path) -> float:
-    """What every deploy path does, the upload aside: import with the probe, push, then load through replica A
-    (which lacks it too, its store being its own); returns when the push started."""
-    import_model(name, version, source, ImportOptions(), ImportSettings())
-    started = time.monotonic()
-    cluster.remote.push(f"{name}:{version}")
-    r = httpx.post(f"{cluster.replicas[0].url}/admin/models/{name}/versions/{version}/load",
-                   headers=cluster.headers(scopes="admin"), timeout=30)
-    assert r.status_code in (200, 504), r.text  # 504: still pulling when the admin wait ended; it goes on
-    return started
+def rtserve(cluster: Cluster, replica: ServerProcess, *args: str, timeout: float = 900) -> str:
+    """`rtserve ARGS` as an operator runs it: a process of its own against one replica, with an admin token."""
+    token = cluster.headers(scopes="admin predict", tenant="admin", sub="operator")["Authorization"].removeprefix("Bearer ")
+    env = {**os.environ, "RTSERVE_URL": replica.url, "RTSERVE_TOKEN": token}
+    done = subprocess.run([RTSERVE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"rtserve {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+@dataclass
+class Deploy:
+    """One `rtserve deploy` through replica A, timed from the command's start."""
+
+    started: float
+    command_s: float = 0.0
+    """Until the command answered: upload, import with its probe, push to the repository, loaded by A's workers."""
+    output: str = ""
+
+    @classmethod
+    def run(cls, cluster: Cluster, name: str, version: str, source: Path) -> Deploy:
+        deploy = cls(time.monotonic())
+        deploy.output = rtserve(cluster, cluster.replicas[0], "deploy", name, str(source), "--version", version)
+        deploy.command_s = time.monotonic() - deploy.started
+        return deploy
+
+    def describe(self, both_s: float) -> str:
+        """The command's seconds, the server's split of them, and `both_s` (from the command's start)."""
+        server = re.search(r"import ([\d.]+) s, load ([\d.]+) s", self.output)
+        split = f" (import {server[1]} s, load in A {server[2]} s)" if server else ""
+        return f"deploy command {self.command_s:.1f} s{split}; both replicas answer {both_s:.1f} s after it started"
+
+
+def installed_as_pushed(rc: RepoCluster, name: str, version: str, replicas: list[ServerProcess]) -> None:
+    """Each replica's store holds exactly the files and hashes of the repository's manifest."""
+    manifest = rc.remote.manifest(name, version)
+    assert manifest is not None, f"{name}:{version} is not in the repository"
+    for replica in replicas:
+        manifest.check(replica.home / "models" / name / version)
 
 
 def body(url: str, headers: dict[str, str], name: str, row: np.ndarray) -> dict | None:
@@ -130,17 +165,44 @@ def answers(replica: ServerProcess, headers: dict[str, str], name: str, version:
     return len(seen) >= WORKERS
 
 
-def until_both_answer(cluster: RepoCluster, name: str, version: str, row: np.ndarray, started: float, timeout: float) -> float:
-    predict = cluster.headers()
-    wait_for(lambda: all(answers(r, predict, name, version, row) for r in cluster.replicas), timeout,
-             f"{name}:{version} answered by both replicas", every=0.2)
-    return time.monotonic() - started
+def serves(replica: ServerProcess, admin: dict[str, str], predict: dict[str, str], name: str, version: str,
+           row: np.ndarray) -> bool:
+    """Whether the replica's index says every one of its workers serves NAME:VERSION, and it answers a request."""
+    try:
+        index = httpx.post(f"{replica.url}/v2/repository/index", json={"ready": True}, headers=admin, timeout=10)
+        if not any(e["name"] == name and e["version"] == version for e in index.json()):
+            return False
+        request = body(replica.url, predict, name, row)
+        if request is None:
+            return False
+        r = httpx.post(f"{replica.url}/v2/models/{name}/versions/{version}/infer", json=request, headers=predict, timeout=10)
+    except httpx.TransportError:
+        return False
+    return r.status_code == 200
+
+
+def until_both_answer(cluster: Cluster, name: str, version: str, row: np.ndarray, started: float, timeout: float) -> float:
+    """Seconds from `started` until both replicas serve NAME:VERSION in every worker and answer it: polled with
+    two requests a replica, so the time is the replicas' and not the polling's; then each worker of both is
+    seen answering (untimed)."""
+    admin, predict = cluster.headers(scopes="admin"), cluster.headers()
+    pending = set(range(len(cluster.replicas)))
+
+    def both() -> bool:
+        pending.difference_update({i for i in pending if serves(cluster.replicas[i], admin, predict, name, version, row)})
+        return not pending
+
+    wait_for(both, timeout, f"{name}:{version} served by both replicas", every=0.1)
+    took = time.monotonic() - started
+    wait_for(lambda: all(answers(r, predict, name, version, row) for r in cluster.replicas), 120,
+             f"{name}:{version} answered by every worker of both replicas", every=0.2)
+    return took
 
 
 class Traffic:
     """Requests to one model through nginx from a thread, for a canary to judge; counts statuses."""
 
-    def __init__(self, cluster: RepoCluster, name: str, row: np.ndarray) -> None:
+    def __init__(self, cluster: Cluster, name: str, row: np.ndarray) -> None:
         self.url = f"{cluster.url}/v2/models/{name}/infer"
         self.headers = cluster.headers()
         self.body = body(cluster.url, self.headers, name, row)
@@ -169,84 +231,102 @@ class Traffic:
         self._thread.join()
 
 
-def test_deploy_through_a_served_by_b_and_an_outage_during_a_pull(repo_cluster, digits, tmp_path):
-    cluster = repo_cluster
+def test_deploy_through_a_served_by_b(repo_cluster, load, measured, tmp_path):
+    cluster = repo_cluster.cluster
     a, b = cluster.replicas
-    rows, expected = digits
-    admin = cluster.headers(scopes="admin")
     name, big = f"repo-{uuid.uuid4().hex[:6]}", f"big-{uuid.uuid4().hex[:6]}"
     small = iris_skops(tmp_path)
-    big_row = np.full(BIG_FEATURES, 0.01, dtype=np.float32)
-    with SteadyLoad(cluster.url, cluster.headers(), rows, expected, rate=40, clients=2) as load:
-        load.wait_for_answers(20)
 
-        # A small model deployed through A is served by B, from B's own store.
-        started = deploy(cluster, name, "v1", small.path)
-        small_s = until_both_answer(cluster, name, "v1", small.x[0], started, 120)
-        print(f"\nsmall model: deploy until both replicas answer {small_s:.1f} s", flush=True)
-        for replica in (a, b):
-            assert (replica.home / "models" / name / "v1" / "model.yaml").is_file()
+    # A small model deployed through A is served by B, pulled into B's own store.
+    deploy = Deploy.run(cluster, name, "v1", small.path)
+    measured["small model (skops, 4 KB)"] = deploy.describe(until_both_answer(cluster, name, "v1", small.x[0], deploy.started, 120))
+    installed_as_pushed(repo_cluster, name, "v1", [a, b])
 
-        # A 100 MiB model: deploy until both answer.
-        started = deploy(cluster, big, "v1", big_onnx(tmp_path, 1))
-        big_s = until_both_answer(cluster, big, "v1", big_row, started, 300)
-        print(f"100 MiB model: deploy until both replicas answer {big_s:.1f} s", flush=True)
-
-        # Object storage stopped in the middle of a pull: nothing half installed, then the pull recovers.
-        import_model(big, "v2", big_onnx(tmp_path, 2), ImportOptions(), ImportSettings())
-        cluster.remote.push(f"{big}:v2")
-        loader = threading.Thread(target=lambda: httpx.post(f"{a.url}/admin/models/{big}/versions/v2/load",
-                                                            headers=admin, timeout=30))
-        loader.start()
-        staging = [r.home / "rtserve-pulls" for r in (a, b)]
-        wait_for(lambda: any(f.is_file() and f.stat().st_size > 0 for s in staging if s.exists()
-                             for f in s.rglob("*.onnx")), 60, "a pull under way", every=0.01)
-        cluster.s3.stop()
-        outage = time.monotonic()
-        loader.join()
-        waiting = wait_for(lambda: [v.get("waiting") for r in (a, b) for v in [httpx.get(
-            f"{r.url}/admin/models", headers=admin, timeout=10).json().get(big, {}).get("versions", {}).get("v2", {})]
-            if v.get("waiting") and "attempt" in v.get("waiting")], 60, "a replica saying it waits for the pull")
-        for replica in (a, b):
-            assert not (replica.home / "models" / big / "v2").exists(), "half-installed while the storage is down"
-        cluster.s3.start()
-        recovered = until_both_answer(cluster, big, "v2", big_row, outage, 300)
-        for replica in (a, b):
-            assert (replica.home / "models" / big / "v2" / "model.yaml").is_file()
-            assert not [p for p in (replica.home / "rtserve-pulls").iterdir() if p.is_dir()]
-        load.wait_for_answers(20)
-    s = load.summary()
-    print(f"storage stopped mid-pull: both replicas answered {recovered:.1f} s after the outage began "
-          f"(shown meanwhile: {waiting[0]!r})")
-    print(f"steady load through nginx: sent {s.sent} ok {s.ok} failed {s.failed} lost {s.lost} wrong {s.wrong} {s.by_status}")
-    assert (s.failed, s.lost, s.wrong) == (0, 0, 0), s.by_status
+    # A 100 MiB model: deploy until both answer.
+    source = big_onnx(tmp_path, 1)
+    deploy = Deploy.run(cluster, big, "v1", source)
+    both = until_both_answer(cluster, big, "v1", np.full(BIG_FEATURES, 0.01, dtype=np.float32), deploy.started, 300)
+    measured[f"100 MiB model (ONNX, {source.stat().st_size / 2**20:.0f} MiB)"] = deploy.describe(both)
+    installed_as_pushed(repo_cluster, big, "v1", [a, b])
 
 
-def test_the_next_version_canaries_and_promotes_on_both_replicas(repo_cluster, tmp_path):
-    cluster = repo_cluster
+def test_an_object_storage_outage_during_a_pull(repo_cluster, load, measured, tmp_path):
+    """A 100 MiB model deployed through A; the storage stops while B downloads it, then comes back."""
+    cluster = repo_cluster.cluster
+    a, b = cluster.replicas
+    admin = cluster.headers(scopes="admin")
+    big = f"outage-{uuid.uuid4().hex[:6]}"
+    source = big_onnx(tmp_path, 2)
+    deployed: list[Deploy] = []
+    deployer = threading.Thread(target=lambda: deployed.append(Deploy.run(cluster, big, "v1", source)))
+    deployer.start()
+    staging = b.home / "rtserve-pulls"
+    wait_for(lambda: staging.exists() and any(f.is_file() and f.stat().st_size > 0 for f in staging.rglob("*.onnx")),
+             300, "B's pull under way", every=0.01)
+    repo_cluster.s3.stop()
+    outage = time.monotonic()
+    deployer.join()  # A serves the version from the upload: once pushed, its deploy no longer needs the storage
+    assert deployed, "the deploy through A failed while the storage was down"
+
+    def waiting() -> str | None:
+        doc = httpx.get(f"{b.url}/admin/models", headers=admin, timeout=10).json()
+        version = doc.get(big, {}).get("versions", {}).get("v1", {})
+        return version.get("waiting") if "attempt" in (version.get("waiting") or "") else None
+
+    shown = wait_for(waiting, 60, "B saying it waits for the pull")
+    assert not (b.home / "models" / big / "v1").exists(), "half-installed while the storage is down"
+    down_s = time.monotonic() - outage
+    restarted = time.monotonic()
+    repo_cluster.s3.start()
+    restart_s = time.monotonic() - restarted
+    recovered = until_both_answer(cluster, big, "v1", np.full(BIG_FEATURES, 0.01, dtype=np.float32), outage, 300)
+    installed_as_pushed(repo_cluster, big, "v1", [a, b])
+    assert not [p for p in staging.iterdir() if p.is_dir()], "a staging folder was left behind"
+    measured["storage stopped during B's 100 MiB pull"] = (
+        f"B said it waits {down_s:.1f} s after the stop, SeaweedFS took {restart_s:.1f} s to come back, both replicas "
+        f"answer {recovered:.1f} s after the stop; B showed: {shown!r}")
+
+
+def test_the_next_version_canaries_and_promotes_on_both_replicas(repo_cluster, load, measured, tmp_path):
+    cluster = repo_cluster.cluster
     a, b = cluster.replicas
     admin = cluster.headers(scopes="admin")
     name = f"canary-{uuid.uuid4().hex[:6]}"
     small = iris_skops(tmp_path)
-    deploy(cluster, name, "v1", small.path)
-    until_both_answer(cluster, name, "v1", small.x[0], time.monotonic(), 120)
-    deploy(cluster, name, "v2", small.path)
-    until_both_answer(cluster, name, "v2", small.x[0], time.monotonic(), 120)
-    canary = {"version": "v2", "stable": "v1", "steps": [50, 100], "hold_s": 1, "min_requests": 20}
+    for version in ("v1", "v2"):
+        deploy = Deploy.run(cluster, name, version, small.path)
+        until_both_answer(cluster, name, version, small.x[0], deploy.started, 120)
     with Traffic(cluster, name, small.x[0]) as traffic:
-        r = httpx.post(f"{a.url}/admin/models/{name}/canary", json=canary, headers=admin, timeout=10)
-        assert r.status_code == 201, r.text
+        started = time.monotonic()
+        # v2 is v1's very file, so any difference in p95 is the machine's: on shared, loaded cores the p95 of a
+        # few dozen requests moves by tens of milliseconds (49.5 vs 25.0 ms seen), which the default 2 ms slack
+        # judges as a slow canary. Judging latency is tests/routing/test_canary.py's; here errors are judged.
+        rtserve(cluster, b, "canary", "start", name, "v2", "--stable", "v1", "--steps", "50,100", "--hold", "1",
+                "--min-requests", "20", "--p95-slack-ms", "1000")
         last: dict = {}
 
         def decided() -> dict | None:
-            last.update(httpx.get(f"{b.url}/admin/models/{name}/canary", headers=admin, timeout=10).json())
+            last.update(httpx.get(f"{a.url}/admin/models/{name}/canary", headers=admin, timeout=10).json())
             return dict(last) if last["status"] != "running" else None
 
         try:
             doc = wait_for(decided, 120, "the canary decided", every=0.2)
+            decided_s = time.monotonic() - started
         finally:
-            print(f"\ncanary: {last}; its traffic through nginx {dict(traffic.statuses)}", flush=True)
+            measured["canary traffic through nginx"] = f"statuses {dict(sorted(traffic.statuses.items()))}"
     assert doc["status"] == "promoted", doc
     for replica in (a, b):
         weights = httpx.get(f"{replica.url}/admin/models", headers=admin, timeout=10).json()[name]["weights"]
         assert weights.get("v2") == 100.0, weights
+    steps = "; ".join(f"{d['action']} at {d['weight']:g} %" for d in doc["decisions"])
+    measured["canary v1 -> v2 (started through B)"] = (f"{doc['status']} {decided_s:.1f} s after `rtserve canary start` "
+                                                       f"({steps}); v2 at 100 % on both replicas")
+    assert set(traffic.statuses) == {200}, traffic.statuses
+
+
+def test_no_request_lost_through_all_of_it(load, measured):
+    load.wait_for_answers(20)
+    s = load.summary()
+    measured["steady load through nginx (digits)"] = (f"sent {s.sent} ok {s.ok} failed {s.failed} lost {s.lost} "
+                                                      f"wrong {s.wrong} {s.by_status}")
+    assert (s.failed, s.lost, s.wrong) == (0, 0, 0), s.by_status
