@@ -70,8 +70,9 @@ serve: setup
 	  RTSERVE_GRPC_PORT=$(GRPC_PORT) RTSERVE_METRICS_PORT=$(METRICS_PORT) $(BIN)/bentoml serve --port $(PORT)
 
 ## Each pytest session copies the demo models from one build in build/test-models/ (tests/demo_store.py), made
-## again only when the code or packages that build them change.
-test: setup system-deps redis
+## again only when the code or packages that build them change; the tests never read .bentoml/, so `setup`'s
+## build of it is not waited for here (`make serve` makes it).
+test: $(VENV)/.installed system-deps redis
 	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py --ignore=tests/cluster/test_model_repository.py
 	$(MAKE) --no-print-directory test-cache-off
 	$(MAKE) --no-print-directory container-test
@@ -84,7 +85,7 @@ docs: $(VENV)/.installed
 ## The in-process tests again with the prediction cache off (production runs with it on, as the suite does):
 ## those whose requests can take another path without it. Tests marked cache_independent stay out (decided
 ## before the cache, or servers of their own, which RTSERVE_TEST_CACHE does not reach); each file says why.
-test-cache-off: setup system-deps redis
+test-cache-off: $(VENV)/.installed system-deps redis
 	RTSERVE_TEST_CACHE=off $(BIN)/python -m pytest -q -m "not cache_independent" \
 	  $(sort $(shell grep -rl serve_in_process tests --include='test_*.py') tests/jobs)
 
@@ -127,7 +128,7 @@ bento: setup
 ## the same for the GPU image (about 2.7 GB of CUDA wheels to download; served on the CPU here). Removes its images afterwards; the local
 ## base image (docker.io/library/python:3.11-slim, from Debian packages) is kept for the next run.
 .PHONY: container-test
-container-test: setup system-deps
+container-test: $(VENV)/.installed system-deps
 	RTSERVE_CONTAINER_BENTOFILE=$(BENTOFILE) $(BIN)/python -m pytest tests/deploy/test_container.py -p no:cacheprovider
 
 clean:
