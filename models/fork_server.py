@@ -55,16 +55,16 @@ _started: list[subprocess.Popen] = []
 
 def connect(env: Mapping[str, str]) -> socket.socket:
     """A connection to this replica's fork server for `env`; the server is started first if none answers."""
-    folder = _folder(env)
-    path = str(folder / "server.sock")
-    with (folder / "lock").open("w") as lock:
+    place = folder(env)
+    path = str(place / "server.sock")
+    with (place / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the replica's workers start one server between them
         try:
             return _dial(path)
         except OSError:
             pass
         Path(path).unlink(missing_ok=True)
-        _start(path, folder, env)
+        _start(path, place, env)
         return _dial(path)
 
 
@@ -78,15 +78,15 @@ def _dial(path: str) -> socket.socket:
     return conn
 
 
-def _folder(env: Mapping[str, str]) -> Path:
+def folder(env: Mapping[str, str]) -> Path:
     """This user's folder for the replica's server: the workers' common parent and the environment name it."""
     key = hashlib.sha256(json.dumps([os.getppid(), sys.executable, sorted(env.items())]).encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / f"rtserve-probe-{os.getuid()}-{key}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.lstat()
-    if info.st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink() or info.st_mode & 0o077:
-        raise PermissionError(f"{folder} is not a private folder of this user; the probe will not use it")
-    return folder
+    place = Path(tempfile.gettempdir()) / f"rtserve-probe-{os.getuid()}-{key}"
+    place.mkdir(mode=0o700, exist_ok=True)
+    info = place.lstat()
+    if info.st_uid != os.getuid() or not place.is_dir() or place.is_symlink() or info.st_mode & 0o077:
+        raise PermissionError(f"{place} is not a private folder of this user; the probe will not use it")
+    return place
 
 
 def _start(path: str, folder: Path, env: Mapping[str, str]) -> None:

@@ -24,22 +24,18 @@ CODE = ImportOptions(allow_code=True)
 
 
 def servers() -> list[psutil.Process]:
-    """The fork servers this process started (the replica's, for the tests: this process is its worker)."""
-    return [p for p in psutil.Process().children() if "models.fork_server" in p.cmdline()]
-
-
-def stop_servers() -> None:
-    for p in servers():
-        p.kill()
-        p.wait(10)
+    """The fork servers this process started for the probe's present environment (this process is the
+    replica's worker here; other tests may have started servers for other environments)."""
+    folder = str(fork_server.folder(probe_env()))
+    return [p for p in psutil.Process().children() if "models.fork_server" in p.cmdline() and p.cwd() == folder]
 
 
 @pytest.fixture
 def fresh_server():
-    """No fork server running when the test starts: the next probe starts one."""
-    stop_servers()
-    yield
-    stop_servers()
+    """No fork server for this environment when the test starts: the next probe starts one."""
+    for p in servers():
+        p.kill()
+        p.wait(10)
 
 
 def test_a_crashing_probe_leaves_the_server_serving_the_next(tmp_path, name, settings):
@@ -78,18 +74,16 @@ def test_no_secret_reaches_the_server_or_its_children(tmp_path, name, settings, 
     assert "not-for-models" not in seen.read_text() and "AWS_SECRET_ACCESS_KEY" not in json.loads(seen.read_text())
 
 
-def test_the_server_holds_no_thread_when_it_forks(fresh_server):
+def test_the_server_holds_no_thread_when_it_forks():
     """A thread alive at fork time would leave its locks held in the child. Every framework imported."""
     start_fork_server(tuple(PRELOAD))
     (server,) = servers()
     assert server.num_threads() == 1 and server.environ()["OMP_NUM_THREADS"] == "1"
 
 
-def test_a_server_folder_others_can_write_is_not_used(fresh_server):
+def test_a_server_folder_others_can_write_is_not_used():
     """The socket's folder is this user's alone: in one others can write, a socket could be anyone's."""
-    start_fork_server(("onnx",))
-    (server,) = servers()
-    folder = server.cwd()  # the server runs in its folder, beside its socket
+    folder = fork_server.folder(probe_env())
     os.chmod(folder, 0o777)
     try:
         with pytest.raises(PermissionError, match="not a private folder"):
@@ -98,7 +92,7 @@ def test_a_server_folder_others_can_write_is_not_used(fresh_server):
         os.chmod(folder, 0o700)
 
 
-async def test_preloaded_frameworks_are_imported_by_the_worker_and_the_server(fresh_server):
+async def test_preloaded_frameworks_are_imported_by_the_worker_and_the_server():
     """RTSERVE_IMPORT_PRELOAD_FRAMEWORKS: no deploy of these frameworks waits for an import, in either process."""
     deployer = Deployer(None, ImportSettings(preload_frameworks=["xgboost"]))  # type: ignore[arg-type]
     await deployer.preload()
