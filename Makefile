@@ -20,7 +20,7 @@ $(BIN)/python:
 ## pip's own progress, one line per package it fetches or installs (its errors still go to stderr).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@echo "setup: installing rtserve and its dependencies into $(VENV) (a few minutes the first time) ..."
-	@set -o pipefail; $(BIN)/pip install --progress-bar off -e ".[test,load,docs]" \
+	@set -o pipefail; $(BIN)/pip install --progress-bar off -e ".[test,load,docs,text,heavy]" \
 	  | awk '/^(Collecting|Installing collected|Successfully installed)/ { print "  " $$0; fflush() }'
 	touch $@
 
@@ -103,6 +103,20 @@ cluster-test: setup system-deps
 
 bench: setup system-deps redis
 	$(BIN)/python -m loadtest.bench --open-loop --scaling $(BENCH_ARGS)
+
+## Benchmark models of real size (a ResNet-50-sized network as ONNX and TorchScript, a BERT-base-sized text
+## encoder serving strings, 500 XGBoost trees) built from fixed seeds into the store through the importer:
+## about 1.2 GB on disk, minutes to build (loadtest/heavy/build.py). Not part of `make test`, which builds stand-ins.
+.PHONY: heavy-models
+heavy-models: setup
+	$(BIN)/python -m loadtest.heavy.build $(HEAVY_ARGS)
+
+## The heavy models' own numbers without HTTP (loadtest/heavy/bench.py): load time and memory (1 and 2 workers,
+## after unload), the runner's batch curve at batch 1..64, the batcher's predicted cost against the measured,
+## and 1 worker x 2 threads against 2 workers x 1 thread. Tables in loadtest/results/heavy-*.md (tens of minutes).
+.PHONY: heavy-bench
+heavy-bench: heavy-models
+	$(BIN)/python -m loadtest.heavy $(HEAVY_BENCH_ARGS)
 
 ## gRPC beside REST on the same server in one run (h2load for gRPC, wrk for REST; about 4 minutes).
 .PHONY: bench-grpc

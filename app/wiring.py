@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from app.stats_exporter import StatsExporter
+from core.threads import cap_threads
 from frontends.parts import FrontendParts
 from gateway.admission import Admission
 from gateway.cache import PredictionCache
@@ -176,9 +177,7 @@ class Runtime:
         return thread
 
     def _load(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.config.torch_threads)
+        cap_threads(self.config.intra_op_threads)
         self.registry.load_configured()
         # What is alive now lives for the process: keep it out of every future collection.
         gc.collect()

@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=25, help="repetitions; the median is reported")
     args = parser.parse_args(argv)
     use_project_store()
-    import torch
+    from core.threads import cap_threads
 
-    torch.set_num_threads(1)  # as the service runs torch (`torch_threads` in serving.yaml)
+    cap_threads(1)  # as a worker runs models (`intra_op_threads` in serving.yaml)
     if args.onnx_options:
         print(onnx_options_table(args.onnx_options, args.reps))
     else:

@@ -14,6 +14,8 @@ format may override what was read from the model. Every field is optional:
     device: cpu                   # auto | cpu | cuda
     modes: [real_time, batch]
     implementation: mypkg.runtime:MyRuntime   # a runtime of your own (runs code: operator opt-in)
+    tokenizer: {file: tokenizer.json, input: text, max_length: 128}   # strings in, token ids to the model
+                                                                      # (see models.tokenize)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ModelRefused
 from models.signature import SPEC_DTYPES, TensorSpec
+from models.tokenize import TokenizerDecl
 
 TASKS = ("classification", "regression", "tensors")
 MODES = ("real_time", "batch", "streaming")
@@ -62,6 +65,12 @@ class Declared(BaseModel):
     modes: list[Literal[MODES]] | None = None  # type: ignore[valid-type]
     implementation: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """`package.module:Class`, a runtime of the user's own (see `models.formats.custom`)."""
+    tokenizer: TokenizerDecl | None = None
+    """Strings in: the served input is text, tokenized into the model's id inputs (see `models.tokenize`)."""
+
+    def named_files(self) -> tuple[str, ...]:
+        """Files beside the model that this declaration names."""
+        return (self.tokenizer.file,) if self.tokenizer else ()
 
     @classmethod
     def read(cls, path: Path) -> Declared:

@@ -35,6 +35,7 @@ from core.errors import CodeFormatNotAllowed, Conflict, Forbidden, ModelRefused
 from models import formats, store
 from models.declared import Declared
 from models.formats.base import ModelFormat
+from models.formats.onnx import check_inside
 from models.names import check_name
 from models.probe import run_probe
 from models.settings import ImportSettings
@@ -89,8 +90,8 @@ def import_model(
     if options.trust and not settings.allow_deploy_trust:
         raise Forbidden("this server does not let a deploy trust types; the operator keeps the list "
                         "(RTSERVE_IMPORT_TRUSTED_TYPES, RTSERVE_IMPORT_ALLOW_DEPLOY_TRUST)")
-    located = locate(source)
-    declared = _declared(options, located)
+    declared = _declared(options, source)
+    located = locate(source, declared.named_files())
     fmt = choose_format(located, declared)
     allow_code = settings.allow_code_formats and options.allow_code
     if fmt.runs_code and not allow_code:
@@ -99,6 +100,7 @@ def import_model(
         raise CodeFormatNotAllowed(f"{located.file.name}: the {fmt.name} format can run code when loaded, and {where}. "
                                    "Formats that load without running code: ONNX, XGBoost, LightGBM, skops")
     trust = {"allow_code": allow_code, "trusted_types": [*settings.trusted_types, *options.trust]}
+    _check_named_files(located, declared)
     hashes = {str(p): sha256(located.root / p) for p in located.files}
     partial = {"implementation": declared.implementation} if declared.implementation else {}
     request = {"format": fmt.name, "file": str(located.file), "metadata": partial, "trust": trust,
@@ -128,8 +130,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def locate(source: Path | str) -> Located:
-    """The model file and the files that go with it, from a path or a BentoML store tag."""
+def locate(source: Path | str, named: tuple[str, ...] = ()) -> Located:
+    """The model file and the files that go with it, from a path or a BentoML store tag. `named`: files the
+    model.yaml names (a tokenizer), which go with the model but are never taken for the model file."""
     path = Path(source)
     if isinstance(source, str) and not path.exists() and ":" in source:
         return _from_store(source)
@@ -148,7 +151,7 @@ def locate(source: Path | str) -> Located:
     module = _bentoml_module(path)
     if module:
         return _bentoml_layout(path, module, {"kind": "directory", "name": path.name})
-    candidates = [f for f in files if f.name not in CONFIG_NAMES and _format_of(path / f) is not None]
+    candidates = [f for f in files if f.name not in CONFIG_NAMES and str(f) not in named and _format_of(path / f) is not None]
     if len(candidates) != 1:
         raise ModelRefused(f"{path.name}: expected one model file in the directory, found "
                            f"{[str(c) for c in candidates] or 'none'}")
@@ -198,14 +201,24 @@ def _bentoml_layout(folder: Path, module: str, source: dict[str, Any]) -> Locate
     return Located(folder, file, (Path(filename),), {**source, "module": module}, module)
 
 
-def _declared(options: ImportOptions, located: Located) -> Declared:
+def _declared(options: ImportOptions, source: Path | str) -> Declared:
+    """The deploy's model.yaml, else a directory's own (a BentoML model folder's model.yaml is BentoML's)."""
     if options.config is not None:
         return Declared.read(options.config)
-    if located.module is None and located.source["kind"] == "directory":
+    path = Path(source)
+    if path.is_dir() and not path.is_symlink() and _bentoml_module(path) is None:
         for name in CONFIG_NAMES:
-            if (located.root / name).is_file():
-                return Declared.read(located.root / name)
+            if (path / name).is_file():
+                return Declared.read(path / name)
     return Declared()
+
+
+def _check_named_files(located: Located, declared: Declared) -> None:
+    """Files the model.yaml names must be among the files deployed with the model, inside its folder."""
+    for name in declared.named_files():
+        check_inside(located.root, name, "the declared file")
+        if Path(name) not in located.files:
+            raise ModelRefused(f"the declared file '{name}' is not deployed with the model: deploy the folder that holds both")
 
 
 def choose_format(located: Located, declared: Declared) -> ModelFormat:

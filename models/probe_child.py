@@ -39,6 +39,7 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
     from models.outputs import Head
     from models.signature import datatype_of
     from models.spec import record_outputs, resolve, sample_inputs, served_outputs
+    from models.tokenize import Tokenize
 
     fmt = formats.get(request["format"])
     module = FRAMEWORK_MODULES.get(fmt.framework)
@@ -59,19 +60,33 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
         declared = declared.model_copy(update={"inputs": [
             TensorDecl(name=n, datatype=datatype_of(a.dtype), shape=[-1, *a.shape[1:]]) for n, a in sample.items()]})
     meta = resolve(described, declared, f"{file.name} ({fmt.name})")
+    tokenize = Tokenize.of(meta, file.parent)
     names = [t["name"] for t in meta["inputs"]]
     inputs = _match(sample, names) if sample else sample_inputs(tuple(_specs(meta["inputs"])))
+    model_inputs = tokenize(inputs) if tokenize else inputs
     if "model_outputs" not in meta:
-        meta["model_outputs"] = record_outputs(fmt.predict(model, inputs))
+        meta["model_outputs"] = record_outputs(fmt.predict(model, model_inputs))
     signature = served_outputs(meta)
     meta.update(signature.to_metadata())
     rows = len(next(iter(inputs.values())))
     try:
-        Head(meta, signature)(fmt.predict(model, inputs), rows)
+        Head(meta, signature)(fmt.predict(model, model_inputs), rows)
     except ServingError as exc:
         raise ModelRefused(f"on a sample input: {exc.message}") from None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"metadata": meta, "checked": checked, "memory_mb": round(max(peak - baseline, 0.0), 1)}
+    return {"metadata": meta, "checked": checked, "memory_mb": round(max(_peak_rss_mb() - baseline, 0.0), 1)}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Not `ru_maxrss` where /proc is there: that survives `execve`, so a
+    probe started by a process of 1 GB read at least 1 GB whatever the model took."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _specs(data: list[dict[str, Any]]) -> list[Any]:

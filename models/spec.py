@@ -21,6 +21,7 @@ from core.errors import ModelRefused, SignatureRequired
 from models.declared import MODES, Declared
 from models.formats.base import Described
 from models.signature import Signature, TensorSpec, classifier_outputs, datatype_of, regressor_outputs
+from models.tokenize import TokenizerDecl
 
 SAMPLE_TEXT = "a sample text"
 HOW_TO_DECLARE = ("declare it in a model.yaml beside the file, e.g.\n"
@@ -31,6 +32,8 @@ HOW_TO_DECLARE = ("declare it in a model.yaml beside the file, e.g.\n"
 def resolve(described: Described, declared: Declared, what: str) -> dict[str, Any]:
     """Metadata for the version except the served outputs when the model's own outputs are not known yet."""
     inputs = tuple(d.spec() for d in declared.inputs) if declared.inputs else described.inputs
+    if declared.tokenizer and not declared.inputs:
+        inputs = _text_inputs(declared.tokenizer, described.inputs or ())
     if not inputs:
         raise SignatureRequired(f"{what} carries no input signature (names, datatypes, shapes): {HOW_TO_DECLARE}")
     model_outputs = tuple(d.spec() for d in declared.outputs) if declared.outputs else described.outputs
@@ -55,7 +58,19 @@ def resolve(described: Described, declared: Declared, what: str) -> dict[str, An
         meta["device"] = declared.device
     if described.notes:
         meta["notes"] = described.notes
+    if declared.tokenizer:
+        meta["tokenizer"] = declared.tokenizer.model_dump(exclude_none=True)
     return meta
+
+
+def _text_inputs(decl: TokenizerDecl, model_inputs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    """The served inputs of a model fed by a tokenizer: the text, then any model input it does not fill."""
+    filled = {n for n in (decl.ids, decl.mask, decl.type_ids) if n}
+    names = {spec.name for spec in model_inputs}
+    if model_inputs and not filled <= names:
+        raise ModelRefused(f"the tokenizer fills {sorted(filled)}, but the model takes {sorted(names)}: "
+                           "name its inputs under `tokenizer` (ids, mask, type_ids)")
+    return (TensorSpec(decl.input, "BYTES", (-1,)), *(spec for spec in model_inputs if spec.name not in filled))
 
 
 def record_outputs(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -95,12 +110,12 @@ def served_outputs(meta: dict[str, Any]) -> Signature:
     return Signature(inputs, classifier_outputs(n_classes, label))
 
 
-def sample_inputs(inputs: tuple[TensorSpec, ...], rows: int = 2) -> dict[str, np.ndarray]:
-    """A valid input for every spec: variable dimensions of 8, values inside the declared range."""
+def sample_inputs(inputs: tuple[TensorSpec, ...], rows: int = 2, length: int = 8) -> dict[str, np.ndarray]:
+    """A valid input for every spec: variable dimensions of `length`, values inside the declared range."""
     out = {}
     for spec in inputs:
         n = spec.shape[0] if spec.shape[0] > 0 else rows
-        shape = (n, *(8 if d < 0 else d for d in spec.row_shape))
+        shape = (n, *(length if d < 0 else d for d in spec.row_shape))
         if spec.datatype == "BYTES":
             out[spec.name] = np.full(shape, SAMPLE_TEXT, dtype=object)
             continue

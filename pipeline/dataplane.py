@@ -253,7 +253,7 @@ class DataPlane:
             return await batcher.submit(rows, deadline, priority)
         key = cache_key(entry.name, version_token(entry.version, entry.generation), rows,
                         tenant if self.cache.settings.tenant_isolation else None)
-        shared = self.cache.worth_sharing(batcher.cost.expected(len(rows)))
+        shared = self.cache.worth_sharing(batcher.expected_cost(rows))
         if use_cache:
             with self.tracer.span("cache") as span:
                 outputs, hit = await self.cache.get_or_compute(key, lambda: batcher.enqueue(rows, priority=priority),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import bentoml
@@ -21,11 +22,15 @@ import numpy as np
 from models.outputs import Head
 from models.signature import Signature, TensorSpec
 from models.spec import sample_inputs
-from runners.rows import NamedRows
+from models.tokenize import Tokenize
+from runners.rows import NamedRows, Rows
 
 Inputs = dict[str, np.ndarray]
 UNTIMED_CALLS = 2
 """Warm-up calls of each batch size before the timed ones."""
+SLOW_CALL_S = 1.0
+"""A warm-up call slower than this is timed once, not three times: one is precise enough, and a heavy model's
+warm-up stays within its load-time target."""
 
 
 def resolve_device(device: str) -> str:
@@ -54,6 +59,10 @@ class Runner(ABC):
         self.head = Head(self.metadata, self.signature)
         self.feature_names: list[str] | None = self.metadata.get("feature_names")
         """The columns of the one tabular input by name, when the model was fitted with names (a DataFrame)."""
+        self.tokenize = Tokenize.of(self.metadata, Path(model.path))
+        """Strings to the model's token ids, when the version declares a tokenizer."""
+        self._variable = next((i for i, s in enumerate(self.signature.inputs) if -1 in s.row_shape), None)
+        """The first input with a variable dimension (a sequence): what a batch's cost grows with besides its rows."""
 
     @property
     def framework(self) -> str:
@@ -102,26 +111,58 @@ class Runner(ABC):
         """The served outputs for a batch: one array (a single-input model) or named arrays."""
         inputs = batch if isinstance(batch, dict) else {self.input_spec.name: batch}
         rows = len(next(iter(inputs.values())))
-        return self.head(self.predict(inputs), rows)
+        return self.head(self.predict(self.tokenize(inputs) if self.tokenize else inputs), rows)
 
-    def sample(self, n: int) -> np.ndarray | Inputs:
-        """A valid input of n rows (or the fixed batch size), for warm-up; variable dimensions get length 8."""
-        inputs = sample_inputs(self.signature.inputs, n)
+    @property
+    def varies(self) -> bool:
+        """Whether a row's cost depends on its length (a sequence, a text) and not on the row count alone."""
+        return self.tokenize is not None or self._variable is not None
+
+    def work(self, batch: Rows | Inputs) -> int:
+        """What a batch of these inputs costs in the batcher's cost model: its rows for fixed-size inputs; for a
+        text, rows times the longest text's tokens; for a sequence, rows times its padded variable dimensions
+        (a batch is padded to its longest row, so that is what runs)."""
+        rows = len(batch) if not isinstance(batch, dict) else len(next(iter(batch.values())))
+        if not self.varies:
+            return rows
+        arrays = batch if isinstance(batch, dict) else batch.arrays if isinstance(batch, NamedRows) else None
+        if self.tokenize is not None:
+            texts = arrays[self.tokenize.input] if arrays is not None else batch
+            return max(self.tokenize.tokens(texts), rows)
+        spec = self.signature.inputs[self._variable]
+        array = arrays[spec.name] if arrays is not None else batch
+        return rows * int(np.prod([array.shape[d] for d, size in enumerate(spec.shape) if d and size < 0]))
+
+    def sample(self, n: int, length: int = 8) -> np.ndarray | Inputs:
+        """A valid input of n rows (or the fixed batch size), for warm-up: variable dimensions of `length`, texts
+        of `length` tokens."""
+        inputs = sample_inputs(self.signature.inputs, n, length)
+        if self.tokenize is not None:
+            inputs[self.tokenize.input] = np.full(n, self.tokenize.sample_text(length), dtype=object)
         return inputs if len(inputs) > 1 else next(iter(inputs.values()))
 
-    def warmup(self, sizes: tuple[int, ...]) -> list[tuple[int, float]]:
-        """Run a few batches so first requests pay no lazy initialisation; returns (rows, seconds) per timed call.
+    def warmup(self, sizes: tuple[int, ...], lengths: tuple[int, ...] = (8,)) -> list[tuple[int, float]]:
+        """Run a few batches so first requests pay no lazy initialisation; returns (work, seconds) per timed call
+        (`work`: see `work`). A model whose cost grows with its inputs' length is warmed at each of `lengths`.
 
         The first calls of each size are not timed: they pay that initialisation (TorchScript profiles its
         graph on the first call and optimizes it on the second: 170 ms for the digits network, against
         0.4 ms after), which would teach the batcher's cost model a latency no later batch has."""
         timings: list[tuple[int, float]] = []
         fixed = self.input_spec.shape[0]
-        for n in (fixed,) if fixed > 0 else sizes:
-            for _ in range(UNTIMED_CALLS):
-                self.run(self.sample(n))
-            for _ in range(3):
-                start = time.perf_counter()
-                self.run(self.sample(n))
-                timings.append((n, time.perf_counter() - start))
+        for length in lengths if self.varies else (8,):
+            for n in (fixed,) if fixed > 0 else sizes:
+                batch = self.sample(n, length)
+                work = self.work(batch)
+                slow = False
+                for _ in range(UNTIMED_CALLS):
+                    start = time.perf_counter()
+                    self.run(batch)
+                    if time.perf_counter() - start > SLOW_CALL_S:
+                        slow = True
+                        break
+                for _ in range(1 if slow else 3):
+                    start = time.perf_counter()
+                    self.run(batch)
+                    timings.append((work, time.perf_counter() - start))
         return timings

@@ -69,6 +69,7 @@ class _Pending:
     deadline_timer: asyncio.TimerHandle | None = field(default=None)
     trace: Context | None = field(default=None)  # the request's span context, only when it is recorded
     enqueued_ns: int = 0  # wall clock for the queue_wait span, taken only when traced
+    work: int = 0  # what the rows cost in the cost model's units (`Runner.work`): the rows, or their tokens
 
 
 @dataclass(slots=True)
@@ -101,6 +102,12 @@ class AdaptiveBatcher:
         self.default_priority = settings.default_priority
         self._queues: list[deque[_Pending]] = [deque() for _ in range(settings.priority_levels)]
         self._level_rows = [0] * settings.priority_levels
+        # What the cost grows with besides rows: for a model of sequences or texts the cost model counts work
+        # (rows times tokens, `Runner.work`); for fixed-size inputs work is the rows, and these add nothing.
+        self._varies = runner.varies
+        self._level_work = [0] * settings.priority_levels
+        self._queued_work = 0
+        self._row_work = 1.0  # work of a typical row, from recent requests
         self._queued = 0  # requests in the queues, expired ones included until a dispatch drops them
         self._queued_rows = 0
         self._running = 0
@@ -128,9 +135,13 @@ class AdaptiveBatcher:
         return (priority if 0 < priority <= self.priority_levels else self.default_priority) - 1
 
     def learn(self, timings: list[tuple[int, float]]) -> None:
-        """Seed the cost model, e.g. with the warm-up's timings."""
-        for rows, seconds in timings:
-            self.cost.observe(rows, seconds)
+        """Seed the cost model, e.g. with the warm-up's (work, seconds) timings."""
+        for work, seconds in timings:
+            self.cost.observe(work, seconds)
+
+    def expected_cost(self, rows: Rows) -> float | None:
+        """What running these rows alone is expected to take; None before anything was learned."""
+        return self.cost.expected(self.runner.work(rows) if self._varies else len(rows))
 
     async def submit(self, rows: Rows, deadline: float | None = None, priority: int = 0) -> Outputs:
         """Run `rows` in some batch and return exactly their outputs.
@@ -155,12 +166,17 @@ class AdaptiveBatcher:
         if deadline is not None and deadline <= now:
             self.stats.expired += 1
             raise DeadlineExceeded(f"{self.runner.tag}: request deadline already passed")
-        if self._expected_latency(now, n, level) > self.budget:
+        work = n
+        if self._varies:
+            work = self.runner.work(rows)
+            row_work = work / n
+            self._row_work = 0.9 * self._row_work + 0.1 * row_work if self.stats.batches else row_work
+        if self._expected_latency(now, n, work, level) > self.budget:
             self.stats.refused += 1
             raise BudgetExceeded(
                 f"{self.runner.tag}: cannot answer within {self.settings.max_latency_ms:g} ms", headers={"Retry-After": "1"}
             )
-        pending = _Pending(rows, loop.create_future(), now, level)
+        pending = _Pending(rows, loop.create_future(), now, level, work=work)
         trace = self.tracer.current()
         if trace is not None:
             pending.trace, pending.enqueued_ns = trace, time.time_ns()
@@ -170,6 +186,8 @@ class AdaptiveBatcher:
         self._queued += 1
         self._queued_rows += n
         self._level_rows[level] += n
+        self._queued_work += work
+        self._level_work[level] += work
         self._inflight += 1
         if not self._kicked:
             self._kicked = True
@@ -185,14 +203,15 @@ class AdaptiveBatcher:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _expected_latency(self, now: float, n: int, level: int) -> float:
+    def _expected_latency(self, now: float, n: int, work: int, level: int) -> float:
         """Queue wait plus own run time, from the learned cost of batches; only rows of the same or
         higher priority are ahead (lower ones that fall due later are bounded by their own budget)."""
         ahead = sum(self._level_rows[: level + 1])
+        row_work = sum(self._level_work[: level + 1]) / ahead if ahead else work / n
         full_batches, rest = divmod(ahead, self.max_batch_size)
         busy = max(0.0, self._running_until - now) if self._running >= self.settings.workers else 0.0
-        queued = full_batches * self.cost.estimate(self.max_batch_size) / self.settings.workers
-        return busy + queued + self.cost.estimate(min(rest + n, max(self.max_batch_size, n)))
+        queued = full_batches * self.cost.estimate(self.max_batch_size * row_work) / self.settings.workers
+        return busy + queued + self.cost.estimate(min(rest * row_work + work, max(self.max_batch_size * row_work, work)))
 
     def _expire(self, pending: _Pending) -> None:
         if not pending.future.done():
@@ -206,7 +225,8 @@ class AdaptiveBatcher:
                 self._dispatch(loop, now)
                 continue
             oldest = min(q[0].enqueued for q in self._queues if q)
-            leave_at = oldest + self.budget - self.cost.estimate(min(self._queued_rows, self.max_batch_size))
+            row_work = self._queued_work / self._queued_rows if self._queued_rows else 1.0
+            leave_at = oldest + self.budget - self.cost.estimate(min(self._queued_work, self.max_batch_size * row_work))
             if leave_at <= now:
                 self._dispatch(loop, now)
                 continue
@@ -247,7 +267,7 @@ class AdaptiveBatcher:
         batch: list[_Pending] = []
         rows = 0
         # Waiting for the next batch means about two batches' time until done: past its budget, a request is due.
-        due_by = now + 2 * self.cost.estimate(self.max_batch_size) - self.budget
+        due_by = now + 2 * self.cost.estimate(self.max_batch_size * self._row_work) - self.budget
         while (queue := self._next(due_by)) is not None:
             head = queue[0]
             n = len(head.rows)
@@ -257,6 +277,8 @@ class AdaptiveBatcher:
             self._queued -= 1
             self._queued_rows -= n
             self._level_rows[head.level] -= n
+            self._queued_work -= head.work
+            self._level_work[head.level] -= head.work
             if head.future.done():  # expired or the client went away
                 self._inflight -= 1
                 _stop_timer(head)
@@ -267,7 +289,9 @@ class AdaptiveBatcher:
             self._notify_idle()
             return
         arrays = [p.rows for p in batch]
-        expected = self.cost.expected(rows)
+        # padded to its longest row, a batch of sequences runs rows times the longest row's work
+        work = rows * max(p.work / len(p.rows) for p in batch) if self._varies else rows
+        expected = self.cost.expected(work)
         if expected is not None and expected < self.inline_budget:
             self._complete(batch, rows, now, functools.partial(self._execute, arrays))
             return
@@ -276,20 +300,23 @@ class AdaptiveBatcher:
         work = loop.run_in_executor(self._executor, self._execute, arrays)
         work.add_done_callback(functools.partial(self._finish, loop, batch, rows, now))
 
-    def _execute(self, arrays: list[Rows]) -> tuple[Outputs, list[Call], int]:
-        """(outputs, each model call, wall-clock start in ns): one call per `max_batch_size` rows."""
+    def _execute(self, arrays: list[Rows]) -> tuple[Outputs, list[Call], int, list[int]]:
+        """(outputs, each model call, wall-clock start in ns, each call's work): one call per `max_batch_size` rows."""
         start_ns = time.time_ns()  # wall clock, for spans; perf_counter below for the cost model
         calls: list[Call] = []
+        works: list[int] = []
         parts: list[Outputs] = []
         for chunk in _chunks(arrays, self.max_batch_size):
             start = time.perf_counter()
             collated = self.runner.collate(chunk)
             collated_at = time.perf_counter()
             parts.append(self.runner.run(collated))
-            calls.append((sum(len(a) for a in chunk), time.perf_counter() - start, collated_at - start))
+            rows = sum(len(a) for a in chunk)
+            calls.append((rows, time.perf_counter() - start, collated_at - start))
+            works.append(self.runner.work(collated) if self._varies else rows)
         if len(parts) == 1:
-            return parts[0], calls, start_ns
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, calls, start_ns
+            return parts[0], calls, start_ns, works
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, calls, start_ns, works
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: int, started: float, work: asyncio.Future
@@ -299,14 +326,15 @@ class AdaptiveBatcher:
         self._schedule(loop)
 
     def _complete(
-        self, batch: list[_Pending], rows: int, started: float, outcome: Callable[[], tuple[Outputs, list[Call], int]]
+        self, batch: list[_Pending], rows: int, started: float,
+        outcome: Callable[[], tuple[Outputs, list[Call], int, list[int]]],
     ) -> None:
         """Hand each request its rows of `outcome()` (the batch run now, or a finished thread's result), or its error."""
         self._inflight -= len(batch)
         self.stats.batches += 1
         self.stats.rows += rows
         try:
-            outputs, calls, start_ns = outcome()
+            outputs, calls, start_ns, works = outcome()
             bad = [k for k, v in outputs.items() if len(v) != rows]
             if bad:
                 raise RuntimeError(f"outputs {bad} do not have one row per input row ({rows})")
@@ -318,8 +346,8 @@ class AdaptiveBatcher:
                 if not p.future.done():
                     p.future.set_exception(ModelFailed(message))
         else:
-            for n, seconds, _ in calls:
-                self.cost.observe(n, seconds)
+            for (_, seconds, _), work in zip(calls, works):
+                self.cost.observe(work, seconds)
             if self.tracer.enabled:
                 self._trace(batch, rows, start_ns, sum(c[1] for c in calls))
             split_from = time.perf_counter()

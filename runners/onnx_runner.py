@@ -11,6 +11,7 @@ import bentoml
 import numpy as np
 import onnxruntime as ort
 
+from core.threads import intra_op_threads
 from models.formats.onnx import OnnxFormat
 from runners.base import Inputs, Runner
 
@@ -30,7 +31,8 @@ class SessionSettings:
     metadata may override them under `session_options`."""
 
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
-    intra_op_num_threads: int = 1
+    intra_op_num_threads: int = 0
+    """0: the worker's `intra_op_threads` (serving.yaml), the cap shared by every framework (`core.threads`)."""
     inter_op_num_threads: int = 1
     enable_cpu_mem_arena: bool = True
     execution_mode: Literal["sequential", "parallel"] = "sequential"
@@ -42,7 +44,7 @@ class SessionSettings:
     def to_ort(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = OPTIMIZATION_LEVELS[self.graph_optimization_level]
-        options.intra_op_num_threads = self.intra_op_num_threads
+        options.intra_op_num_threads = self.intra_op_num_threads or intra_op_threads()
         options.inter_op_num_threads = self.inter_op_num_threads
         options.enable_cpu_mem_arena = self.enable_cpu_mem_arena
         options.execution_mode = EXECUTION_MODES[self.execution_mode]

@@ -87,7 +87,7 @@ class ModelRegistry:
             runner = load_runner(entry.tag, settings.device, self._runners)
             if not runner.batching:  # a fixed batch size: every request runs on its own
                 settings = settings.model_copy(update={"max_batch_size": max(runner.input_spec.shape[0], 1)})
-            timings = runner.warmup((1, settings.max_batch_size))
+            timings = runner.warmup((1, settings.max_batch_size), tuple(settings.warmup_lengths))
             batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows), self.tracer)
             batcher.learn(timings)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the process down

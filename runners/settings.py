@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from models.versions import version_problem
 
@@ -29,6 +29,10 @@ class BatchSettings(BaseModel):
     """Rows waiting per model version before new requests are refused with 503 and Retry-After."""
     inline_max_ms: float = Field(0.25, ge=0)
     """Batches expected to take at most this long run on the event loop instead of a thread; 0 never."""
+    warmup_lengths: list[Annotated[int, Field(ge=1)]] = Field([32, 128], min_length=1)
+    """Lengths warm-up gives a model whose cost grows with its inputs' length (a sequence's variable dimension,
+    a text's tokens), so the batcher's cost model learns that growth before the first request: your requests'
+    typical and longest lengths. Models of fixed-size inputs ignore it."""
     workers: int = Field(1, ge=1)
     """Threads running batches of this version; 1 keeps batches large on a small CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -84,8 +88,10 @@ class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     defaults: BatchSettings = BatchSettings()
-    torch_threads: int = Field(1, ge=1)
-    """Intra-op threads for torch and onnxruntime; 1 leaves the other core to the HTTP worker."""
+    intra_op_threads: int = Field(1, ge=1, validation_alias=AliasChoices("intra_op_threads", "torch_threads"))
+    """Threads one model call may use in a worker, for every framework together (torch, OpenMP and BLAS,
+    onnxruntime, XGBoost, LightGBM: `core.threads`). 1: on a small CPU, more workers beat more threads per
+    worker (docs/benchmarks.md, "Heavy models"). `torch_threads`, its former name, is still read."""
     models: dict[str, ModelConfig]
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ModelRefused
+from core.threads import intra_op_threads
 from models.formats.base import Described, ModelFormat
 from models.signature import TensorSpec
 
@@ -82,7 +83,7 @@ class XGBoostFormat(ModelFormat):
             booster = xgb.Booster(model_file=str(file))
         except xgb.core.XGBoostError as exc:
             raise ModelRefused(f"{file.name}: not an XGBoost model: {str(exc).splitlines()[0]}") from None
-        booster.set_param({"nthread": 1})
+        booster.set_param({"nthread": intra_op_threads()})
         config = json.loads(booster.save_config())["learner"]
         n_classes = int(config["learner_model_param"].get("num_class", "0") or 0)
         return Booster(booster, config["objective"]["name"], n_classes)
@@ -118,7 +119,7 @@ class LightGBMFormat(ModelFormat):
 
     def predict(self, model: Booster, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (x,) = inputs.values()
-        return model.output(model.model.predict(x, num_threads=1))
+        return model.output(model.model.predict(x, num_threads=intra_op_threads()))
 
 
 def _header_objective(file: Path) -> str:

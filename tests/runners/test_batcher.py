@@ -280,6 +280,19 @@ async def test_batches_expected_to_be_slow_run_on_a_thread(sk):
     assert model.threads[1] is threading.current_thread()
 
 
+async def test_the_cost_of_sequences_grows_with_their_tokens_not_only_their_rows(runners):
+    """Four rows of 256 tokens cost what 1,024 tokens cost: over a 100 ms budget the model has shown it cannot
+    meet, they are refused at once, while four rows of 8 tokens are admitted and answered."""
+    batcher = make(runners["seq-torch"], max_latency_ms=100)
+    batcher.learn([(8, 0.001), (256, 0.032)])  # 0.125 ms a token
+    short, long = np.ones((4, 8), dtype=np.int64), np.ones((4, 256), dtype=np.int64)
+    assert batcher.expected_cost(short) == pytest.approx(0.004)
+    assert batcher.expected_cost(long) == pytest.approx(0.128)
+    with pytest.raises(BudgetExceeded):
+        await batcher.submit(long)
+    assert len((await batcher.submit(short))["probabilities"]) == 4
+
+
 def test_cost_model_learns_fixed_and_per_row_cost():
     cost = BatchCost()
     for n in [1, 8, 32, 64] * 10:

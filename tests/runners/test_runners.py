@@ -48,11 +48,20 @@ def test_ensemble_is_the_weighted_vote_of_its_members(runners):
     assert ens.members[0][0] is runners["digits-sklearn"]
 
 
-@pytest.mark.parametrize("name", DIGITS + ["seq-torch"])
+@pytest.mark.parametrize("name", DIGITS)
 def test_warmup_times_each_size(runners, name):
     timings = runners[name].warmup((1, 4))
     assert [n for n, _ in timings] == [1, 1, 1, 4, 4, 4]
     assert all(t > 0 for _, t in timings)
+
+
+def test_warmup_of_sequences_times_each_size_at_each_length_in_tokens(runners):
+    seq = runners["seq-torch"]
+    assert seq.varies and not runners["digits-onnx"].varies
+    timings = seq.warmup((1, 4), (16, 64))
+    assert [w for w, _ in timings] == [16] * 3 + [64] * 3 + [64] * 3 + [256] * 3  # rows x tokens
+    assert all(t > 0 for _, t in timings)
+    assert seq.work(np.ones((3, 50), dtype=np.int64)) == 150
 
 
 def test_onnx_matches_the_torch_network_it_was_exported_from(runners):
