@@ -124,9 +124,9 @@ def worker_curve(tag: str, threads: int, batches: list[int], length: int | None,
     by_work, by_rows = BatchCost(), BatchCost()
     for work, secs in runner.warmup((1, settings.max_batch_size), tuple(settings.warmup_lengths)):
         by_work.observe(work, secs)
-    for n in (1, settings.max_batch_size):
-        x = runner.sample(n, 8)
-        by_rows.observe(n, statistics.median(_timed_calls(runner, x, 0.0)))
+    if runner.varies:  # the former warm-up: length 8, its timings counted in rows
+        for work, secs in runner.warmup((1, settings.max_batch_size), (8,)):
+            by_rows.observe(max(1, work // 8), secs)
     points = []
     for batch in batches:
         x = model_input(runner, batch, length)
@@ -135,7 +135,7 @@ def worker_curve(tag: str, threads: int, batches: list[int], length: int | None,
         points.append({"batch": batch, "calls": len(times), "rows_per_s": batch * len(times) / sum(times),
                        "p50_ms": 1000 * statistics.median(times), "max_ms": 1000 * max(times),
                        "work": runner.work(x), "predicted_ms": 1000 * by_work.estimate(runner.work(x)),
-                       "predicted_by_rows_ms": 1000 * by_rows.estimate(batch)})
+                       "predicted_by_rows_ms": 1000 * by_rows.estimate(batch) if runner.varies else None})
     return {"points": points, "varies": runner.varies}
 
 
@@ -220,12 +220,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| `{tag}` | {one['load_s']:.1f} s (2 workers: {max(w['load_s'] for w in two):.1f} s) | "
                      f"{one['model_mb']:.0f} MB | {', '.join(format(w['model_mb'], '.0f') for w in two)} MB | "
                      f"{kept:.0f} MB ({trimmed:.0f} MB) |")
-    lines += ["", "Runner's own batch curve (one intra-op thread, no HTTP): rows/s, and p50 / max latency of a call", "",
+    lines += ["", ("Runner's own batch curve (one intra-op thread, no HTTP): rows/s over every call (at the p50 call), "
+                   "and p50 / max latency of a call"), "",
               "| model | input | " + " | ".join(f"batch {b}" for b in results["batches"]) + " |",
               "|---|---|" + "---|" * len(results["batches"])]
     for tag, r in results["models"].items():
         for curve in r["curves"]:
-            cells = {p["batch"]: f"{p['rows_per_s']:.1f}/s, {p['p50_ms']:.0f} / {p['max_ms']:.0f} ms" for p in curve["points"]}
+            cells = {p["batch"]: f"{p['rows_per_s']:.1f}/s ({1000 * p['batch'] / p['p50_ms']:.1f}/s), "
+                                 f"{p['p50_ms']:.1f} / {p['max_ms']:.0f} ms" for p in curve["points"]}
             lines.append(f"| `{tag}` | {curve['input']} | " + " | ".join(cells.get(b, "-") for b in results["batches"]) + " |")
     lines += ["", ("The batcher's cost model against the measured cost of a call (p50): predicted from the server's warm-up "
                    "in work (rows, or rows x tokens), and by rows alone from a warm-up at length 8 (the former model)"), "",
@@ -233,8 +235,9 @@ def markdown(results: dict[str, Any]) -> str:
     for tag, r in results["models"].items():
         for curve in r["curves"]:
             for p in curve["points"]:
+                by_rows = p.get("predicted_by_rows_ms")
                 lines.append(f"| `{tag}` | {curve['input']} | {p['batch']} | {p['work']} | {p['p50_ms']:.1f} ms | "
-                             f"{p['predicted_ms']:.1f} ms | {p['predicted_by_rows_ms']:.1f} ms |")
+                             f"{p['predicted_ms']:.1f} ms | {'-' if by_rows is None else f'{by_rows:.1f} ms'} |")
     lines += ["", "Threads against workers on the same cores (same batch, flat out): rows/s, p50 / p99 of a call", "",
               "| model | batch | 1 worker x 2 threads | 2 workers x 1 thread | 2x1 / 1x2 throughput |", "|---|---|---|---|---|"]
     for tag, r in results["models"].items():
@@ -273,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per point (at least 3 calls)")
     parser.add_argument("--thread-batch", type=int, default=8, help="batch size of the threads-against-workers runs")
     parser.add_argument("--tiny", action="store_true", help="the stand-ins (make heavy-models HEAVY_ARGS=--tiny)")
+    parser.add_argument("--table", metavar="JSON", type=Path, help="print the tables of an earlier run's results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
     use_project_store()
     if args.worker:
         job = json.loads(args.worker)
