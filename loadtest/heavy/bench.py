@@ -248,7 +248,8 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(size: Size, names: list[str], batches: list[int], seconds: float, thread_batch: int) -> dict[str, Any]:
+def run(size: Size, names: list[str], batches: list[int], seconds: float, thread_batch: int, out: Path) -> dict[str, Any]:
+    """Every measurement of every model; the results so far are rewritten to `out` after each model."""
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "batches": batches,
                                "command": "python -m " + " ".join(["loadtest.heavy", *sys.argv[1:]]), "models": {}}
     for name in names:
@@ -266,6 +267,7 @@ def run(size: Size, names: list[str], batches: list[int], seconds: float, thread
         entry["threads"] = {"batch": thread_batch, "input": entry["curves"][-1]["input"],
                             **measure_threads(tag, thread_batch, length, seconds)}
         results["models"][tag] = entry
+        out.write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -290,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     size = TINY if args.tiny else FULL
-    results = run(size, args.models.split(","), [int(b) for b in args.batches.split(",")], args.seconds, args.thread_batch)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"heavy-{datetime.now(UTC).strftime('%Y%m%d-%H%M')}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    results = run(size, args.models.split(","), [int(b) for b in args.batches.split(",")], args.seconds, args.thread_batch,
+                  stem.with_suffix(".json"))
     table = markdown(results)
     stem.with_suffix(".md").write_text(table)
     print(table)

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.config import load_serving
 from core.errors import ModelRefused
-from loadtest.heavy.build import TINY, bert, build_all, resnet, tree_data
+from loadtest.heavy.bench import HEAVY_CONFIG
+from loadtest.heavy.build import BUILDERS, TINY, bert, build_all, resnet, tree_data
 from models.importer import ImportOptions, import_model
 from runners.loader import load_runner
 
@@ -86,3 +88,13 @@ def test_a_declared_tokenizer_must_come_with_the_model(heavy_store, tmp_path):
     (folder / "model.yaml").write_text("task: tensors\ntokenizer: {file: ../tokenizer.json}\n")
     with pytest.raises(ModelRefused, match="outside the model's folder"):
         import_model("bert-outside", "v1", folder, ImportOptions())
+
+
+def test_every_heavy_model_has_its_batching_set_for_its_cost():
+    """The default 50 ms budget is shorter than one call of the networks: each has a budget of its own."""
+    config = load_serving(HEAVY_CONFIG)
+    assert set(config.models) == set(BUILDERS) and config.intra_op_threads == 1
+    for name in BUILDERS:
+        assert config.models[name].batching.max_latency_ms is not None
+    for name in ("heavy-resnet-onnx", "heavy-resnet-torch", "heavy-bert-onnx"):
+        assert config.batch_settings(name).max_latency_ms >= 1000
