@@ -36,9 +36,9 @@ LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN = "_unknown"  # model label for requests that name no served model
 PHASES = ("input", "infer", "output")
+"""A batch's phases: collating its inputs, the model call, handing each request its outputs."""
 STATUS_CLASS = tuple(f"{n}xx" for n in range(10))
 """The `status_class` label by `status // 100`, made once rather than formatted per request."""
-"""A batch's phases: collating its inputs, the model call, handing each request its outputs."""
 
 
 _pid = os.getpid()
