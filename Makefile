@@ -10,7 +10,7 @@ GRPC_PORT ?= 3001
 METRICS_PORT ?= 3002
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 
-.PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster docs cluster-test
+.PHONY: setup models serve test test-cache-off bench system-deps redis bento clean cluster docs cluster-test test-compiled
 
 $(BIN)/python:
 	@echo "setup: creating the virtual environment $(VENV) ..."
@@ -73,9 +73,14 @@ serve: setup
 ## again only when the code or packages that build them change; the tests never read .bentoml/, so `setup`'s
 ## build of it is not waited for here (`make serve` makes it).
 test: $(VENV)/.installed system-deps redis
-	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py --ignore=tests/cluster/test_model_repository.py
+	$(BIN)/python -m pytest --ignore=tests/deploy/test_container.py --ignore=tests/cluster/test_model_repository.py \
+	  --ignore=tests/app/test_optimize_compiled.py
 	$(MAKE) --no-print-directory test-cache-off
 	$(MAKE) --no-print-directory container-test
+
+## `rtserve optimize --to compiled` on a tiny network: an AOTInductor compile, minutes on two loaded cores.
+test-compiled: $(VENV)/.installed system-deps
+	$(BIN)/python -m pytest -q tests/app/test_optimize_compiled.py -o timeout=1200
 
 ## The reference docs (docs/, mkdocs.yml) into build/docs/, strict: a warning or a broken internal link fails.
 ## `make test` builds them too (tests/docs/).

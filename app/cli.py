@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import backup_cli, client, job_cli, release_cli
+from app import backup_cli, client, job_cli, optimize_cli, release_cli
 from app.cli_client import CommandError, command, group, request, signing_settings
 from app.progress import LiveLine, bar
 from gateway.auth import AuthSettings
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_token_command, _deploy_command, _model_commands, _route_commands, _experiment_commands,
+    for register in (_token_command, _deploy_command, optimize_cli.register, _model_commands, _route_commands, _experiment_commands,
                      _canary_commands, _shadow_commands, _audit_command, backup_cli.register, job_cli.register,
                      release_cli.register):
         register(sub)

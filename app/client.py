@@ -5,6 +5,7 @@
     deploy_model("net", "net_dir/", allow_code=True)      # a folder goes as a tar (its model.yaml inside)
     deploy_model("bento-iris", "bentoml:iris:latest")     # a model in this machine's BentoML store
     deploy_canary("iris", "iris-v2.skops", "v2", 10)      # a canary from 10 %, then the canary steps above it
+    optimize_model("iris", "v1", "int8")                  # iris:v1-int8, served with no traffic, and its report
 
 The server is RTSERVE_URL; the token RTSERVE_TOKEN, or one minted with an admin scope from the configured
 key (app/cli_client.py). The upload is streamed from disk (a folder is packed into a temporary tar first).
@@ -33,6 +34,8 @@ Progress = Callable[[int, int], None]
 BENTOML_PREFIX = "bentoml:"
 DEPLOY_TIMEOUT_S = 900.0
 """How long a deploy may take to answer: the upload, the probe load, the load in every worker."""
+OPTIMIZE_TIMEOUT_S = 1800.0
+"""How long an optimization may take to answer: the conversion (a compile takes minutes), then a deploy."""
 
 
 def deploy_model(
@@ -90,6 +93,33 @@ def deploy_canary(
                               "thresholds": {"max_disagreement": max_disagreement} if max_disagreement is not None else None}
     return deploy_model(model_id, new_model_path, version,
                         canary={k: v for k, v in canary.items() if v is not None}, **deploy)
+
+
+def optimize_model(
+    model_id: str,
+    version: str,
+    to: str,
+    *,
+    new_version: str | None = None,
+    sample: str | os.PathLike[str] | None = None,
+    min_agreement: float | None = None,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """MODEL_ID:NEW_VERSION (default `<version>-<to>`) made from MODEL_ID:VERSION by `to` (onnx, int8, compiled),
+    measured beside it on `sample` (default: the server's seeded rows) and served with no traffic; the answer holds
+    the report. Refused (CommandError, the report's numbers in its message) under `min_agreement`."""
+    for kind, value in (("model name", model_id), ("version", version), ("version", new_version)):
+        if value is not None and not NAME.fullmatch(value):
+            raise CommandError(f"{kind} '{value}' is not allowed: use lowercase letters, digits, '_', '-' and '.'")
+    options = {k: v for k, v in {"to": to, "version": new_version, "min_agreement": min_agreement,
+                                 "tolerance": tolerance}.items() if v is not None}
+    path = f"/admin/models/{model_id}/versions/{version}/optimize"
+    call = {"scopes": "admin predict", "tenant": "admin", "ttl_s": 3600, "timeout": OPTIMIZE_TIMEOUT_S}
+    if sample is None:
+        return request("POST", path, json=options, **call).json()
+    with open(sample, "rb") as f:
+        return request("POST", path, files={"sample": (Path(sample).name, f, "application/octet-stream")},
+                       data={"options": orjson.dumps(options).decode()}, **call).json()
 
 
 def next_version(model_id: str) -> str:

@@ -26,6 +26,7 @@ from gateway.ratelimit import RateLimitSettings
 from gateway.settings import GatewaySettings, LimitSettings
 from gateway.tls import TlsSettings
 from jobs.settings import JobSettings, StreamSettings
+from models.optimize.settings import OptimizeSettings
 from models.remote import ModelRepositorySettings
 from models.retention import StoreSettings
 from models.settings import ImportSettings
@@ -73,6 +74,7 @@ class Config:
     stream: StreamSettings
     repository: RepositorySettings = field(default_factory=RepositorySettings)
     imports: ImportSettings = field(default_factory=ImportSettings)
+    optimize: OptimizeSettings = field(default_factory=OptimizeSettings)
     model_repository: ModelRepositorySettings = field(default_factory=ModelRepositorySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
@@ -97,6 +99,7 @@ def load_config() -> Config:
         logs=_settings(LogSettings),
         repository=_settings(RepositorySettings),
         imports=_settings(ImportSettings),
+        optimize=_settings(OptimizeSettings),
         model_repository=_settings(ModelRepositorySettings),
         store=_settings(StoreSettings),
         grpc=_settings(GrpcSettings),

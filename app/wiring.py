@@ -21,6 +21,7 @@ from gateway.settings import GatewaySettings, LimitSettings
 from jobs.runner import JobRunner
 from jobs.settings import JobSettings, StreamSettings
 from jobs.store import LocalJobStore, RedisJobStore
+from models.optimize.settings import OptimizeSettings
 from models.remote import ObjectRepository
 from models.retention import StoreSettings
 from models.settings import ImportSettings
@@ -30,6 +31,7 @@ from observability.tracing import DISABLED, Tracer, setup_tracing
 from pipeline.catalog import Catalog
 from pipeline.dataplane import DataPlane
 from pipeline.deploy import Deployer
+from pipeline.optimize import Optimizer
 from pipeline.repository import ModelRepository, RepositorySettings, WorkerStates
 from pipeline.statistics import ModelStatistics
 from routing.admin import RoutingAdmin
@@ -126,6 +128,7 @@ class Runtime:
         self.routing_settings = RoutingSettings()
         self.repository_settings = RepositorySettings()
         self.import_settings = ImportSettings()
+        self.optimize_settings = OptimizeSettings()
         self.store_settings = StoreSettings()
 
     def _jobs(self, settings: JobSettings) -> JobRunner | None:
@@ -167,6 +170,7 @@ class Runtime:
         runtime.routing_settings = config.routing
         runtime.repository_settings = config.repository
         runtime.import_settings = config.imports
+        runtime.optimize_settings = config.optimize
         runtime.store_settings = config.store
         return runtime
 
@@ -219,6 +223,7 @@ class Runtime:
         self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote, self.store_settings)
         if self.import_settings.preload_frameworks:
             self.preloading = asyncio.create_task(self.parts.deployer.preload())
+        self.parts.optimizer = Optimizer(self.parts.deployer, self.optimize_settings)
         if stats is not None:
             self.controller = CanaryController(store, lease, stats, self.router, settings.controller_interval_s,
                                                metrics=self.metrics, health=self.health, audit=audit)

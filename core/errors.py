@@ -206,6 +206,27 @@ class ProbeFailed(ModelRefused):
     code = "probe_failed"
 
 
+class OptimizationRefused(ModelRefused):
+    """`rtserve optimize` cannot make the asked-for version from this one (no converter for its format or its
+    layers); nothing was stored."""
+
+    code = "optimization_refused"
+
+
+class AgreementTooLow(OptimizationRefused):
+    """The optimized version agrees with its source on the sample less than the bound asks; nothing was stored.
+    The answer carries the optimizer's whole report (agreement, differences, latency, size)."""
+
+    code = "agreement_too_low"
+
+    def __init__(self, message: str, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+    def body(self) -> dict[str, object]:  # type: ignore[override]
+        return {**super().body(), "report": self.report}
+
+
 class CodeFormatNotAllowed(ServingError):
     """A format that can run code when loaded (pickle, joblib, TorchScript, torch.export, a runtime by
     import string) was offered while the operator's setting or the deploy's own flag does not allow it."""

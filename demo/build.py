@@ -49,9 +49,10 @@ from torch import nn
 
 from demo import data
 from demo.nets import ARCHITECTURES
-from demo.quantize import optimize_onnx, quantize_onnx, quantize_torch, torch_quantized_layers
+from demo.quantize import optimize_onnx, quantize_torch, torch_quantized_layers
 from models import store
 from models.importer import ImportOptions, import_model
+from models.quantize import quantize_onnx
 from models.settings import ImportSettings
 from models.signature import Signature, TensorSpec, classifier_outputs
 

@@ -1,4 +1,5 @@
-"""Optimized variants of the digits networks: dynamic int8 quantization and offline graph optimization.
+"""Optimized variants of the digits networks: torch dynamic int8 quantization and offline graph optimization
+(the ONNX int8 variant is `models.quantize`, which `rtserve optimize` uses too).
 
 Dynamic quantization stores weights as int8 and quantizes activations on each call, so it needs
 no calibration data and keeps the float original's inputs and outputs.
@@ -6,22 +7,17 @@ no calibration data and keeps the float original's inputs and outputs.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 # torch's dynamic quantization has kernels for Linear (and RNN cells) only; convolutions stay float.
 TORCH_QUANTIZED_TYPES: set[type[nn.Module]] = {nn.Linear}
-# Quantizing Conv as well (ConvInteger) made the digits network 4-15x slower on the CPUs measured
-# (onnxruntime has no fast int8 kernel for it), so only the fully connected layers are quantized.
-ONNX_QUANTIZED_OPS = ["MatMul", "Gemm"]
-ONNX_INT8_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv"}
+# ONNX: models.quantize (MatMul and Gemm only).
 
 
 def quantize_torch(module: nn.Module) -> nn.Module:
@@ -35,18 +31,6 @@ def torch_quantized_layers(module: nn.Module) -> list[str]:
     """Names of the layers that run in int8, for the model's metadata."""
     dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
     return [f"{name} (Linear {m.in_features}->{m.out_features})" for name, m in module.named_modules() if isinstance(m, dynamic_linear)]
-
-
-def quantize_onnx(src: Path, dst: Path) -> list[str]:
-    """Dynamic int8 weights for the ONNX graph's fully connected ops; returns the int8 nodes as `name (op)`."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger on every call
-    try:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=ONNX_QUANTIZED_OPS)
-    finally:
-        root.setLevel(level)
-    return [f"{n.name} ({n.op_type})" for n in onnx.load(str(dst)).graph.node if n.op_type in ONNX_INT8_OPS]
 
 
 def optimize_onnx(src: Path, dst: Path, level: str) -> list[str]:

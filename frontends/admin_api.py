@@ -69,7 +69,7 @@ async def models(admin: RoutingAdmin, served: FrontendParts, request: HttpReques
 async def audit(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
     if admin.audit is None:
         raise NotFound("no audit log is kept here")
-    q = _parse(AuditQuery, orjson.dumps(dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1")))))
+    q = parse_model(AuditQuery, orjson.dumps(dict(parse_qsl(request.scope.get("query_string", b"").decode("latin-1")))))
     return 200, [e.model_dump(mode="json") for e in await admin.audit.read(q.limit, q.model)]
 
 
@@ -105,7 +105,7 @@ async def reset(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest
 
 @admin_route
 async def set_weights(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
-    weights = _parse(WeightsRequest, await _body(served, request)).weights
+    weights = parse_model(WeightsRequest, await _body(served, request)).weights
     return 200, (await admin.set_weights(request.params["name"], weights)).model_dump(mode="json")
 
 
@@ -116,7 +116,7 @@ async def experiment(admin: RoutingAdmin, served: FrontendParts, request: HttpRe
 
 @admin_route
 async def start_experiment(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
-    started = await admin.start_experiment(request.params["name"], _parse(ExperimentRequest, await _body(served, request)))
+    started = await admin.start_experiment(request.params["name"], parse_model(ExperimentRequest, await _body(served, request)))
     return 201, started.model_dump(mode="json")
 
 
@@ -137,7 +137,7 @@ async def canary(admin: RoutingAdmin, served: FrontendParts, request: HttpReques
 
 @admin_route
 async def start_canary(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
-    started = await admin.start_canary(request.params["name"], _parse(CanaryRequest, await _body(served, request)))
+    started = await admin.start_canary(request.params["name"], parse_model(CanaryRequest, await _body(served, request)))
     return 201, started.model_dump(mode="json")
 
 
@@ -148,7 +148,7 @@ async def abort_canary(admin: RoutingAdmin, served: FrontendParts, request: Http
 
 @admin_route
 async def set_shadow(admin: RoutingAdmin, served: FrontendParts, request: HttpRequest) -> tuple[int, Any]:
-    shadow = _parse(ShadowRequest, await _body(served, request))
+    shadow = parse_model(ShadowRequest, await _body(served, request))
     return 200, (await admin.set_shadow(request.params["name"], shadow.version, shadow.fraction)).model_dump(mode="json")
 
 
@@ -184,7 +184,7 @@ class ShadowRequest(BaseModel):
     fraction: float = Field(gt=0.0, le=1.0)
 
 
-def _parse(model: type[M], body: bytes) -> M:
+def parse_model(model: type[M], body: bytes) -> M:
     """The body as `model`; a body that is not JSON is 400, one that does not fit is 422 naming the field."""
     doc = parse_json(body) if body else {}
     if not isinstance(doc, dict):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from jobs.runner import JobRunner
     from observability.metrics import Metrics
     from pipeline.deploy import Deployer
+    from pipeline.optimize import Optimizer
     from pipeline.repository import ModelRepository
     from pipeline.statistics import ModelStatistics
     from routing.admin import RoutingAdmin
@@ -49,6 +50,8 @@ class FrontendParts:
     """The model repository extension; set with `admin`."""
     deployer: Deployer | None = None
     """Imports a user's model and loads it in every worker; set with `admin`."""
+    optimizer: Optimizer | None = None
+    """Makes an optimized version of a stored one and deploys it through `deployer`; set with `admin`."""
     statistics: ModelStatistics | None = None
     """The statistics extension."""
     jobs: JobRunner | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from frontends import admin_api, api_page, deploy_api, extensions, jobs_api, oip_routes, openapi, stream
+from frontends import admin_api, api_page, deploy_api, extensions, jobs_api, oip_routes, openapi, optimize_api, stream
 from frontends.asgi import JSON
 from frontends.parts import FrontendParts
 from frontends.route_table import HttpRequest, Route, RouteTable
@@ -92,6 +92,9 @@ TABLE = RouteTable([
     _admin(("GET",), "/admin/models", admin_api.models),
     # A user's model uploaded and served; outside the whole-request timeout, as its probe load may take longer.
     Route(("PUT",), f"{ADMIN_MODEL}/versions/{{version}}", "admin", deploy_api.deploy, served=_with_auth, streams=True),
+    # A stored version converted, measured beside its source and served with no traffic; a compile takes minutes.
+    Route(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/optimize", "admin", optimize_api.optimize, served=_with_auth,
+          streams=True),
     _admin(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/load", admin_api.load),
     _admin(("POST",), f"{ADMIN_MODEL}/versions/{{version}}/unload", admin_api.unload),
     _admin(("POST",), f"{ADMIN_MODEL}/reset", admin_api.reset),

@@ -10,6 +10,8 @@ In order, before anything is written to the store:
    BentoML model's own model.yaml, else the file's name (`models.formats.detect`);
 3. formats that can run code are refused unless the operator allows them
    (`RTSERVE_IMPORT_ALLOW_CODE_FORMATS`) and the deploy asks (`allow_code`); symlinks are refused;
+   a format only the server makes (AOTInductor packages of `rtserve optimize`) is refused unless it made
+   these files;
 4. every file's SHA-256 is taken;
 5. the probe load runs in a throw-away process (`models.probe`, forked by `models.fork_server`): the
    format's own checks first (skops' trusted types, ONNX external data, AOTInductor archives), then
@@ -60,6 +62,9 @@ class ImportOptions:
     """Where the deploy came from, recorded in the version's `source` (deploy, triton, bentoml, demo)."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     """Further metadata to record as given (e.g. the demo's held-out accuracy); what the import sets wins."""
+    made_here: bool = False
+    """The files were written by this server itself (`rtserve optimize`), never uploaded: only such an import may
+    bring a format no deploy can (`ModelFormat.made_here_only`: AOTInductor packages)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ def import_model(
     declared = _declared(options, source)
     located = locate(source, declared.named_files())
     fmt = choose_format(located, declared)
+    if fmt.made_here_only and not options.made_here:
+        raise ModelRefused(f"{located.file.name}: the {fmt.name} format holds native code and is only made by this server "
+                           "(rtserve optimize --to compiled); it is never accepted from a deploy")
     allow_code = settings.allow_code_formats and options.allow_code
     if fmt.runs_code and not allow_code:
         where = "the operator has not turned them on (RTSERVE_IMPORT_ALLOW_CODE_FORMATS)" \

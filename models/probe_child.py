@@ -55,14 +55,14 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
         partial["declared_outputs"] = [o.model_dump() for o in declared.outputs]
     model = fmt.load(file, partial, "cpu")
     described = fmt.describe(model, file)
-    sample = _read_sample(Path(request["sample"])) if request.get("sample") else None
+    sample = read_sample(Path(request["sample"])) if request.get("sample") else None
     if sample and not declared.inputs and not described.inputs:  # the sample says the inputs' datatypes and shapes
         declared = declared.model_copy(update={"inputs": [
             TensorDecl(name=n, datatype=datatype_of(a.dtype), shape=[-1, *a.shape[1:]]) for n, a in sample.items()]})
     meta = resolve(described, declared, f"{file.name} ({fmt.name})")
     tokenize = Tokenize.of(meta, file.parent)
     names = [t["name"] for t in meta["inputs"]]
-    inputs = _match(sample, names) if sample else sample_inputs(tuple(_specs(meta["inputs"])))
+    inputs = match_sample(sample, names) if sample else sample_inputs(tuple(_specs(meta["inputs"])))
     model_inputs = tokenize(inputs) if tokenize else inputs
     if "model_outputs" not in meta:
         meta["model_outputs"] = record_outputs(fmt.predict(model, model_inputs))
@@ -95,7 +95,7 @@ def _specs(data: list[dict[str, Any]]) -> list[Any]:
     return [TensorSpec.from_metadata(t) for t in data]
 
 
-def _read_sample(path: Path) -> dict[str, Any]:
+def read_sample(path: Path) -> dict[str, Any]:
     """A sample input: one `.npy` array (named `input`), or an `.npz` with an array per input name."""
     import numpy as np
 
@@ -109,7 +109,7 @@ def _read_sample(path: Path) -> dict[str, Any]:
     return arrays
 
 
-def _match(sample: dict[str, Any], names: list[str]) -> dict[str, Any]:
+def match_sample(sample: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The sample's arrays under the model's input names (a lone `.npy` array goes to a lone input)."""
     if list(sample) == ["input"] and len(names) == 1:
         return {names[0]: sample["input"]}

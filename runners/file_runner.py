@@ -23,7 +23,7 @@ CPU_ONLY = ("xgboost", "lightgbm", "skops", "pickle")
 
 
 class FileRunner(Runner):
-    formats = ("xgboost", "lightgbm", "torchscript", "torch_export", "torch_pickle", "custom")
+    formats = ("xgboost", "lightgbm", "torchscript", "torch_export", "torch_pickle", "custom", "torch_aoti")
 
     def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
         fmt = formats.get(model.info.metadata["format"])

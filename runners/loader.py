@@ -4,7 +4,7 @@
 |--------------------------------------------------------------------|------------------------------------------------|
 | onnx                                                               | `OnnxRunner`: session options per version      |
 | skops, pickle                                                      | `SklearnRunner`: linear pipelines folded       |
-| xgboost, lightgbm, torchscript, torch_export, torch_pickle, custom | `FileRunner`: the format's own reader          |
+| xgboost, lightgbm, torchscript, torch_export, torch_pickle, custom, torch_aoti | `FileRunner`: the format's own reader |
 | ensemble (framework; saved by `demo.build`, not imported)          | `EnsembleRunner`: a soft vote of served models |
 
 Every runner implements the interface in `runners.base`; a new format needs a reader in

@@ -11,6 +11,7 @@
 | torch_export  | `.pt2` from torch.export.save    | yes (opt-in)      | the ExportedProgram                 |
 | torch_pickle  | BentoML pytorch saves            | yes (opt-in)      | model.yaml or a sample input        |
 | custom        | `implementation` in model.yaml   | yes (opt-in)      | model.yaml (+ a sample call)        |
+| torch_aoti    | AOTInductor package (`.pt2`)     | native code       | the source version (made here only) |
 
 Models in the BentoML store saved by BentoML's own savers are read by the `module` their
 `model.yaml` names, not by the file's extension (BentoML's LightGBM saver writes LightGBM text
@@ -27,12 +28,12 @@ from models.formats.boosters import LightGBMFormat, XGBoostFormat
 from models.formats.custom import CustomFormat
 from models.formats.onnx import OnnxFormat
 from models.formats.sklearn import PickleFormat, SkopsFormat
-from models.formats.torch import TorchExportFormat, TorchPickleFormat, TorchScriptFormat
+from models.formats.torch import TorchAotiFormat, TorchExportFormat, TorchPickleFormat, TorchScriptFormat
 
 FORMATS: dict[str, ModelFormat] = {
     f.name: f
     for f in (OnnxFormat(), XGBoostFormat(), LightGBMFormat(), SkopsFormat(), PickleFormat(), TorchScriptFormat(),
-              TorchExportFormat(), TorchPickleFormat(), CustomFormat())
+              TorchExportFormat(), TorchPickleFormat(), CustomFormat(), TorchAotiFormat())
 }
 
 BENTOML_MODULES: dict[str, tuple[str, str]] = {

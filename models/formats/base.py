@@ -53,6 +53,9 @@ class ModelFormat(ABC):
     runs_code: ClassVar[bool] = False
     """Whether opening a file of this format can run code it carries; such formats are opt-in."""
     suffixes: ClassVar[tuple[str, ...]] = ()
+    made_here_only: ClassVar[bool] = False
+    """Whether only the server itself may write files of this format (`rtserve optimize`'s AOTInductor packages,
+    which hold native code): a deploy that brings one is refused, whatever it declares."""
 
     def matches(self, file: Path) -> bool:
         """Whether a file of this name is of this format (the contents are checked by `check`)."""

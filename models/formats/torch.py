@@ -5,7 +5,9 @@ files), so they are opt-in. TorchScript and pickled modules carry no input shape
 `model.yaml` declares them (or a sample input is run once to record the outputs). A `.pt2`
 program carries its user inputs and their shapes: a symbolic first dimension is the batch, a
 fixed one turns batching off. AOTInductor packages, `.pt2` archives with compiled native code
-inside, are refused, detected by what the archive holds.
+inside, are refused, detected by what the archive holds: the one exception is a package the server
+compiled itself (`torch_aoti`, made by `rtserve optimize --to compiled` from a version the operator
+let in), which no deploy can bring.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from models.formats.base import Described, ModelFormat, Trust, fixed
 from models.signature import TensorSpec, datatype_of
 
 NATIVE = (".so", ".dll", ".dylib", ".o", ".cpp", ".cubin", ".ptx", ".a")
+
+
+def is_aoti_package(names: list[str]) -> list[str]:
+    """The native files (or AOTInductor entries) an archive holds: any makes it an AOTInductor package."""
+    return [n for n in names if n.lower().endswith(NATIVE) or "aotinductor" in n.lower()]
 
 
 def archive_names(file: Path) -> list[str]:
@@ -108,7 +115,7 @@ class TorchExportFormat(_TorchFormat):
     suffixes = (".pt2",)
 
     def check(self, file: Path, trust: Trust) -> dict[str, Any]:
-        native = [n for n in archive_names(file) if n.lower().endswith(NATIVE) or "aotinductor" in n.lower()]
+        native = is_aoti_package(archive_names(file))
         if native:
             raise ModelRefused(f"{file.name} is an AOTInductor package (compiled native code inside: {native[:3]}); "
                                "native code is not loaded. Save the program with torch.export.save instead")
@@ -173,3 +180,28 @@ class TorchPickleFormat(_TorchFormat):
             raise ModelRefused(f"{file.name} holds a {type(module).__name__}, not a module (a state dict has no "
                                "architecture: save the module with torch.jit.script or torch.export)")
         return TorchModule(module.eval(), device, _output_names(metadata))
+
+
+class TorchAotiFormat(_TorchFormat):
+    """An AOTInductor package (`torch._inductor.aoti_compile_and_package`): a program compiled to native code.
+
+    Only `rtserve optimize --to compiled` writes one (`made_here_only`), from a PyTorch version the operator let
+    in; its signature is the source version's, declared in the model.yaml the optimizer writes."""
+
+    name = "torch_aoti"
+    suffixes = ()
+    made_here_only = True
+
+    def check(self, file: Path, trust: Trust) -> dict[str, Any]:
+        if not is_aoti_package(archive_names(file)):
+            raise ModelRefused(f"{file.name} is not an AOTInductor package (no compiled code inside)")
+        return {}
+
+    def load(self, file: Path, metadata: Mapping[str, Any], device: str = "cpu") -> TorchModule:
+        import torch._inductor
+
+        try:
+            runner = torch._inductor.aoti_load_package(str(file))
+        except Exception as exc:  # noqa: BLE001 - a damaged package fails in the loader or in dlopen
+            raise ModelRefused(f"{file.name}: not a loadable AOTInductor package: {type(exc).__name__}: {str(exc)[:300]}") from None
+        return TorchModule(runner, device, _output_names(metadata))

@@ -3,8 +3,8 @@ commands, as written), served by every worker without a restart, answering over 
 answers; the Python client; refusals leave nothing loaded and other models answering.
 
 Tolerances: probabilities, scores and tensors within 1e-5 absolute, regression predictions within 1e-5
-relative, labels equal (tests/models/test_formats.py `assert_same`). One server for the module, serving one
-demo model, with formats that run code allowed (each deploy still asks with --allow-code), a 4 MiB upload limit.
+relative, labels equal (tests/models/test_formats.py `assert_same`). One server (tests/app/conftest.py `deploys`, shared
+with `rtserve optimize`'s tests), serving one demo model, with formats that run code allowed (each deploy still asks with --allow-code), a 4 MiB upload limit.
 """
 
 from __future__ import annotations
@@ -12,99 +12,22 @@ from __future__ import annotations
 import io
 import os
 import re
-import secrets
 import shlex
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from app import client
-from app.cli import main
-from gateway.auth import AuthSettings
-from gateway.tokens import mint
-from tests.helpers import ROOT, ServerProcess
+from tests.app.conftest import UPLOAD_LIMIT
+from tests.helpers import ROOT
 from tests.models import makers
 from tests.models.test_formats import assert_same
 
-UPLOAD_LIMIT = 4 * 2**20
 README = ROOT / "README.md"
-
-
-class Deploys:
-    def __init__(self, server: ServerProcess, secret_file: Path) -> None:
-        self.server = server
-        self.secret_file = secret_file
-        auth = AuthSettings(hs256_secret_file=secret_file)
-        self.headers = {"Authorization": f"Bearer {mint(auth, subject='alice', scopes='predict admin', tenant='acme', ttl_s=3600)}"}
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"RTSERVE_URL": self.server.url, "RTSERVE_AUTH_HS256_SECRET_FILE": str(self.secret_file)}
-
-    def infer(self, name: str, x) -> dict[str, np.ndarray]:
-        """One REST call per worker connection; the answers must agree."""
-        meta = httpx.get(f"{self.server.url}/v2/models/{name}", headers=self.headers).json()
-        arrays = x if isinstance(x, dict) else {meta["inputs"][0]["name"]: x}
-        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(a.shape), "data": a.ravel().tolist()}
-                           for n, a in arrays.items()]}
-        answers = []
-        for _ in range(4):  # new connections: both workers answer
-            r = httpx.post(f"{self.server.url}/v2/models/{name}/infer", json=body, headers=self.headers)
-            assert r.status_code == 200, r.text
-            answers.append({o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]})
-        for other in answers[1:]:
-            assert_same(other, answers[0])
-        return answers[0]
-
-    def served_versions(self, name: str) -> list[str]:
-        doc = httpx.get(f"{self.server.url}/admin/models", headers=self.headers).json()
-        return list(doc.get(name, {}).get("versions", {}))
-
-
-@pytest.fixture(scope="module")
-def deploys(model_store, tmp_path_factory) -> Iterator[Deploys]:
-    tmp = tmp_path_factory.mktemp("deploy")
-    secret_file = tmp / "jwt-secret"
-    secret_file.write_text(secrets.token_hex(32))
-    config = tmp / "serving.yaml"  # one demo model: the others' traffic, and a fast start
-    config.write_text("defaults:\n  max_latency_ms: 5000\nmodels:\n  digits-sklearn:\n    versions: [v1]\n    weights: {v1: 100}\n")
-    server = ServerProcess(env={
-        "RTSERVE_CONFIG": str(config),
-        "REDIS_URL": "",
-        "RTSERVE_WORKERS": "2",
-        "RTSERVE_AUTH_ENABLED": "true",
-        "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret_file),
-        "RTSERVE_IMPORT_ALLOW_CODE_FORMATS": "true",
-        "RTSERVE_IMPORT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
-    }, log_path=tmp / "serve.log")
-    try:
-        server.start()
-        d = Deploys(server, secret_file)
-        for _ in range(4):  # each on a new connection, so both workers have reached the routing state
-            server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=d.headers)
-        yield d
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def cli(deploys, monkeypatch, capsys):
-    """`rtserve ARGS...` in this process: (exit status, stdout, stderr)."""
-    for k, v in deploys.env.items():
-        monkeypatch.setenv(k, v)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return status, out.out, out.err
-
-    return run
 
 
 def test_python_client_a_second_version_on_a_canary(deploys, cli, tmp_path):
