@@ -21,7 +21,8 @@ import numpy as np
 from models.outputs import CLASSIFICATION_TASKS
 
 Call = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-WARMUP_CALLS = 3
+WARMUP_CALLS = 5
+"""Untimed calls of each batch size first: TorchScript profiles a new shape for its first calls, then optimizes."""
 MIN_CALLS = 5
 
 
