@@ -14,7 +14,7 @@ version of a served one takes none; `weight` gives it W % (the other versions sh
 proportions), `shadow` mirrors PCT % of the model's requests to it, `canary` starts a canary at PCT %
 followed by the canary steps above it (the other fields as `POST /admin/models/{name}/canary`).
 The answer: the version's metadata (format, signature, outputs, sha256, memory), the import and load
-seconds, and the routes. One audit line records the deploy with who made it.
+seconds, and the routes. The deployer writes the deploy's one audit line (pipeline/deploy.py).
 
 No request deadline applies: a probe load may take up to RTSERVE_IMPORT_PROBE_TIMEOUT_S.
 """
@@ -40,7 +40,6 @@ from models.archive import extract, is_archive, stem
 from models.importer import ImportOptions
 from models.names import check_name
 from routing.admin import CanaryRequest, RoutingAdmin
-from routing.audit import record
 
 SHOWN_METADATA = ("format", "framework", "task", "inputs", "outputs", "class_names", "sha256", "memory_mb", "source",
                   "trusted_by_deploy", "batching", "modes")
@@ -104,7 +103,6 @@ async def _deploy(admin: RoutingAdmin, served: FrontendParts, request: HttpReque
         if is_archive(source.name):
             source = await asyncio.to_thread(extract, source, folder / "extracted" / stem(source.name),
                                              max_bytes=settings.max_upload_bytes, max_files=settings.max_upload_files)
-        before = await admin.store.get(name)
         timings: dict[str, float] = {}
         model = await deployer.deploy(name, version, source, ImportOptions(
             allow_code=options.allow_code, trust=tuple(options.trust), config=received.files.get("config"),
@@ -112,9 +110,6 @@ async def _deploy(admin: RoutingAdmin, served: FrontendParts, request: HttpReque
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
     meta = model.info.metadata
-    await record(admin.audit, "deploy", name, before, await admin.store.get(name),
-                 f"{version} from {meta.get('source', {}).get('name')} ({meta.get('format')}), "
-                 f"import {timings['import_s']:.2f} s, load {timings['load_s']:.2f} s")
     routes = await _route(admin, name, version, options)  # a routing change is audited on its own
     return 201, {
         "model": name,

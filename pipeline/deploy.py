@@ -10,6 +10,7 @@ the replica loads the version and a restart keeps it (a model serving.yaml does 
 model). With a model repository (RTSERVE_MODEL_REPOSITORY), the version is pushed there between the probe
 and the load, so every other replica can pull it when the routes name it. A version that fails to load in a worker leaves the store again, so the same name and version
 can be deployed once the file is fixed; a model that was never served leaves no trace.
+Each deploy is one audit line (action `deploy`: who, the file, its format, the times), whatever its entry path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from models.remote.repository import Mismatch
 from models.retention import StoreSettings, check_quota, size_of
 from models.settings import ImportSettings
 from pipeline.repository import ModelRepository
+from routing.audit import record
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +63,26 @@ class Deployer:
         imported = time.perf_counter()
         if timings is not None:
             timings["import_s"] = imported - started
+        admin = self.repository.admin
+        before = await admin.store.get(name)
+        meta = model.info.metadata
+        what = (f"{version} from {meta.get('source', {}).get('name')} ({meta.get('format')}), "
+                f"import {imported - started:.2f} s")
         try:
-            await self.repository.load(name, [version], wait_s)
-            if timings is not None:
-                timings["load_s"] = time.perf_counter() - imported
-        except LoadFailed:
+            await self.repository.load(name, [version], wait_s, audited=False)
+        except LoadFailed as exc:
             await asyncio.to_thread(_forget, str(model.tag))
+            await record(admin.audit, "deploy", name, before, await admin.store.get(name), f"{what}, not loaded: {exc.message}")
             raise
         except RepositoryTimeout:
             log.warning("deploy %s: still loading in some worker; it goes on in the background", model.tag)
+            await record(admin.audit, "deploy", name, before, await admin.store.get(name), f"{what}, still loading")
             raise
-        await self.repository.admin.collect(name)
+        loaded = time.perf_counter() - imported
+        if timings is not None:
+            timings["load_s"] = loaded
+        await record(admin.audit, "deploy", name, before, await admin.store.get(name), f"{what}, load {loaded:.2f} s")
+        await admin.collect(name)
         return model
 
     async def preload(self) -> None:

@@ -210,16 +210,18 @@ class ModelRepository:
                     entries.append(IndexEntry(name, version, state, reason))
         return entries
 
-    async def load(self, name: str, versions: list[str] | None = None, wait_s: float | None = None) -> list[str]:
+    async def load(self, name: str, versions: list[str] | None = None, wait_s: float | None = None,
+                   audited: bool = True) -> list[str]:
         """Load `versions` (None: those serving.yaml names) in every worker; returns them once every worker serves them,
-        or RepositoryTimeout after `wait_s` (default: RTSERVE_REPOSITORY_WAIT_TIMEOUT_S)."""
+        or RepositoryTimeout after `wait_s` (default: RTSERVE_REPOSITORY_WAIT_TIMEOUT_S). `audited=False`: the
+        caller (a deploy) writes the audit line."""
         if versions is None:
             configured = self.registry.config.models.get(name)
             if configured is None:
                 raise ModelNotFound(f"model {shown(name)} is not served here")
             versions = list(configured.versions)
         for version in versions:
-            await self.admin.load(name, version)
+            await self.admin.load(name, version, audited)
         try:
             await self._wait(name, versions, self._loaded, wait_s)
         except LoadFailed:

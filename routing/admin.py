@@ -82,8 +82,9 @@ class RoutingAdmin:
 
         return await self._write(name, apply, action)
 
-    async def _write(self, name: str, apply, action: str) -> ModelRoutes:
-        """The store's atomic update, then one audit line from the document it replaced to the one it wrote."""
+    async def _write(self, name: str, apply, action: str | None) -> ModelRoutes:
+        """The store's atomic update, then one audit line from the document it replaced to the one it wrote
+        (none when `action` is None: the caller records the change as part of its own, larger one)."""
         before: list[ModelRoutes | None] = [None]
 
         def keeping(current: ModelRoutes | None) -> ModelRoutes:
@@ -94,7 +95,8 @@ class RoutingAdmin:
             written = await self.store.update(name, keeping)
         except ValidationError as exc:
             raise InvalidInput(_first_error(exc)) from None
-        await record(self.audit, action, name, before[0], written)
+        if action is not None:
+            await record(self.audit, action, name, before[0], written)
         return written
 
     async def outcomes(self, name: str) -> dict[str, dict[str, float | None]]:
@@ -151,7 +153,8 @@ class RoutingAdmin:
             out[name] = {"versions": versions, **(r.model_dump(mode="json") if r else {}), "origin": origin}
         return out
 
-    async def load(self, name: str, version: str) -> ModelRoutes:
+    async def load(self, name: str, version: str, audited: bool = True) -> ModelRoutes:
+        """Serve a version from now on in every worker. `audited=False`: a deploy, which records one line of its own."""
         import bentoml
         from bentoml.exceptions import BentoMLException
 
@@ -182,7 +185,7 @@ class RoutingAdmin:
                 r.loaded.append(version)
             return r
 
-        return await self._write(name, change, "load")
+        return await self._write(name, change, "load" if audited else None)
 
     async def replace(self, name: str, routes: ModelRoutes, action: str) -> ModelRoutes:
         """Write a model's whole document (a restore); the store validates it again and stamps its revision."""

@@ -59,6 +59,7 @@ def test_a_model_from_the_local_bentoml_store_and_a_second_version_by_weight(dep
     audit = httpx.get(f"{deploys.server.url}/admin/audit?model=dp-bento", headers=deploys.headers).json()
     deployed = [e for e in audit if e["action"] == "deploy"]
     assert audit[0]["action"] == "weights" and len(deployed) == 2
+    assert [e["action"] for e in audit] == ["weights", "deploy", "deploy"]  # a deploy is one line, its load no other
     assert deployed[0]["who"] == "rtserve-cli" and "v2 from dp-cancer-local (pickle)" in deployed[0]["detail"]
 
 
