@@ -100,7 +100,11 @@ async def _submit(
         model, version, inputs = rows_request(doc, "a job (or an .npy / .npz upload)")
     entry = jobs.choose(model, version, admitted)
     spec = entry.runner.input_spec
-    if upload:
+    specs = entry.runner.signature.inputs
+    if upload and len(specs) > 1:
+        rows = await asyncio.to_thread(job_rows.from_named_upload, specs, body, settings.max_rows, served.limits,
+                                       settings.max_body_bytes)
+    elif upload:
         rows = await asyncio.to_thread(job_rows.from_upload, spec, body, settings.max_rows, served.limits,
                                        settings.max_body_bytes)
     elif takes_decoded_rows(entry.runner.signature, inputs):

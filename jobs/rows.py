@@ -1,7 +1,8 @@
 """A job's rows: decoded once at submission, checked row by row, so one bad row fails alone.
 
 A submission is JSON (`{"model", "version", "inputs": [[...], ...]}`, rows as `/predict` takes
-them) or an upload of the model's input as `.npy`, or `.npz` holding it under the input's name.
+them) or an upload of the model's input as `.npy`, or `.npz` holding it under the input's name (each
+input under its own name, for a model of several inputs).
 Whatever cannot be read as rows at all is refused at submission (4xx); a row of the wrong length
 or type, or with values outside the signature's range or not finite, becomes that row's error.
 """
@@ -17,6 +18,9 @@ from core.errors import InvalidInput
 from gateway.settings import LimitSettings
 from jobs import npy
 from models.signature import TensorSpec
+
+Tensors = dict[str, tuple[str, np.ndarray]]
+"""Named input tensors as the data plane takes them: name -> (datatype, array)."""
 
 
 @dataclass
@@ -158,3 +162,56 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], max_rows: int, limits
             raise InvalidInput(f"length {shape[1]} is over the limit of {limits.max_sequence_length}")
     elif math.prod(shape[1:]) != math.prod(spec.row_shape):
         raise InvalidInput(f"shape {list(shape)[:8]} does not match {list(spec.shape)}")
+
+
+@dataclass
+class InputRows:
+    """The rows of a model of several inputs, from an `.npz` holding each input under its name."""
+
+    specs: tuple[TensorSpec, ...]
+    arrays: dict[str, np.ndarray]
+    spec: TensorSpec
+    """The size of one row, as one input of that many elements: what the job's batch size is worked out from."""
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batch(self, start: int, end: int, limits: LimitSettings) -> tuple[Tensors | None, list[int], dict[int, str]]:
+        """Rows [start, end) whose every input passes the value checks, as named tensors, their indices, and the
+        errors of the others (a row fails alone, named by its input)."""
+        errors: dict[int, str] = {}
+        for spec in self.specs:
+            for k, problem in _value_problems(spec, self.arrays[spec.name][start:end], limits):
+                errors.setdefault(start + k, f"{spec.name}: {problem}")
+        keep = np.array([i not in errors for i in range(start, end)], dtype=bool)
+        index = [i for i in range(start, end) if i not in errors]
+        if not index:
+            return None, [], errors
+        return ({s.name: (s.datatype, self.arrays[s.name][start:end][keep]) for s in self.specs}, index, errors)
+
+
+def from_named_upload(specs: tuple[TensorSpec, ...], body: bytes, max_rows: int, limits: LimitSettings,
+                      max_bytes: int) -> InputRows:
+    """An .npz holding each of the model's inputs under its name, every one with the same number of rows.
+
+    Each member's header is checked against its input (shape, rows, dtype) before any member is read."""
+    by_name = {s.name: s for s in specs}
+    rows: dict[str, int] = {}
+
+    def check(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        try:
+            _check_shape(by_name[name], shape, max_rows, limits)
+        except InvalidInput as exc:
+            raise InvalidInput(f"input '{name}': {exc.message}") from None
+        rows[name] = shape[0]
+        if len(set(rows.values())) > 1:
+            raise InvalidInput(f"the inputs must hold the same number of rows, not {rows}")
+
+    arrays = npy.load_members(body, list(by_name), check, max_bytes)
+    named = {}
+    for spec in specs:
+        arr = _cast(arrays[spec.name], spec)
+        named[spec.name] = arr if -1 in spec.row_shape else arr.reshape(len(arr), *spec.row_shape)
+    width = sum(math.prod(limits.max_sequence_length if d < 0 else d for d in s.row_shape) for s in specs)
+    return InputRows(specs, named, TensorSpec("rows", "FP32", (-1, width)))

@@ -14,7 +14,7 @@ from core.errors import BadRequest, InvalidInput, PayloadTooLarge
 from fuzz.seeds import npy, npy_header, npz, npz_bomb
 from gateway.settings import LimitSettings
 from jobs.npy import MAX_CENTRAL_DIRECTORY
-from jobs.rows import from_upload
+from jobs.rows import from_named_upload, from_upload
 from models.signature import TensorSpec
 
 pytestmark = pytest.mark.cache_independent
@@ -123,3 +123,51 @@ def test_real_uploads_in_every_layout_read_as_before():
     tokens = np.array([[1, 2, 0], [3, 0, 0]], dtype=np.int32)
     got = load(npz(tokens=tokens), TOKENS)
     assert [r.tolist() for r in got.ragged] == [[1, 2, 0], [3, 0, 0]]
+
+
+MEASUREMENTS = TensorSpec("measurements", "FP32", (-1, 4), None, 10.0)
+SCALE = TensorSpec("scale", "FP32", (-1, 1))
+
+
+def load_named(body: bytes, max_bytes: int = MAX_BYTES):
+    return from_named_upload((MEASUREMENTS, SCALE), body, MAX_ROWS, LIMITS, max_bytes)
+
+
+def test_a_model_of_several_inputs_takes_an_npz_keyed_by_input_name():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 2
+    scale = np.array([[0.5], [1.0], [2.0]], dtype=">f8")  # any byte order and float width: cast to the input's
+    x[1, 2] = 11.0  # over max_value: that row fails alone, naming its input
+    rows = load_named(npz(scale=scale, measurements=x))
+    assert len(rows) == 3
+    data, index, errors = rows.batch(0, 3, LIMITS)
+    assert index == [0, 2] and errors == {1: "measurements: values must be <= 10"}
+    assert list(data) == ["measurements", "scale"] and data["measurements"][0] == "FP32"
+    np.testing.assert_array_equal(data["measurements"][1], x[[0, 2]])
+    assert data["scale"][1].dtype == np.float32 and data["scale"][1].ravel().tolist() == [0.5, 2.0]
+    data, index, errors = rows.batch(1, 2, LIMITS)
+    assert data is None and index == [] and list(errors) == [1]
+
+
+@pytest.mark.parametrize(("body", "error", "words"), [
+    (npz(measurements=np.zeros((2, 4), np.float32)), InvalidInput, "missing ['scale']"),
+    (npz(measurements=np.zeros((2, 4), np.float32), scale=np.ones((2, 1), np.float32), extra=np.ones(2)),
+     InvalidInput, "unknown ['extra']"),
+    (npz(measurements=np.zeros((2, 4), np.float32), scale=np.ones((3, 1), np.float32)), InvalidInput, "same number of rows"),
+    (npz(measurements=np.zeros((2, 5), np.float32), scale=np.ones((2, 1), np.float32)), InvalidInput, "input 'measurements'"),
+    (npy(np.zeros((2, 4), np.float32)), InvalidInput, "send an .npz holding each under its name"),
+    (npz(measurements=np.zeros((2, 4), np.float32), scale=np.ones((2, 1), np.int64)), None, None),
+    (b"PK\x03\x04 damaged", BadRequest, "not a readable"),
+])
+def test_an_npz_that_does_not_fit_the_inputs_is_refused(body, error, words):
+    if error is None:
+        assert len(load_named(body)) == 2  # integers are exact in FP32: taken
+        return
+    with pytest.raises(error, match=__import__("re").escape(words)):
+        load_named(body)
+
+
+def test_the_members_together_stay_within_the_byte_limit():
+    body = npz(measurements=np.zeros((1000, 4), np.float32), scale=np.ones((1000, 1), np.float32))
+    assert len(load_named(body, max_bytes=20_000)) == 1000
+    with pytest.raises(PayloadTooLarge, match="for all its members"):
+        load_named(body, max_bytes=17_000)  # each fits alone (16,000 and 4,000 bytes), not both
