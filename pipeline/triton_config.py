@@ -6,7 +6,8 @@ as Triton's JSON model config (`GET /v2/models/{name}/config`, the ModelConfig R
     plan.format, plan.declared, plan.choose(["1", "2"])
     served_config(entry) -> {"name": ..., "platform": ..., "max_batch_size": ..., "input": [...], ...}
 
-Honoured fields: `name` (must be the model's), `platform` or `backend` (PLATFORMS), `input` and `output`
+Honoured fields: `name` (must be the model's), `platform` or `backend` (PLATFORMS; a `torch.export` program
+is a PyTorch platform with parameters.model_type `torch_export`), `input` and `output`
 (`name`, `data_type`, `dims`; the batch dimension is added when `max_batch_size` > 0), `max_batch_size`
 (0 turns batching off; above 0 the server's adaptive batcher sizes batches), `version_policy`
 (`latest` (Triton's default: the newest one), `all`, `specific`) and `parameters` (PARAMETERS).
@@ -46,10 +47,14 @@ MODEL_TYPES: dict[str, dict[str, str]] = {
     "sklearn": {"skops": "skops", "pickle": "pickle"},
 }
 """backend -> parameters.model_type -> format (FIL's own names; `sklearn` defaults to skops)."""
+TORCH_TYPES: dict[str, str] = {"torchscript": "torchscript", "torch_export": "torch_export"}
+"""parameters.model_type of the PyTorch platforms -> format: TorchScript (the default, as Triton's libtorch
+backend reads) or a `torch.export` program (`torch.export.save`, a `.pt2`)."""
 SERVED = sorted([*PLATFORMS, *MODEL_TYPES])
 
 PARAMETERS = {
-    "model_type": "the file's kind for backend fil (xgboost_json, xgboost_ubj, lightgbm) or sklearn (skops, pickle)",
+    "model_type": "the file's kind for backend fil (xgboost_json, xgboost_ubj, lightgbm), sklearn (skops, pickle) "
+                  "or the PyTorch platforms (torchscript, torch_export)",
     "allow_code": '"true" to load a format that can run code (TorchScript, pickle); the operator must allow it too',
     "trust": "comma-separated extra skops types to trust (the operator must allow deploys to trust types)",
     "task": "classification, regression or tensors, where the model does not say",
@@ -174,9 +179,15 @@ def _format(platform: Any, backend: Any, model_type: str | None) -> str:
     if len(kinds) > 1:
         raise BadRequest(f"platform {shown(platform)} and backend {shown(backend)} differ")
     (kind,) = kinds
+    if kind == "torchscript" and model_type is not None:
+        if model_type not in TORCH_TYPES:
+            raise BadRequest(f"platform {shown(named[0])} takes parameter model_type {sorted(TORCH_TYPES)}; "
+                             f"got {shown(model_type)}")
+        return TORCH_TYPES[model_type]
     if kind not in MODEL_TYPES:
         if model_type is not None:
-            raise BadRequest(f"parameter model_type is for backends {sorted(MODEL_TYPES)}, not {kind}")
+            raise BadRequest(f"parameter model_type is for backends {sorted(MODEL_TYPES)} and the PyTorch "
+                             f"platforms, not {kind}")
         return kind
     types = MODEL_TYPES[kind]
     if model_type is None and kind == "sklearn":
@@ -258,6 +269,8 @@ def _platform(fmt: str, file: str) -> dict[str, Any]:
     for platform, backend in (("onnxruntime_onnx", "onnxruntime"), ("pytorch_libtorch", "pytorch")):
         if PLATFORMS[platform] == fmt:
             return {"platform": platform, "backend": backend}
+    if fmt == TORCH_TYPES["torch_export"]:
+        return {"platform": "pytorch_libtorch", "backend": "pytorch", "parameters": {"model_type": fmt}}
     for backend, types in MODEL_TYPES.items():
         matching = [t for t, f in types.items() if f == fmt]
         if matching:

@@ -92,7 +92,8 @@ class Runner(ABC):
 
     @staticmethod
     def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-        """Concatenate; numeric variable dimensions are right-padded with 0. Strings (object arrays) are never padded."""
+        """Concatenate; numeric variable dimensions are right-padded with 0. Strings (object arrays) are never padded:
+        the batcher gives a model call only strings of one row shape (runners/batcher.py `joins`)."""
         if len(arrays) == 1:
             return arrays[0]
         if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):

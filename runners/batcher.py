@@ -14,6 +14,12 @@ calls of at most `max_batch_size` rows, whose outputs are joined: every model ca
 batch size the metrics and the statistics extension count, stays within 1..`max_batch_size`
 whatever clients send.
 
+Strings (BYTES inputs, object arrays) are never padded: numeric rows of different lengths are
+right-padded with 0 to share a model call, but a 0 among strings would be a token the client never
+sent. So a request whose strings have another row shape than the batch's first request waits for the
+next batch, which it leads (strings of different lengths in one shape, such as one text per row,
+share batches as any rows do).
+
 The model call runs on the version's thread pool, except for batches expected to take less
 than `inline_max_ms`: those run on the event loop itself, because handing a batch to a
 thread and back (and the thread waiting for the GIL while the loop is busy) costs far more
@@ -47,7 +53,7 @@ from core.errors import BudgetExceeded, DeadlineExceeded, ModelFailed, QueueFull
 from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.cost import BatchCost
-from runners.rows import Rows
+from runners.rows import NamedRows, Rows
 from runners.settings import BatchSettings
 
 if TYPE_CHECKING:
@@ -271,7 +277,7 @@ class AdaptiveBatcher:
         while (queue := self._next(due_by)) is not None:
             head = queue[0]
             n = len(head.rows)
-            if batch and rows + n > self.max_batch_size:
+            if batch and (rows + n > self.max_batch_size or not joins(batch[0].rows, head.rows)):
                 break
             queue.popleft()
             self._queued -= 1
@@ -398,6 +404,14 @@ def _chunks(arrays: list[Rows], limit: int) -> Iterator[list[Rows]]:
                 chunk, room = [], limit
     if chunk:
         yield chunk
+
+
+def joins(first: Rows, other: Rows) -> bool:
+    """Whether two requests may share a model call: strings (object arrays) are never padded, so theirs need the
+    same row shape; numbers of different lengths are padded alike."""
+    if isinstance(first, NamedRows):
+        return all(joins(a, other.arrays[k]) for k, a in first.arrays.items())
+    return first.dtype != object or first.shape[1:] == other.shape[1:]
 
 
 def _stop_timer(pending: _Pending) -> None:

@@ -12,6 +12,7 @@ let in), which no deploy can bring.
 
 from __future__ import annotations
 
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,6 +111,12 @@ class TorchScriptFormat(_TorchFormat):
         return TorchModule(module, device, _output_names(metadata))
 
 
+_EXPORT_LOAD = threading.Lock()
+"""`torch.export.load` keeps its deserializer in a module global (`_CURRENT_DESERIALIZER`): two loads at once
+in one process (two `.pt2` versions deployed together reach a worker's load threads together) fail with
+"already set". One load at a time per process."""
+
+
 class TorchExportFormat(_TorchFormat):
     name = "torch_export"
     suffixes = (".pt2",)
@@ -125,7 +132,8 @@ class TorchExportFormat(_TorchFormat):
         import torch
 
         try:
-            program = torch.export.load(str(file))
+            with _EXPORT_LOAD:
+                program = torch.export.load(str(file))
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds of error for a damaged archive
             raise ModelRefused(f"{file.name}: not a torch.export program: {type(exc).__name__}: {str(exc)[:300]}") from None
         model = TorchModule(program.module().to(device), device, _output_names(metadata) or self._output_names(program))

@@ -153,6 +153,32 @@ def test_torch_export_programs_dynamic_and_fixed_batch(tmp_path, name, settings)
     assert [n for n, _ in runner.warmup((1, 64))] == [4, 4, 4]  # warmed up at its one batch size
 
 
+def test_torch_export_programs_load_in_several_threads_at_once(tmp_path):
+    """Two `.pt2` versions deployed together reach one worker's load threads together: torch.export.load keeps
+    its deserializer in a global, so unguarded loads at once fail with "_CURRENT_DESERIALIZER is already set"."""
+    import threading
+
+    from models.formats.torch import TorchExportFormat
+
+    made = makers.wine_pt2(tmp_path)
+    errors: list[str] = []
+    loaded: list[object] = []
+
+    def load_five() -> None:
+        try:
+            for _ in range(5):
+                loaded.append(TorchExportFormat().load(made.path, {}))
+        except Exception as exc:  # noqa: BLE001 - the test reports every failure
+            errors.append(repr(exc)[:200])
+
+    threads = [threading.Thread(target=load_five) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(loaded) == 20
+
+
 def test_joblib_when_allowed_records_its_hash(tmp_path, name, settings):
     made = makers.diabetes_ridge(tmp_path, "joblib")
     meta, _, out = served(name, made, settings, CODE)
@@ -168,6 +194,35 @@ def test_own_runtime_by_import_string(tmp_path, name, settings, runtimes_importa
     meta, _, out = served(name, made, settings, ImportOptions(allow_code=True, config=tmp_path / "model.yaml"))
     assert_same(out, made.expected)
     assert meta["format"] == "custom" and meta["implementation"] == "tests.models.runtimes:WeightedSum"
+
+
+async def test_strings_of_different_widths_share_no_model_call_and_are_never_padded(tmp_path, name, settings,
+                                                                                    runtimes_importable):
+    """Rows of 2 and of 3 tokens queued together: the batcher gives each width its own model call (a 0 padded
+    among strings would be a token nobody sent); requests of one width still share one."""
+    import asyncio
+
+    from tests.runners.test_batcher import Gated, make, until
+
+    (tmp_path / "tokens.bin").write_bytes(b"")
+    (tmp_path / "model.yaml").write_text("implementation: tests.models.runtimes:TokenCount\ntask: tensors\n"
+                                         "inputs:\n  - {name: tokens, datatype: BYTES, shape: [-1, -1]}\n")
+    import_model(name, "v1", tmp_path / "tokens.bin", ImportOptions(allow_code=True, config=tmp_path / "model.yaml"),
+                 settings)
+    model = Gated(load_runner(f"{name}:v1", "cpu"))
+    batcher = make(model, max_batch_size=64)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(np.array([["held"]], dtype=object)))
+    await until(model.entered.is_set)
+    rows = [["a", "bb"], ["ccc", "d"], ["eeee", "f", "gg"], ["h", "ii"]]
+    waiting = [asyncio.create_task(batcher.submit(np.array([r], dtype=object))) for r in rows]
+    await until(lambda: batcher._queued == len(rows))
+    model.gate.set()
+    answers = await asyncio.gather(first, *waiting)
+    assert [a["tokens"].tolist() for a in answers[1:]] == [[2], [2], [3], [2]]
+    assert [a["chars"].tolist() for a in answers[1:]] == [[3], [4], [7], [3]]
+    assert model.calls == [1, 2, 1, 1]  # the held one; both rows of 2; the row of 3 leads a call alone; the last
+    batcher.close()
 
 
 def test_a_changed_file_is_not_loaded(tmp_path, name, settings):
