@@ -26,6 +26,8 @@ class Made:
     path: Path
     x: Any
     expected: dict[str, np.ndarray]
+    model: Any = None
+    """The fitted estimator or network itself, for the savers that take one (BentoML's)."""
 
 
 def split(loader) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +46,7 @@ def iris_skops(folder: Path) -> Made:
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x_tr, y_tr)
     path = folder / "iris.skops"
     sio.dump(model, path)
-    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])})
+    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])}, model)
 
 
 def wine_forest_skops(folder: Path) -> Made:
@@ -56,7 +58,21 @@ def wine_forest_skops(folder: Path) -> Made:
     model = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x_tr, y_tr)
     path = folder / "wine.skops"
     sio.dump(model, path)
-    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])})
+    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])}, model)
+
+
+def cancer_skops(folder: Path) -> Made:
+    """A binary classifier on breast cancer: scaling and logistic regression in one pipeline."""
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_tr, x_te, y_tr, _ = split(load_breast_cancer)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_tr, y_tr)
+    path = folder / "cancer.skops"
+    sio.dump(model, path)
+    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])}, model)
 
 
 def diabetes_ridge(folder: Path, fmt: str = "skops") -> Made:
@@ -73,7 +89,7 @@ def diabetes_ridge(folder: Path, fmt: str = "skops") -> Made:
         import joblib
 
         joblib.dump(model, path)
-    return Made(path, x_te[:10], {"predictions": model.predict(x_te[:10])})
+    return Made(path, x_te[:10], {"predictions": model.predict(x_te[:10])}, model)
 
 
 def text_classifier(folder: Path) -> Made:
@@ -89,7 +105,7 @@ def text_classifier(folder: Path) -> Made:
     path = folder / "topics.skops"
     sio.dump(model, path)
     x = np.array(["the goal in the match", "interest rates and shares", "a faster laptop chip"], dtype=object)
-    return Made(path, x, {"probabilities": model.predict_proba(x), "label": model.predict(x)})
+    return Made(path, x, {"probabilities": model.predict_proba(x), "label": model.predict(x)}, model)
 
 
 def cancer_xgboost(folder: Path, suffix: str = ".json") -> Made:
@@ -170,7 +186,7 @@ def wine_pt2(folder: Path, dynamic: bool = True) -> Made:
     torch.export.save(program, str(path))
     x = x_te[:4]
     with torch.inference_mode():
-        return Made(path, x, {"output": net(torch.from_numpy(x)).numpy()})
+        return Made(path, x, {"output": net(torch.from_numpy(x)).numpy()}, net)
 
 
 def iris_onnx(folder: Path) -> Made:
