@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
@@ -93,19 +95,9 @@ def ready_workers(directory: str) -> int:
     count = 0
     for mark in Path(directory).glob(f"{MARK_PREFIX}*"):
         pid = mark.name.removeprefix(MARK_PREFIX)
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             count += 1
     return count
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def announce_when_ready(shown: Addresses, workers: int, directory: str, interval_s: float = 0.5) -> threading.Thread:

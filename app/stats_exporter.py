@@ -49,7 +49,7 @@ class StatsExporter:
             try:
                 self.sync()
                 await self._check_redis()
-            except Exception:  # noqa: BLE001 - metrics must never take the worker down
+            except Exception:  # metrics must never take the worker down
                 log.exception("exporting gateway stats failed")
 
     def sync(self) -> None:

@@ -160,9 +160,9 @@ class Metrics:
 
         self.tally = Tally()
         registry = registry if registry is not None else prometheus_client.REGISTRY
-        Counter = partial(prometheus_client.Counter, registry=registry)  # noqa: N806 - read as the class
-        Gauge = partial(prometheus_client.Gauge, registry=registry)  # noqa: N806
-        Histogram = partial(prometheus_client.Histogram, registry=registry)  # noqa: N806
+        Counter = partial(prometheus_client.Counter, registry=registry)  # read as the class
+        Gauge = partial(prometheus_client.Gauge, registry=registry)
+        Histogram = partial(prometheus_client.Histogram, registry=registry)
 
         mv = ["model", "version"]
         self.requests = Counter("rtserve_requests", "Requests answered", [*mv, "variant", "status_class", "cache"])

@@ -38,6 +38,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import BadRequest, Conflict, LoadFailed, ModelNotFound, RepositoryTimeout, Unavailable, shown
+from core.processes import pid_alive
 from routing.admin import RoutingAdmin
 from runners.registry import ModelRegistry, VersionState
 
@@ -139,7 +140,7 @@ class WorkerStates:
         workers = []
         for path in glob.glob(os.path.join(self.directory, "gauge_livemax_*.db")):
             pid = int(os.path.basename(path)[len("gauge_livemax_") : -len(".db")])
-            if not _alive(pid):
+            if not pid_alive(pid):
                 continue
             held: dict[tuple[str, str], str] = {}
             recorded = False
@@ -156,16 +157,6 @@ class WorkerStates:
             if recorded:
                 workers.append(held)
         return workers
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def replica_state(states: list[str | None], wanted: bool, error: str | None = None) -> tuple[str, str]:

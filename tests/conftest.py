@@ -16,7 +16,7 @@ _HOME = Path(tempfile.mkdtemp(prefix="rtserve-test-bentoml-"))
 os.environ["BENTOML_HOME"] = str(_HOME)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-from tests.helpers import Gateway, OwnRedis, ServerProcess, running_gateway  # noqa: E402
+from tests.helpers import Gateway, OwnRedis, ServerProcess, running_gateway
 
 
 def pytest_configure(config: pytest.Config) -> None:
