@@ -38,6 +38,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,21 @@ def _start(path: str, folder: Path, env: Mapping[str, str]) -> None:
         tail = (folder / "server.log").read_text(errors="replace")[-500:].strip()
         raise OSError(f"the probe's fork server did not start: {tail or 'no output'}")
     _started.append(proc)
+
+
+def end_hung_server(conn: socket.socket) -> None:
+    """Kill the server behind `conn`, which took a probe and never forked it (an import that never returns):
+    the next probe then starts a fresh server instead of waiting on this one too. The server is the socket's
+    peer (SO_PEERCRED), killed only if it is this user's fork server."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if pid <= 0 or uid != os.getuid():
+        return
+    try:
+        if "models.fork_server" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # ended meanwhile
 
 
 def readline(conn: socket.socket, timeout_s: float | None) -> str:

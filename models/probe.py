@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import tempfile
 import time
@@ -106,20 +105,23 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
     try:
         first = fork_server.readline(conn, fork_server.START_TIMEOUT_S + timeout_s)
     except TimeoutError:
+        fork_server.end_hung_server(conn)
         _too_slow(None, timeout_s)
     if not first:
         return 0.0, None
     pid, baseline_kb = map(int, first.split())
-    child, peak, started = psutil.Process(pid), 0.0, time.monotonic()
+    peak, started = 0.0, time.monotonic()
     while True:
         if select.select([conn], [], [], POLL_S)[0]:
             line = fork_server.readline(conn, 1.0)
-            return peak, int(line.split()[1]) if line.startswith("EXIT ") else None
-        try:
-            family = [child, *child.children(recursive=True)]
-            grown = (sum(p.memory_info().rss for p in family) / 1024 - baseline_kb) / 1024
-        except psutil.NoSuchProcess:
+            if line.startswith("EXIT "):
+                return peak, int(line.split()[1])
+            fork_server.kill_group(pid)  # its supervisor died: the child must not run on unwatched
+            return peak, None
+        rss_kb = _family_rss_kb(pid)
+        if rss_kb is None:  # ended: its supervisor's EXIT line follows
             continue
+        grown = (rss_kb - baseline_kb) / 1024
         peak = max(peak, grown)
         if grown > memory_mb:
             fork_server.kill_group(pid)
@@ -127,6 +129,16 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
                               "the file is refused (RTSERVE_IMPORT_PROBE_MEMORY_MB sets the limit)")
         if time.monotonic() - started > timeout_s:
             _too_slow(pid, timeout_s)
+
+
+def _family_rss_kb(pid: int) -> float | None:
+    """Resident memory of the child and what it started, in KB; None once it has ended (a fast probe can end
+    before the worker first looks)."""
+    try:
+        child = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in (child, *child.children(recursive=True))) / 1024
+    except psutil.NoSuchProcess:
+        return None
 
 
 def _too_slow(pid: int | None, timeout_s: float) -> NoReturn:

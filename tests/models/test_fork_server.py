@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 
+from core.errors import ProbeFailed
 from models import fork_server
 from models.importer import ImportOptions, import_model
-from models.probe import PRELOAD, preload_modules, probe_env, start_fork_server
+from models.probe import PRELOAD, preload_modules, probe_env, run_probe, start_fork_server
 from models.settings import ImportSettings
 from pipeline.deploy import Deployer
 from tests.models import makers
@@ -106,11 +109,16 @@ def test_an_unknown_framework_to_preload_is_named():
         ImportSettings(preload_frameworks=["torch"])
 
 
+def hanging_request(tmp_path) -> dict:
+    """A probe request for a file whose load sleeps ten minutes."""
+    hang = makers.pickle_calling(tmp_path, time.sleep, (600,), "hang.joblib")
+    return {"format": "pickle", "file": str(hang), "metadata": {}, "declared": {}, "sample": None,
+            "trust": {"allow_code": True, "trusted_types": []}}
+
+
 def test_a_probe_whose_worker_goes_away_is_killed(tmp_path):
     """No probe runs unwatched: when the worker's connection closes (it died), the supervisor kills the child."""
-    hang = makers.pickle_calling(tmp_path, time.sleep, (600,), "hang.joblib")
-    request = {"format": "pickle", "file": str(hang), "metadata": {}, "declared": {}, "sample": None,
-               "trust": {"allow_code": True, "trusted_types": []}}
+    request = hanging_request(tmp_path)
     (tmp_path / "request.json").write_text(json.dumps(request))
     conn = fork_server.connect(probe_env())
     conn.sendall((json.dumps({"request": str(tmp_path / "request.json"), "result": str(tmp_path / "result.json"),
@@ -122,3 +130,74 @@ def test_a_probe_whose_worker_goes_away_is_killed(tmp_path):
     conn.close()
     gone, _ = psutil.wait_procs([child], timeout=15)
     assert gone and not (tmp_path / "result.json").exists()
+
+
+def test_a_probe_child_holds_no_socket_or_file_of_the_worker(tmp_path, name, settings, fresh_server):
+    """The worker's descriptors (its Redis connection, its listening socket, files it has open) reach neither the
+    server nor the probe's child, which holds no socket at all once it has reported its pid."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    redis_conn = socket.create_connection(("127.0.0.1", 6379))
+    secret = (tmp_path / "secret").open("w")
+    seen = tmp_path / "fds.json"
+    code = ("import os, json\nfds = {}\nfor fd in os.listdir('/proc/self/fd'):\n    try:\n"
+            "        fds[fd] = os.readlink('/proc/self/fd/' + fd)\n    except OSError:\n        pass\n"
+            f"open({str(seen)!r}, 'w').write(json.dumps(fds))\n")
+    path = makers.pickle_calling(tmp_path, exec, (code,), "fds.joblib")
+    try:
+        with pytest.raises(Exception, match="no predict method"):
+            import_model(name, "v1", path, CODE, settings)
+        (server,) = servers()
+        child_fds = json.loads(seen.read_text())
+    finally:
+        listening.close()
+        redis_conn.close()
+        secret.close()
+    assert child_fds and not [t for t in child_fds.values() if t.startswith("socket:")], child_fds
+    assert str(tmp_path / "secret") not in child_fds.values()
+    assert server.net_connections(kind="inet") == []  # its only socket is its own Unix listener
+    assert str(tmp_path / "secret") not in [f.path for f in server.open_files()]
+
+
+def test_a_probe_whose_supervisor_dies_is_killed_by_the_worker(tmp_path):
+    """No probe runs unwatched the other way round either: the supervisor gone, the worker kills the child."""
+    request = hanging_request(tmp_path)
+    pool = ThreadPoolExecutor(1)
+    probe = pool.submit(run_probe, request, 300, 1500)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not children:  # the child is the server's descendant that has the model's file open
+            assert time.monotonic() < deadline and not probe.done(), "the probe's child never started"
+            time.sleep(0.05)
+            children = [p for srv in servers() for p in srv.children(recursive=True)
+                        if any(f.path == request["file"] for f in p.open_files())]
+        (child,) = children
+        child.parent().kill()
+        with pytest.raises(ProbeFailed, match="ended without an answer"):
+            probe.result(30)
+        gone, _ = psutil.wait_procs([child], timeout=15)
+        assert gone
+    finally:
+        for p in children:
+            if p.is_running():
+                p.kill()
+        pool.shutdown(wait=False)
+
+
+def test_a_hung_server_is_killed_and_the_next_probe_starts_another(tmp_path, name, settings, monkeypatch):
+    """A server that takes probes and never forks them (stopped here) fails one probe, not every deploy after."""
+    start_fork_server(("sklearn",))
+    (hung,) = servers()
+    hung.suspend()
+    monkeypatch.setattr(fork_server, "START_TIMEOUT_S", 1.0)
+    try:
+        with pytest.raises(ProbeFailed, match="did not finish within 1 s"):
+            run_probe(hanging_request(tmp_path), 1, 1500)
+        hung.wait(10)
+    finally:
+        if hung.is_running():
+            hung.kill()
+    monkeypatch.undo()
+    model = import_model(name, "v1", makers.iris_skops(tmp_path).path, ImportOptions(), settings)
+    (second,) = servers()
+    assert second.pid != hung.pid and model.info.metadata["task"] == "classification"
