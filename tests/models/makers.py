@@ -3,6 +3,7 @@ each with the framework's own predictions on held-out rows to compare the served
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,22 @@ def split(loader) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_tr, x_te, y_tr, y_te
 
 
-def iris_skops(folder: Path) -> Made:
+def _scaled_logistic_skops(folder: Path, load: Callable, file: str, max_iter: int) -> Made:
+    """A classifier as users export them from scikit-learn: scaling and logistic regression in one pipeline."""
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_tr, x_te, y_tr, _ = split(load_iris)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x_tr, y_tr)
-    path = folder / "iris.skops"
+    x_tr, x_te, y_tr, _ = split(load)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter)).fit(x_tr, y_tr)
+    path = folder / file
     sio.dump(model, path)
     return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])}, model)
+
+
+def iris_skops(folder: Path) -> Made:
+    return _scaled_logistic_skops(folder, load_iris, "iris.skops", 500)
 
 
 def wine_forest_skops(folder: Path) -> Made:
@@ -62,17 +68,8 @@ def wine_forest_skops(folder: Path) -> Made:
 
 
 def cancer_skops(folder: Path) -> Made:
-    """A binary classifier on breast cancer: scaling and logistic regression in one pipeline."""
-    import skops.io as sio
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_tr, x_te, y_tr, _ = split(load_breast_cancer)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_tr, y_tr)
-    path = folder / "cancer.skops"
-    sio.dump(model, path)
-    return Made(path, x_te[:10], {"probabilities": model.predict_proba(x_te[:10]), "label": model.predict(x_te[:10])}, model)
+    """A binary classifier on breast cancer."""
+    return _scaled_logistic_skops(folder, load_breast_cancer, "cancer.skops", 1000)
 
 
 def diabetes_ridge(folder: Path, fmt: str = "skops") -> Made:
