@@ -81,12 +81,13 @@ class Case:
     """BentoML's save of it is a pickle: consent needed even when the file's format needs none."""
 
 
-def _classifier(task_params: dict[str, str] | None = None, batch: int = 16, inputs: list | None = None, **config: Any) -> dict:
+def _triton_config(parameters: dict[str, str] | None = None, batch: int = 16, inputs: list | None = None, **config: Any) -> dict:
+    """A Triton model config: platform or backend in `config`, string parameters, the inputs when declared."""
     out: dict[str, Any] = {"max_batch_size": batch, **config}
     if inputs:
         out["input"] = inputs
-    if task_params:
-        out["parameters"] = {k: {"string_value": v} for k, v in task_params.items()}
+    if parameters:
+        out["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return out
 
 
@@ -162,16 +163,16 @@ def _torchscript_sample(folder: Path) -> makers.Made:
     return makers.Made(made.path, made.x, {"output_0": logits})
 
 
-TS_CONFIG = _classifier({"allow_code": "true", "task": "classification", "softmax": "true", "class_names": IRIS},
+TS_CONFIG = _triton_config({"allow_code": "true", "task": "classification", "softmax": "true", "class_names": IRIS},
                         platform="pytorch_libtorch", inputs=[{"name": "measurements", "data_type": "TYPE_FP32", "dims": [4]}])
 CASES: dict[str, Case] = {
     "text": Case("text classifier, TF-IDF + logistic regression (skops, BYTES input)", makers.text_classifier, PROBS,
-                 triton=_classifier(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver, bento_code=True),
+                 triton=_triton_config(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver, bento_code=True),
     "xgboost": Case("XGBoost, breast cancer (.json)", makers.cancer_xgboost, PROBS,
-                    triton=_classifier({"model_type": "xgboost_json"}, backend="fil"), triton_file="xgboost.json",
+                    triton=_triton_config({"model_type": "xgboost_json"}, backend="fil"), triton_file="xgboost.json",
                     bento=_xgboost_saver),
     "lightgbm": Case("LightGBM, wine (text)", makers.wine_lightgbm, PROBS,
-                     triton=_classifier({"model_type": "lightgbm"}, backend="fil"), triton_file="model.txt",
+                     triton=_triton_config({"model_type": "lightgbm"}, backend="fil"), triton_file="model.txt",
                      bento=_lightgbm_saver),
     "torchscript": Case("TorchScript MLP, iris, with model.yaml", _torchscript_folder, PROBS, code=True,
                         deploy_args=lambda made: [str(made.path.parent), "--allow-code"],
@@ -180,23 +181,23 @@ CASES: dict[str, Case] = {
                                deploy_args=lambda made: [str(made.path), "--allow-code", "--sample",
                                                          str(made.path.parent / "sample.npy")],
                                triton_refused=("422", "StatusCode.INVALID_ARGUMENT", "declare"),
-                               triton=_classifier({"allow_code": "true"}, platform="pytorch_libtorch"),
+                               triton=_triton_config({"allow_code": "true"}, platform="pytorch_libtorch"),
                                triton_file="model.pt", bento=_torchscript_saver(True)),
     "pt2": Case("torch.export MLP, wine (.pt2)", makers.wine_pt2, TENSORS, code=True,
                 deploy_args=lambda made: [str(made.path), "--allow-code"],
-                triton=_classifier({"allow_code": "true", "model_type": "torch_export"}, platform="pytorch"),
+                triton=_triton_config({"allow_code": "true", "model_type": "torch_export"}, platform="pytorch"),
                 triton_file="model.pt2",
                 bento=_pytorch_saver),
     "onnx": Case("ONNX, two inputs and two outputs", makers.iris_onnx_two_by_two, TENSORS,
-                 triton=_classifier(platform="onnxruntime_onnx"), triton_file="model.onnx", bento=_onnx_saver),
+                 triton=_triton_config(platform="onnxruntime_onnx"), triton_file="model.onnx", bento=_onnx_saver),
     # Each classifier's file goes through some of the paths (a probe load apiece): every path serves the format.
     "skops": Case("scikit-learn classifiers (skops): iris (CLI, Python), wine random forest (HTTP, BentoML), "
                   "breast cancer (gRPC)",
                   {"cli": makers.iris_skops, "python": makers.iris_skops, "http": makers.wine_forest_skops,
                    "bentoml": makers.wine_forest_skops, "grpc": makers.cancer_skops}, PROBS,
-                  triton=_classifier(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver, bento_code=True),
+                  triton=_triton_config(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver, bento_code=True),
     "skops-ridge": Case("scikit-learn regression (skops), diabetes, Ridge", makers.diabetes_ridge, REGRESSION,
-                        triton=_classifier(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver,
+                        triton=_triton_config(backend="sklearn"), triton_file="model.skops", bento=_sklearn_saver,
                         bento_code=True),
 }
 CELLS = [(row, path) for row in CASES for path in PATHS]
