@@ -126,7 +126,10 @@ def test_every_path_reaches_our_app_and_bentomls_probes_stay_bentomls(server):
 async def test_a_request_past_its_time_is_cancelled_and_answered_504(model_store, tmp_path):
     build_broken_versions()  # digits-sklearn:stuck sleeps 1 s a call on real inputs
     limits = LimitSettings(request_timeout_s=0.01)  # cut within frontends/deadlines.py's resolution, long before
-    async with serve_in_process(tmp_path, {"digits-sklearn": {"versions": ["stuck"]}}, auth=False, limits=limits) as s:
+    # The stuck version is fast at warm-up, so the batcher would run its batch on the event loop itself
+    # (inline_max_ms), where nothing can interrupt it; the deadline is for work the loop waits on.
+    served = {"digits-sklearn": {"versions": ["stuck"], "batching": {"inline_max_ms": 0}}}
+    async with serve_in_process(tmp_path, served, auth=False, limits=limits) as s:
         body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]}
         r = await s.client.post("/v2/models/digits-sklearn/infer", json=body)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded", r.text
