@@ -222,10 +222,11 @@ def _child(conn: socket.socket, request: dict[str, Any]) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # its own process group, so a kill reaches what the model's code may start
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        for source, targets in ((os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), (1, 2)),
+                                (os.open(os.devnull, os.O_RDONLY), (0,))):
+            for target in targets:
+                os.dup2(source, target)
+            os.close(source)  # only 0, 1 and 2 stay: the model's code finds no other descriptor of ours
         os.chdir(request["cwd"])
         from models.probe_child import main, rss_kb
 

@@ -154,6 +154,9 @@ def test_a_probe_child_holds_no_socket_or_file_of_the_worker(tmp_path, name, set
         secret.close()
     assert child_fds and not [t for t in child_fds.values() if t.startswith("socket:")], child_fds
     assert str(tmp_path / "secret") not in child_fds.values()
+    stdio = [child_fds.pop(fd) for fd in ("0", "1", "2")]
+    assert stdio[0] == os.devnull and stdio[1] == stdio[2] and stdio[1].endswith("stderr.log")
+    assert os.devnull not in child_fds.values() and stdio[1] not in child_fds.values(), child_fds  # none left over
     assert server.net_connections(kind="inet") == []  # its only socket is its own Unix listener
     assert str(tmp_path / "secret") not in [f.path for f in server.open_files()]
 
