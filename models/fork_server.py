@@ -46,6 +46,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """Set before the server imports anything: BLAS and OpenMP would otherwise start their pools at import."""
 START_TIMEOUT_S = 60.0
@@ -207,13 +209,23 @@ def _supervise(conn: socket.socket, request: dict[str, Any]) -> None:
 
 
 def kill_group(pid: int) -> None:
-    """A probe's child and what it started (its process group, once it has made one); gone already is fine."""
+    """A probe's child and what it started: its process group (once it has made one) and its descendants, which
+    a model's code may have moved to a session of their own; gone already is fine."""
+    try:
+        family = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
             pass
 
 

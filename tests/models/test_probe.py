@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import psutil
 import pytest
 
 from core.errors import ModelRefused, ProbeFailed
@@ -37,6 +38,30 @@ def test_a_file_that_hangs_is_refused_at_the_time_limit(tmp_path, name):
     with pytest.raises(ProbeFailed, match="did not finish within 5 s"):
         import_model(name, "v1", path, CODE, ImportSettings(allow_code_formats=True, probe_timeout_s=5))
     assert time.monotonic() - start < 30
+
+
+def test_a_process_the_model_moves_out_of_the_probe_group_is_killed_at_the_limit(tmp_path, name):
+    """What the model's code started dies with the probe, in a session of its own too."""
+    pid_file = tmp_path / "escaped.pid"
+    code = ("import subprocess, time\n"
+            "p = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            "time.sleep(600)\n")
+    path = makers.pickle_calling(tmp_path, exec, (code,), "escape.joblib")
+    with pytest.raises(ProbeFailed, match="did not finish within 5 s"):
+        import_model(name, "v1", path, CODE, ImportSettings(allow_code_formats=True, probe_timeout_s=5))
+    escaped, deadline = int(pid_file.read_text()), time.monotonic() + 15
+    while _runs(escaped) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _runs(escaped)
+
+
+def _runs(pid: int) -> bool:
+    """Whether the process runs (a zombie, killed and not yet reaped by whoever adopted it, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_the_probe_sees_no_secrets(tmp_path, name, settings, monkeypatch):
