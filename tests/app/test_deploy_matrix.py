@@ -21,11 +21,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +34,6 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import redis as redis_lib
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
@@ -44,7 +41,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.auth import AuthSettings
 from gateway.tokens import mint
 from tests.app.deploy_matrix_table import PATHS, RESULTS
-from tests.helpers import REDIS_URL, ROOT, ServerProcess, gateway_env
+from tests.helpers import ROOT, ServerProcess, forget_prefix, gateway_env, new_prefix, new_secret
 from tests.models import makers
 from tests.models.test_formats import assert_same
 
@@ -337,9 +334,8 @@ class Matrix:
 @pytest.fixture(scope="module")
 def matrix(model_store, tmp_path_factory) -> Iterator[Matrix]:
     tmp = tmp_path_factory.mktemp("deploy-matrix")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
-    prefix = f"rtserve-test:{uuid.uuid4().hex}:"
+    secret = new_secret(tmp)
+    prefix = new_prefix("rtserve-test")
     config = tmp / "serving.yaml"  # one demo model: a fast start
     config.write_text("defaults:\n  max_latency_ms: 5000\nmodels:\n  digits-sklearn:\n    versions: [v1]\n    weights: {v1: 100}\n")
     env = {**gateway_env(secret, prefix), "RTSERVE_CONFIG": str(config), "RTSERVE_IMPORT_ALLOW_CODE_FORMATS": "true",
@@ -377,10 +373,7 @@ def matrix(model_store, tmp_path_factory) -> Iterator[Matrix]:
         if m is not None:
             m.close()
         server.stop()
-        client = redis_lib.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+        forget_prefix(prefix)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and one real server for what needs a process of its own: the CLI, curl, a worker
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from gateway.auth import AuthSettings
-from tests.helpers import Gateway, ServerProcess
+from tests.helpers import Gateway, ServerProcess, new_secret
 from tests.inprocess import InProcess, serve_in_process
 
 MODELS = {
@@ -41,8 +40,7 @@ async def app(model_store, tmp_path, monkeypatch) -> AsyncIterator[InProcess]:
 def jobs_server(model_store, tmp_path_factory) -> Iterator[Gateway]:
     """`bentoml serve` with auth on and no Redis: jobs in a folder of its own."""
     tmp = tmp_path_factory.mktemp("jobs-server")
-    secret = tmp / "jwt-secret"
-    secret.write_text(secrets.token_hex(32))
+    secret = new_secret(tmp)
     env = {"REDIS_URL": "", "RTSERVE_JOBS_STATE_DIR": str(tmp / "jobs"), "RTSERVE_AUTH_ENABLED": "true",
            "RTSERVE_AUTH_HS256_SECRET_FILE": str(secret)}
     server = ServerProcess(env=env, log_path=tmp / "serve.log")
