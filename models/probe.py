@@ -64,7 +64,12 @@ def start_fork_server(frameworks: Sequence[str] = tuple(PRELOAD)) -> None:
     with conn:
         modules = [m for f in frameworks for m in preload_modules(f)]
         conn.sendall((json.dumps({"modules": modules, "warm_only": True}) + "\n").encode())
-        fork_server.readline(conn, None)
+        try:  # each framework's import bounded as the server's start is; past that the server is hung
+            fork_server.readline(conn, fork_server.START_TIMEOUT_S * (1 + len(frameworks)))
+        except TimeoutError:
+            fork_server.end_hung_server(conn)
+            raise TimeoutError("the probe's fork server did not import the frameworks in time; it was stopped, "
+                               "the next deploy starts another") from None
 
 
 def import_frameworks(frameworks: Sequence[str]) -> None:

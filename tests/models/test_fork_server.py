@@ -204,3 +204,18 @@ def test_a_hung_server_is_killed_and_the_next_probe_starts_another(tmp_path, nam
     model = import_model(name, "v1", makers.iris_skops(tmp_path).path, ImportOptions(), settings)
     (second,) = servers()
     assert second.pid != hung.pid and model.info.metadata["task"] == "classification"
+
+
+def test_a_server_hung_at_preload_is_killed_not_waited_on(monkeypatch):
+    """The worker's preload at start (RTSERVE_IMPORT_PRELOAD_FRAMEWORKS) waits a bounded time, then stops it."""
+    start_fork_server(("sklearn",))
+    (hung,) = servers()
+    hung.suspend()
+    monkeypatch.setattr(fork_server, "START_TIMEOUT_S", 1.0)
+    try:
+        with pytest.raises(TimeoutError, match="did not import the frameworks in time"):
+            start_fork_server(("sklearn",))
+        hung.wait(10)
+    finally:
+        if hung.is_running():
+            hung.kill()
