@@ -142,6 +142,7 @@ def test_real_requests_reach_every_operation_and_answer_as_documented(gateway, a
     admin("POST", f"{name}/versions/v2/unload", 202)
     admin("POST", f"{name}/reset", 200)
     admin("PUT", f"{name}/versions/v9", 400, content=b"not multipart")  # a deploy takes the model as multipart/form-data
+    admin("POST", f"{name}/versions/v9/optimize", 404, json={"to": "onnx"})  # the version to convert must be stored
     admin("GET", "/admin/audit", 200, params={"limit": "5", "model": "digits-sklearn"})
     backup = admin("GET", "/admin/backup", 200).content
     admin("POST", "/admin/restore", 200, content=backup)
