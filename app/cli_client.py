@@ -25,10 +25,12 @@ class CommandError(Exception):
 
 class DefaultsShown(argparse.HelpFormatter):
     """`--help` names every option's default: appended where its help text does not already say it; an option
-    without a value (None) must say in its help what happens when it is left out."""
+    without a value (None) must say in its help what happens when it is left out; a required one says so."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
         if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
             return text
         shown = "off" if action.default is False else "on" if action.default is True else "%(default)s"

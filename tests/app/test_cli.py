@@ -70,7 +70,8 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
                 continue
             assert action.help, f"rtserve {' '.join(words)}: {action.dest} has no help text"
             if action.option_strings:
-                assert "default" in p._get_formatter()._get_help_string(action), f"rtserve {' '.join(words)} {action.option_strings[0]}"
+                shown = p._get_formatter()._get_help_string(action)
+                assert ("(required)" if action.required else "default") in shown, f"rtserve {' '.join(words)} {action.option_strings[0]}"
         assert "(default:" in text or not any(a.option_strings for a in p._actions[1:]), words
     canary = dict(commands)[("canary", "start")].format_help()
     for default in ("5,25,50,100", "30)", "1000)", "1.2)", "2.0)", "0.001)"):
