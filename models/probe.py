@@ -94,7 +94,7 @@ def run_probe(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict
         if result.exists():
             answer = json.loads(result.read_text())
             if "error" in answer:
-                raise _error(answer["error"])
+                raise refusal(answer["error"])
             return {**answer["metadata"], **answer["checked"], "memory_mb": answer["memory_mb"],
                     "probe_peak_mb": round(peak, 1)}
         tail = log.read_text(errors="replace")[-800:].strip() if log.exists() else ""
@@ -123,7 +123,7 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
                 return peak, int(line.split()[1])
             fork_server.kill_group(pid)  # its supervisor died: the child must not run on unwatched
             return peak, None
-        rss_kb = _family_rss_kb(pid)
+        rss_kb = family_rss_kb(pid)
         if rss_kb is None:  # ended: its supervisor's EXIT line follows
             continue
         grown = (rss_kb - baseline_kb) / 1024
@@ -136,7 +136,7 @@ def _watch(conn: socket.socket, timeout_s: float, memory_mb: int) -> tuple[float
             _too_slow(pid, timeout_s)
 
 
-def _family_rss_kb(pid: int) -> float | None:
+def family_rss_kb(pid: int) -> float | None:
     """Resident memory of the child and what it started, in KB; None once it has ended (a fast probe can end
     before the worker first looks)."""
     try:
@@ -153,6 +153,7 @@ def _too_slow(pid: int | None, timeout_s: float) -> NoReturn:
                       "(RTSERVE_IMPORT_PROBE_TIMEOUT_S sets the limit)")
 
 
-def _error(data: dict[str, str]) -> ServingError:
+def refusal(data: dict[str, str]) -> ServingError:
+    """The refusal a child process answered with (`{"code", "message"}`), as its own ModelRefused subclass."""
     classes = {cls.code: cls for cls in _subclasses(ModelRefused)}
     return classes.get(data["code"], ModelRefused)(data["message"])

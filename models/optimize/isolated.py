@@ -11,7 +11,6 @@ The child is `python -m MODULE REQUEST.json RESULT.json`, its `main` built on `c
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,8 @@ from typing import Any
 import psutil
 
 from core.errors import ModelRefused, ServingError
-from models.probe import _error, probe_env
+from models.fork_server import kill_group
+from models.probe import family_rss_kb, probe_env, refusal
 
 POLL_S = 0.05
 
@@ -58,7 +58,7 @@ def run_isolated(module: str, request: dict[str, Any], limits: Limits) -> tuple[
         if result.exists():
             answer = json.loads(result.read_text())
             if "error" in answer:
-                raise _error(answer["error"])
+                raise refusal(answer["error"])
             return answer, peak
         tail = log.read_text(errors="replace")[-800:].strip()
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
@@ -69,11 +69,10 @@ def _watch(proc: psutil.Popen, limits: Limits) -> float:
     """Wait for the child; kill it and what it started at the time or memory limit. Its peak resident MB."""
     start, peak = time.monotonic(), 0.0
     while proc.poll() is None:
-        try:
-            family = [proc, *proc.children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in family) / 2**20
-        except psutil.NoSuchProcess:
+        rss_kb = family_rss_kb(proc.pid)
+        if rss_kb is None:
             continue
+        rss = rss_kb / 1024
         peak = max(peak, rss)
         if rss > limits.memory_mb:
             _kill(proc)
@@ -88,11 +87,8 @@ def _watch(proc: psutil.Popen, limits: Limits) -> float:
 
 
 def _kill(proc: psutil.Popen) -> None:
-    """The child's whole session (a compiler it started too)."""
-    try:
-        os.killpg(proc.pid, 9)
-    except ProcessLookupError:
-        pass
+    """The child's whole session and its descendants (a compiler it started too), then its exit reaped."""
+    kill_group(proc.pid)
     proc.wait()
 
 

@@ -10,7 +10,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -187,19 +189,26 @@ def test_a_probe_whose_supervisor_dies_is_killed_by_the_worker(tmp_path):
         pool.shutdown(wait=False)
 
 
-def test_a_hung_server_is_killed_and_the_next_probe_starts_another(tmp_path, name, settings, monkeypatch):
-    """A server that takes probes and never forks them (stopped here) fails one probe, not every deploy after."""
+@contextmanager
+def hung_server(monkeypatch) -> Iterator[psutil.Process]:
+    """A fork server with scikit-learn imported, then stopped (SIGSTOP), with a 1 s start bound: what the block
+    does must end it (checked); killed after in any case."""
     start_fork_server(("sklearn",))
     (hung,) = servers()
     hung.suspend()
     monkeypatch.setattr(fork_server, "START_TIMEOUT_S", 1.0)
     try:
-        with pytest.raises(ProbeFailed, match="did not finish within 1 s"):
-            run_probe(hanging_request(tmp_path), 1, 1500)
+        yield hung
         hung.wait(10)
     finally:
         if hung.is_running():
             hung.kill()
+
+
+def test_a_hung_server_is_killed_and_the_next_probe_starts_another(tmp_path, name, settings, monkeypatch):
+    """A server that takes probes and never forks them (stopped here) fails one probe, not every deploy after."""
+    with hung_server(monkeypatch) as hung, pytest.raises(ProbeFailed, match="did not finish within 1 s"):
+        run_probe(hanging_request(tmp_path), 1, 1500)
     monkeypatch.undo()
     model = import_model(name, "v1", makers.iris_skops(tmp_path).path, ImportOptions(), settings)
     (second,) = servers()
@@ -208,14 +217,5 @@ def test_a_hung_server_is_killed_and_the_next_probe_starts_another(tmp_path, nam
 
 def test_a_server_hung_at_preload_is_killed_not_waited_on(monkeypatch):
     """The worker's preload at start (RTSERVE_IMPORT_PRELOAD_FRAMEWORKS) waits a bounded time, then stops it."""
-    start_fork_server(("sklearn",))
-    (hung,) = servers()
-    hung.suspend()
-    monkeypatch.setattr(fork_server, "START_TIMEOUT_S", 1.0)
-    try:
-        with pytest.raises(TimeoutError, match="did not import the frameworks in time"):
-            start_fork_server(("sklearn",))
-        hung.wait(10)
-    finally:
-        if hung.is_running():
-            hung.kill()
+    with hung_server(monkeypatch), pytest.raises(TimeoutError, match="did not import the frameworks in time"):
+        start_fork_server(("sklearn",))
