@@ -221,7 +221,7 @@ class Runtime:
         states = WorkerStates(self.metrics.directory if self.metrics is not None else None, self.registry)
         self.parts.repository = ModelRepository(self.parts.admin, self.registry, states, self.repository_settings)
         self.parts.deployer = Deployer(self.parts.repository, self.import_settings, self.remote, self.store_settings)
-        if self.import_settings.preload_frameworks:
+        if self.import_settings.preload_frameworks or self.import_settings.probe_warm_frameworks:
             self.preloading = asyncio.create_task(self.parts.deployer.preload())
         self.parts.optimizer = Optimizer(self.parts.deployer, self.optimize_settings)
         if stats is not None:

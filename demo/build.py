@@ -195,7 +195,7 @@ def eager_module(importer: Importer, tag: str) -> nn.Module:
 
 
 def build_sklearn(importer: Importer, version: str) -> float:
-    import skops.io as sio  # imports every scikit-learn module: only when a pipeline is saved
+    from models.formats.skops_io import sio  # imports every scikit-learn module: only when a pipeline is saved
 
     split = data.digits()
     pipe = sklearn_pipeline(version).fit(split.x_train, split.y_train)

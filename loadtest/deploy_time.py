@@ -11,10 +11,13 @@ every worker), then sends inference requests on new connections until `--answers
 Prints one row per format and round: the CLI's wall time, the server's import (probe included) and load
 seconds, the time to the first 200 and to `--answers` of them, and the CPU seconds each side spent (the
 CLI process; the server's workers and probe processes together), which an idle machine would need about
-as wall time; the machine's load average beside them. Round 1 is each framework's first deploy (the probe's fork server and
-each worker import it then); later rounds deploy the same format again as a new model.
+as wall time; the machine's load average beside them. The first deploy waits until the server is idle: the
+probe's fork server has imported the frameworks in the background by then (RTSERVE_IMPORT_PROBE_WARM_FRAMEWORKS).
+Round 1 is each framework's first deploy (each worker imports it then); later rounds deploy the same format
+again as a new model.
 
-    python -m loadtest.deploy_time --rounds 2 --preload     # every framework imported when the server starts
+    python -m loadtest.deploy_time --rounds 2 --at-ready    # the first deploy as soon as the server is ready
+    python -m loadtest.deploy_time --rounds 2 --preload     # every framework imported by the workers too
 """
 
 from __future__ import annotations
@@ -145,6 +148,9 @@ def main() -> None:
     p.add_argument("--preload", action="store_true",
                    help="every framework imported by the workers and the probe's fork server when the server starts "
                         "(RTSERVE_IMPORT_PRELOAD_FRAMEWORKS)")
+    p.add_argument("--at-ready", action="store_true",
+                   help="deploy as soon as the server is ready, while the probe's fork server still imports the "
+                        "frameworks in the background (by default the server settles first)")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rtserve-deploy-time-"))
     os.environ["BENTOML_HOME"] = str(tmp / "bentoml")
@@ -165,7 +171,7 @@ def main() -> None:
     server.start()
     try:
         server.wait_until(lambda r: r.status_code == 200, "/admin/models", 60, headers=headers)
-        if a.preload:
+        if not a.at_ready:
             settle(psutil.Process(server.proc.pid))
         cli_env = {**os.environ, **env, "RTSERVE_URL": server.url}
         for round_ in range(1, a.rounds + 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -26,11 +27,30 @@ def use_project_store() -> None:
     os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux's default range starts at 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port nothing listens on now; shared by the benchmark and the tests."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now; shared by the benchmark and the tests.
+
+    Chosen below the kernel's ephemeral range: a port from that range can be taken by any client
+    connection (Redis, httpx) between this check and the server's bind, which made starts fail with
+    "Address already in use" under load."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The probe's fork server: one process per replica with the frameworks imported, forking a child per probe.
 
 A probe in a fresh interpreter spends seconds of CPU starting Python and importing its framework before it
-opens the file (scikit-learn with skops imports torch too: about 3 s of CPU). The fork server pays that once:
+opens the file (scikit-learn with skops: about 1 s of CPU; torch with torch.export's loader 1.6 s). The fork
+server pays that once:
 it is started with the probe's clean environment (`probe_env`: no secrets), imports the frameworks a probe
 asks for, and forks a throw-away child per probe, which inherits the imported modules and nothing else.
 
@@ -14,6 +15,7 @@ One probe, over the server's Unix socket (a 0700 folder of this user's, named fo
 environment, so every worker of a replica shares one server and a changed environment gets a new one):
 
     worker -> server      one JSON line: the probe's request and result files, its log, the modules to import
+                          (and, at the service's start, modules to import later, while no probe waits)
     server                imports the modules (kept for later probes), forks a supervisor
     supervisor            forks the child and waits for it
     child -> worker       "PID BASELINE_KB": its pid and resident memory right after the fork (the pages it
@@ -143,16 +145,20 @@ def serve(path: str) -> None:
     listener.listen(64)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    later: list[str] = []  # modules to import while no probe waits, one between two looks at the socket
     while True:
-        readable, _, _ = select.select([listener, sys.stdin], [], [], 1.0)
+        readable, _, _ = select.select([listener, sys.stdin], [], [], 0 if later else 1.0)
         _reap()
         if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
             return
+        if not readable and later:
+            preload([later.pop(0)])
         if listener in readable:
             conn, _ = listener.accept()
             try:
                 request = json.loads(readline(conn, 10.0))
                 preload(request["modules"])
+                later += [m for m in request.get("later", ()) if m not in later]
                 if request.get("warm_only"):
                     conn.sendall(b"WARM\n")
                 elif os.fork() == 0:

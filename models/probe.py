@@ -33,14 +33,16 @@ from models.probe_child import FRAMEWORK_MODULES
 KEPT_ENV = ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV",
             "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """The only variables the probe inherits; everything else (credentials, tokens, URLs) stays behind."""
+TORCH_EXPORT_MODULES = ("torch.export", "torch._export.serde.serialize", "torch._dynamo",
+                        "torch._functorch.aot_autograd", "torch.fx.experimental.symbolic_shapes")
+"""torch.export's loader imports about 1,300 modules on first use (dynamo, sympy, networkx): 1.7 s of CPU that
+only a `.pt2` file needs, so a TorchScript probe does not wait for them."""
 PRELOAD = {"onnx": ("onnx",), "xgboost": ("xgboost",), "lightgbm": ("lightgbm",),
-           "sklearn": ("sklearn", "skops.io", "joblib"),
-           "pytorch": ("torch", "torch.export", "torch._export.serde.serialize", "torch._dynamo",
-                       "torch._functorch.aot_autograd", "torch.fx.experimental.symbolic_shapes")}
-"""What the fork server imports for a probe of each framework and keeps for the next. torch.export's loader
-imports about 1,300 modules on first use (dynamo, sympy, networkx): 1.7 s of CPU that would otherwise be
-every child's. onnxruntime is left to the child: it starts a thread at import, which must not exist at fork
-time, and imports in a few tens of milliseconds."""
+           "sklearn": ("sklearn", "models.formats.skops_io", "joblib"),
+           "pytorch": ("torch", *TORCH_EXPORT_MODULES)}
+"""What the fork server imports for each framework and keeps for the next probe (all of it when the operator
+preloads the framework), so no probe child pays the import. onnxruntime is left to the child: it starts a
+thread at import, which must not exist at fork time, and imports in a few tens of milliseconds."""
 COMMON_MODULES = ("numpy", "models.probe_child", "models.formats", "models.spec", "models.declared", "models.outputs")
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.02
@@ -54,16 +56,22 @@ def probe_env() -> dict[str, str]:
     return env
 
 
-def preload_modules(framework: str | None) -> tuple[str, ...]:
-    return COMMON_MODULES + PRELOAD.get(framework or "", ())
+def preload_modules(fmt: formats.ModelFormat) -> tuple[str, ...]:
+    """What a probe of this format needs imported: its framework's modules (torch.export's for `.pt2` only)."""
+    modules = PRELOAD.get(fmt.framework, ())
+    if fmt.name != "torch_export":
+        modules = tuple(m for m in modules if m not in TORCH_EXPORT_MODULES)
+    return COMMON_MODULES + modules
 
 
-def start_fork_server(frameworks: Sequence[str] = tuple(PRELOAD)) -> None:
-    """Start this replica's fork server now, with `frameworks` imported, so the first deploy does not wait for it."""
+def start_fork_server(frameworks: Sequence[str] = tuple(PRELOAD), later: Sequence[str] = ()) -> None:
+    """Start this replica's fork server now, with `frameworks` imported, so the first deploy does not wait for it;
+    the `later` frameworks it imports afterwards, in the background, while no probe waits."""
     conn = fork_server.connect(probe_env())
     with conn:
-        modules = [m for f in frameworks for m in preload_modules(f)]
-        conn.sendall((json.dumps({"modules": modules, "warm_only": True}) + "\n").encode())
+        modules = [*COMMON_MODULES, *(m for f in frameworks for m in PRELOAD[f])]
+        background = [m for f in later for m in PRELOAD[f] if m not in modules]
+        conn.sendall((json.dumps({"modules": modules, "later": background, "warm_only": True}) + "\n").encode())
         try:  # each framework's import bounded as the server's start is; past that the server is hung
             fork_server.readline(conn, fork_server.START_TIMEOUT_S * (1 + len(frameworks)))
         except TimeoutError:
@@ -79,7 +87,7 @@ def import_frameworks(frameworks: Sequence[str]) -> None:
 
 def run_probe(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
     """The version's metadata from the probe, with `memory_mb`; ModelRefused or a subclass when it is refused."""
-    framework = formats.get(request["format"]).framework
+    fmt = formats.get(request["format"])
     with tempfile.TemporaryDirectory(prefix="rtserve-probe-") as tmp:
         req, result, log = Path(tmp) / "request.json", Path(tmp) / "result.json", Path(tmp) / "stderr.log"
         req.write_text(json.dumps(request))
@@ -89,7 +97,7 @@ def run_probe(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict
             raise ProbeFailed(f"the probe load could not start ({exc}); the file is not loaded") from None
         with conn:
             conn.sendall((json.dumps({"request": str(req), "result": str(result), "log": str(log), "cwd": tmp,
-                                      "modules": preload_modules(framework)}) + "\n").encode())
+                                      "modules": preload_modules(fmt)}) + "\n").encode())
             peak, code = _watch(conn, timeout_s, memory_mb)
         if result.exists():
             answer = json.loads(result.read_text())

@@ -87,10 +87,11 @@ class Deployer:
 
     async def preload(self) -> None:
         """The operator's `preload_frameworks` imported in this worker, and the probe's fork server started with
-        them, so no deploy waits for a framework's import. A failure is logged: the first deploy pays it then."""
+        them (and `probe_warm_frameworks` after, in the background), so no deploy waits for a framework's import
+        in the probe. A failure is logged: the first deploy pays it then."""
         frameworks = self.settings.preload_frameworks
         try:
-            await asyncio.to_thread(start_fork_server, frameworks)
+            await asyncio.to_thread(start_fork_server, frameworks, self.settings.probe_warm_frameworks)
             await asyncio.to_thread(import_frameworks, frameworks)
         except Exception as exc:  # noqa: BLE001 - serving goes on; the next deploy starts what is missing
             log.warning("preloading %s failed: %s: %s", frameworks, type(exc).__name__, exc)

@@ -46,6 +46,9 @@ class ServerProcess(Server):
             "RTSERVE_AUTH_ENABLED": "false",  # tests of the gateway turn it on with a key (gateway_env)
             "RTSERVE_GRPC_PORT": str(free_port()),  # a gRPC port of its own: a second service may not share one
             "RTSERVE_METRICS_CACHE_S": "0",  # a scrape right after a request sees it (the `server` fixture caches)
+            # Most servers under test never deploy: no background imports in the probe's fork server (a deploy's
+            # probe imports its framework then; tests/models/test_fork_server.py tests the warm-up itself).
+            "RTSERVE_IMPORT_PROBE_WARM_FRAMEWORKS": "[]",
             **(env or {}),
         }
         argv = [BENTOML, "serve", "--host", "127.0.0.1", "--port", "{port}"]

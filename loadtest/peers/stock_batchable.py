@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import bentoml
 import numpy as np
 import skops.io as sio
-
-import bentoml
 
 
 @bentoml.service(name="stock-batchable", workers=1)

@@ -83,7 +83,7 @@ class SkopsFormat(SklearnFormat):
     suffixes = (".skops",)
 
     def check(self, file: Path, trust: Trust) -> dict[str, Any]:
-        import skops.io as sio
+        from models.formats.skops_io import sio
 
         if not zipfile.is_zipfile(file):
             raise ModelRefused(f"{file.name}: not a skops file (skops files are zip archives; a pickle saved "
@@ -99,7 +99,7 @@ class SkopsFormat(SklearnFormat):
         return {"trusted_types": sorted(found)}
 
     def load(self, file: Path, metadata: Mapping[str, Any], device: str = "cpu") -> Any:
-        import skops.io as sio
+        from models.formats.skops_io import sio
 
         try:
             return sio.load(file, trusted=list(metadata.get("trusted_types", ())))

@@ -117,7 +117,7 @@ class ObjectRepository:
                     return True
                 except NotInRepository:
                     raise
-                except Exception as exc:  # noqa: BLE001 - every failure is retried until the deadline
+                except Exception as exc:
                     if on_retry is not None:
                         on_retry(attempt, exc)
                     left = deadline - time.monotonic()

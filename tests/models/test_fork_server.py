@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from core.errors import ProbeFailed
-from models import fork_server
+from models import fork_server, formats
 from models.importer import ImportOptions, import_model
 from models.probe import PRELOAD, preload_modules, probe_env, run_probe, start_fork_server
 from models.settings import ImportSettings
@@ -106,6 +106,18 @@ async def test_preloaded_frameworks_are_imported_by_the_worker_and_the_server():
     assert any("xgboost" in m.path for m in server.memory_maps())  # its native library is loaded there
 
 
+def test_the_server_imports_the_warm_frameworks_in_the_background_and_still_serves_probes(tmp_path, name, settings,
+                                                                                          fresh_server):
+    """RTSERVE_IMPORT_PROBE_WARM_FRAMEWORKS: imported after the start, a module at a time between probes."""
+    start_fork_server((), later=["lightgbm", "xgboost"])
+    (server,) = servers()
+    import_model(name, "v1", makers.iris_onnx(tmp_path).path, ImportOptions(), settings)  # a probe meanwhile
+    deadline = time.monotonic() + 60
+    while not all(any(lib in m.path for m in server.memory_maps()) for lib in ("lightgbm", "xgboost")):
+        assert time.monotonic() < deadline, "the warm frameworks were not imported"
+        time.sleep(0.1)
+
+
 def test_an_unknown_framework_to_preload_is_named():
     with pytest.raises(ValueError, match=r"unknown frameworks \['torch'\]; known: .*'pytorch'"):
         ImportSettings(preload_frameworks=["torch"])
@@ -125,7 +137,7 @@ def test_a_probe_whose_worker_goes_away_is_killed(tmp_path):
     conn = fork_server.connect(probe_env())
     conn.sendall((json.dumps({"request": str(tmp_path / "request.json"), "result": str(tmp_path / "result.json"),
                               "log": str(tmp_path / "log"), "cwd": str(tmp_path),
-                              "modules": list(preload_modules("sklearn"))}) + "\n").encode())
+                              "modules": list(preload_modules(formats.get("skops")))}) + "\n").encode())
     pid = int(fork_server.readline(conn, 120).split()[0])
     child = psutil.Process(pid)
     assert child.is_running()
