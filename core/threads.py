@@ -8,7 +8,9 @@ each other, and the tail latency grows with the load. So a worker caps them toge
 it starts (`intra_op_threads` in serving.yaml): torch and every OpenMP and BLAS library loaded by
 then through threadpoolctl, libraries loaded later through the environment, and onnxruntime,
 XGBoost and LightGBM through their own per-session and per-call settings, which read
-`intra_op_threads()`. The measurement the default follows is in docs/benchmarks.md ("Heavy models").
+`intra_op_threads()` unless the model has a count of its own (serving.yaml, per model; torch and the
+process-wide pools cannot have one: `runners.base.Runner.threads_refused`). The measurement the default
+follows is in docs/benchmarks.md ("Heavy models").
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from typing import ClassVar
 import bentoml
 import numpy as np
 
+from core.errors import LoadFailed
+from core.threads import intra_op_threads
 from models.outputs import Head
 from models.signature import Signature, TensorSpec
 from models.spec import sample_inputs
@@ -48,7 +50,7 @@ class Runner(ABC):
     formats: ClassVar[tuple[str, ...]]
     """The version formats (metadata `format`, or `framework` for versions saved before formats) it runs."""
 
-    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+    def __init__(self, model: bentoml.Model, device: str = "cpu", threads: int | None = None) -> None:
         self.model = model
         self.tag = str(model.tag)
         self.name = model.tag.name
@@ -63,6 +65,16 @@ class Runner(ABC):
         """Strings to the model's token ids, when the version declares a tokenizer."""
         self._variable = next((i for i, s in enumerate(self.signature.inputs) if -1 in s.row_shape), None)
         """The first input with a variable dimension (a sequence): what a batch's cost grows with besides its rows."""
+        self.threads = threads if threads is not None else intra_op_threads()
+        """Threads one call may use: the model's own `intra_op_threads` (serving.yaml), else the worker's."""
+        if self.threads != intra_op_threads() and (why := self.threads_refused) is not None:
+            raise LoadFailed(f"{self.tag}: intra_op_threads {self.threads} cannot apply to this model alone ({why}); "
+                             f"leave it out or set it to the worker's {intra_op_threads()}")
+
+    @property
+    def threads_refused(self) -> str | None:
+        """Why this model's calls cannot use a thread count of their own, or None where its runtime takes one per model."""
+        return "its runtime's thread pools are one per process: torch.set_num_threads, and OpenMP and BLAS"
 
     @property
     def framework(self) -> str:

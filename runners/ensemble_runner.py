@@ -13,11 +13,16 @@ from runners.base import Inputs, Runner
 class EnsembleRunner(Runner):
     formats = ("ensemble",)
 
-    def __init__(self, model: bentoml.Model, device: str, member_runner: Callable[[str], Runner]) -> None:
-        super().__init__(model, device)
+    def __init__(self, model: bentoml.Model, device: str, member_runner: Callable[[str], Runner],
+                 threads: int | None = None) -> None:
+        super().__init__(model, device, threads)
         members: dict[str, float] = self.metadata["members"]
         total = sum(members.values())
         self.members = [(member_runner(tag), weight / total) for tag, weight in members.items()]
+
+    @property
+    def threads_refused(self) -> str | None:
+        return "an ensemble runs its members' models: set intra_op_threads on their entries"
 
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
         (batch,) = inputs.values()

@@ -20,19 +20,31 @@ from models.importer import sha256
 from runners.base import Inputs, Runner
 
 CPU_ONLY = ("xgboost", "lightgbm", "skops", "pickle")
+OWN_THREADS = ("xgboost", "lightgbm")
+"""Formats whose runtime takes a thread count per model: an XGBoost booster's `nthread`, LightGBM's per predict."""
 
 
 class FileRunner(Runner):
     formats = ("xgboost", "lightgbm", "torchscript", "torch_export", "torch_pickle", "custom", "torch_aoti")
 
-    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
+    def __init__(self, model: bentoml.Model, device: str = "cpu", threads: int | None = None) -> None:
         fmt = formats.get(model.info.metadata["format"])
-        super().__init__(model, "cpu" if fmt.name in CPU_ONLY else device)
+        super().__init__(model, "cpu" if fmt.name in CPU_ONLY else device, threads)
         self.reader = fmt
         self.file = Path(model.path) / self.metadata["file"]
         if fmt.runs_code:
             self.verify()
         self.loaded: Any = fmt.load(self.file, self.metadata, self.device)
+        if threads is not None and fmt.name in OWN_THREADS:
+            self.loaded.use_threads(threads)
+
+    @property
+    def threads_refused(self) -> str | None:
+        if self.metadata["format"] in OWN_THREADS:
+            return None
+        if self.metadata["format"] == "custom":
+            return "a runtime of your own gets no thread count from the server"
+        return super().threads_refused
 
     def verify(self) -> None:
         expected = self.metadata.get("sha256", {}).get(self.metadata["file"])

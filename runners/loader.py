@@ -13,6 +13,8 @@ Every runner implements the interface in `runners.base`; a new format needs a re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import bentoml
 import psutil
 
@@ -42,8 +44,11 @@ def check_memory(tag: str, needed_mb: float | None) -> None:
         raise LoadFailed(f"{tag} needs {needed_mb:.0f} MB (measured by its probe load); {available:.0f} MB are free")
 
 
-def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None = None) -> Runner:
-    """Load `tag` from the BentoML store; `cache` shares member runners between ensembles and direct serving."""
+def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None = None,
+                threads_of: Callable[[str], int | None] | None = None) -> Runner:
+    """Load `tag` from the BentoML store; `cache` shares member runners between ensembles and direct serving.
+    `threads_of` says a model's own `intra_op_threads` by its name (None, or no `threads_of`: the worker's), for an
+    ensemble's members too, so a member runs with the same threads whichever loads it first."""
     cache = {} if cache is None else cache
     if tag in cache:
         return cache[tag]
@@ -51,10 +56,11 @@ def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None 
     check_memory(str(model.tag), model.info.metadata.get("memory_mb"))
     fmt = format_of(model.info.metadata)
     resolved = resolve_device(model.info.metadata.get("device", device))
+    threads = threads_of(model.tag.name) if threads_of is not None else None
     if fmt in EnsembleRunner.formats:
-        runner: Runner = EnsembleRunner(model, resolved, lambda t: load_runner(t, device, cache))
+        runner: Runner = EnsembleRunner(model, resolved, lambda t: load_runner(t, device, cache, threads_of), threads)
     elif fmt in RUNNERS:
-        runner = RUNNERS[fmt](model, resolved)
+        runner = RUNNERS[fmt](model, resolved, threads=threads)
     else:
         raise UnsupportedModel(f"{tag}: no runner for format {fmt!r} (module {model.info.module!r}); "
                                "models saved by BentoML's own savers are served once imported (models.importer)")

@@ -32,7 +32,8 @@ class SessionSettings:
 
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_num_threads: int = 0
-    """0: the worker's `intra_op_threads` (serving.yaml), the cap shared by every framework (`core.threads`)."""
+    """0: the model's `intra_op_threads` in serving.yaml, else the worker's, the cap shared by every framework
+    (`core.threads`)."""
     inter_op_num_threads: int = 1
     enable_cpu_mem_arena: bool = True
     execution_mode: Literal["sequential", "parallel"] = "sequential"
@@ -41,10 +42,12 @@ class SessionSettings:
     def for_model(cls, metadata: dict[str, Any]) -> SessionSettings:
         return cls(**(metadata.get("session_options") or {}))
 
-    def to_ort(self) -> ort.SessionOptions:
+    def to_ort(self, threads: int | None = None) -> ort.SessionOptions:
+        """The session's options; `threads`, where given, is the model's own `intra_op_threads` (serving.yaml), which an
+        operator sets for this deployment and so wins over the count the model's metadata names."""
         options = ort.SessionOptions()
         options.graph_optimization_level = OPTIMIZATION_LEVELS[self.graph_optimization_level]
-        options.intra_op_num_threads = self.intra_op_num_threads or intra_op_threads()
+        options.intra_op_num_threads = threads or self.intra_op_num_threads or intra_op_threads()
         options.inter_op_num_threads = self.inter_op_num_threads
         options.enable_cpu_mem_arena = self.enable_cpu_mem_arena
         options.execution_mode = EXECUTION_MODES[self.execution_mode]
@@ -54,14 +57,21 @@ class SessionSettings:
 class OnnxRunner(Runner):
     formats = ("onnx",)
 
-    def __init__(self, model: bentoml.Model, device: str = "cpu", settings: SessionSettings | None = None) -> None:
+    def __init__(self, model: bentoml.Model, device: str = "cpu", settings: SessionSettings | None = None,
+                 threads: int | None = None) -> None:
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             device = "cpu"
-        super().__init__(model, device)
+        super().__init__(model, device, threads)
         self.settings = settings or SessionSettings.for_model(self.metadata)
         file = Path(model.path) / self.metadata.get("file", "model.onnx")
-        self.session = OnnxFormat().load(file, self.metadata, device, self.settings.to_ort())
+        options = self.settings.to_ort(threads)
+        self.session = OnnxFormat().load(file, self.metadata, device, options)
+        self.threads = options.intra_op_num_threads
         self._outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def threads_refused(self) -> str | None:
+        return None  # each session has its own intra-op pool
 
     def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {k: np.ascontiguousarray(v) for k, v in inputs.items()})

@@ -16,6 +16,7 @@ from observability.tracing import DISABLED, Tracer
 from runners.base import Runner
 from runners.batcher import AdaptiveBatcher
 from runners.loader import load_runner
+from runners.memory import trim_heap
 from runners.settings import ServingConfig
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class ModelRegistry:
         start = time.perf_counter()
         try:
             self._pull(entry)
-            runner = load_runner(entry.tag, settings.device, self._runners)
+            runner = load_runner(entry.tag, settings.device, self._runners, self._threads_of)
             if not runner.batching:  # a fixed batch size: every request runs on its own
                 settings = settings.model_copy(update={"max_batch_size": max(runner.input_spec.shape[0], 1)})
             timings = runner.warmup((1, settings.max_batch_size), tuple(settings.warmup_lengths))
@@ -105,6 +106,10 @@ class ModelRegistry:
         self.set_state(entry, VersionState.READY)
         event(log, "load", model=name, version=version, device=runner.device, seconds=round(entry.load_seconds, 3))
         return entry
+
+    def _threads_of(self, name: str) -> int | None:
+        """A model's own `intra_op_threads` (serving.yaml, per model), or None for the worker's."""
+        return self.config.batch_settings(name).intra_op_threads
 
     def _pull(self, entry: LoadedVersion) -> None:
         """Bring a version this replica's store lacks from the model repository; the version stays LOADING (no
@@ -156,7 +161,8 @@ class ModelRegistry:
                  time.perf_counter() - started, f"; failed: {', '.join(failed)}" if failed else "")
 
     async def unload(self, name: str, version: str, poll_s: float = 0.02) -> None:
-        """Stop routing to the version, let its in-flight requests finish, then free it."""
+        """Stop routing to the version, let its in-flight requests finish, then free it and give its memory back to
+        the system (`runners.memory`), off the event loop."""
         entry = self.get(name, version)
         self.expected.get(name, set()).discard(version)
         if entry.state is VersionState.READY:
@@ -171,6 +177,8 @@ class ModelRegistry:
                 del self._models[name]
         if entry.runner is not None and not self._is_member(entry.runner):
             self._runners.pop(entry.tag, None)  # a later load reads the store again
+        entry.runner = entry.batcher = None  # whoever still holds the entry holds no model
+        await asyncio.to_thread(trim_heap)
         if self.metrics is not None:
             for s in VersionState:
                 self.metrics.state.labels(name, version, s.value).set(0)

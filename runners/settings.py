@@ -42,6 +42,11 @@ class BatchSettings(BaseModel):
     `parameters.priority` picks one, 0 or a level past the last means `default_priority`."""
     default_priority: int = Field(2, ge=1, le=16)
     """The level of requests that name no priority; with the default 3 levels a client can go above or below it."""
+    intra_op_threads: int | None = Field(None, ge=1)
+    """Threads one call of this model may use, in place of the worker's top-level `intra_op_threads`: e.g. 2 for a
+    latency-bound model while the rest keep 1. Per model only, and only where the runtime has a per-model setting
+    (an onnxruntime session, an XGBoost booster, a LightGBM predict); torch, scikit-learn (BLAS, OpenMP), ensembles
+    and runtimes of your own have one pool per process, so their load fails with a value other than the worker's."""
 
     @model_validator(mode="after")
     def _default_priority_is_a_level(self) -> BatchSettings:
@@ -91,11 +96,15 @@ class ServingConfig(BaseModel):
     intra_op_threads: int = Field(1, ge=1, validation_alias=AliasChoices("intra_op_threads", "torch_threads"))
     """Threads one model call may use in a worker, for every framework together (torch, OpenMP and BLAS,
     onnxruntime, XGBoost, LightGBM: `core.threads`). 1: on a small CPU, more workers beat more threads per
-    worker (docs/benchmarks.md, "Heavy models"). `torch_threads`, its former name, is still read."""
+    worker (docs/benchmarks.md, "Heavy models"). A model may have its own under its `batching`
+    (`BatchSettings.intra_op_threads`). `torch_threads`, its former name, is still read."""
     models: dict[str, ModelConfig]
 
     @model_validator(mode="after")
     def _priorities_fit_each_model(self) -> ServingConfig:
+        if self.defaults.intra_op_threads is not None:
+            raise ValueError("defaults.intra_op_threads: the threads of every model are the top-level intra_op_threads; "
+                             "set intra_op_threads per model under models.NAME.batching")
         for name in self.models:
             settings = self.batch_settings(name)
             if settings.default_priority > settings.priority_levels:

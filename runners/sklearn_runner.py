@@ -20,8 +20,8 @@ from runners.sklearn_affine import compile_classifier
 class SklearnRunner(FileRunner):
     formats = ("skops", "pickle")
 
-    def __init__(self, model: bentoml.Model, device: str = "cpu") -> None:
-        super().__init__(model, "cpu")
+    def __init__(self, model: bentoml.Model, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(model, "cpu", threads)
         self.estimator = self.loaded
         spec = self.input_spec
         foldable = len(self.signature.inputs) == 1 and spec.datatype != "BYTES" and len(spec.shape) == 2 and spec.shape[1] > 0

@@ -49,6 +49,14 @@ class Booster:
     model: Any
     objective: str
     n_classes: int
+    threads: int | None = None
+    """This model's own intra-op threads (serving.yaml's per-model `intra_op_threads`); None: the worker's."""
+
+    def use_threads(self, threads: int) -> None:
+        """Run this booster's calls on `threads` threads, whatever the rest of the process uses."""
+        self.threads = threads
+        if hasattr(self.model, "set_param"):  # XGBoost keeps nthread on the booster; LightGBM takes it per predict
+            self.model.set_param({"nthread": threads})
 
     @property
     def task(self) -> str:
@@ -119,7 +127,7 @@ class LightGBMFormat(ModelFormat):
 
     def predict(self, model: Booster, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (x,) = inputs.values()
-        return model.output(model.model.predict(x, num_threads=intra_op_threads()))
+        return model.output(model.model.predict(x, num_threads=model.threads or intra_op_threads()))
 
 
 def _header_objective(file: Path) -> str:

@@ -258,3 +258,25 @@ def pickle_calling(folder: Path, func, args: tuple, name: str) -> Path:
     path = folder / name
     path.write_bytes(pickle.dumps(Call()))
     return path
+
+
+def tables_onnx(folder: Path, mb: float, tables: int) -> Made:
+    """An ONNX graph whose weights are `tables` lookup tables of `mb` MB in all, each row 16 floats: its memory is its
+    weights, held in allocations of a network layer's size. One float input per row, truncated to the row it picks
+    (negative values count from the end)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows = max(1, int(mb * 2**20) // (4 * 16 * tables))
+    weights = [np.random.default_rng(k).normal(size=(rows, 16)).astype(np.float32) for k in range(tables)]
+    nodes = [helper.make_node("Cast", ["x"], ["index"], to=TensorProto.INT64)]
+    nodes += [helper.make_node("Gather", [f"table{k}", "index"], [f"row{k}"], axis=0) for k in range(tables)]
+    nodes += [helper.make_node("Sum", [f"row{k}" for k in range(tables)], ["summed"]),
+              helper.make_node("Flatten", ["summed"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "tables", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+                              [numpy_helper.from_array(w, f"table{k}") for k, w in enumerate(weights)])
+    path = folder / "tables.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.array([[0.0], [1.5], [-1.0]], dtype=np.float32)
+    return Made(path, x, {"y": sum(w[x[:, 0].astype(np.int64)] for w in weights)})
