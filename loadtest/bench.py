@@ -34,7 +34,7 @@ import httpx
 import yaml
 
 from demo import data
-from loadtest import charts
+from loadtest import charts, machine
 from loadtest.peers import triton_peer
 from loadtest.scenarios import SCENARIOS, Request, Scenario
 from loadtest.servers import ROOT, Server, bentoml_server, use_project_store, uvicorn_server
@@ -322,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_info(args: argparse.Namespace) -> dict:
     """When, where and how the run was made: written on its charts, since numbers mean little without the machine."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                 platform.processor() or "unknown CPU")
-    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{os.cpu_count()} x {model}, {platform.system()}",
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine.describe(),
             "host": platform.node(), "duration_s": args.duration, "workers": args.workers}
 
 

@@ -6,6 +6,8 @@ Writes, beside the JSON, whichever of these its data has:
   bench-<time>-closed-loop.png  req/s, p95 and p99 against connections, a line per server, a column per scenario
   bench-<time>-open-loop.png    p50 and p99 against the offered rate (Poisson arrivals), a line per server
   bench-<time>-scaling.png      req/s of the production configuration against its worker count, beside linear
+  heavy-<time>-batch-curves.png a heavy-models run (make heavy-bench): rows/s and call latency against the batch
+                                size per model, the batcher's predicted cost beside the measured
 
 Each chart has the run's date and machine in its title, and lists its series in the PNG's "Description"
 text chunk (which lines it draws), so a reader of the file alone knows what it shows.
@@ -141,7 +143,40 @@ def scaling(data: dict) -> Figure | None:
     return fig
 
 
-CHARTS = {"closed-loop": closed_loop, "open-loop": open_loop, "scaling": scaling}
+def heavy_curves(data: dict) -> Figure | None:
+    """A heavy-models run (loadtest/heavy/bench.py): per model and input, rows/s against the batch size, and
+    the measured latency of a call against what the batcher's cost model predicts for it."""
+    curves = [(tag, curve) for tag, r in data.get("models", {}).items() for curve in r.get("curves", [])]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(2, len(curves), figsize=(max(6.0, 3.6 * len(curves)), 7), squeeze=False, sharex="col")
+    for col, (tag, curve) in enumerate(curves):
+        points = sorted(curve["points"], key=lambda p: p["batch"])
+        batches = [p["batch"] for p in points]
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(batches, [p["rows_per_s"] for p in points], marker="o", color="tab:blue", label="rows/s")
+        top.set_ylim(bottom=0)
+        top.set_title(f"{tag.split(':')[0]}\n{curve['input']}", fontsize="small")
+        bottom.plot(batches, [p["p50_ms"] for p in points], marker="o", color="tab:blue", label="measured p50")
+        bottom.plot(batches, [p["predicted_ms"] for p in points], marker="x", linestyle="--", color="tab:orange",
+                    label="cost model")
+        _plain_log(bottom)
+        bottom.set_xlabel("batch size")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("rows/s (one thread)")
+    axes[1][0].set_ylabel("latency of a call (ms)")
+    fig.legend(*axes[1][0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize="small")
+    fig.suptitle(f"Heavy models: the runner's own batch curve, no HTTP\n{data.get('date', 'date not recorded')}, "
+                 f"{data.get('machine', 'machine not recorded')}", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+CHARTS = {"closed-loop": closed_loop, "open-loop": open_loop, "scaling": scaling, "batch-curves": heavy_curves}
 
 
 def figures(data: dict) -> dict[str, Figure]:
@@ -174,7 +209,7 @@ def write(result_json: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", type=Path, help="a JSON written by loadtest/bench.py")
+    parser.add_argument("result", type=Path, help="a JSON written by loadtest/bench.py or loadtest/heavy/bench.py")
     args = parser.parse_args(argv)
     try:
         paths = write(args.result)

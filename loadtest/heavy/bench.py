@@ -13,7 +13,7 @@ Per model, each measurement in fresh processes ("workers"), so one does not inhe
 - threads against workers: one worker with 2 intra-op threads against two workers with 1 each, running the
   same batch flat out on the same cores: rows/s and p99 of a call.
 
-Writes `loadtest/results/heavy-<date>.json` and `.md`. Timings on a shared machine are only comparable within
+Writes `loadtest/results/heavy-<date>.json`, `.md` and the batch curves' chart (loadtest/charts.py). Timings on a shared machine are only comparable within
 one run: each table is measured side by side.
 """
 
@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from core.threads import cap_threads
+from loadtest import charts, machine
 from loadtest.heavy.build import FULL, TINY, Size
 from loadtest.servers import ROOT, use_project_store
 
@@ -155,15 +157,18 @@ def _timed_calls(runner: Any, x: Any, seconds: float, at_least: int = 2) -> list
     return times
 
 
-def worker_run(tag: str, threads: int, batch: int, length: int | None, seconds: float, go: float) -> dict[str, Any]:
-    """Calls of one batch size, flat out from the wall-clock time `go` for `seconds` (workers start together)."""
+def worker_run(tag: str, threads: int, batch: int, length: int | None, seconds: float, ready: str, go: str) -> dict[str, Any]:
+    """Calls of one batch size, flat out for `seconds` once the file `go` exists (the parent creates it when every
+    worker has created its `ready` file, so the workers run together)."""
     from runners.loader import load_runner
 
     cap_threads(threads)
     runner = load_runner(tag, "cpu")
     x = model_input(runner, batch, length)
     runner.run(x)
-    time.sleep(max(0.0, go - time.time()))
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
     times = _timed_calls(runner, x, seconds)
     return {"times": times}
 
@@ -198,10 +203,16 @@ def measure_threads(tag: str, batch: int, length: int | None, seconds: float) ->
     """1 worker x 2 threads against 2 workers x 1 thread, each flat out on the same batch."""
     out = {}
     for label, workers, threads in (("1x2", 1, 2), ("2x1", 2, 1)):
-        go = time.time() + 60.0  # every worker loaded by then, even on a busy machine
-        procs = [_worker("run", tag=tag, threads=threads, batch=batch, length=length, seconds=seconds, go=go)
-                 for _ in range(workers)]
-        runs = [_result(p)["times"] for p in procs]
+        with tempfile.TemporaryDirectory(prefix="heavy-threads-") as tmp:
+            go, ready = Path(tmp) / "go", [Path(tmp) / f"ready-{i}" for i in range(workers)]
+            procs = [_worker("run", tag=tag, threads=threads, batch=batch, length=length, seconds=seconds,
+                             ready=str(r), go=str(go)) for r in ready]
+            while not all(r.exists() for r in ready):  # every worker loaded and warm
+                if any(p.poll() is not None for p in procs):
+                    break  # one failed: _result says so
+                time.sleep(0.05)
+            go.touch()
+            runs = [_result(p)["times"] for p in procs]
         calls = [t for r in runs for t in r]
         out[label] = {"rows_per_s": sum(batch * len(r) / sum(r) for r in runs),
                       "p50_ms": 1000 * statistics.median(calls), "p99_ms": 1000 * float(np.percentile(calls, 99)),
@@ -210,7 +221,9 @@ def measure_threads(tag: str, batch: int, length: int | None, seconds: float) ->
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"Heavy models, {results['date']}, loaded machine ({os.cpu_count()} cores, shared): {results['command']}", "",
+    load = results.get("load_average")
+    lines = [f"Heavy models, {results['date']}, {results.get('machine', f'{os.cpu_count()} cores')}"
+             + (f", load average {load[0]} at the start, {load[1]} at the end" if load else "") + f": {results['command']}", "",
              ("| model | load to ready (warm-up incl.) | model RSS, 1 worker | per worker, 2 workers | RSS kept after "
               "unload (after malloc_trim) |"), "|---|---|---|---|---|"]
     for tag, r in results["models"].items():
@@ -250,7 +263,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def run(size: Size, names: list[str], batches: list[int], seconds: float, thread_batch: int, out: Path) -> dict[str, Any]:
     """Every measurement of every model; the results so far are rewritten to `out` after each model."""
-    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "batches": batches,
+    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(),
+                               "load_average": [round(os.getloadavg()[0], 1)] * 2, "batches": batches,
                                "command": "python -m " + " ".join(["loadtest.heavy", *sys.argv[1:]]), "models": {}}
     for name in names:
         tag = f"{name}:{size.version}"
@@ -267,6 +281,7 @@ def run(size: Size, names: list[str], batches: list[int], seconds: float, thread
         entry["threads"] = {"batch": thread_batch, "input": entry["curves"][-1]["input"],
                             **measure_threads(tag, thread_batch, length, seconds)}
         results["models"][tag] = entry
+        results["load_average"] = [results["load_average"][0], round(os.getloadavg()[0], 1)]
         out.write_text(json.dumps(results, indent=2))
     return results
 
@@ -299,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     stem.with_suffix(".md").write_text(table)
     print(table)
+    for chart in charts.write(stem.with_suffix(".json")):
+        print(f"chart: {chart}", file=sys.stderr)
     print(f"written: {stem}.json, {stem}.md", file=sys.stderr)
     return 0
 

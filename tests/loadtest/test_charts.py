@@ -3,6 +3,7 @@
 bench-short.json: `--targets ours-bare --scenarios sklearn-miss --connections 8 --duration 3` (closed loop only).
 bench-make.json: `make bench BENCH_ARGS="--targets ours-prod,raw --scenarios sklearn-miss,sklearn-hit
 --connections 16,64 --duration 3"` (closed loop, open loop and scaling).
+heavy-tiny.json: `python -m loadtest.heavy --tiny --seconds 0.3 --batches 1,4,16 --thread-batch 4` (the stand-ins).
 Checked: the PNGs exist, are images, and draw the series the data has (their labels and values), not pixels.
 """
 
@@ -115,3 +116,27 @@ def test_a_file_that_is_not_a_result_is_refused_in_one_line(tmp_path, capsys):
             charts.main([str(bad)])
         assert exited.value.code == 2 and "not a benchmark result" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_heavy_run_draws_each_models_batch_curve_and_its_predicted_cost(tmp_path):
+    result = tmp_path / "heavy-20261207-2331.json"
+    shutil.copy(DATA / "heavy-tiny.json", result)
+    done = run_charts(result)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "heavy-20261207-2331-batch-curves.png"
+    assert done.stdout.split() == [str(path)]
+    assert png_series(path) == ["rows/s", "measured p50", "cost model"]
+    data = json.loads(result.read_text())
+    curves = [(tag, curve) for tag, r in data["models"].items() for curve in r["curves"]]
+    fig = charts.heavy_curves(data)
+    top, bottom = fig.axes[: len(curves)], fig.axes[len(curves):]
+    for col, (tag, curve) in enumerate(curves):
+        points = sorted(curve["points"], key=lambda p: p["batch"])
+        assert top[col].get_title() == f"{tag.split(':')[0]}\n{curve['input']}"
+        (rate,) = top[col].lines
+        assert list(rate.get_xdata()) == [p["batch"] for p in points]
+        assert list(rate.get_ydata()) == [p["rows_per_s"] for p in points]
+        measured, predicted = bottom[col].lines
+        assert list(measured.get_ydata()) == [p["p50_ms"] for p in points]
+        assert list(predicted.get_ydata()) == [p["predicted_ms"] for p in points]
+    assert data["machine"] in fig.get_suptitle() and data["date"] in fig.get_suptitle()
