@@ -6,8 +6,8 @@
 Per model, each measurement in fresh processes ("workers"), so one does not inherit another's memory or threads:
 - load: from the load call to ready, warm-up included, as the server loads a version (`ModelRegistry.load` with
   the model's serving settings from `loadtest/heavy/serving.yaml`); resident memory before the load (frameworks
-  imported), after it, after unloading it (and after `malloc_trim`, which says whether the allocator kept
-  what was freed); with 1 worker and with 2 loading at once.
+  imported), after it, and after unloading it as the server does (`ModelRegistry.unload`, which gives the freed
+  heap back with `malloc_trim`); with 1 worker and with 2 loading at once.
 - batch curve: the runner alone (`Runner.run`, no queue, no HTTP) at batch sizes 1..64 on fixed input sizes
   (224x224 images, texts of 32 and 128 tokens, 64-feature rows): rows/s and the latency of a call.
 - threads against workers: one worker with 2 intra-op threads against two workers with 1 each, running the
@@ -80,9 +80,8 @@ def text_of_tokens(tokenize: Any, tokens: int) -> str:
 
 
 def worker_load(tag: str, threads: int) -> dict[str, Any]:
-    """Load the version as the server does, then unload it; memory at each step."""
+    """Load the version as the server does, then unload it as the server does; memory at each step."""
     import asyncio
-    import ctypes
     import gc
 
     import onnxruntime  # noqa: F401 - the frameworks a worker has loaded before any model
@@ -106,11 +105,8 @@ def worker_load(tag: str, threads: int) -> dict[str, Any]:
     asyncio.run(registry.unload(name, version))
     del entry
     gc.collect()
-    unloaded = _rss_mb()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    trimmed = _rss_mb()
     return {"load_s": seconds, "rss_before_mb": before, "rss_loaded_mb": loaded, "model_mb": loaded - before,
-            "rss_unloaded_mb": unloaded, "rss_trimmed_mb": trimmed}
+            "rss_unloaded_mb": _rss_mb()}
 
 
 def worker_curve(tag: str, threads: int, batches: list[int], length: int | None, seconds: float) -> dict[str, Any]:
@@ -225,14 +221,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Heavy models, {results['date']}, {results.get('machine', f'{os.cpu_count()} cores')}"
              + (f", load average {load[0]} at the start, {load[1]} at the end" if load else "") + f": {results['command']}", "",
              ("| model | load to ready (warm-up incl.) | model RSS, 1 worker | per worker, 2 workers | RSS kept after "
-              "unload (after malloc_trim) |"), "|---|---|---|---|---|"]
+              "unload (malloc_trim incl.) |"), "|---|---|---|---|---|"]
     for tag, r in results["models"].items():
         one, two = r["load"]["one_worker"], r["load"]["two_workers"]
-        kept = one["rss_unloaded_mb"] - one["rss_before_mb"]
-        trimmed = one["rss_trimmed_mb"] - one["rss_before_mb"]
+        # a run from before the server trimmed on unload recorded the trim apart, as rss_trimmed_mb
+        kept = one.get("rss_trimmed_mb", one["rss_unloaded_mb"]) - one["rss_before_mb"]
         lines.append(f"| `{tag}` | {one['load_s']:.1f} s (2 workers: {max(w['load_s'] for w in two):.1f} s) | "
                      f"{one['model_mb']:.0f} MB | {', '.join(format(w['model_mb'], '.0f') for w in two)} MB | "
-                     f"{kept:.0f} MB ({trimmed:.0f} MB) |")
+                     f"{kept:.0f} MB |")
     lines += ["", ("Runner's own batch curve (one intra-op thread, no HTTP): rows/s over every call (at the p50 call), "
                    "and p50 / max latency of a call"), "",
               "| model | input | " + " | ".join(f"batch {b}" for b in results["batches"]) + " |",
