@@ -51,11 +51,13 @@ class ShadowMirror:
 
     async def _compare(self, entry, rows: Rows, primary_labels: np.ndarray | None) -> None:
         """The shadow's latency and errors; its agreement with the primary's labels when the model has labels."""
-        metrics = self.metrics
+        metrics, batcher = self.metrics, entry.batcher
+        if batcher is None:  # unloaded between the request and this task's start: nothing to compare
+            return
         start = time.perf_counter()
         entry.active += 1
         try:
-            outputs = await entry.batcher.submit(rows)
+            outputs = await batcher.submit(rows)
         except ServingError as exc:
             if metrics is not None:
                 metrics.observe_request(entry.name, entry.version, "shadow", exc.status.value, "bypass", time.perf_counter() - start)
