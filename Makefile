@@ -123,6 +123,14 @@ heavy-models: setup
 heavy-bench: heavy-models
 	$(BIN)/python -m loadtest.heavy $(HEAVY_BENCH_ARGS)
 
+## The heavy models through the whole service (loadtest/heavy/fullpath.py): auth, limits, cache, metrics on Redis,
+## closed loop at rising concurrency and open loop at half the runner's limit, against that limit and against
+## Triton (PyTriton, ONNX Runtime in Python) and stock BentoML on the same files. Tables in
+## loadtest/results/heavy-fullpath-*.md (about 40 minutes).
+.PHONY: heavy-fullpath
+heavy-fullpath: heavy-models redis
+	$(BIN)/python -m loadtest.heavy.fullpath $(HEAVY_FULLPATH_ARGS)
+
 ## gRPC beside REST on the same server in one run (h2load for gRPC, wrk for REST; about 4 minutes).
 .PHONY: bench-grpc
 bench-grpc: setup system-deps redis

@@ -68,15 +68,28 @@ def text_of_tokens(tokenize: Any, tokens: int) -> str:
     vocabulary, so every row of a batch runs the same sequence length."""
     from loadtest.heavy.build import corpus
 
+    def count(text: str) -> int:
+        return len(tokenize.tokenizer.encode(text).ids)
+
     words = " ".join(corpus(200_000)).split()
     lo, hi = 1, len(words)
     while lo < hi:  # the fewest words that reach `tokens` (truncation caps it there)
         mid = (lo + hi) // 2
-        if len(tokenize.tokenizer.encode(" ".join(words[:mid])).ids) >= tokens:
+        if count(" ".join(words[:mid])) >= tokens:
             hi = mid
         else:
             lo = mid + 1
-    return " ".join(words[:lo])
+    text = " ".join(words[:lo])
+    if count(text) > tokens:  # the last word is several tokens: without it, then words of one token each
+        text = " ".join(words[:lo - 1])
+        text = " ".join([text, *single_token_words(tokenize.tokenizer)[: tokens - count(text)]])
+    return text
+
+
+def single_token_words(tokenizer: Any) -> list[str]:
+    """The vocabulary's whole lower-case words that are one token each, in order: each adds exactly one position."""
+    return sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and len(w) > 1
+                  and len(tokenizer.encode(w).ids) == 3)  # [CLS] word [SEP]
 
 
 def worker_load(tag: str, threads: int) -> dict[str, Any]:
@@ -172,13 +185,15 @@ def worker_run(tag: str, threads: int, batch: int, length: int | None, seconds: 
 # ---- in the parent ---------------------------------------------------------------------------------------------
 
 
-def _worker(mode: str, **kwargs: Any) -> subprocess.Popen:
+def spawn_worker(mode: str, **kwargs: Any) -> subprocess.Popen:
+    """One measurement (`worker_<mode>`) in a fresh process, which inherits no model, memory or thread pool."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.Popen([sys.executable, "-m", "loadtest.heavy.bench", "--worker", json.dumps({"mode": mode, **kwargs})],
                             stdout=subprocess.PIPE, env=env, cwd=ROOT)
 
 
-def _result(proc: subprocess.Popen) -> dict[str, Any]:
+def worker_result(proc: subprocess.Popen) -> dict[str, Any]:
+    """What a `spawn_worker` process measured (its last line of output), once it has exited."""
     out, _ = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"a benchmark worker failed (exit {proc.returncode})")
@@ -186,13 +201,20 @@ def _result(proc: subprocess.Popen) -> dict[str, Any]:
 
 
 def measure_load(tag: str) -> dict[str, Any]:
-    one = _result(_worker("load", tag=tag, threads=1))
-    two = [_result(p) for p in [_worker("load", tag=tag, threads=1) for _ in range(2)]]
+    one = worker_result(spawn_worker("load", tag=tag, threads=1))
+    two = [worker_result(p) for p in [spawn_worker("load", tag=tag, threads=1) for _ in range(2)]]
     return {"one_worker": one, "two_workers": two}
 
 
 def lengths_of(name: str) -> list[int | None]:
     return list(TEXT_LENGTHS) if "bert" in name else [None]
+
+
+def input_label(name: str, size: Size, length: int | None) -> str:
+    """What one row of a model's batch curve is: a text of `length` tokens, an image, or a row of features."""
+    if length:
+        return f"{length} tokens"
+    return "x".join(map(str, size.image[1:])) + " images" if "resnet" in name else "64 features"
 
 
 def measure_threads(tag: str, batch: int, length: int | None, seconds: float) -> dict[str, Any]:
@@ -201,14 +223,14 @@ def measure_threads(tag: str, batch: int, length: int | None, seconds: float) ->
     for label, workers, threads in (("1x2", 1, 2), ("2x1", 2, 1)):
         with tempfile.TemporaryDirectory(prefix="heavy-threads-") as tmp:
             go, ready = Path(tmp) / "go", [Path(tmp) / f"ready-{i}" for i in range(workers)]
-            procs = [_worker("run", tag=tag, threads=threads, batch=batch, length=length, seconds=seconds,
+            procs = [spawn_worker("run", tag=tag, threads=threads, batch=batch, length=length, seconds=seconds,
                              ready=str(r), go=str(go)) for r in ready]
             while not all(r.exists() for r in ready):  # every worker loaded and warm
                 if any(p.poll() is not None for p in procs):
-                    break  # one failed: _result says so
+                    break  # one failed: worker_result says so
                 time.sleep(0.05)
             go.touch()
-            runs = [_result(p)["times"] for p in procs]
+            runs = [worker_result(p)["times"] for p in procs]
         calls = [t for r in runs for t in r]
         out[label] = {"rows_per_s": sum(batch * len(r) / sum(r) for r in runs),
                       "p50_ms": 1000 * statistics.median(calls), "p99_ms": 1000 * float(np.percentile(calls, 99)),
@@ -267,10 +289,9 @@ def run(size: Size, names: list[str], batches: list[int], seconds: float, thread
         print(f"{tag}: load and memory", file=sys.stderr)
         entry: dict[str, Any] = {"load": measure_load(tag), "curves": []}
         for length in lengths_of(name):
-            what = f"{length} tokens" if length else ("x".join(map(str, size.image[1:])) + " images" if "resnet" in name
-                                                      else "64 features")
+            what = input_label(name, size, length)
             print(f"{tag}: batch curve, {what}", file=sys.stderr)
-            curve = _result(_worker("curve", tag=tag, threads=1, batches=batches, length=length, seconds=seconds))
+            curve = worker_result(spawn_worker("curve", tag=tag, threads=1, batches=batches, length=length, seconds=seconds))
             entry["curves"].append({"input": what, **curve})
         length = lengths_of(name)[-1]
         print(f"{tag}: threads against workers", file=sys.stderr)

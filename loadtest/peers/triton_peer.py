@@ -1,7 +1,8 @@
 """The Triton peer as the benchmark sees it: its virtual environment, its server, and a check of its answers.
 
 PyTriton pins numpy below 2, so Triton gets `.venv-triton` of its own, created on first use
-(`pip install nvidia-pytriton scikit-learn joblib`) from the interpreter that runs the benchmark.
+(`pip install` of `PACKAGES`) from the interpreter that runs the benchmark. onnxruntime and tokenizers are for
+the heavy models' peer (loadtest/peers/triton_onnx.py).
 """
 
 from __future__ import annotations
@@ -16,20 +17,24 @@ import numpy as np
 from loadtest.servers import ROOT, Server
 
 VENV = ROOT / ".venv-triton"
-PACKAGES = ["nvidia-pytriton", "scikit-learn", "joblib"]
+PACKAGES = ["nvidia-pytriton", "scikit-learn", "joblib", "onnxruntime", "tokenizers"]
 MODEL_TAG = "digits-sklearn:v1"  # the estimator every peer serves
 MODEL_NAME = "digits-sklearn"
 READY_PATH = f"/v2/models/{MODEL_NAME}/ready"
 
 
 def ensure_venv(venv: Path = VENV) -> Path:
-    """The Triton environment's interpreter, creating the environment when it is missing."""
+    """The Triton environment's interpreter, creating the environment when it is missing, and installing into an
+    existing one what `PACKAGES` gained since (its `.installed` lists what it has)."""
     python = venv / "bin" / "python"
-    if not (venv / ".installed").exists():
-        print(f"creating {venv.name} (pip install {' '.join(PACKAGES)}) ...", flush=True)
+    marker = venv / ".installed"
+    if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PACKAGES], check=True)
-        (venv / ".installed").touch()
+    have = set(marker.read_text().split()) if marker.exists() else set()
+    if missing := [p for p in PACKAGES if p not in have]:
+        print(f"{venv.name}: pip install {' '.join(missing)} ...", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *missing], check=True)
+        marker.write_text("\n".join(PACKAGES) + "\n")
     return python
 
 

@@ -25,13 +25,13 @@ MODEL_NAME = "digits-sklearn"
 MAX_BATCH = 64
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _link_own_libpython() -> None:
+def link_own_libpython() -> None:
     """Triton's Python stub links libpython by name; without this interpreter's LIBDIR first it
     finds another one (or none) and the model fails to load (`_thread.RLock` attribute error)."""
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="HTTP (OIP REST) port")
     parser.add_argument("--queue-delay-us", type=int, default=300, help="dynamic batcher's longest wait for a fuller batch")
     args = parser.parse_args()
-    _link_own_libpython()
+    link_own_libpython()
     estimator = joblib.load(args.model)
 
     @batch
@@ -53,7 +53,7 @@ def main() -> None:
         probs = estimator.predict_proba(pixels).astype(np.float32)
         return {"probabilities": probs, "label": probs.argmax(axis=1).astype(np.int64)[:, None]}
 
-    config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1", grpc_port=_free_port(),
+    config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1", grpc_port=free_port(),
                           allow_metrics=False, log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(
