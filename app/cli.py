@@ -133,6 +133,8 @@ def _deploy(a: argparse.Namespace) -> None:
           + (f"; shadow {a.shadow:g} %" if a.shadow is not None else ""))
     for kind in ("inputs", "outputs"):
         print(f"  {kind}: " + ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in meta.get(kind, [])))
+    if doc.get("warning"):
+        print(f"  warning: {doc['warning']}")
 
 
 def _progress(name: str) -> client.Progress:
@@ -174,7 +176,8 @@ def _models(a: argparse.Namespace) -> None:
                   + (f"  modes {','.join(info['modes'])}" if info.get("modes") else "")
                   + (f"  source {_source(info['source'])}" if info.get("source") else "")
                   + (f"  error: {info['error']}" if info.get("error") else "")
-                  + (f"  waiting: {info['waiting']}" if info.get("waiting") else ""))
+                  + (f"  waiting: {info['waiting']}" if info.get("waiting") else "")
+                  + (f"  warning: {info['warning']}" if info.get("warning") else ""))
 
 
 def model_heading(name: str, m: dict[str, Any]) -> str:

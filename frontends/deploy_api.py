@@ -13,8 +13,10 @@ load and loads it in every worker. Without a routing option a new model takes al
 version of a served one takes none; `weight` gives it W % (the other versions share the rest in their
 proportions), `shadow` mirrors PCT % of the model's requests to it, `canary` starts a canary at PCT %
 followed by the canary steps above it (the other fields as `POST /admin/models/{name}/canary`).
-The answer: the version's metadata (format, signature, outputs, sha256, memory), the import and load
-seconds, and the routes. The deployer writes the deploy's one audit line (pipeline/deploy.py).
+The answer: the version's metadata (format, signature, outputs, sha256, memory, the batch settings its
+model.yaml suggests), the import and load seconds, the routes, and a `warning` when its load found one call
+costs more than its latency budget (runners/registry.py `over_budget`). The deployer writes the deploy's
+one audit line (pipeline/deploy.py).
 
 No request deadline applies: a probe load may take up to RTSERVE_IMPORT_PROBE_TIMEOUT_S.
 """
@@ -42,7 +44,7 @@ from models.names import check_name
 from routing.admin import CanaryRequest, RoutingAdmin
 
 SHOWN_METADATA = ("format", "framework", "task", "inputs", "outputs", "class_names", "sha256", "memory_mb", "source",
-                  "trusted_by_deploy", "batching", "modes")
+                  "trusted_by_deploy", "batching", "batch_settings", "modes")
 """What the answer shows of the version's metadata."""
 
 
@@ -118,7 +120,14 @@ async def _deploy(admin: RoutingAdmin, served: FrontendParts, request: HttpReque
         "import_seconds": round(timings["import_s"], 3),
         "load_seconds": round(timings["load_s"], 3),
         "routes": routes.model_dump(mode="json"),
+        **({"warning": warning} if (warning := _warning(served, name, version)) else {}),
     }
+
+
+def _warning(served: FrontendParts, name: str, version: str) -> str | None:
+    """What the load in this worker found an operator should know (every worker loads the same files and settings)."""
+    entry = served.catalog.registry.versions(name).get(version)
+    return entry.warning if entry is not None else None
 
 
 def _options(raw: bytes | None) -> DeployOptions:

@@ -18,7 +18,7 @@ In order, before anything is written to the store:
    signature, one sample call, outputs checked, memory measured;
 6. the files are copied into the store as NAME:VERSION with the metadata every runner reads:
    format, framework, task, signature, the model's own outputs, source, sha256, trusted types,
-   memory, batching, modes.
+   memory, batching (and the batch settings the model.yaml suggests), modes.
 """
 
 from __future__ import annotations

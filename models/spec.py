@@ -37,7 +37,8 @@ def resolve(described: Described, declared: Declared, what: str) -> dict[str, An
     if not inputs:
         raise SignatureRequired(f"{what} carries no input signature (names, datatypes, shapes): {HOW_TO_DECLARE}")
     model_outputs = tuple(d.spec() for d in declared.outputs) if declared.outputs else described.outputs
-    batching = declared.batching if declared.batching is not None else described.batching
+    batching = declared.batches()
+    batching = batching if batching is not None else described.batching
     if any(spec.shape[0] != -1 for spec in inputs):
         batching = False
     meta: dict[str, Any] = {
@@ -56,6 +57,8 @@ def resolve(described: Described, declared: Declared, what: str) -> dict[str, An
         meta["feature_names"] = described.feature_names
     if declared.device:
         meta["device"] = declared.device
+    if suggested := declared.batch_settings():
+        meta["batch_settings"] = suggested
     if described.notes:
         meta["notes"] = described.notes
     if declared.tokenizer:

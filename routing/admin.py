@@ -142,7 +142,7 @@ class RoutingAdmin:
             r = routes.get(name)
             versions = {
                 v: {"state": e.state.value, "load_seconds": e.load_seconds, "error": e.error, "active": e.active,
-                    "modes": list(e.modes), "waiting": e.waiting}
+                    "modes": list(e.modes), "waiting": e.waiting, "warning": e.warning}
                 for v, e in self.registry.versions(name).items()
             }
             for v in (r.loaded if r else []):

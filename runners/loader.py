@@ -45,9 +45,9 @@ def check_memory(tag: str, needed_mb: float | None) -> None:
 
 
 def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None = None,
-                threads_of: Callable[[str], int | None] | None = None) -> Runner:
+                threads_of: Callable[[bentoml.Model], int | None] | None = None) -> Runner:
     """Load `tag` from the BentoML store; `cache` shares member runners between ensembles and direct serving.
-    `threads_of` says a model's own `intra_op_threads` by its name (None, or no `threads_of`: the worker's), for an
+    `threads_of` says a stored model's own `intra_op_threads` (None, or no `threads_of`: the worker's), for an
     ensemble's members too, so a member runs with the same threads whichever loads it first."""
     cache = {} if cache is None else cache
     if tag in cache:
@@ -56,7 +56,7 @@ def load_runner(tag: str, device: str = "auto", cache: dict[str, Runner] | None 
     check_memory(str(model.tag), model.info.metadata.get("memory_mb"))
     fmt = format_of(model.info.metadata)
     resolved = resolve_device(model.info.metadata.get("device", device))
-    threads = threads_of(model.tag.name) if threads_of is not None else None
+    threads = threads_of(model) if threads_of is not None else None
     if fmt in EnsembleRunner.formats:
         runner: Runner = EnsembleRunner(model, resolved, lambda t: load_runner(t, device, cache, threads_of), threads)
     elif fmt in RUNNERS:

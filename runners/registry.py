@@ -20,6 +20,8 @@ from runners.memory import trim_heap
 from runners.settings import ServingConfig
 
 if TYPE_CHECKING:
+    import bentoml
+
     from models.remote import ObjectRepository
     from observability.metrics import Metrics
 
@@ -50,10 +52,26 @@ class LoadedVersion:
     """Inference modes the version declares in its metadata (real_time, batch, streaming)."""
     waiting: str | None = None
     """What a loading version waits for before it can load (its pull from the model repository), for operators."""
+    warning: str | None = None
+    """What an operator should know about a loaded version: one call costs more than its latency budget."""
 
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+def over_budget(name: str, timings: list[tuple[int, float]], max_latency_ms: float) -> str | None:
+    """Why every request of a version would be refused (503), or None: warm-up's cheapest call (one row, or the
+    model's fixed batch, at the shortest length) already took longer than the whole budget from enqueue to
+    result. The budget stays the operator's: this only says what to raise."""
+    if not timings:
+        return None
+    cheapest_ms = min(seconds for _, seconds in timings) * 1000
+    if cheapest_ms <= max_latency_ms:
+        return None
+    return (f"one call of its smallest warm-up batch took {cheapest_ms:.1f} ms, over its max_latency_ms of "
+            f"{max_latency_ms:g} ms: every request will be refused (503) until that budget is raised, in its "
+            f"model.yaml (batching: {{max_latency_ms: ...}}) or in serving.yaml (models.{name}.batching.max_latency_ms)")
 
 
 class ModelRegistry:
@@ -81,16 +99,17 @@ class ModelRegistry:
         if configured is not None and version in configured.versions:  # back after an unload (routes reset)
             self.expected.setdefault(name, set()).add(version)
         self.set_state(entry, VersionState.LOADING)
-        settings = self.config.batch_settings(name)
         start = time.perf_counter()
         try:
             self._pull(entry)
-            runner = load_runner(entry.tag, settings.device, self._runners, self._threads_of)
+            runner = load_runner(entry.tag, self.config.batch_settings(name).device, self._runners, self._threads_of)
+            settings = self.config.batch_settings(name, runner.metadata.get("batch_settings"))
             if not runner.batching:  # a fixed batch size: every request runs on its own
                 settings = settings.model_copy(update={"max_batch_size": max(runner.input_spec.shape[0], 1)})
             timings = runner.warmup((1, settings.max_batch_size), tuple(settings.warmup_lengths))
             batcher = AdaptiveBatcher(runner, settings, self._batch_metrics(entry, settings.max_queue_rows), self.tracer)
             batcher.learn(timings)
+            warning = over_budget(name, timings, settings.max_latency_ms)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the process down
             entry.error = f"{type(exc).__name__}: {exc}"
             self.set_state(entry, VersionState.FAILED)
@@ -98,18 +117,21 @@ class ModelRegistry:
                 self.metrics.load_failures.labels(name, version).inc()
             event(log, "load_failed", level=logging.ERROR, model=name, version=version, error=entry.error)
             return entry
-        entry.runner, entry.batcher, entry.modes = runner, batcher, modes_of(runner.metadata)
+        entry.runner, entry.batcher, entry.modes, entry.warning = runner, batcher, modes_of(runner.metadata), warning
         entry.generation = int(runner.model.info.creation_time.timestamp() * 1e6)
         entry.load_seconds = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.load_seconds.labels(name, version).set(entry.load_seconds)
         self.set_state(entry, VersionState.READY)
         event(log, "load", model=name, version=version, device=runner.device, seconds=round(entry.load_seconds, 3))
+        if warning is not None:
+            event(log, "load_over_budget", level=logging.WARNING, model=name, version=version, warning=warning)
         return entry
 
-    def _threads_of(self, name: str) -> int | None:
-        """A model's own `intra_op_threads` (serving.yaml, per model), or None for the worker's."""
-        return self.config.batch_settings(name).intra_op_threads
+    def _threads_of(self, model: bentoml.Model) -> int | None:
+        """A stored model's own `intra_op_threads` (its model.yaml's, or serving.yaml's per model), or None for the
+        worker's."""
+        return self.config.batch_settings(model.tag.name, model.info.metadata.get("batch_settings")).intra_op_threads
 
     def _pull(self, entry: LoadedVersion) -> None:
         """Bring a version this replica's store lacks from the model repository; the version stays LOADING (no

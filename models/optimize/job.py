@@ -127,6 +127,8 @@ def _write_config(out: Path, converted: Converted, meta: dict[str, Any], target:
         "softmax": bool(meta.get("softmax")),
         "batching": bool(meta.get("batching", True)),
     }
+    if config["batching"] and meta.get("batch_settings"):  # the settings its model.yaml suggested, kept
+        config["batching"] = meta["batch_settings"]
     if converted.format in TORCH or converted.format == "torch_aoti":  # TorchScript and packages carry no output names
         config["outputs"] = meta["model_outputs"]
     for key in ("class_names", "modes"):

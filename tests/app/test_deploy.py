@@ -102,6 +102,26 @@ def test_refusals_are_4xx_and_leave_nothing_loaded(deploys, cli, tmp_path):
     assert deploys.infer("digits-sklearn", np.zeros((1, 64), np.float32))["label"].shape == (1,)  # others still answer
 
 
+def test_a_models_own_batching_a_budget_one_call_cannot_meet_and_a_bad_value(deploys, cli, tmp_path):
+    """The model.yaml's batching settings are in the answer; a budget under one call's cost loads with a warning
+    that the answer, `rtserve models` and the CLI show; a bad value is a 422 naming the field, and loads nothing."""
+    made = makers.iris_skops(tmp_path)
+    config = tmp_path / "model.yaml"
+    config.write_text("batching: {max_latency_ms: 0.001, max_batch_size: 8}\n")
+    doc = client.deploy_model("dp-budget", made.path, config=config)
+    assert doc["metadata"]["batch_settings"] == {"max_latency_ms": 0.001, "max_batch_size": 8}
+    assert "over its max_latency_ms of 0.001 ms" in doc["warning"] and "refused (503)" in doc["warning"]
+    versions = httpx.get(f"{deploys.server.url}/admin/models", headers=deploys.headers).json()["dp-budget"]["versions"]
+    assert versions["v1"]["warning"] == doc["warning"]
+    assert f"warning: {doc['warning']}" in cli("models")[1]
+    code, out, err = cli("deploy", "dp-budget", made.path, "--config", config)
+    assert code == 0 and "warning: one call of its smallest warm-up batch took" in out, err
+    config.write_text("batching: {max_latency_ms: -5}\n")
+    code, _, err = cli("deploy", "dp-budget-bad", made.path, "--config", config)
+    assert code == 2 and "rtserve: 422 " in err and "batching.settings.max_latency_ms" in err, err
+    assert deploys.served_versions("dp-budget-bad") == []
+
+
 def readme_commands() -> list[str]:
     """The commands of the README's "Serve your own model" section, as written."""
     section = README.read_text().split("## Serve your own model", 1)[1].split("\n## ", 1)[0]

@@ -49,8 +49,10 @@ def test_onnx_from_a_torchscript_mlp_served_with_no_traffic(deploys, cli, tmp_pa
 
 
 def test_onnx_from_sklearn_and_a_booster_on_the_users_sample(deploys, cli, tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text("batching: {max_batch_size: 16}\n")  # kept by the optimized version
     for name, made in (("opt-skl", makers.iris_skops(tmp_path)), ("opt-xgb", makers.cancer_xgboost(tmp_path))):
-        client.deploy_model(name, made.path)
+        client.deploy_model(name, made.path, config=config)
         sample = tmp_path / f"{name}.npy"
         np.save(sample, made.x)
         doc = client.optimize_model(name, "v1", "onnx", new_version="v2", sample=sample)
@@ -58,6 +60,7 @@ def test_onnx_from_sklearn_and_a_booster_on_the_users_sample(deploys, cli, tmp_p
         assert doc["version"] == "v2" and report["sample"] == {"rows": len(made.x), "from": "the request's sample"}
         assert report["agreement"] == 1.0 and report["format"] == "onnx", report
         assert_same(deploys.infer(name, made.x, "v2"), made.expected)
+        assert bentoml.models.get(f"{name}:v2").info.metadata["batch_settings"] == {"max_batch_size": 16}
         weights = routes(deploys, name)["weights"]
         assert weights["v1"] == 100.0 and weights.get("v2", 0.0) == 0.0
 
