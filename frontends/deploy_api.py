@@ -126,7 +126,8 @@ async def _deploy(admin: RoutingAdmin, served: FrontendParts, request: HttpReque
 
 def _warning(served: FrontendParts, name: str, version: str) -> str | None:
     """What the load in this worker found an operator should know (every worker loads the same files and settings)."""
-    entry = served.catalog.registry.versions(name).get(version)
+    registry = served.catalog.registry
+    entry = registry.versions(name).get(version) if name in registry.names() else None
     return entry.warning if entry is not None else None
 
 

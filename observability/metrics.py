@@ -187,6 +187,8 @@ class Metrics:
         self.pull_seconds = Gauge("rtserve_model_pull_seconds", "Time to pull the version into this replica's store",
                                   mv, multiprocess_mode="livemax")
         self.state = Gauge("rtserve_model_version_state", "1 for the version's current state", [*mv, "state"], multiprocess_mode="livemax")
+        self.worker_up = Gauge("rtserve_worker_up", "1 while a serving worker lives", multiprocess_mode="livemax")
+        self.worker_up.set(1)  # counted by the model repository (pipeline/repository.py) before it holds any model
         self.cache = Counter("rtserve_cache_requests", "Prediction cache lookups", ["tier", "outcome"])
         self.rate_limited = Counter("rtserve_rate_limited", "Requests refused by rate limits", ["tier"])
         self.auth_failures = Counter("rtserve_auth_failures", "Rejected credentials", ["reason"])

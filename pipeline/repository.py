@@ -43,6 +43,8 @@ from routing.admin import RoutingAdmin
 from runners.registry import ModelRegistry, VersionState
 
 STATE_METRIC = "rtserve_model_version_state"
+WORKER_METRIC = "rtserve_worker_up"
+"""Set by every worker when it starts: a worker that holds no model yet still counts in "every worker"."""
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
 
 
@@ -132,7 +134,8 @@ class WorkerStates:
     def read(self) -> list[dict[tuple[str, str], str]]:
         """Per live worker, (model, version) -> state (loading, ready, draining, failed) of what it holds.
 
-        A process counts as a worker once it has recorded a state; dead workers' files are left out."""
+        A process counts as a worker once it has started (its metrics say so), whether or not it holds a model;
+        dead workers' files are left out."""
         if self.directory is None:
             return [{(n, v): e.state.value for n in self.registry.names() for v, e in self.registry.versions(n).items()}]
         from prometheus_client.mmap_dict import MmapedDict
@@ -150,6 +153,8 @@ class WorkerStates:
                 continue
             for key, value, _, _ in values:
                 metric, _, labels, _ = json.loads(key)
+                if metric == WORKER_METRIC:
+                    recorded = True
                 if metric == STATE_METRIC:
                     recorded = True
                     if value == 1:

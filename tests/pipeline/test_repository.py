@@ -40,6 +40,7 @@ class OtherWorker:
         from prometheus_client import CollectorRegistry
         from observability.metrics import Metrics
         metrics = Metrics(CollectorRegistry())
+        print("started", flush=True)
         for line in sys.stdin:
             model, version, state = line.split()
             for s in ("loading", "ready", "draining", "failed"):
@@ -51,6 +52,7 @@ class OtherWorker:
         env = {"PROMETHEUS_MULTIPROC_DIR": directory, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=ROOT)
+        assert self.proc.stdout.readline().strip() == "started"
 
     def set(self, model: str, version: str, state: str) -> None:
         self.proc.stdin.write(f"{model} {version} {state}\n")
@@ -164,6 +166,22 @@ async def test_a_load_waits_for_every_live_worker(served):
     # The other worker is gone: its file stays, but a dead process is no worker.
     assert (await served.client.post(f"{MODEL}/load?version=v2", headers=admin)).status_code == 200
     assert (await index(served))["digits-sklearn:v2"] == ("READY", "")
+
+
+@ADMIN_ONLY
+async def test_a_worker_counts_from_its_start_not_from_its_first_model(served):
+    """A server with no configured model: a deploy right after the start must wait for the worker that holds
+    nothing yet, or it answers before that worker serves the new model."""
+    admin = served.headers("admin")
+    assert (await served.client.post(f"{MODEL}/unload?version=v2", headers=admin)).status_code == 200
+    other = OtherWorker(served.runtime.metrics.directory)  # started; holds no model
+    try:
+        r = await served.client.post(f"{MODEL}/load?version=v2", headers=admin)
+        assert r.status_code == 504 and r.json()["code"] == "repository_timeout", r.text
+        assert (await index(served))["digits-sklearn:v2"] == ("LOADING", "ready in 1 of 2 workers")
+    finally:
+        other.stop()
+    assert (await served.client.post(f"{MODEL}/load?version=v2", headers=admin)).status_code == 200
 
 
 @ADMIN_ONLY
