@@ -5,8 +5,8 @@
     python -m loadtest.heavy.fullpath --table loadtest/results/heavy-fullpath-<date>.json
 
 Per heavy model (the budget and batch size are the model's in loadtest/heavy/serving.yaml):
-1. The runner's limit: its own batch curve (loadtest/heavy/bench.py, a fresh process, one intra-op thread, no
-   HTTP) at batch sizes up to max_batch_size; the limit is the best rows/s among batch sizes whose call (p50)
+1. The runner's limit: its own batch curve (loadtest/heavy/bench.py, a fresh process, the model's intra-op
+   threads from serving.yaml, no HTTP) at batch sizes up to max_batch_size; the limit is the best rows/s among batch sizes whose call (p50)
    fits max_latency_ms, and that call's latency.
 2. Our full path: `bentoml serve` with one worker, auth (a minted token), rate limits (Redis, limits far above
    the load), the prediction cache on with every input distinct (all misses), metrics; OIP REST JSON. Closed loop
@@ -15,7 +15,7 @@ Per heavy model (the budget and batch size are the model's in loadtest/heavy/ser
    Poisson arrivals at half the limit: p99 against the runner's latency at its limit's batch (goal: at most 2x).
 3. Peers on the same files, same steps: NVIDIA Triton through PyTriton, its dynamic batcher feeding ONNX Runtime
    inside its Python callable (Triton's own ONNX Runtime backend is not in PyTriton's wheel), and stock BentoML
-   `batchable=True`; one instance and one intra-op thread each. The trees get stock BentoML only (XGBoost in
+   `batchable=True`; one instance and the same intra-op threads each. The trees get stock BentoML only (XGBoost in
    Triton's Python callable is no different from its ONNX models' case). Each peer's answers are checked equal to
    ours on the same inputs before it is measured.
 
@@ -211,20 +211,20 @@ def ours(work: Path, name: str, version: str) -> Target:
                   {"Authorization": f"Bearer {token_for(work)}", "Content-Type": "application/json"})
 
 
-def triton(name: str, tag: str, max_batch: int) -> Target:
+def triton(name: str, tag: str, max_batch: int, threads: int) -> Target:
     import bentoml
 
     model = bentoml.models.get(tag)
     argv = [str(triton_peer.ensure_venv()), str(ROOT / "loadtest" / "peers" / "triton_onnx.py"), "--folder", model.path,
             "--name", name, "--port", "{port}", "--max-batch", str(max_batch),
-            "--max-length", str((model.info.metadata.get("tokenizer") or {}).get("max_length", 128))]
-    server = Server("triton", argv, f"/v2/models/{name}/ready", {"OMP_NUM_THREADS": "1"})
+            "--max-length", str((model.info.metadata.get("tokenizer") or {}).get("max_length", 128)), "--threads", str(threads)]
+    server = Server("triton", argv, f"/v2/models/{name}/ready", {"OMP_NUM_THREADS": str(threads)})
     return Target(server, "triton", f"/v2/models/{name}/infer", {"Content-Type": "application/json"})
 
 
-def stock(tag: str, max_batch: int, budget_ms: float) -> Target:
+def stock(tag: str, max_batch: int, budget_ms: float, threads: int) -> Target:
     env = {"HEAVY_PEER_MODEL": tag, "HEAVY_PEER_MAX_BATCH": str(max_batch), "HEAVY_PEER_MAX_LATENCY_MS": str(budget_ms),
-           "OMP_NUM_THREADS": "1"}
+           "HEAVY_PEER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     server = bentoml_server("stock", "loadtest.peers.stock_heavy:StockHeavy", env)
     return Target(server, "stock", "/predict", {"Content-Type": "application/json"})
 
@@ -351,24 +351,26 @@ def measure_model(name: str, size: Size, args: argparse.Namespace, work_dir: Pat
     from app.config import load_serving
 
     tag = f"{name}:{size.version}"
-    settings = load_serving(HEAVY_CONFIG).batch_settings(name)
+    config = load_serving(HEAVY_CONFIG)
+    settings = config.batch_settings(name)
     budget, max_batch = settings.max_latency_ms, settings.max_batch_size
+    threads = settings.intra_op_threads or config.intra_op_threads  # the model's own, else the worker's
     work = workload(name, tag, size, args.text_tokens, args.tree_rows)
     length = args.text_tokens if "bert" in name else None
     batches = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch} | {max_batch})
     log(f"{tag}: the runner's batch curve ({work.label}), batches {batches}")
-    curve = worker_result(spawn_worker("curve", tag=tag, threads=1, batches=batches, length=length, seconds=args.seconds))
+    curve = worker_result(spawn_worker("curve", tag=tag, threads=threads, batches=batches, length=length, seconds=args.seconds))
     limit = runner_limit(curve["points"], budget)
     open_rate = OPEN_SHARE * limit["rows_per_s"] / work.rows if limit else None
-    result: dict[str, Any] = {"input": work.label, "rows_per_request": work.rows, "budget_ms": budget,
+    result: dict[str, Any] = {"input": work.label, "rows_per_request": work.rows, "budget_ms": budget, "threads": threads,
                               "max_batch_size": max_batch, "curve": curve["points"], "limit": limit,
                               "open_rate": open_rate, "servers": {}}
     full_batch = max(1, max_batch // work.rows)  # requests that fill one batch
     ids, check_ids = itertools.count(), list(range(10**9, 10**9 + 2 * full_batch + 1))
     expected: list[np.ndarray] = []
     servers = {"ours": lambda: ours(work_dir, name, size.version),
-               "triton": lambda: triton(name, tag, max_batch),
-               "stock": lambda: stock(tag, max_batch, budget)}
+               "triton": lambda: triton(name, tag, max_batch, threads),
+               "stock": lambda: stock(tag, max_batch, budget, threads)}
     for label in args.servers:
         if label == "triton" and "onnx" not in name:
             result["servers"][label] = {"skipped": "Triton runs the ONNX models only"}
@@ -410,14 +412,14 @@ def _x(v: float | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"Heavy models through the full path, {results['date']}, {results['machine']}: `{results['command']}`", "",
-             ("The runner's limit: its own batch curve (one intra-op thread, no HTTP), the best rows/s whose call (p50) "
-             "fits the model's budget"), "",
-             "| model | input | budget | batch curve: rows/s (p50 of a call) | limit |", "|---|---|---|---|---|"]
+             ("The runner's limit: its own batch curve (the model's intra-op threads, no HTTP), the best rows/s whose "
+             "call (p50) fits the model's budget"), "",
+             "| model | input | threads | budget | batch curve: rows/s (p50 of a call) | limit |", "|---|---|---|---|---|---|"]
     for tag, m in results["models"].items():
         curve = ", ".join(f"{p['batch']}: {p['rows_per_s']:,.1f} ({_ms(p['p50_ms'])} ms)" for p in m["curve"])
         lim = m["limit"]
         limit = f"{lim['rows_per_s']:,.1f} rows/s at batch {lim['batch']}, {_ms(lim['p50_ms'])} ms" if lim else "none fits"
-        lines.append(f"| `{tag}` | {m['input']} | {m['budget_ms']:,.0f} ms | {curve} | {limit} |")
+        lines.append(f"| `{tag}` | {m['input']} | {m.get('threads', 1)} | {m['budget_ms']:,.0f} ms | {curve} | {limit} |")
     lines += ["", ("Closed loop (one request = `rows` rows; errors are non-200 answers; client CPU is the load "
                   "generator's share of one core)"), "",
               "| model | server | in flight | rows/s | p50 ms | p99 ms | requests | errors | client CPU | server CPU | stolen |",

@@ -1,7 +1,7 @@
 """Peer (b) for the heavy models: stock BentoML `batchable=True` serving the same store version as ours.
 
 The version is named by HEAVY_PEER_MODEL (e.g. heavy-resnet-onnx:v1) and batched with HEAVY_PEER_MAX_BATCH and
-HEAVY_PEER_MAX_LATENCY_MS (the model's settings in loadtest/heavy/serving.yaml), one intra-op thread. It computes
+HEAVY_PEER_MAX_LATENCY_MS (the model's settings in loadtest/heavy/serving.yaml), HEAVY_PEER_THREADS intra-op threads. It computes
 what ours answers, in the framework's own calls: an ONNX image classifier's softmax, a text encoder's embedding
 (tokenized by the version's own tokenizer, padded to the batch's longest text), an XGBoost booster's class
 probabilities.
@@ -20,6 +20,7 @@ import numpy as np
 TAG = os.environ.get("HEAVY_PEER_MODEL", "heavy-resnet-onnx:v1")
 MAX_BATCH = int(os.environ.get("HEAVY_PEER_MAX_BATCH", "64"))
 MAX_LATENCY_MS = int(float(os.environ.get("HEAVY_PEER_MAX_LATENCY_MS", "60000")))
+THREADS = int(os.environ.get("HEAVY_PEER_THREADS", "1"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -38,13 +39,13 @@ class StockHeavy:
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
             self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         else:
             import xgboost as xgb
 
             self.booster = xgb.Booster(model_file=str(folder / "model.json"))
-            self.booster.set_param({"nthread": 1})
+            self.booster.set_param({"nthread": THREADS})
         declared = self.model_ref.info.metadata.get("tokenizer")
         if declared:
             from tokenizers import Tokenizer

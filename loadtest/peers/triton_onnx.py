@@ -1,5 +1,5 @@
 """Peer: NVIDIA Triton (through PyTriton) serving a heavy model's ONNX file in ONNX Runtime inside its Python
-callable, over OIP REST, with its dynamic batcher; one model instance, one intra-op thread.
+callable, over OIP REST, with its dynamic batcher; one model instance, `--threads` intra-op threads.
 
 Triton's own ONNX Runtime backend is not in PyTriton's wheel (it ships the Python backend only), so ONNX Runtime
 runs in the callable. Runs in `.venv-triton` (loadtest/peers/triton_peer.py) and imports nothing from this project;
@@ -35,10 +35,10 @@ def _dims(shape: list) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else -1 for d in shape[1:])
 
 
-def model(folder: Path, max_length: int) -> tuple[Callable, list[Tensor], list[Tensor]]:
+def model(folder: Path, max_length: int, threads: int) -> tuple[Callable, list[Tensor], list[Tensor]]:
     """The batched callable and its inputs and outputs, as Triton declares them."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
     out = session.get_outputs()[0]
     if (folder / "tokenizer.json").exists():
@@ -74,10 +74,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="HTTP (OIP REST) port")
     parser.add_argument("--max-batch", type=int, required=True, help="dynamic batcher's largest batch")
     parser.add_argument("--max-length", type=int, default=128, help="tokens a text is truncated to")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime's intra-op threads")
     parser.add_argument("--queue-delay-us", type=int, default=300, help="dynamic batcher's longest wait for a fuller batch")
     args = parser.parse_args()
     link_own_libpython()
-    infer, inputs, outputs = model(args.folder, args.max_length)
+    infer, inputs, outputs = model(args.folder, args.max_length, args.threads)
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1", grpc_port=free_port(),
                           allow_metrics=False, log_verbose=0)
     with Triton(config=config) as triton:

@@ -93,7 +93,8 @@ def test_a_declared_tokenizer_must_come_with_the_model(heavy_store, tmp_path):
 def test_every_heavy_model_has_its_batching_set_for_its_cost():
     """The default 50 ms budget is shorter than one call of the networks: each has a budget of its own."""
     config = load_serving(HEAVY_CONFIG)
-    assert set(config.models) == set(BUILDERS) and config.intra_op_threads == 1
+    assert set(config.models) == set(BUILDERS) and config.intra_op_threads == 2  # the networks: threads
+    assert config.batch_settings("heavy-trees-xgb").intra_op_threads == 1  # the trees: workers
     for name in BUILDERS:
         assert config.models[name].batching.max_latency_ms is not None
     for name in ("heavy-resnet-onnx", "heavy-resnet-torch", "heavy-bert-onnx"):
