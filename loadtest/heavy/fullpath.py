@@ -33,11 +33,12 @@ import itertools
 import json
 import random
 import statistics
+import struct
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,18 +103,31 @@ def ratios(limit: dict[str, Any] | None, closed: list[dict[str, Any]], open_poin
 
 @dataclass
 class Template:
-    """A JSON body split around its one varying value, so each request's input is distinct for the price of a join."""
+    """A body split around its one varying value, so each request's input is distinct for the price of a join:
+    JSON text, or the OIP binary extension (a JSON header, then the tensor's bytes; the value its first float)."""
 
     head: bytes
     tail: bytes
+    encode: Callable[[str], bytes] = str.encode
+    headers: dict[str, str] = field(default_factory=dict)
+    """What this body needs beside the target's headers (the binary extension's header length)."""
 
     @classmethod
     def of(cls, doc: Any, marker: str) -> Template:
         head, tail = json.dumps(doc).split(marker)
         return cls(head.encode(), tail.encode())
 
+    @classmethod
+    def binary(cls, input_name: str, x: np.ndarray) -> Template:
+        """`x` (FP32) as raw bytes after its JSON header; the first of them vary."""
+        data = x.astype(np.float32).tobytes()
+        header = json.dumps({"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": len(data)}}]}).encode()
+        return cls(header, data[4:], lambda v: struct.pack("<f", float(v)),
+                   {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+
     def __call__(self, value: str) -> bytes:
-        return self.head + value.encode() + self.tail
+        return self.head + self.encode(value) + self.tail
 
 
 @dataclass
@@ -130,17 +144,22 @@ class Workload:
     def body(self, kind: str, i: int) -> bytes:
         return self.templates[kind](self.value(i))
 
+    def headers(self, target: Target) -> dict[str, str]:
+        """The target's headers with what this workload's body for it needs."""
+        return {**target.headers, **self.templates[target.kind].headers}
 
-def tensor_workload(input_name: str, x: np.ndarray, label: str) -> Workload:
-    """Rows of floats (images, features) written with 3 decimals, as a compact client would; request i differs
-    from the others in its first value, i/1024 (exact in FP32)."""
+
+def tensor_workload(input_name: str, x: np.ndarray, label: str, binary: bool = False) -> Workload:
+    """Rows of floats (images, features) written with 3 decimals, as a compact client would, or (`binary`) as the
+    OIP binary extension to ours and Triton (stock BentoML takes JSON only); request i differs from the others in
+    its first value, i/1024 (exact in FP32)."""
     x = x.round(3)
     x.flat[0] = SENTINEL
     marker = json.dumps(float(SENTINEL))
     oip = {"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-    templates = {"oip": Template.of(oip, marker), "triton": Template.of(oip, marker),
-                 "stock": Template.of({"input": x.tolist()}, marker)}
-    return Workload(len(x), label, "probabilities", templates, lambda i: repr(i / 1024))
+    both = Template.binary(input_name, x) if binary else Template.of(oip, marker)
+    templates = {"oip": both, "triton": both, "stock": Template.of({"input": x.tolist()}, marker)}
+    return Workload(len(x), label + (", binary" if binary else ""), "probabilities", templates, lambda i: repr(i / 1024))
 
 
 def text_workload(tokenize: Tokenize, tokens: int) -> Workload:
@@ -162,7 +181,7 @@ def text_workload(tokenize: Tokenize, tokens: int) -> Workload:
     return Workload(1, f"{got} tokens", "embedding", templates, value)
 
 
-def workload(name: str, tag: str, size: Size, text_tokens: int, tree_rows: int) -> Workload:
+def workload(name: str, tag: str, size: Size, text_tokens: int, tree_rows: int, binary: bool = False) -> Workload:
     rng = np.random.default_rng(0)
     if "bert" in name:
         import bentoml
@@ -172,8 +191,9 @@ def workload(name: str, tag: str, size: Size, text_tokens: int, tree_rows: int) 
         assert tokenize is not None, f"{tag} takes no text"
         return text_workload(tokenize, text_tokens)
     if "resnet" in name:
-        return tensor_workload("pixels", rng.normal(size=(1, *size.image)), input_label(name, size, None))
-    return tensor_workload("features", rng.normal(size=(tree_rows, FEATURES)), f"{tree_rows} rows of {FEATURES} features")
+        return tensor_workload("pixels", rng.normal(size=(1, *size.image)), input_label(name, size, None), binary)
+    return tensor_workload("features", rng.normal(size=(tree_rows, FEATURES)), f"{tree_rows} rows of {FEATURES} features",
+                           binary)
 
 
 # ---- the servers -------------------------------------------------------------------------------------------------
@@ -237,13 +257,14 @@ class Load:
 
     def __init__(self, target: Target, work: Workload, ids: Iterator[int], budget_s: float) -> None:
         self.target, self.work, self.ids, self.budget_s = target, work, ids, budget_s
+        self.headers = work.headers(target)
 
     async def _send(self, client: httpx.AsyncClient, since: float, out: list[tuple[float, int]]) -> None:
         """One request; its latency and status (0: no answer, or given up on) are recorded however it ends."""
         body = self.work.body(self.target.kind, next(self.ids))
         status = 0
         try:
-            status = (await client.post(self.target.path, content=body, headers=self.target.headers)).status_code
+            status = (await client.post(self.target.path, content=body, headers=self.headers)).status_code
         except httpx.HTTPError:
             pass
         finally:
@@ -302,7 +323,7 @@ async def _answers(target: Target, work: Workload, ids: list[int], in_flight: in
 
     async def ask(client: httpx.AsyncClient, i: int) -> httpx.Response:
         async with gate:
-            return await client.post(target.path, content=work.body(target.kind, i), headers=target.headers)
+            return await client.post(target.path, content=work.body(target.kind, i), headers=work.headers(target))
 
     async with httpx.AsyncClient(base_url=target.server.url, timeout=120.0) as client:
         replies = await asyncio.gather(*(ask(client, i) for i in ids))
@@ -355,7 +376,7 @@ def measure_model(name: str, size: Size, args: argparse.Namespace, work_dir: Pat
     settings = config.batch_settings(name)
     budget, max_batch = settings.max_latency_ms, settings.max_batch_size
     threads = settings.intra_op_threads or config.intra_op_threads  # the model's own, else the worker's
-    work = workload(name, tag, size, args.text_tokens, args.tree_rows)
+    work = workload(name, tag, size, args.text_tokens, args.tree_rows, args.binary)
     length = args.text_tokens if "bert" in name else None
     batches = sorted({b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch} | {max_batch})
     log(f"{tag}: the runner's batch curve ({work.label}), batches {batches}")
@@ -469,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per point (and per batch size of the curve)")
     parser.add_argument("--text-tokens", type=int, default=128, help="tokens of every text sent to the text model")
     parser.add_argument("--tree-rows", type=int, default=64, help="rows per request to the tree ensemble")
+    parser.add_argument("--binary", action="store_true",
+                        help="tensors to ours and Triton as the OIP binary extension (tritonclient's default), not JSON")
     parser.add_argument("--tiny", action="store_true", help="the stand-ins (make heavy-models HEAVY_ARGS=--tiny)")
     parser.add_argument("--table", metavar="JSON", type=Path, help="print the tables of an earlier run's results")
     args = parser.parse_args(argv)

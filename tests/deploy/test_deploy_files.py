@@ -49,6 +49,7 @@ NOT_ON_DASHBOARD = {
         "read by the statistics extension (/v2/models/{name}/stats) in Triton's format",
     ),
     "rtserve_requests_by_priority_total": "per request priority; read with the statistics extension",
+    "rtserve_worker_up": "a worker's mark of its start, read by the model repository to count the workers (1 while any lives)",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -45,6 +45,20 @@ def test_every_tree_request_is_distinct_and_the_same_in_each_dialect():
     assert work.body("triton", 2) == work.body("oip", 2)
 
 
+def test_a_binary_tree_request_carries_the_json_ones_tensor_and_says_its_header_length():
+    """The OIP binary extension: a JSON header of the length the header names, then the FP32 bytes."""
+    as_json = workload("heavy-trees-xgb", "heavy-trees-xgb:tiny", TINY, 128, tree_rows=8)
+    binary = workload("heavy-trees-xgb", "heavy-trees-xgb:tiny", TINY, 128, tree_rows=8, binary=True)
+    for i in range(3):
+        expected = json.loads(as_json.body("oip", i))["inputs"][0]
+        body = binary.body("oip", i)
+        size = int(binary.templates["oip"].headers["Inference-Header-Content-Length"])
+        (declared,) = json.loads(body[:size])["inputs"]
+        assert declared["shape"] == expected["shape"] and declared["parameters"]["binary_data_size"] == len(body) - size
+        np.testing.assert_array_equal(np.frombuffer(body[size:], dtype="<f4"), np.asarray(expected["data"], dtype=np.float32))
+    assert binary.body("stock", 1) == as_json.body("stock", 1)  # stock BentoML takes JSON only
+
+
 def test_every_text_has_the_asked_tokens_and_survives_json(tmp_path):
     tokenizer = train_tokenizer(TINY, tmp_path / "tokenizer.json")
     work = text_workload(Tokenize(tmp_path, TokenizerDecl(max_length=128)), 64)
