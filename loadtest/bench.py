@@ -121,7 +121,7 @@ def request_for(target: str, scenario: Scenario) -> Request | None:
 def run_wrk(server: Server, req: Request, connections: int, seconds: float, tmp: Path, rate: float = 0) -> dict:
     """One wrk run; `rate` > 0 holds that many requests/s in total (open loop) instead of as many as possible."""
     body = tmp / "body.json"
-    body.write_text(req.body)
+    body.write_bytes(req.body if isinstance(req.body, bytes) else req.body.encode())
     env = {**os.environ, **req.env, "RT_PATH": req.path, "RT_BODY": str(body), "RT_AUTH": token_for(tmp),
            "RT_RATE": str(rate), "RT_CONNS": str(connections)}
     threads = min(2, connections)

@@ -26,7 +26,8 @@ def _csv(rows: list[list[int]]) -> str:
 @dataclass(frozen=True)
 class Request:
     path: str
-    body: str
+    body: str | bytes
+    """JSON text, or an OIP binary-extension body (with RT_BINARY_HEADER_LEN in `env`)."""
     env: dict[str, str] = field(default_factory=dict)  # RT_MIN/RT_MAX/RT_LEN_* for the Lua script
 
 

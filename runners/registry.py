@@ -87,6 +87,10 @@ class ModelRegistry:
             name: {v: LoadedVersion(name, v) for v in cfg.versions} for name, cfg in config.models.items()
         }
         self._runners: dict[str, Runner] = {}
+        self.trimming: asyncio.Future[bool] | None = None
+        """The heap trim after the last unload (`runners.memory`), running off the event loop: an unload does not
+        wait for it, so its caller's clean-up (the version's cached answers) follows at once; await it to measure
+        the memory an unload gave back."""
         # Readiness covers the versions configured at start that are still meant to be loaded;
         # versions loaded later through the admin API never make the process unready.
         self.expected: dict[str, set[str]] = {name: set(cfg.versions) for name, cfg in config.models.items()}
@@ -183,8 +187,8 @@ class ModelRegistry:
                  time.perf_counter() - started, f"; failed: {', '.join(failed)}" if failed else "")
 
     async def unload(self, name: str, version: str, poll_s: float = 0.02) -> None:
-        """Stop routing to the version, let its in-flight requests finish, then free it and give its memory back to
-        the system (`runners.memory`), off the event loop."""
+        """Stop routing to the version, let its in-flight requests finish, then free it; its memory goes back to the
+        system in the background (`trimming`)."""
         entry = self.get(name, version)
         self.expected.get(name, set()).discard(version)
         if entry.state is VersionState.READY:
@@ -200,11 +204,11 @@ class ModelRegistry:
         if entry.runner is not None and not self._is_member(entry.runner):
             self._runners.pop(entry.tag, None)  # a later load reads the store again
         entry.runner = entry.batcher = None  # whoever still holds the entry holds no model
-        await asyncio.to_thread(trim_heap)
         if self.metrics is not None:
             for s in VersionState:
                 self.metrics.state.labels(name, version, s.value).set(0)
         event(log, "unload", model=name, version=version)
+        self.trimming = asyncio.get_running_loop().run_in_executor(None, trim_heap)
 
     def _is_member(self, runner: Runner) -> bool:
         """Whether a loaded ensemble still runs this runner as one of its members."""

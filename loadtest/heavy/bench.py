@@ -115,7 +115,11 @@ def worker_load(tag: str, threads: int) -> dict[str, Any]:
     if entry.error:
         raise RuntimeError(entry.error)
     loaded = _rss_mb()
-    asyncio.run(registry.unload(name, version))
+    async def unload() -> None:
+        await registry.unload(name, version)
+        await registry.trimming  # the heap given back, as the server's unload does in the background
+
+    asyncio.run(unload())
     del entry
     gc.collect()
     return {"load_s": seconds, "rss_before_mb": before, "rss_loaded_mb": loaded, "model_mb": loaded - before,

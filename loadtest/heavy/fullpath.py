@@ -32,6 +32,7 @@ import asyncio
 import itertools
 import json
 import random
+import resource
 import statistics
 import struct
 import sys
@@ -48,7 +49,7 @@ import numpy as np
 import yaml
 
 from loadtest import machine
-from loadtest.bench import Metered, targets, token_for
+from loadtest.bench import Metered, run_wrk, targets, token_for
 from loadtest.heavy.bench import (
     HEAVY_CONFIG,
     RESULTS,
@@ -60,6 +61,7 @@ from loadtest.heavy.bench import (
 )
 from loadtest.heavy.build import FEATURES, FULL, TINY, Size
 from loadtest.peers import triton_peer
+from loadtest.scenarios import Request
 from loadtest.servers import ROOT, Server, bentoml_server, use_project_store
 from models.tokenize import Tokenize
 
@@ -70,6 +72,8 @@ LIMIT_SHARE, OPEN_SHARE, OPEN_P99_BOUND = 0.90, 0.5, 2.0
 at most twice the runner's latency at its limit's batch size."""
 CLIENT_BOUND_PCT = 80
 """The load generator's CPU share above which a point may measure the client rather than the server."""
+OPEN_CONNECTIONS = 256
+"""wrk's connections in open loop, as the main benchmark's."""
 SENTINEL = 1234567.0
 """Stands in a body template for the value that makes each request's input distinct."""
 
@@ -255,8 +259,11 @@ def stock(tag: str, max_batch: int, budget_ms: float, threads: int) -> Target:
 class Load:
     """An asyncio httpx client sending one workload to one target; every request's input is new (`ids`)."""
 
-    def __init__(self, target: Target, work: Workload, ids: Iterator[int], budget_s: float) -> None:
-        self.target, self.work, self.ids, self.budget_s = target, work, ids, budget_s
+    def __init__(self, target: Target, work: Workload, ids: Iterator[int], budget_s: float,
+                 wrk_dir: Path | None = None) -> None:
+        """`wrk_dir`: send with wrk instead (its body and token files there), for binary bodies only: a load
+        generator in C, for a model whose requests outrun a Python client on the same cores."""
+        self.target, self.work, self.ids, self.budget_s, self.wrk_dir = target, work, ids, budget_s, wrk_dir
         self.headers = work.headers(target)
 
     async def _send(self, client: httpx.AsyncClient, since: float, out: list[tuple[float, int]]) -> None:
@@ -304,6 +311,8 @@ class Load:
     def run(self, seconds: float, in_flight: int = 0, rate: float = 0.0) -> dict[str, Any]:
         """Closed loop with `in_flight` requests, or open loop at `rate` requests/s; latency percentiles over all
         answers, throughput over the successful ones."""
+        if self.wrk_dir is not None:
+            return self._wrk(seconds, in_flight, rate)
         out: list[tuple[float, int]] = []
         with Metered(self.target.server) as server:
             cpu, wall = time.process_time(), time.perf_counter()
@@ -314,6 +323,29 @@ class Load:
         return {"in_flight": in_flight, "rate": rate, "requests": len(out), "errors": len(out) - ok,
                 "rps": ok / wall, "rows_per_s": ok * self.work.rows / wall, "p50_ms": statistics.median(ms),
                 "p99_ms": float(np.percentile(ms, 99)), "client_cpu_pct": 100 * cpu / wall,
+                "server_cpu_pct": 100 * server.cpu / server.seconds, "steal_pct": server.stolen}
+
+
+    def _wrk(self, seconds: float, in_flight: int, rate: float) -> dict[str, Any]:
+        """The same run by wrk (loadtest/wrk/scenario.lua, a fresh first value per request); its latency counts
+        from each send, not from a scheduled arrival."""
+        assert self.wrk_dir is not None
+        template = self.work.templates[self.target.kind]
+        header = template.headers.get("Inference-Header-Content-Length")
+        if header is None:
+            raise ValueError("--client wrk sends binary bodies only (--binary)")
+        request = Request(self.target.path, self.work.body(self.target.kind, next(self.ids)),
+                          {"RT_BINARY_HEADER_LEN": header})
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with Metered(self.target.server) as server:
+            raw = run_wrk(self.target.server, request, in_flight or OPEN_CONNECTIONS, seconds, self.wrk_dir, rate)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = raw["duration_us"] / 1e6
+        ok = raw["requests"] - raw["non2xx"] - raw["socket_errors"]
+        client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return {"in_flight": in_flight, "rate": rate, "requests": raw["requests"], "errors": raw["requests"] - ok,
+                "rps": ok / wall, "rows_per_s": ok * self.work.rows / wall, "p50_ms": raw["p50_us"] / 1000,
+                "p99_ms": raw["p99_us"] / 1000, "client_cpu_pct": 100 * client / wall,
                 "server_cpu_pct": 100 * server.cpu / server.seconds, "steal_pct": server.stolen}
 
 
@@ -345,10 +377,11 @@ def check(target: Target, work: Workload, expected: list[np.ndarray], ids: list[
 
 
 def measure_target(target: Target, work: Workload, ids: Iterator[int], steps: list[int], full_batch: int,
-                   seconds: float, budget_ms: float, open_rate: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+                   seconds: float, budget_ms: float, open_rate: float | None, log: Callable[[str], None],
+                   wrk_dir: Path | None = None) -> dict[str, Any]:
     """After a warm-up of full batches (a shape's first calls, the batcher's cost model), closed loop at each step
     up to the first past the budget, then open loop at `open_rate` (if any)."""
-    load, closed = Load(target, work, ids, budget_ms / 1000), []
+    load, closed = Load(target, work, ids, budget_ms / 1000, wrk_dir), []
     name = target.server.name
     load.run(min(seconds, 3.0), in_flight=full_batch)
     for in_flight in steps:
@@ -407,7 +440,9 @@ def measure_model(name: str, size: Size, args: argparse.Namespace, work_dir: Pat
             else:
                 verdict = check(target, work, expected, check_ids, full_batch) if expected else "not checked (ours did not run)"
             log(f"  {label}: {verdict}")
-            entry = measure_target(target, work, ids, args.in_flight, full_batch, args.seconds, budget, open_rate, log)
+            wrk_dir = work_dir if args.client == "wrk" and target.kind != "stock" else None  # stock takes JSON only
+            entry = measure_target(target, work, ids, args.in_flight, full_batch, args.seconds, budget, open_rate, log,
+                                   wrk_dir)
         except Exception as exc:
             if label == "ours":
                 raise
@@ -492,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree-rows", type=int, default=64, help="rows per request to the tree ensemble")
     parser.add_argument("--binary", action="store_true",
                         help="tensors to ours and Triton as the OIP binary extension (tritonclient's default), not JSON")
+    parser.add_argument("--client", choices=("httpx", "wrk"), default="httpx",
+                        help="the load generator: Python's httpx, or wrk (with --binary; stock BentoML keeps httpx)")
     parser.add_argument("--tiny", action="store_true", help="the stand-ins (make heavy-models HEAVY_ARGS=--tiny)")
     parser.add_argument("--table", metavar="JSON", type=Path, help="print the tables of an earlier run's results")
     args = parser.parse_args(argv)
