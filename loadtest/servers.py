@@ -35,20 +35,27 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_given: set[int] = set()
+"""Ports this process has handed out: servers started side by side each get their own."""
+
+
 def free_port() -> int:
     """A port nothing listens on now; shared by the benchmark and the tests.
 
     Chosen below the kernel's ephemeral range: a port from that range can be taken by any client
     connection (Redis, httpx) between this check and the server's bind, which made starts fail with
-    "Address already in use" under load."""
+    "Address already in use" under load. Never the same port twice in one process."""
     low = _ephemeral_low()
     for _ in range(1000):
         port = random.randrange(10_000, low)
+        if port in _given:  # handed out already: its server may not have bound it yet
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("", port))
             except OSError:
                 continue
+            _given.add(port)
             return port
     raise RuntimeError(f"no free port between 10000 and {low}")
 
