@@ -17,8 +17,9 @@ import jwt
 
 from gateway.auth import AuthSettings, load_hmac_secrets, read_secret_file
 
-DEV_SECRET_FILE = Path(".dev") / "jwt-secret"
-"""Relative to the project root, where `make serve` and `rtserve token` run."""
+DEV_SECRET_FILE = Path(__file__).resolve().parents[1] / ".dev" / "jwt-secret"
+"""The project's development key, where `make serve` writes it and its server reads it: the same file wherever
+`rtserve` runs (from a folder of models, a key relative to the current folder signed tokens the server refused)."""
 
 
 def mint(

@@ -12,13 +12,16 @@ import pytest
 
 from app.cli import main, model_heading, parser
 from gateway.auth import Authenticator, AuthSettings
+from tests.helpers import ROOT
 
 
-def test_token_command_falls_back_to_the_dev_secret(tmp_path, monkeypatch, capsys):
+def test_token_command_falls_back_to_the_projects_dev_secret_wherever_it_runs(tmp_path, monkeypatch, capsys):
+    """`make serve`'s key, in the project, also when the command runs in a folder of models."""
     monkeypatch.chdir(tmp_path)
     assert main(["token", "--scope", "predict admin", "--tenant", "acme", "--sub", "dev", "--ttl", "3600"]) == 0
     token = capsys.readouterr().out.strip()
-    authn = Authenticator(AuthSettings(enabled=True, hs256_secret_file=tmp_path / ".dev" / "jwt-secret"))
+    assert not (tmp_path / ".dev").exists()
+    authn = Authenticator(AuthSettings(enabled=True, hs256_secret_file=ROOT / ".dev" / "jwt-secret"))
     principal = authn.authenticate(f"Bearer {token}")
     assert (principal.subject, principal.tenant, principal.scopes) == ("dev", "acme", frozenset({"predict", "admin"}))
     assert abs(principal.expires_at - (time.time() + 3600)) < 60
