@@ -153,12 +153,9 @@ class WorkerStates:
                 continue
             for key, value, _, _ in values:
                 metric, _, labels, _ = json.loads(key)
-                if metric == WORKER_METRIC:
-                    recorded = True
-                if metric == STATE_METRIC:
-                    recorded = True
-                    if value == 1:
-                        held[labels["model"], labels["version"]] = labels["state"]
+                recorded = recorded or metric in (WORKER_METRIC, STATE_METRIC)
+                if metric == STATE_METRIC and value == 1:
+                    held[labels["model"], labels["version"]] = labels["state"]
             if recorded:
                 workers.append(held)
         return workers

@@ -318,13 +318,17 @@ class Load:
             cpu, wall = time.process_time(), time.perf_counter()
             asyncio.run(self._closed(in_flight, seconds, out) if in_flight else self._open(rate, seconds, out))
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        ok = sum(1 for _, status in out if status == 200)
         ms = [1000 * t for t, _ in out]
-        return {"in_flight": in_flight, "rate": rate, "requests": len(out), "errors": len(out) - ok,
-                "rps": ok / wall, "rows_per_s": ok * self.work.rows / wall, "p50_ms": statistics.median(ms),
-                "p99_ms": float(np.percentile(ms, 99)), "client_cpu_pct": 100 * cpu / wall,
-                "server_cpu_pct": 100 * server.cpu / server.seconds, "steal_pct": server.stolen}
+        return self._point(in_flight, rate, len(out), sum(1 for _, status in out if status == 200), wall,
+                           statistics.median(ms), float(np.percentile(ms, 99)), cpu, server)
 
+    def _point(self, in_flight: int, rate: float, requests: int, ok: int, wall: float, p50_ms: float, p99_ms: float,
+               client_cpu_s: float, server: Metered) -> dict[str, Any]:
+        """One point of the run, whichever client measured it: throughput over the successful answers."""
+        return {"in_flight": in_flight, "rate": rate, "requests": requests, "errors": requests - ok,
+                "rps": ok / wall, "rows_per_s": ok * self.work.rows / wall, "p50_ms": p50_ms, "p99_ms": p99_ms,
+                "client_cpu_pct": 100 * client_cpu_s / wall, "server_cpu_pct": 100 * server.cpu / server.seconds,
+                "steal_pct": server.stolen}
 
     def _wrk(self, seconds: float, in_flight: int, rate: float) -> dict[str, Any]:
         """The same run by wrk (loadtest/wrk/scenario.lua, a fresh first value per request); its latency counts
@@ -340,13 +344,9 @@ class Load:
         with Metered(self.target.server) as server:
             raw = run_wrk(self.target.server, request, in_flight or OPEN_CONNECTIONS, seconds, self.wrk_dir, rate)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall = raw["duration_us"] / 1e6
-        ok = raw["requests"] - raw["non2xx"] - raw["socket_errors"]
         client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        return {"in_flight": in_flight, "rate": rate, "requests": raw["requests"], "errors": raw["requests"] - ok,
-                "rps": ok / wall, "rows_per_s": ok * self.work.rows / wall, "p50_ms": raw["p50_us"] / 1000,
-                "p99_ms": raw["p99_us"] / 1000, "client_cpu_pct": 100 * client / wall,
-                "server_cpu_pct": 100 * server.cpu / server.seconds, "steal_pct": server.stolen}
+        return self._point(in_flight, rate, raw["requests"], raw["requests"] - raw["non2xx"] - raw["socket_errors"],
+                           raw["duration_us"] / 1e6, raw["p50_us"] / 1000, raw["p99_us"] / 1000, client, server)
 
 
 async def _answers(target: Target, work: Workload, ids: list[int], in_flight: int) -> list[np.ndarray]:
